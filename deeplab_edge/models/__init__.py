@@ -1,0 +1,57 @@
+"""DeepLab models: builders, a registry and metadata.
+
+>>> from deeplab_edge.models import get_model, list_models
+>>> model = get_model("deeplabv3_mobilenet_v2", num_classes=21)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import deeplab as _d
+from .deeplab import DeepLab
+from .flops import count_flops, count_params
+
+__all__ = ["DeepLab", "ModelInfo", "MODELS", "get_model", "list_models", "count_flops", "count_params"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: Callable[..., DeepLab]
+    version: str
+    backbone: str
+    torchvision_compatible: bool
+    summary: str
+
+
+MODELS: dict[str, ModelInfo] = {m.name: m for m in [
+    ModelInfo("deeplabv2_resnet101", _d.deeplabv2_resnet101, "v2", "ResNet-101", False,
+              "ASPP-L, four atrous 3x3 branches to logits, summed"),
+    ModelInfo("deeplabv3_resnet50", _d.deeplabv3_resnet50, "v3", "ResNet-50", True,
+              "ASPP 1x1 + 3 atrous + image pooling"),
+    ModelInfo("deeplabv3_resnet101", _d.deeplabv3_resnet101, "v3", "ResNet-101", True,
+              "ASPP 1x1 + 3 atrous + image pooling"),
+    ModelInfo("deeplabv3_mobilenet_v2", _d.deeplabv3_mobilenet_v2, "v3", "MobileNetV2", False,
+              "Google's TF DeepLab variant: 1x1 + image pooling, no atrous branches"),
+    ModelInfo("deeplabv3_mobilenet_v3_large", _d.deeplabv3_mobilenet_v3_large, "v3", "MobileNetV3-Large", True,
+              "ASPP 1x1 + 3 atrous + image pooling"),
+    ModelInfo("deeplabv3plus_resnet50", _d.deeplabv3plus_resnet50, "v3+", "ResNet-50", False,
+              "v3 head + low-level decoder"),
+    ModelInfo("deeplabv3plus_resnet101", _d.deeplabv3plus_resnet101, "v3+", "ResNet-101", False,
+              "v3 head + low-level decoder"),
+    ModelInfo("deeplabv3plus_mobilenet_v2", _d.deeplabv3plus_mobilenet_v2, "v3+", "MobileNetV2", False,
+              "v3 head + low-level decoder"),
+]}
+
+
+def list_models() -> list[str]:
+    return list(MODELS)
+
+
+def get_model(name: str, **kwargs: Any) -> DeepLab:
+    """Build a model by name; keyword arguments go to its builder."""
+    if name not in MODELS:
+        raise ValueError(f"expected one of {', '.join(MODELS)}, got {name!r}")
+    return MODELS[name].builder(**kwargs)
