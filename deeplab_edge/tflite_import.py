@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data.datasets import VOC_CLASSES
 from .errors import ImportModelError
 from .models import DeepLab, get_model
 
@@ -37,10 +38,6 @@ __all__ = ["import_tflite", "TFLiteGraph"]
 _ACT = {0: "none", 1: "relu", 2: "relu_n1_to_1", 3: "relu6", 4: "tanh", 5: "sign_bit", 6: "sigmoid"}
 # tflite.TensorType of the types a DeepLab export uses
 _NP = {0: np.float32, 2: np.int32, 3: np.uint8, 4: np.int64, 9: np.int8, 1: np.float16}
-
-VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-               "train", "tvmonitor"]
 
 
 @dataclass

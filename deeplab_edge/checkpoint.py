@@ -1,0 +1,142 @@
+"""deeplab-edge checkpoints: the model's builder config, weights and metadata in one file.
+
+Format (a plain dict, loadable with ``torch.load(weights_only=True)``)::
+
+    {"format": "deeplab-edge/1", "config": {"arch": ..., builder kwargs},
+     "state_dict": {...}, "meta": {"classes": [...], "preprocess": {...}, "source": {...}}}
+
+Plain state dicts (a torchvision ``deeplabv3_*`` ``.pth``, or ``{"state_dict": ...}`` /
+``{"model": ...}`` wrappers) load too: the architecture is recognised from the keys (or
+given), the class count read from the classifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data.datasets import VOC_CLASSES
+from .data.io import atomic_path
+from .data.preprocess import IMAGENET
+from .errors import CheckpointError
+from .models import MODELS, DeepLab, get_model
+
+__all__ = ["save_checkpoint", "load_checkpoint", "LoadedModel", "file_sha256"]
+
+FORMAT = "deeplab-edge/1"
+
+
+class LoadedModel:
+    def __init__(self, model: DeepLab, meta: dict[str, Any], path: Path | None) -> None:
+        self.model, self.meta, self.path = model, meta, path
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.get("classes") or [f"class_{i}" for i in range(self.model.num_classes)])
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(model: DeepLab, meta: dict[str, Any], path: str | Path) -> Path:
+    """Write a checkpoint atomically (a temp file renamed into place)."""
+    if not model.config.get("arch"):
+        raise CheckpointError("the model has no builder config; build it with deeplab_edge.models.get_model")
+    payload = {"format": FORMAT, "config": dict(model.config),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": dict(meta)}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def _guess_arch(sd: dict[str, torch.Tensor]) -> str | None:
+    if "backbone.layer4.0.conv1.weight" in sd:
+        blocks = {k.split(".")[2] for k in sd if k.startswith("backbone.layer3.")}
+        depth = {6: "resnet50", 23: "resnet101"}.get(len(blocks))
+        if depth is None:
+            return None
+        if "classifier.convs.0.weight" in sd:
+            return "deeplabv2_resnet101" if depth == "resnet101" else None
+        if "classifier.aspp.project.0.weight" in sd:
+            return f"deeplabv3plus_{depth}"
+        return f"deeplabv3_{depth}"
+    if "backbone.16.0.weight" in sd:
+        return "deeplabv3_mobilenet_v3_large"
+    if "backbone.17.conv.0.0.weight" in sd:
+        return "deeplabv3plus_mobilenet_v2" if "classifier.aspp.project.0.weight" in sd else "deeplabv3_mobilenet_v2"
+    return None
+
+
+def _num_classes(sd: dict[str, torch.Tensor]) -> int | None:
+    for key in ("classifier.4.bias", "classifier.1.bias", "classifier.classifier.6.bias", "classifier.convs.0.bias"):
+        if key in sd:
+            return int(sd[key].shape[0])
+    return None
+
+
+def load_checkpoint(path: str | Path, *, arch: str | None = None, map_location: str = "cpu") -> LoadedModel:
+    """Load a deeplab-edge checkpoint or a plain state dict into a model in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; create one with `deeplab-edge import` or pass a .pt/.pth")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a loadable PyTorch checkpoint ({first[:160]}); "
+                              "pass a deeplab-edge .pt or a torchvision state dict") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict; save model.state_dict()")
+    if obj.get("format") == FORMAT:
+        config, sd, meta = dict(obj["config"]), obj["state_dict"], dict(obj.get("meta") or {})
+        if arch is not None and arch != config.get("arch"):
+            raise CheckpointError(f"{path}: checkpoint is a {config.get('arch')}, not a {arch}; drop --arch or "
+                                  "pass the matching checkpoint")
+    else:
+        sd = obj.get("state_dict") or obj.get("model") or obj.get("model_state") or obj
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise CheckpointError(f"{path}: no state dict of tensors inside; pass a deeplab-edge .pt or a state dict")
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+        arch = arch or _guess_arch(sd)
+        if arch is None:
+            raise CheckpointError(f"{path}: cannot tell the architecture from its keys; pass --arch "
+                                  f"(one of {', '.join(MODELS)})")
+        n = _num_classes(sd)
+        if n is None:
+            raise CheckpointError(f"{path}: no classifier weights found for a {arch}; is this a segmentation model?")
+        config = {"arch": arch, "num_classes": n}
+        if any(k.startswith("aux_classifier.") for k in sd):
+            config["aux_loss"] = True
+        meta = {"classes": VOC_CLASSES if n == 21 else [f"class_{i}" for i in range(n)],
+                "preprocess": {"size": None, "resize": "none", "pad": False, **IMAGENET},
+                "source": {"format": "state_dict", "file": path.name}}
+    name = config.pop("arch", None)
+    if name not in MODELS:
+        raise CheckpointError(f"{path}: unknown architecture {name!r}; expected one of {', '.join(MODELS)}")
+    try:
+        model = get_model(name, **config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot build {name} from the checkpoint's config ({e})") from e
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        ours = model.state_dict()
+        missing = [k for k in ours if k not in sd]
+        unexpected = [k for k in sd if k not in ours]
+        shape = [k for k in ours if k in sd and tuple(sd[k].shape) != tuple(ours[k].shape)]
+        detail = "; ".join(f"{label} {len(ks)} (e.g. {ks[0]})" for label, ks in
+                           (("missing", missing), ("unexpected", unexpected), ("wrong shape", shape)) if ks)
+        raise CheckpointError(f"{path}: weights do not fit {name} with {config.get('num_classes')} classes "
+                              f"({detail}); pass the matching --arch or checkpoint") from e
+    meta.setdefault("sha256", file_sha256(path))
+    return LoadedModel(model.eval(), meta, path)

@@ -1,0 +1,70 @@
+"""Reading images and label maps, and writing files atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """An RGB image as a uint8 array (H, W, 3)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image not found; check the path or the dataset layout")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the image ({e}); replace or remove the file") from e
+
+
+def load_label(path: str | Path) -> np.ndarray:
+    """A label map as a uint8 array (H, W) of class indices ('P' or 'L' PNGs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: label not found; check the path or the dataset layout")
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L", "I", "I;16"):
+                raise DataError(f"{path}: label PNG has mode {im.mode}; expected class indices ('P' or 'L'), "
+                                "not colours — convert colour labels to index PNGs first")
+            return np.asarray(im, dtype=np.int64).astype(np.uint8 if im.mode in ("P", "L") else np.int64)
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the label ({e}); replace or remove the file") from e
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix + ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_png(array: np.ndarray, path: str | Path, palette: np.ndarray | None = None) -> None:
+    """Write a uint8 array as PNG ('P' with ``palette`` for label maps), atomically."""
+    im = Image.fromarray(array)
+    if palette is not None:
+        im = im.convert("P") if im.mode != "P" else im
+        im.putpalette(palette.astype(np.uint8).reshape(-1).tolist())
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")

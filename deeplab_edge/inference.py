@@ -1,0 +1,179 @@
+"""Running a segmentation model on images, and evaluating it on a dataset.
+
+A *runner* is any callable mapping a float32 NCHW batch (already normalised) to NCHW
+logits at the same height and width; :class:`TorchRunner` wraps a PyTorch model, other
+backends (ONNX Runtime, TensorRT, TFLite) provide their own. :class:`Segmenter` puts the
+shared :class:`~deeplab_edge.data.Preprocess` in front and maps results back to the
+original image. Time is measured separately for preprocessing, the model and
+postprocessing, so harness overhead is never reported as model latency.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from .data.datasets import SegmentationDataset
+from .data.preprocess import Geometry, Preprocess
+from .errors import DataError, DeepLabEdgeError
+from .metrics import ConfusionMatrix
+
+__all__ = ["TorchRunner", "Segmenter", "evaluate", "resolve_device", "DTYPES"]
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeepLabEdgeError(f"device {name!r} asked for, but this PyTorch has no CUDA GPU; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise DeepLabEdgeError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from e
+
+
+class TorchRunner:
+    """A PyTorch model in eval mode on one device and dtype."""
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", precision: str = "fp32",
+                 channels_last: bool = False) -> None:
+        if precision not in DTYPES:
+            raise ValueError(f"expected precision in {tuple(DTYPES)}, got {precision!r}")
+        self.device = torch.device(device)
+        self.dtype = DTYPES[precision]
+        if self.device.type == "cpu" and self.dtype == torch.float16:
+            raise DeepLabEdgeError("fp16 convolutions are not supported on the CPU; use --precision fp32 or bf16")
+        self.channels_last = channels_last
+        self.model = model.eval().to(self.device, self.dtype)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.to(self.device, self.dtype, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x).float()
+
+
+@dataclass
+class Timing:
+    preprocess: float = 0.0
+    model: float = 0.0
+    postprocess: float = 0.0
+    model_calls: list[float] = field(default_factory=list)
+
+    def as_dict(self, images: int) -> dict[str, Any]:
+        calls = np.asarray(self.model_calls) * 1e3
+        return {"preprocess_s": self.preprocess, "model_s": self.model, "postprocess_s": self.postprocess,
+                "model_ms_p50": float(np.percentile(calls, 50)) if calls.size else None,
+                "model_ms_mean": float(calls.mean()) if calls.size else None, "images": images}
+
+
+class Segmenter:
+    """Preprocess -> runner -> argmax (or logits) at the original image size."""
+
+    def __init__(self, runner: Callable[[torch.Tensor], torch.Tensor], preprocess: Preprocess,
+                 num_classes: int) -> None:
+        self.runner, self.preprocess, self.num_classes = runner, preprocess, num_classes
+        self.timing = Timing()
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        sync = getattr(self.runner, "synchronize", None)
+        t0 = time.perf_counter()
+        out = self.runner(batch)
+        if sync is not None:
+            sync()
+        dt = time.perf_counter() - t0
+        self.timing.model += dt
+        self.timing.model_calls.append(dt)
+        if out.ndim != 4 or out.shape[1] != self.num_classes or out.shape[-2:] != batch.shape[-2:]:
+            raise DeepLabEdgeError(f"the model returned {tuple(out.shape)} for input {tuple(batch.shape)}; expected "
+                                   f"N x {self.num_classes} x H x W logits")
+        return out
+
+    def logits_batch(self, images: list[np.ndarray]) -> list[tuple[torch.Tensor, Geometry]]:
+        """Logits (C, h, w) at the model's input resolution, with the geometry to restore them."""
+        t0 = time.perf_counter()
+        prepared = [self.preprocess(im) for im in images]
+        shapes = {tuple(x.shape) for x, _ in prepared}
+        self.timing.preprocess += time.perf_counter() - t0
+        if len(shapes) == 1:
+            out = self._run(torch.stack([x for x, _ in prepared]))
+            return [(out[i], g) for i, (_, g) in enumerate(prepared)]
+        return [(self._run(x[None])[0], g) for x, g in prepared]
+
+    def predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Label maps (H, W) uint8 at each image's original size."""
+        results = self.logits_batch(images)
+        t0 = time.perf_counter()
+        labels = [Preprocess.restore_labels(lg.argmax(0).to(torch.uint8).cpu().numpy(), g) for lg, g in results]
+        self.timing.postprocess += time.perf_counter() - t0
+        return labels
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        return self.predict_batch([image])[0]
+
+
+def _batches(dataset: SegmentationDataset, batch_size: int) -> Iterable[list[tuple[str, np.ndarray, Any]]]:
+    batch = []
+    for item in dataset:
+        batch.append(item)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def evaluate(segmenter: Segmenter, dataset: SegmentationDataset, *, batch_size: int = 1,
+             reference_dir: str | None = None, on_image: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """mIoU, per-class IoU, pixel accuracy and per-image numbers of ``segmenter`` on ``dataset``.
+
+    With ``reference_dir`` (a folder of ``<id>.png`` label maps, e.g. another runtime's
+    predictions) the pixel agreement with those maps is reported too.
+    """
+    from pathlib import Path
+
+    from .data.io import load_label
+
+    if not dataset.has_labels:
+        raise DataError(f"{dataset.root}: some images have no label file; eval needs labels (use predict instead)")
+    cm = ConfusionMatrix(segmenter.num_classes)
+    per_image, agree_num, agree_den = [], 0, 0
+    segmenter.timing = Timing()
+    t_start = time.perf_counter()
+    for batch in _batches(dataset, batch_size):
+        preds = segmenter.predict_batch([im for _, im, _ in batch])
+        for (sid, _, label), pred in zip(batch, preds):
+            own = ConfusionMatrix.summarize(cm.update(pred, label))
+            row = {"id": sid, "miou": own["miou"], "pixel_acc": own["pixel_acc"]}
+            if reference_dir is not None:
+                ref_path = Path(reference_dir) / f"{sid}.png"
+                ref = load_label(ref_path)
+                if ref.shape != pred.shape:
+                    raise DataError(f"{ref_path}: reference map is {ref.shape[1]}x{ref.shape[0]}, prediction "
+                                    f"{pred.shape[1]}x{pred.shape[0]}; pass the references of this dataset")
+                same = int((ref == pred).sum())
+                row["agreement"] = same / pred.size
+                agree_num, agree_den = agree_num + same, agree_den + pred.size
+            per_image.append(row)
+            if on_image is not None:
+                on_image(sid)
+    result = cm.compute()
+    result.update({"images": len(per_image), "per_image": per_image,
+                   "timing": segmenter.timing.as_dict(len(per_image)),
+                   "wall_s": time.perf_counter() - t_start})
+    if reference_dir is not None:
+        result["reference_agreement"] = agree_num / agree_den if agree_den else None
+    return result
