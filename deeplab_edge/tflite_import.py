@@ -233,18 +233,23 @@ def _forward_passthrough(g: TFLiteGraph, t: int) -> tuple[int, list[Op]]:
         t = op.outputs[0]
 
 
+def input_normalization(g: TFLiteGraph, inp: int) -> tuple[float, float]:
+    """(mean, std) in pixel units such that the graph sees (x - mean) / std."""
+    q = g.quantization(inp)
+    if q is not None and g.tensor_type(inp) in (3, 9):
+        scale, zero = float(q[0][0]), int(q[1][0])
+        # uint8: real = (x - z) * s; int8 holds x - 128, so real = (x - (z + 128)) * s
+        return float(zero if g.tensor_type(inp) == 3 else zero + 128), 1.0 / scale
+    return 127.5, 127.5  # float export: TF DeepLab's x / 127.5 - 1 happens outside the graph
+
+
 def parse(g: TFLiteGraph) -> Parsed:
     sg = g.sg
     _expect(sg.InputsLength() == 1, f"expected 1 input, got {sg.InputsLength()}")
     inp = sg.Inputs(0)
     shape = g.shape(inp)
     _expect(len(shape) == 4 and shape[3] == 3, f"expected an NHWC RGB input, got shape {shape}")
-    q = g.quantization(inp)
-    if q is not None and g.tensor_type(inp) in (3, 9):
-        scale, zero = float(q[0][0]), int(q[1][0])
-        mean, std = float(zero if g.tensor_type(inp) == 3 else zero + 128), 1.0 / scale
-    else:
-        mean, std = 127.5, 127.5  # float export: TF DeepLab's x / 127.5 - 1 happens outside the graph
+    mean, std = input_normalization(g, inp)
 
     first = g.only_consumer(inp)
     _expect(first is not None and first.name == "CONV_2D", "the input does not feed one CONV_2D (the stem)")

@@ -24,7 +24,9 @@ def count_params(model: nn.Module, *, inference_only: bool = True) -> int:
 
 def count_flops(model: nn.Module, height: int = 513, width: int = 513, batch: int = 1) -> int:
     """FLOPs of one forward pass (2 per multiply-accumulate of conv/linear layers)."""
-    meta = copy.deepcopy(model).to("meta").eval()
+    on_meta = all(p.is_meta for p in model.parameters())
+    meta = (model if on_meta else copy.deepcopy(model).to("meta")).eval()
+    handles = []
     total = 0
 
     def conv_hook(m: nn.Conv2d, inputs, out) -> None:
@@ -38,9 +40,13 @@ def count_flops(model: nn.Module, height: int = 513, width: int = 513, batch: in
 
     for m in meta.modules():
         if isinstance(m, nn.Conv2d):
-            m.register_forward_hook(conv_hook)
+            handles.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
-            m.register_forward_hook(linear_hook)
-    with torch.no_grad():
-        meta(torch.empty(batch, 3, height, width, device="meta"))
+            handles.append(m.register_forward_hook(linear_hook))
+    try:
+        with torch.no_grad():
+            meta(torch.empty(batch, 3, height, width, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
     return total

@@ -1,0 +1,344 @@
+"""The ``deeplab-edge`` command line.
+
+Logs and progress go to stderr (one rich console); results go to stdout as a rich table,
+or as JSON with ``--json``. Bad input ends with one red line naming the problem and the
+fix, and exit code 2 (``--verbose`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .errors import DeepLabEdgeError
+
+console = Console(stderr=True)
+# Results: wide enough for the tables when stdout is a pipe or a file.
+out = Console(width=None if sys.stdout.isatty() else 160)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DeepLabEdgeError as e:
+            if ctx.obj and ctx.obj.get("verbose"):
+                console.print_exception()
+            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]")
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="deeplab-edge")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """DeepLab from a PyTorch model to fast, measured inference on GPUs and Jetson.
+
+    \b
+    Typical flow:
+      deeplab-edge models
+      deeplab-edge import ../shared/models/deeplabv3_mnv2_pascal_quant.tflite -o mnv2_voc.pt
+      deeplab-edge eval --weights mnv2_voc.pt --data ../shared/data/voc2012_samples
+      deeplab-edge predict --weights mnv2_voc.pt image.jpg -o out/
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+
+
+def _print_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    from .data.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str))
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, transient=True)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
+
+
+# ----------------------------------------------------------------------------- models
+
+@main.command("models")
+@click.option("--size", default=513, show_default=True, help="Input side (square) for the GFLOPs column.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def models_cmd(size: int, as_json: bool) -> None:
+    """List the model architectures with parameters and GFLOPs, computed from the models.
+
+    GFLOPs count 2 per multiply-accumulate of every conv at SIZE x SIZE (shape propagation
+    on PyTorch's meta device: nothing is allocated or run)."""
+    import torch
+
+    from .models import MODELS, count_flops, count_params
+
+    rows = []
+    for name, info in MODELS.items():
+        with torch.device("meta"):
+            model = info.builder()
+        cfg = model.config
+        rows.append({"name": name, "version": info.version, "backbone": info.backbone,
+                     "output_stride": cfg["output_stride"], "aspp_rates": cfg["aspp_rates"],
+                     "params": count_params(model), "gflops": count_flops(model, size, size) / 1e9,
+                     "input": f"{size}x{size}", "torchvision_keys": info.torchvision_compatible,
+                     "summary": info.summary})
+    if as_json:
+        _print_json(rows)
+        return
+    t = Table(title=f"deeplab-edge models (GFLOPs at {size}x{size})")
+    for col, just in [("name", "left"), ("ver", "left"), ("backbone", "left"), ("OS", "right"),
+                      ("ASPP rates", "left"), ("params (M)", "right"), ("GFLOPs", "right"), ("torchvision keys", "left")]:
+        t.add_column(col, justify=just)
+    for r in rows:
+        t.add_row(r["name"], r["version"], r["backbone"], str(r["output_stride"]),
+                  "/".join(map(str, r["aspp_rates"])) or "none", f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.1f}",
+                  "yes" if r["torchvision_keys"] else "")
+    out.print(t)
+
+
+# ----------------------------------------------------------------------------- import
+
+@main.command("import")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Checkpoint to write (.pt).")
+@click.option("--labels", type=click.Path(path_type=Path), help="Class names, one per line (default: VOC's 21).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def import_cmd(source: Path, output: Path, labels: Path | None, as_json: bool) -> None:
+    """Convert a Google DeepLab-v3 MobileNetV2 TFLite model into a deeplab-edge checkpoint.
+
+    The graph is read op by op (any depth multiplier and class count); quantized weights
+    are dequantized and the interpreter's input normalisation and input size are recorded
+    as the checkpoint's preprocessing."""
+    from .checkpoint import save_checkpoint
+    from .models import count_params
+    from .tflite_import import import_tflite
+
+    t0 = time.perf_counter()
+    model, meta = import_tflite(source, labels)
+    save_checkpoint(model, meta, output)
+    summary = {"output": str(output), "arch": model.config["arch"], "num_classes": model.num_classes,
+               "output_stride": model.config["output_stride"], "aspp_rates": model.config["aspp_rates"],
+               "blocks": meta["source"]["blocks"], "params": count_params(model),
+               "preprocess": meta["preprocess"], "source_sha256": meta["source"]["sha256"],
+               "bytes": output.stat().st_size, "seconds": time.perf_counter() - t0}
+    if as_json:
+        _print_json(summary)
+    else:
+        out.print(f"[green]wrote[/] {output} ({summary['bytes'] / 1e6:.1f} MB): {summary['arch']}, "
+                  f"{summary['num_classes']} classes, OS {summary['output_stride']}, ASPP rates "
+                  f"{summary['aspp_rates'] or 'none'}, {summary['blocks']} blocks, "
+                  f"{summary['params'] / 1e6:.2f} M params; input {meta['preprocess']['size']}px, "
+                  f"mean {meta['preprocess']['mean'][0]:g}, std {meta['preprocess']['std'][0]:g}")
+
+
+# ----------------------------------------------------------------------------- shared
+
+def _model_options(f):
+    f = click.option("--weights", type=click.Path(path_type=Path),
+                     help="deeplab-edge checkpoint (.pt) or torchvision state dict (.pth).")(f)
+    f = click.option("--tflite", type=click.Path(path_type=Path),
+                     help="Run a DeepLab .tflite model with the LiteRT interpreter instead.")(f)
+    f = click.option("--arch", help="Architecture of a plain state dict (guessed from its keys if omitted).")(f)
+    f = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")(f)
+    f = click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
+                     show_default=True, help="Model dtype (PyTorch backend).")(f)
+    f = click.option("--input-size", type=int, help="Override the checkpoint's input side (resize long side + pad).")(f)
+    return f
+
+
+def _segmenter(weights: Path | None, tflite: Path | None, arch: str | None, device: str, precision: str,
+               input_size: int | None):
+    from .checkpoint import load_checkpoint
+    from .data.preprocess import Preprocess
+    from .inference import Segmenter, TorchRunner, resolve_device
+
+    if (weights is None) == (tflite is None):
+        raise DeepLabEdgeError("give exactly one of --weights FILE or --tflite FILE")
+    if tflite is not None:
+        from .tflite_runner import TFLiteRunner
+
+        runner = TFLiteRunner(tflite)
+        if input_size is not None:
+            raise DeepLabEdgeError("--input-size cannot change a TFLite model's fixed input; drop it")
+        classes = None
+        return Segmenter(runner, runner.preprocess, runner.num_classes), classes, {"tflite": str(tflite)}
+    loaded = load_checkpoint(weights, arch=arch)
+    pre = loaded.meta.get("preprocess") or {}
+    if input_size is not None:
+        pre = {**pre, "size": input_size, "resize": "long_side", "pad": True}
+    preprocess = Preprocess.from_dict(pre)
+    runner = TorchRunner(loaded.model, resolve_device(device), precision)
+    info = {"weights": str(weights), "arch": loaded.model.config["arch"], "device": str(runner.device),
+            "precision": precision, "sha256": loaded.meta.get("sha256")}
+    return Segmenter(runner, preprocess, loaded.model.num_classes), loaded.classes, info
+
+
+# ----------------------------------------------------------------------------- eval
+
+@main.command("eval")
+@_model_options
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Dataset folder: VOC (VOCdevkit/VOC2012), Cityscapes, CamVid (SegNet layout).")
+@click.option("--dataset", "kind", type=click.Choice(["auto", "voc", "cityscapes", "camvid"]), default="auto",
+              show_default=True, help="Dataset layout.")
+@click.option("--split", default="val", show_default=True, help="Split name (ImageSets/Segmentation/<split>.txt...).")
+@click.option("--num-images", type=int, help="Evaluate only the first N images.")
+@click.option("--batch-size", default=1, show_default=True, help="Images per forward pass.")
+@click.option("--reference", "reference_dir", type=click.Path(path_type=Path),
+              help="Folder of <id>.png label maps (e.g. another runtime's predictions): report pixel agreement.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the full results as JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
+def eval_cmd(weights, tflite, arch, device, precision, input_size, data, kind, split, num_images, batch_size,
+             reference_dir, output, as_json) -> None:
+    """Evaluate mIoU, per-class IoU and pixel accuracy on a labelled dataset.
+
+    mIoU is the mean over classes present in the labels or the predictions (non-empty
+    union), from one confusion matrix over all images; label 255 (and CamVid's void) is
+    ignored."""
+    from .data.datasets import open_dataset
+    from .inference import evaluate
+
+    if batch_size < 1:
+        raise DeepLabEdgeError(f"--batch-size must be >= 1, got {batch_size}")
+    if reference_dir is not None and not Path(reference_dir).is_dir():
+        raise DeepLabEdgeError(f"{reference_dir}: reference folder not found")
+    segmenter, classes, info = _segmenter(weights, tflite, arch, device, precision, input_size)
+    ds = open_dataset(data, kind, split).subset(num_images)
+    if ds.kind == "folder":
+        raise DeepLabEdgeError(f"{data}: no VOC/Cityscapes/CamVid layout found; eval needs labels "
+                               "(use predict for plain images)")
+    if ds.num_classes != segmenter.num_classes:
+        raise DeepLabEdgeError(f"the model predicts {segmenter.num_classes} classes but {ds.kind} has "
+                               f"{ds.num_classes}; use a model trained for this dataset")
+    classes = classes or ds.classes
+    with _progress() as prog:
+        task = prog.add_task(f"eval {ds.kind}/{split}", total=len(ds))
+        res = evaluate(segmenter, ds, batch_size=batch_size, reference_dir=reference_dir,
+                       on_image=lambda _sid: prog.advance(task))
+    res = {"model": info, "data": {"path": str(data), "kind": ds.kind, "split": split},
+           "classes": classes, **res}
+    if output:
+        _write_json(res, output)
+    if as_json:
+        _print_json(res)
+        return
+    t = Table(title=f"{ds.kind} {split}: {res['images']} images")
+    t.add_column("class")
+    t.add_column("IoU %", justify="right")
+    t.add_column("acc %", justify="right")
+    for name, iou, acc in zip(classes, res["class_iou"], res["class_acc"]):
+        if iou is not None:
+            t.add_row(name, _pct(iou), _pct(acc))
+    out.print(t)
+    line = (f"mIoU [bold]{_pct(res['miou'])}%[/] over {res['classes_counted']} classes, pixel acc "
+            f"{_pct(res['pixel_acc'])}%, mean acc {_pct(res['mean_acc'])}%")
+    if res.get("reference_agreement") is not None:
+        line += f", agreement with reference {_pct(res['reference_agreement'])}%"
+    tm = res["timing"]
+    line += (f"\nmodel {tm['model_ms_p50']:.1f} ms/call (median), preprocess {1e3 * tm['preprocess_s'] / res['images']:.1f}"
+             f" ms/img, postprocess {1e3 * tm['postprocess_s'] / res['images']:.1f} ms/img on {info.get('device', 'cpu')}")
+    out.print(line)
+    if output:
+        out.print(f"[green]wrote[/] {output}")
+
+
+# ----------------------------------------------------------------------------- predict
+
+@main.command("predict")
+@_model_options
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--alpha", default=0.5, show_default=True, help="Overlay opacity of the colour mask.")
+@click.option("--json", "as_json", is_flag=True, help="Print per-image class fractions as JSON.")
+def predict_cmd(weights, tflite, arch, device, precision, input_size, inputs, output, alpha, as_json) -> None:
+    """Segment images (files or folders): writes <name>_mask.png (palette PNG whose pixel
+    values are class indices) and <name>_overlay.png (mask blended over the image)."""
+    import numpy as np
+
+    from .data.datasets import ImageFolder, voc_palette
+    from .data.io import save_png
+    from .visualize import overlay
+
+    if not 0.0 <= alpha <= 1.0:
+        raise DeepLabEdgeError(f"--alpha must be in [0, 1], got {alpha}")
+    segmenter, classes, info = _segmenter(weights, tflite, arch, device, precision, input_size)
+    ds = ImageFolder(list(inputs))
+    classes = classes or [f"class_{i}" for i in range(segmenter.num_classes)]
+    palette = voc_palette()
+    results = []
+    output.mkdir(parents=True, exist_ok=True)
+    with _progress() as prog:
+        task = prog.add_task("predict", total=len(ds))
+        for sid, image, _ in ds:
+            labels = segmenter.predict(image)
+            stem = sid.replace("/", "_").rsplit(".", 1)[0]
+            mask_path, over_path = output / f"{stem}_mask.png", output / f"{stem}_overlay.png"
+            save_png(labels, mask_path, palette)
+            save_png(overlay(image, labels, palette, alpha), over_path)
+            counts = np.bincount(labels.ravel(), minlength=segmenter.num_classes)
+            frac = {classes[c]: float(counts[c] / labels.size) for c in np.nonzero(counts)[0]}
+            results.append({"id": sid, "mask": str(mask_path), "overlay": str(over_path), "classes": frac})
+            prog.advance(task)
+    if as_json:
+        _print_json({"model": info, "images": results})
+        return
+    t = Table(title=f"{len(results)} images -> {output}")
+    t.add_column("image")
+    t.add_column("classes (pixel %)")
+    for r in results:
+        t.add_row(r["id"], ", ".join(f"{k} {100 * v:.1f}" for k, v in sorted(r["classes"].items(),
+                                                                           key=lambda kv: -kv[1])))
+    out.print(t)
+
+
+# ----------------------------------------------------------------------------- info
+
+@main.command("info")
+@click.argument("weights", type=click.Path(path_type=Path))
+@click.option("--arch", help="Architecture of a plain state dict (guessed from its keys if omitted).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info_cmd(weights: Path, arch: str | None, as_json: bool) -> None:
+    """Show what a checkpoint holds: architecture, classes, preprocessing, source."""
+    from .checkpoint import load_checkpoint
+    from .models import count_params
+
+    loaded = load_checkpoint(weights, arch=arch)
+    res = {"file": str(weights), "config": loaded.model.config, "params": count_params(loaded.model),
+           **loaded.meta}
+    if as_json:
+        _print_json(res)
+        return
+    t = Table(show_header=False, title=str(weights))
+    for k in ("config", "params", "classes", "preprocess", "source", "sha256"):
+        if k in res:
+            v = res[k]
+            if k == "config":
+                v = {kk: vv for kk, vv in v.items() if kk != "blocks"}
+            t.add_row(k, json.dumps(v, default=str) if not isinstance(v, str) else v)
+    out.print(t)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
