@@ -160,6 +160,9 @@ def evaluate(segmenter: Segmenter, dataset: SegmentationDataset, *, batch_size: 
             row = {"id": sid, "miou": own["miou"], "pixel_acc": own["pixel_acc"]}
             if reference_dir is not None:
                 ref_path = Path(reference_dir) / f"{sid}.png"
+                if not ref_path.is_file():
+                    raise DataError(f"{ref_path}: no reference map for image {sid!r}; pass the folder of this "
+                                    "dataset's reference predictions")
                 ref = load_label(ref_path)
                 if ref.shape != pred.shape:
                     raise DataError(f"{ref_path}: reference map is {ref.shape[1]}x{ref.shape[0]}, prediction "

@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from deeplab_edge.checkpoint import load_checkpoint, save_checkpoint
+from deeplab_edge.errors import CheckpointError
+from deeplab_edge.models import get_model
+
+
+def test_roundtrip_gives_identical_outputs(tmp_path):
+    model = get_model("deeplabv3plus_mobilenet_v2", num_classes=7).eval()
+    path = save_checkpoint(model, {"classes": list("abcdefg")}, tmp_path / "m.pt")
+    raw = torch.load(path, weights_only=True)  # plain data: loads without unpickling code
+    assert raw["format"] == "deeplab-edge/1" and raw["config"]["arch"] == "deeplabv3plus_mobilenet_v2"
+    loaded = load_checkpoint(path)
+    x = torch.randn(1, 3, 49, 65)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), model(x))
+    assert loaded.classes == list("abcdefg") and len(loaded.meta["sha256"]) == 64
+
+
+def test_torchvision_style_state_dict_loads_with_guessed_arch(tmp_path):
+    src = get_model("deeplabv3_mobilenet_v3_large", num_classes=4, aux_loss=True)
+    torch.save({"model": src.state_dict()}, tmp_path / "tv.pth")
+    loaded = load_checkpoint(tmp_path / "tv.pth")
+    assert loaded.model.config["arch"] == "deeplabv3_mobilenet_v3_large"
+    assert loaded.model.num_classes == 4 and loaded.model.config["aux_loss"] is True
+    assert loaded.meta["preprocess"]["resize"] == "none"
+
+
+def test_wrong_architecture_is_named(tmp_path):
+    torch.save(get_model("deeplabv3_mobilenet_v2", num_classes=21).state_dict(), tmp_path / "m.pth")
+    with pytest.raises(CheckpointError, match="do not fit deeplabv3plus_mobilenet_v2"):
+        load_checkpoint(tmp_path / "m.pth", arch="deeplabv3plus_mobilenet_v2")
+
+
+def test_wrong_class_count_in_deeplab_edge_checkpoint(tmp_path):
+    model = get_model("deeplabv3_mobilenet_v2", num_classes=21)
+    path = save_checkpoint(model, {}, tmp_path / "m.pt")
+    raw = torch.load(path, weights_only=True)
+    raw["config"]["num_classes"] = 19
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match="wrong shape"):
+        load_checkpoint(path)
+
+
+def test_garbage_and_missing(tmp_path):
+    (tmp_path / "x.pt").write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="not a loadable PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    torch.save({"w": torch.zeros(3)}, tmp_path / "y.pt")
+    with pytest.raises(CheckpointError, match="cannot tell the architecture"):
+        load_checkpoint(tmp_path / "y.pt")
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    model = get_model("deeplabv3_mobilenet_v2", num_classes=3)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        save_checkpoint(model, {}, tmp_path / "m.pt")
+    assert list(tmp_path.iterdir()) == []

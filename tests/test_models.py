@@ -1,0 +1,120 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from deeplab_edge.models import MODELS, count_flops, count_params, get_model
+from deeplab_edge.models.heads import ASPPSum
+from deeplab_edge.testing import TOLERANCES, assert_close, deterministic_state_dict
+
+FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "torchvision_keys.json").read_text())
+
+
+def probe_input() -> torch.Tensor:
+    # the same input tests/fixtures/make_torchvision_fixture.py fed torchvision
+    h, w = FIXTURE["input_hw"]
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    return torch.stack([torch.sin(xx * 0.1 + c) * torch.cos(yy * 0.07 - c) for c in range(3)])[None].float()
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE["models"]))
+def test_torchvision_parameter_names_and_shapes(name):
+    """Key list and shapes recorded from torchvision 0.29 itself; strict load must work."""
+    arch, aux = name.split("+")[0], name.endswith("+aux")
+    model = get_model(arch, num_classes=21, aux_loss=aux)
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    theirs = FIXTURE["models"][name]["keys"]
+    assert list(ours) == list(theirs)
+    assert ours == theirs
+    model.load_state_dict(deterministic_state_dict(theirs), strict=True)
+
+
+@pytest.mark.parametrize("name", [k for k in sorted(FIXTURE["models"]) if "logits_every8" in FIXTURE["models"][k]])
+def test_same_logits_as_torchvision(name):
+    """Same weights, same input -> torchvision's logits (checks dilation, eps, SE, hard-swish, resize)."""
+    arch = name.split("+")[0]
+    entry = FIXTURE["models"][name]
+    model = get_model(arch, num_classes=21, aux_loss=True).eval()
+    model.load_state_dict(deterministic_state_dict(entry["keys"]), strict=True)
+    with torch.no_grad():
+        ours = model(probe_input())[0, :, ::8, ::8]
+    atol, rtol = TOLERANCES[torch.float32]
+    assert_close(ours, torch.tensor(entry["logits_every8"]), atol=atol, rtol=rtol, what=name)
+
+
+def test_param_counts_match_torchvision_shapes():
+    for name, entry in FIXTURE["models"].items():
+        if name.endswith("+aux"):
+            continue
+        expected = sum(torch.Size(s).numel() for k, s in entry["keys"].items()
+                       if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+        with torch.device("meta"):
+            model = get_model(name)
+        assert count_params(model) == expected, name
+
+
+# Every variant, small input: output shape, finite values, FLOPs against torch's own counter.
+@pytest.mark.parametrize("name", list(MODELS))
+def test_forward_shape_and_flops_small(name):
+    model = get_model(name, num_classes=5).eval()
+    x = torch.randn(2, 3, 65, 97)  # batch 2, odd non-square size
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        y = model(x)
+    assert y.shape == (2, 5, 65, 97)
+    assert torch.isfinite(y).all()
+    assert count_flops(model, 65, 97, batch=2) == fc.get_total_flops()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(MODELS))
+def test_forward_513(name):
+    model = get_model(name, num_classes=21).eval()
+    with torch.inference_mode():
+        y = model(torch.randn(1, 3, 513, 513))
+    assert y.shape == (1, 21, 513, 513)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name,os_", [("deeplabv3_resnet50", 8), ("deeplabv3_resnet50", 16),
+                                      ("deeplabv3_mobilenet_v2", 8), ("deeplabv3_mobilenet_v2", 16),
+                                      ("deeplabv3_mobilenet_v2", 32), ("deeplabv2_resnet101", 8)])
+def test_output_stride(name, os_):
+    with torch.device("meta"):
+        model = get_model(name, output_stride=os_)
+        feats = model.backbone(torch.empty(1, 3, 513, 513))
+    assert feats["out"].shape[-1] == (513 - 1) // os_ + 1
+    assert model.backbone.output_stride == os_
+
+
+def test_default_aspp_rates_follow_output_stride():
+    assert get_model("deeplabv3_resnet50", output_stride=16).config["aspp_rates"] == [6, 12, 18]
+    assert get_model("deeplabv3_resnet50", output_stride=8).config["aspp_rates"] == [12, 24, 36]
+    assert get_model("deeplabv2_resnet101").config["aspp_rates"] == [6, 12, 18, 24]
+    assert get_model("deeplabv3_mobilenet_v2").config["aspp_rates"] == []
+
+
+def test_aspp_without_atrous_branches_has_only_1x1_and_pooling():
+    aspp = get_model("deeplabv3_mobilenet_v2").classifier[0]
+    assert len(aspp.convs) == 2 and aspp.project[0].in_channels == 512
+
+
+def test_v2_aspp_sums_branch_logits():
+    head = ASPPSum(8, 3, (1, 2, 5)).eval()
+    x = torch.randn(1, 8, 9, 11, dtype=torch.float64)
+    head = head.double()
+    ref = sum(F.conv2d(x, c.weight, c.bias, padding=r, dilation=r) for c, r in zip(head.convs, (1, 2, 5)))
+    torch.testing.assert_close(head(x), ref)
+
+
+def test_bad_builder_arguments():
+    with pytest.raises(ValueError, match="output_stride"):
+        get_model("deeplabv3_resnet50", output_stride=4)
+    with pytest.raises(ValueError, match="num_classes"):
+        get_model("deeplabv3_resnet50", num_classes=0)
+    with pytest.raises(ValueError, match="expected one of"):
+        get_model("deeplabv9")
+    with pytest.raises(ValueError, match="at least one ASPP rate"):
+        get_model("deeplabv2_resnet101", aspp_rates=())
