@@ -143,6 +143,9 @@ def import_cmd(source: Path, output: Path, labels: Path | None, as_json: bool) -
                "blocks": meta["source"]["blocks"], "params": count_params(model),
                "preprocess": meta["preprocess"], "source_sha256": meta["source"]["sha256"],
                "bytes": output.stat().st_size, "seconds": time.perf_counter() - t0}
+    summary["warnings"] = meta.get("warnings", [])
+    for w in summary["warnings"]:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
     if as_json:
         _print_json(summary)
     else:
@@ -188,6 +191,11 @@ def _segmenter(weights: Path | None, tflite: Path | None, arch: str | None, devi
     pre = loaded.meta.get("preprocess") or {}
     if input_size is not None:
         pre = {**pre, "size": input_size, "resize": "long_side", "pad": True}
+        stride = loaded.model.config.get("output_stride", 16)
+        if (loaded.meta.get("source") or {}).get("format") == "tflite" and (input_size - 1) % stride:
+            console.print(f"[yellow]warning:[/] --input-size {input_size} is not k x {stride} + 1: TF's SAME "
+                          "padding of the imported weights differs from PyTorch's there (e.g. use "
+                          f"{((input_size - 1) // stride) * stride + 1})", highlight=False)
     preprocess = Preprocess.from_dict(pre)
     runner = TorchRunner(loaded.model, resolve_device(device), precision)
     info = {"weights": str(weights), "arch": loaded.model.config["arch"], "device": str(runner.device),

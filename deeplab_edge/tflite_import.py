@@ -233,6 +233,20 @@ def _forward_passthrough(g: TFLiteGraph, t: int) -> tuple[int, list[Op]]:
         t = op.outputs[0]
 
 
+def asymmetric_same_padding(g: TFLiteGraph) -> list[str]:
+    """Strided SAME convs whose input size is even: TF pads them bottom/right only, PyTorch's
+    symmetric padding then shifts the result by a pixel. Sizes of the form k * stride + 1
+    (DeepLab's 513) never hit this."""
+    found = []
+    for op in g.ops:
+        if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D") and op.options.get("StrideH", 1) > 1 \
+                and op.options.get("Padding") == 0:
+            h, w = g.shape(op.inputs[0])[1:3]
+            if h % 2 == 0 or w % 2 == 0:
+                found.append(f"op {op.index} ({op.name}) on {h}x{w}")
+    return found
+
+
 def input_normalization(g: TFLiteGraph, inp: int) -> tuple[float, float]:
     """(mean, std) in pixel units such that the graph sees (x - mean) / std."""
     q = g.quantization(inp)
@@ -367,7 +381,7 @@ def build_model(p: Parsed) -> DeepLab:
     rates = [c.dilation for c in p.atrous]
     model = get_model("deeplabv3_mobilenet_v2", num_classes=int(p.logits.weight.shape[0]), output_stride=stride,
                       aspp_rates=rates, head_conv=False, align_corners=p.align_corners,
-                      stem=int(p.stem.weight.shape[0]), blocks=blocks)
+                      stem=int(p.stem.weight.shape[0]), blocks=blocks, aspp_channels=int(p.aspp0.weight.shape[0]))
     if p.pooling is None:
         raise ImportModelError("models without image pooling are not supported yet")
     trunk = model.backbone
@@ -434,4 +448,8 @@ def import_tflite(path: str | Path, labels: str | Path | None = None) -> tuple[D
                    "input_tensor": g.tensor_name(p.input_tensor), "ops": len(g.ops),
                    "blocks": len(p.blocks), "concat_order": p.concat_order},
     }
+    asym = asymmetric_same_padding(g)
+    if asym:
+        meta["warnings"] = [f"TF SAME padding is asymmetric at {', '.join(asym)}; the PyTorch model pads "
+                            "symmetrically there, so its outputs are shifted by a pixel against the TFLite model"]
     return model, meta

@@ -125,17 +125,19 @@ def _v2_backbone(output_stride: int, width_mult: float, stem: int | None,
 
 def deeplabv3_mobilenet_v2(*, num_classes: int = 21, output_stride: int = 16, aspp_rates=(),
                            width_mult: float = 1.0, head_conv: bool = False, align_corners: bool = False,
-                           stem: int | None = None, blocks: list | None = None) -> DeepLab:
+                           stem: int | None = None, blocks: list | None = None, aspp_channels: int = 256) -> DeepLab:
     """DeepLab-v3 on MobileNetV2 as in Google's TF DeepLab ``mobilenet_v2`` variant: by default no
     atrous branches (1x1 + image pooling only) and no 3x3 conv before the logits, output stride 16.
-    ``stem``/``blocks`` give the trunk explicitly (the TFLite importer reads them from a graph)."""
+    ``stem``/``blocks`` give the trunk explicitly and ``aspp_channels`` the ASPP width (the TFLite
+    importer reads them from a graph)."""
     _check(num_classes, output_stride, (8, 16, 32))
     trunk, stem, as_lists = _v2_backbone(output_stride, width_mult, stem, blocks)
     rates = tuple(aspp_rates)
     config = dict(arch="deeplabv3_mobilenet_v2", num_classes=num_classes, output_stride=output_stride,
                   aspp_rates=list(rates), width_mult=width_mult, head_conv=head_conv,
-                  align_corners=align_corners, stem=stem, blocks=as_lists)
-    return DeepLab(trunk, DeepLabV3Head(trunk.out_channels["out"], num_classes, rates, head_conv=head_conv),
+                  align_corners=align_corners, stem=stem, blocks=as_lists, aspp_channels=aspp_channels)
+    return DeepLab(trunk, DeepLabV3Head(trunk.out_channels["out"], num_classes, rates, head_conv=head_conv,
+                                        channels=aspp_channels),
                    align_corners=align_corners, config=config)
 
 

@@ -89,11 +89,12 @@ class DeepLabV3Head(nn.Sequential):
     """
 
     def __init__(self, cin: int, num_classes: int, rates: tuple[int, ...] | list[int],
-                 head_conv: bool = True, image_pooling: bool = True) -> None:
-        layers: list[nn.Module] = [ASPP(cin, rates, image_pooling=image_pooling)]
+                 head_conv: bool = True, image_pooling: bool = True, channels: int = 256) -> None:
+        layers: list[nn.Module] = [ASPP(cin, rates, cout=channels, image_pooling=image_pooling)]
         if head_conv:
-            layers += [nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(inplace=True)]
-        layers.append(nn.Conv2d(256, num_classes, 1))
+            layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+                       nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(channels, num_classes, 1))
         super().__init__(*layers)
 
 
