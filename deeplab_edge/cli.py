@@ -163,6 +163,8 @@ def _model_options(f):
                      help="deeplab-edge checkpoint (.pt) or torchvision state dict (.pth).")(f)
     f = click.option("--tflite", type=click.Path(path_type=Path),
                      help="Run a DeepLab .tflite model with the LiteRT interpreter instead.")(f)
+    f = click.option("--onnx", "onnx_path", type=click.Path(path_type=Path),
+                     help="Run an ONNX model from `deeplab-edge export` with ONNX Runtime instead.")(f)
     f = click.option("--arch", help="Architecture of a plain state dict (guessed from its keys if omitted).")(f)
     f = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")(f)
     f = click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
@@ -171,14 +173,22 @@ def _model_options(f):
     return f
 
 
-def _segmenter(weights: Path | None, tflite: Path | None, arch: str | None, device: str, precision: str,
-               input_size: int | None):
+def _segmenter(weights: Path | None, tflite: Path | None, onnx_path: Path | None, arch: str | None, device: str,
+               precision: str, input_size: int | None):
     from .checkpoint import load_checkpoint
     from .data.preprocess import Preprocess
     from .inference import Segmenter, TorchRunner, resolve_device
 
-    if (weights is None) == (tflite is None):
-        raise DeepLabEdgeError("give exactly one of --weights FILE or --tflite FILE")
+    if sum(p is not None for p in (weights, tflite, onnx_path)) != 1:
+        raise DeepLabEdgeError("give exactly one of --weights FILE, --onnx FILE or --tflite FILE")
+    if onnx_path is not None:
+        from .onnx_runner import OnnxRunner
+
+        if input_size is not None:
+            raise DeepLabEdgeError("--input-size cannot change an exported model's preprocessing; re-export it")
+        runner = OnnxRunner(onnx_path)
+        info = {"onnx": str(onnx_path), "arch": runner.meta.get("arch"), "provider": runner.session.get_providers()[0]}
+        return Segmenter(runner, runner.preprocess, runner.num_classes), runner.classes or None, info
     if tflite is not None:
         from .tflite_runner import TFLiteRunner
 
@@ -218,7 +228,7 @@ def _segmenter(weights: Path | None, tflite: Path | None, arch: str | None, devi
               help="Folder of <id>.png label maps (e.g. another runtime's predictions): report pixel agreement.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the full results as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
-def eval_cmd(weights, tflite, arch, device, precision, input_size, data, kind, split, num_images, batch_size,
+def eval_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, data, kind, split, num_images, batch_size,
              reference_dir, output, as_json) -> None:
     """Evaluate mIoU, per-class IoU and pixel accuracy on a labelled dataset.
 
@@ -232,7 +242,7 @@ def eval_cmd(weights, tflite, arch, device, precision, input_size, data, kind, s
         raise DeepLabEdgeError(f"--batch-size must be >= 1, got {batch_size}")
     if reference_dir is not None and not Path(reference_dir).is_dir():
         raise DeepLabEdgeError(f"{reference_dir}: reference folder not found")
-    segmenter, classes, info = _segmenter(weights, tflite, arch, device, precision, input_size)
+    segmenter, classes, info = _segmenter(weights, tflite, onnx_path, arch, device, precision, input_size)
     ds = open_dataset(data, kind, split).subset(num_images)
     if ds.kind == "folder":
         raise DeepLabEdgeError(f"{data}: no VOC/Cityscapes/CamVid layout found; eval needs labels "
@@ -280,7 +290,7 @@ def eval_cmd(weights, tflite, arch, device, precision, input_size, data, kind, s
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--alpha", default=0.5, show_default=True, help="Overlay opacity of the colour mask.")
 @click.option("--json", "as_json", is_flag=True, help="Print per-image class fractions as JSON.")
-def predict_cmd(weights, tflite, arch, device, precision, input_size, inputs, output, alpha, as_json) -> None:
+def predict_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, inputs, output, alpha, as_json) -> None:
     """Segment images (files or folders): writes <name>_mask.png (palette PNG whose pixel
     values are class indices) and <name>_overlay.png (mask blended over the image)."""
     import numpy as np
@@ -291,7 +301,7 @@ def predict_cmd(weights, tflite, arch, device, precision, input_size, inputs, ou
 
     if not 0.0 <= alpha <= 1.0:
         raise DeepLabEdgeError(f"--alpha must be in [0, 1], got {alpha}")
-    segmenter, classes, info = _segmenter(weights, tflite, arch, device, precision, input_size)
+    segmenter, classes, info = _segmenter(weights, tflite, onnx_path, arch, device, precision, input_size)
     ds = ImageFolder(list(inputs))
     classes = classes or [f"class_{i}" for i in range(segmenter.num_classes)]
     palette = voc_palette()
@@ -319,6 +329,47 @@ def predict_cmd(weights, tflite, arch, device, precision, input_size, inputs, ou
         t.add_row(r["id"], ", ".join(f"{k} {100 * v:.1f}" for k, v in sorted(r["classes"].items(),
                                                                            key=lambda kv: -kv[1])))
     out.print(t)
+
+
+# ----------------------------------------------------------------------------- export
+
+@main.command("export")
+@click.option("--weights", type=click.Path(path_type=Path), required=True, help="Checkpoint (.pt/.pth).")
+@click.option("--arch", help="Architecture of a plain state dict (guessed from its keys if omitted).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="ONNX file to write.")
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Images for the parity check (dataset folder, image folder or file).")
+@click.option("--parity-images", default=4, show_default=True, help="How many images the parity check uses.")
+@click.option("--opset", default=17, show_default=True, help="ONNX opset (17 or newer).")
+@click.option("--dynamic", default="", help="Dynamic axes, comma separated: batch, hw.")
+@click.option("--input-size", type=int, help="Input side (default: the checkpoint's preprocessing).")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
+              help="PyTorch's TorchScript-based exporter (fast) or the torch.export-based one.")
+@click.option("--no-simplify", is_flag=True, help="Skip onnxslim.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input_size, exporter, no_simplify,
+               as_json) -> None:
+    """Export a checkpoint to ONNX: checker-clean, simplified, with deeplab-edge metadata, and
+    checked against PyTorch with ONNX Runtime on real images (fails below 99.9% argmax agreement)."""
+    from .checkpoint import load_checkpoint
+    from .data.datasets import open_dataset
+    from .export import export_onnx
+
+    loaded = load_checkpoint(weights, arch=arch)
+    ds = open_dataset(data).subset(max(1, parity_images))
+    images = [ds.load(i)[1] for i in range(len(ds))]
+    dyn = [d.strip() for d in dynamic.split(",") if d.strip()]
+    with console.status("exporting..."):
+        rep = export_onnx(loaded, output, images, input_size=input_size, opset=opset, dynamic=dyn,
+                          exporter=exporter, simplify=not no_simplify)
+    if as_json:
+        _print_json(rep.as_dict())
+        return
+    steps = ", ".join(f"{k} {v:.1f}s" for k, v in rep.steps_s.items())
+    out.print(f"[green]wrote[/] {rep.path} ({rep.bytes / 1e6:.1f} MB, opset {rep.opset}, input "
+              f"{'x'.join(map(str, rep.input_shape))}, {rep.nodes_exported} -> {rep.nodes_final} nodes; {steps})\n"
+              f"parity on {rep.parity['images']} real images ({rep.parity['provider']}): argmax agreement "
+              f"{100 * rep.parity['agreement']:.3f}%, max |logit diff| {rep.parity['max_abs_diff']:.2e}")
 
 
 # ----------------------------------------------------------------------------- info

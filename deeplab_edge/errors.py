@@ -31,3 +31,7 @@ class EngineError(DeepLabEdgeError):
 
 class KernelUnavailableError(DeepLabEdgeError):
     """A Triton kernel cannot run here (no GPU and no interpreter)."""
+
+
+class ExportError(DeepLabEdgeError):
+    """An export failed its checks (ONNX checker, parity with PyTorch)."""

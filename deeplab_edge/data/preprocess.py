@@ -78,7 +78,7 @@ class Preprocess:
             s = self.size / max(h, w)
             rh, rw = max(1, int(round(h * s))), max(1, int(round(w * s)))
             if (rh, rw) != (h, w):
-                image = np.asarray(Image.fromarray(image).resize((rw, rh), Image.BILINEAR))
+                image = np.array(Image.fromarray(image).resize((rw, rh), Image.BILINEAR))
         else:
             rh, rw = h, w
         ih, iw = (self.size, self.size) if (self.resize == "long_side" and self.pad) else (rh, rw)
@@ -92,6 +92,8 @@ class Preprocess:
 
     def normalize(self, image_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 HWC (or NHWC) -> float32 CHW (or NCHW), ``(x - mean) / std``."""
+        if isinstance(image_uint8, np.ndarray) and not image_uint8.flags.writeable:
+            image_uint8 = image_uint8.copy()
         x = torch.as_tensor(image_uint8)
         x = x.permute(2, 0, 1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)

@@ -1,0 +1,204 @@
+"""ONNX export with a parity check against PyTorch on real images.
+
+Steps, each timed: export (TorchScript-based exporter by default: fast and producing the
+plain Conv/Resize/ReduceMean graphs TensorRT 8.6+ parses; ``exporter="dynamo"`` uses
+``torch.export``), ``onnx.checker``, simplification with onnxslim, metadata in
+``metadata_props`` (classes, preprocessing, input size, architecture, checkpoint hash),
+then ONNX Runtime against PyTorch on real images. The file appears only when every step
+passed (written to a temp file, then renamed).
+
+Export-friendly forms are built into the models: image pooling is ReduceMean + Expand (no
+adaptive pooling over dynamic sizes) and the final upsampling is one ``Resize`` whose
+``coordinate_transformation_mode`` is ``align_corners`` or ``half_pixel`` — both accepted
+by TensorRT 8.6+ and ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .checkpoint import LoadedModel
+from .data.io import atomic_path
+from .data.preprocess import Preprocess
+from .errors import ExportError
+
+__all__ = ["export_onnx", "ExportReport", "read_metadata", "MIN_OPSET"]
+
+MIN_OPSET = 17
+DYNAMIC_CHOICES = ("batch", "hw")
+
+
+@dataclass
+class ExportReport:
+    path: str
+    opset: int
+    input_shape: list[int | str]
+    dynamic: list[str]
+    exporter: str
+    bytes: int = 0
+    nodes_exported: int = 0
+    nodes_final: int = 0
+    steps_s: dict[str, float] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_metadata(model_or_path) -> dict[str, Any]:
+    """deeplab-edge's metadata_props of an ONNX model, JSON values decoded."""
+    import onnx
+
+    m = onnx.load(str(model_or_path), load_external_data=False) if isinstance(model_or_path, (str, Path)) \
+        else model_or_path
+    out = {}
+    for p in m.metadata_props:
+        if p.key.startswith("deeplab_edge."):
+            try:
+                out[p.key.removeprefix("deeplab_edge.")] = json.loads(p.value)
+            except json.JSONDecodeError:
+                out[p.key.removeprefix("deeplab_edge.")] = p.value
+    return out
+
+
+def _export(model: torch.nn.Module, x: torch.Tensor, path: Path, opset: int, dynamic: Sequence[str],
+            exporter: str) -> None:
+    axes: dict[int, str] = {}
+    if "batch" in dynamic:
+        axes[0] = "batch"
+    if "hw" in dynamic:
+        axes.update({2: "height", 3: "width"})
+    if exporter == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's own deprecation notice
+            torch.onnx.export(model, (x,), str(path), opset_version=opset, input_names=["input"],
+                              output_names=["logits"], dynamo=False, do_constant_folding=True,
+                              dynamic_axes={"input": axes, "logits": axes} if axes else None)
+    elif exporter == "dynamo":
+        dims = {}
+        if "batch" in dynamic:
+            dims[0] = torch.export.Dim("batch", min=1, max=256)
+        if "hw" in dynamic:
+            dims[2] = torch.export.Dim("height", min=33, max=4096)
+            dims[3] = torch.export.Dim("width", min=33, max=4096)
+        torch.onnx.export(model, (x,), str(path), opset_version=opset, input_names=["input"],
+                          output_names=["logits"], dynamo=True, dynamic_shapes=({**dims},) if dims else None,
+                          verbose=False)
+    else:
+        raise ExportError(f"unknown exporter {exporter!r}; use torchscript or dynamo")
+
+
+def ort_session(path: str | Path, *, optimize: bool = True, threads: int | None = None, providers=None):
+    """An ONNX Runtime session (CUDA first when available); ``optimize=False`` turns graph
+    optimisations off (exact fake-quant arithmetic for QDQ models)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    if threads:
+        so.intra_op_num_threads = threads
+    avail = ort.get_available_providers()
+    providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
+    return ort.InferenceSession(str(path), so, providers=providers)
+
+
+def export_onnx(loaded: LoadedModel, output: str | Path, images: Sequence[np.ndarray], *, input_size: int | None = None,
+                opset: int = MIN_OPSET, dynamic: Sequence[str] = (), exporter: str = "torchscript",
+                simplify: bool = True, min_agreement: float = 0.999) -> ExportReport:
+    """Export ``loaded.model`` to ONNX and check it against PyTorch on ``images`` (uint8 RGB)."""
+    import onnx
+
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old; use --opset {MIN_OPSET} or newer")
+    bad = [d for d in dynamic if d not in DYNAMIC_CHOICES]
+    if bad:
+        raise ExportError(f"unknown dynamic axes {bad}; choose from {', '.join(DYNAMIC_CHOICES)}")
+    if not images:
+        raise ExportError("no images for the parity check; pass --data with at least one image")
+    pre_dict = dict(loaded.meta.get("preprocess") or {})
+    if input_size is not None:
+        pre_dict.update(size=input_size, resize="long_side", pad=True)
+    pre = Preprocess.from_dict(pre_dict)
+    if pre.fixed_input_hw is None and "hw" not in dynamic:
+        raise ExportError("this model's preprocessing has no fixed input size; pass --input-size N or --dynamic hw")
+    model = loaded.model.eval().float()
+    output = Path(output)
+    prepared = [pre(im) for im in images]
+    x0 = prepared[0][0][None]
+    report = ExportReport(str(output), opset, ["batch" if "batch" in dynamic else 1, 3,
+                                              "height" if "hw" in dynamic else x0.shape[2],
+                                              "width" if "hw" in dynamic else x0.shape[3]],
+                          list(dynamic), exporter)
+    with atomic_path(output) as tmp:
+        t = time.perf_counter()
+        _export(model, x0, tmp, opset, dynamic, exporter)
+        report.steps_s["export"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        m = onnx.load(str(tmp))
+        try:
+            onnx.checker.check_model(m, full_check=True)
+        except Exception as e:  # onnx raises ValidationError / InferenceError
+            raise ExportError(f"the exported graph fails onnx.checker ({str(e).splitlines()[0]})") from e
+        report.nodes_exported = len(m.graph.node)
+        report.steps_s["check"] = time.perf_counter() - t
+
+        if simplify:
+            import onnxslim
+
+            t = time.perf_counter()
+            m = onnxslim.slim(m)
+            report.steps_s["simplify"] = time.perf_counter() - t
+        report.nodes_final = len(m.graph.node)
+
+        meta = {"version": __version__, "arch": loaded.model.config.get("arch"), "config": loaded.model.config,
+                "classes": loaded.classes, "num_classes": loaded.model.num_classes, "preprocess": pre.to_dict(),
+                "checkpoint_sha256": loaded.meta.get("sha256"), "source": loaded.meta.get("source"),
+                "precision": "fp32"}
+        del m.metadata_props[:]
+        for k, v in meta.items():
+            entry = m.metadata_props.add()
+            entry.key, entry.value = f"deeplab_edge.{k}", json.dumps(v, default=str)
+        m.producer_name, m.producer_version = "deeplab-edge", __version__
+        onnx.save(m, str(tmp))
+
+        t = time.perf_counter()
+        inputs = [x for x, _ in prepared]
+        if "hw" in dynamic:  # a dynamic export must also hold at another, unpadded size
+            side = max(33, (max(x0.shape[2:]) * 3 // 4) | 1)
+            inputs.append(Preprocess.from_dict({**pre.to_dict(), "size": side, "pad": False})(images[0])[0])
+        report.parity = parity(model, tmp, inputs)
+        report.steps_s["parity"] = time.perf_counter() - t
+        if report.parity["agreement"] < min_agreement:
+            raise ExportError(f"ONNX Runtime agrees with PyTorch on only {report.parity['agreement']:.4%} of pixels "
+                              f"(< {min_agreement:.1%}; max |logit diff| {report.parity['max_abs_diff']:.3g}); "
+                              "the export is wrong — report it with the model")
+    report.bytes = output.stat().st_size
+    return report
+
+
+def parity(model: torch.nn.Module, onnx_path: str | Path, inputs: Sequence[torch.Tensor]) -> dict[str, Any]:
+    """ONNX Runtime vs PyTorch on normalised inputs: max |logit| difference and argmax agreement."""
+    sess = ort_session(onnx_path)
+    name = sess.get_inputs()[0].name
+    max_diff, max_ref, same, total = 0.0, 0.0, 0, 0
+    with torch.inference_mode():
+        for x in inputs:
+            ref = model(x[None].float())
+            got = torch.from_numpy(sess.run(None, {name: x[None].numpy()})[0])
+            max_diff = max(max_diff, float((got - ref).abs().max()))
+            max_ref = max(max_ref, float(ref.abs().max()))
+            same += int((got.argmax(1) == ref.argmax(1)).sum())
+            total += ref.shape[0] * ref.shape[2] * ref.shape[3]
+    return {"images": len(inputs), "max_abs_diff": max_diff, "max_abs_logit": max_ref, "agreement": same / total,
+            "provider": sess.get_providers()[0]}

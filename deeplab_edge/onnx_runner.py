@@ -1,0 +1,53 @@
+"""Run an exported (or quantized) deeplab-edge ONNX model with ONNX Runtime as a runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.preprocess import Preprocess
+from .errors import DeepLabEdgeError
+
+__all__ = ["OnnxRunner"]
+
+
+class OnnxRunner:
+    """``optimize=False`` disables ONNX Runtime's graph optimisations, which runs QDQ models as
+    exact fake-quant arithmetic instead of fusing them into ORT's own int8 kernels."""
+
+    def __init__(self, path: str | Path, *, optimize: bool = True, threads: int | None = None) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise DeepLabEdgeError(f"{path}: ONNX model not found; create one with `deeplab-edge export`")
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as e:
+            raise DeepLabEdgeError("running .onnx models needs onnxruntime; pip install onnxruntime") from e
+        from .export import ort_session, read_metadata
+
+        try:
+            meta = read_metadata(path)
+            self.session = ort_session(path, optimize=optimize, threads=threads)
+        except DeepLabEdgeError:
+            raise
+        except Exception as e:
+            raise DeepLabEdgeError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:160]})") from e
+        if "num_classes" not in meta or "preprocess" not in meta:
+            raise DeepLabEdgeError(f"{path}: no deeplab-edge metadata (classes, preprocessing); export it with "
+                                   "`deeplab-edge export`")
+        self.meta = meta
+        self.num_classes = int(meta["num_classes"])
+        self.classes = list(meta.get("classes") or [])
+        self.preprocess = Preprocess.from_dict(meta["preprocess"])
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.float().numpy()
+        if self.fixed_batch is not None and x.shape[0] != self.fixed_batch:
+            outs = [self.session.run(None, {self.input_name: x[i:i + 1]})[0] for i in range(x.shape[0])]
+            return torch.from_numpy(np.concatenate(outs))
+        return torch.from_numpy(self.session.run(None, {self.input_name: x})[0])
