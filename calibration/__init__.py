@@ -1,4 +1,96 @@
 """INT8 post-training calibration (imported as ``deeplab_edge.calibration``).
 
-Not implemented yet (issue 6); nothing in deeplab-edge imports from here so far.
+``calibrate`` turns an exported FP32 ONNX model and real images into:
+
+1. ``calibration.cache`` — TensorRT's calibration cache (TensorRT 8.5-10, implicit INT8),
+2. ``model_qdq.onnx`` — the TensorRT QDQ model (symmetric s8; TensorRT 10+/11's only INT8 route),
+   whose accuracy is measured here by exact fake-quant emulation (ONNX Runtime, graph
+   optimisations off),
+3. ``model_cpu_int8.onnx`` — the CPU INT8 model (u8 activations / s8 weights) for ONNX Runtime,
+4. ``ranges.json`` — every tensor's max|x| and chosen threshold.
 """
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from deeplab_edge.data.io import atomic_path
+from deeplab_edge.data.preprocess import Preprocess
+from deeplab_edge.errors import CalibrationError
+
+from .cache import read_trt_cache, write_trt_cache
+from .collect import activation_tensors, calibration_inputs, collect_histograms
+from .histograms import METHODS, amax_from_histogram
+from .qdq import conv_nodes, insert_qdq
+
+__all__ = ["calibrate", "METHODS", "read_trt_cache", "write_trt_cache", "insert_qdq", "conv_nodes"]
+
+
+def _set_precision(model, precision: str, method: str) -> None:
+    for p in model.metadata_props:
+        if p.key == "deeplab_edge.precision":
+            p.value = json.dumps(precision)
+            break
+    else:
+        e = model.metadata_props.add()
+        e.key, e.value = "deeplab_edge.precision", json.dumps(precision)
+    e = model.metadata_props.add()
+    e.key, e.value = "deeplab_edge.calibration", json.dumps({"method": method})
+
+
+def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, num: int = 256,
+              method: str = "entropy", percentile: float = 99.99, keep_float: tuple[str, ...] = (),
+              trt_version: str = "8.6.1", cpu_int8: bool = True,
+              progress: Callable[[str, int], Callable[[], None]] | None = None) -> dict[str, Any]:
+    """Calibrate ``onnx_path`` (an FP32 export of deeplab-edge) on ``num`` images of ``data``."""
+    import onnx
+
+    from deeplab_edge.export import read_metadata
+
+    if method not in METHODS:
+        raise CalibrationError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if not 0 < percentile <= 100:
+        raise CalibrationError(f"--percentile must be in (0, 100], got {percentile}")
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    if not onnx_path.is_file():
+        raise CalibrationError(f"{onnx_path}: ONNX model not found; export one with `deeplab-edge export`")
+    model = onnx.load(str(onnx_path))
+    meta = read_metadata(model)
+    if "preprocess" not in meta or not conv_nodes(model):
+        raise CalibrationError(f"{onnx_path}: not a deeplab-edge DeepLab export (no metadata or no Conv); "
+                               "export it with `deeplab-edge export`")
+    unknown = set(keep_float) - {n.name for n in conv_nodes(model)}
+    if unknown:
+        raise CalibrationError(f"--keep-float names unknown Conv nodes {sorted(unknown)[:3]}")
+    inputs = calibration_inputs(data, Preprocess.from_dict(meta["preprocess"]), num)
+    names = activation_tensors(model)
+    tick = progress("collect", 2 * len(inputs)) if progress else None
+    stats = collect_histograms(model, inputs, names, tick)
+    amax = {n: amax_from_histogram(h, a, method, percentile) for n, (h, a) in stats.items()}
+
+    # Tensors produced by Convs kept in float leave the cache, so TensorRT keeps them in float too.
+    float_outputs = {o for n in model.graph.node if n.name in keep_float for o in n.output}
+    scales = {n: a / 127.0 for n, a in amax.items() if a > 0 and n not in float_outputs}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = write_trt_cache(out_dir / "calibration.cache", scales, trt_version=trt_version)
+    qdq = insert_qdq(model, amax, frozenset(keep_float))
+    _set_precision(qdq, "int8-qdq-tensorrt", method)
+    qdq_path = out_dir / "model_qdq.onnx"
+    with atomic_path(qdq_path) as tmp:
+        onnx.save(qdq, str(tmp))
+    ranges = {"method": method, "percentile": percentile if method == "percentile" else None,
+              "images": len(inputs), "source": str(onnx_path), "keep_float": list(keep_float),
+              "tensors": {n: {"max_abs": stats[n][1], "amax": amax[n], "scale": amax[n] / 127.0} for n in names}}
+    ranges_path = out_dir / "ranges.json"
+    with atomic_path(ranges_path) as tmp:
+        tmp.write_text(json.dumps(ranges, indent=1))
+    report = {"cache": str(cache), "qdq_onnx": str(qdq_path), "ranges": str(ranges_path), "images": len(inputs),
+              "tensors": len(scales), "quantized_convs": len(conv_nodes(model)) - len(keep_float), "method": method}
+    if cpu_int8:
+        from .cpu_int8 import quantize_cpu_int8
+
+        cpu_path = quantize_cpu_int8(onnx_path, out_dir / "model_cpu_int8.onnx", inputs)
+        report["cpu_int8_onnx"] = str(cpu_path)
+    return report

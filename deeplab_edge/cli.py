@@ -187,7 +187,8 @@ def _segmenter(weights: Path | None, tflite: Path | None, onnx_path: Path | None
         if input_size is not None:
             raise DeepLabEdgeError("--input-size cannot change an exported model's preprocessing; re-export it")
         runner = OnnxRunner(onnx_path)
-        info = {"onnx": str(onnx_path), "arch": runner.meta.get("arch"), "provider": runner.session.get_providers()[0]}
+        info = {"onnx": str(onnx_path), "arch": runner.meta.get("arch"), "provider": runner.session.get_providers()[0],
+                "precision": runner.meta.get("precision"), "ort_graph_optimizations": runner.optimize}
         return Segmenter(runner, runner.preprocess, runner.num_classes), runner.classes or None, info
     if tflite is not None:
         from .tflite_runner import TFLiteRunner
@@ -370,6 +371,76 @@ def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input
               f"{'x'.join(map(str, rep.input_shape))}, {rep.nodes_exported} -> {rep.nodes_final} nodes; {steps})\n"
               f"parity on {rep.parity['images']} real images ({rep.parity['provider']}): argmax agreement "
               f"{100 * rep.parity['agreement']:.3f}%, max |logit diff| {rep.parity['max_abs_diff']:.2e}")
+
+
+# ----------------------------------------------------------------------------- calibrate
+
+@main.command("calibrate")
+@click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint: exported to OUT/model_fp32.onnx first.")
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), help="An FP32 ONNX from `deeplab-edge export`.")
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Calibration images: a dataset folder (VOC/Cityscapes/CamVid) or a plain image folder.")
+@click.option("--num", default=256, show_default=True,
+              help="Images to use (the first N in sorted order; fewer are used, with a warning, if fewer exist).")
+@click.option("--method", type=click.Choice(["entropy", "minmax", "percentile", "mse"]), default="entropy",
+              show_default=True, help="How activation ranges are chosen from the histograms.")
+@click.option("--percentile", default=99.99, show_default=True, help="Percentile for --method percentile.")
+@click.option("--keep-float", multiple=True, help="Conv node names to leave in float (repeatable).")
+@click.option("--trt-version", default="8.6.1", show_default=True, help="TensorRT version named in the cache header.")
+@click.option("--no-cpu-int8", is_flag=True, help="Skip the ONNX Runtime CPU INT8 model.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def calibrate_cmd(weights, onnx_path, data, num, method, percentile, keep_float, trt_version, no_cpu_int8, output,
+                  as_json) -> None:
+    """INT8 post-training calibration on real images.
+
+    \b
+    Writes to OUTPUT/:
+      calibration.cache     TensorRT calibration cache (TensorRT 8.5-10, trtexec --calib)
+      model_qdq.onnx        TensorRT QDQ model (symmetric s8; TensorRT 10+/11); `eval --onnx`
+                            measures it by exact fake-quant emulation
+      model_cpu_int8.onnx   ONNX Runtime CPU INT8 model (u8 activations, s8 weights)
+      ranges.json           every tensor's max|x| and chosen threshold
+    Same inputs and method give byte-identical files."""
+    import warnings
+
+    from .calibration import calibrate
+
+    if (weights is None) == (onnx_path is None):
+        raise DeepLabEdgeError("give exactly one of --weights FILE or --onnx FILE")
+    if num < 1:
+        raise DeepLabEdgeError(f"--num must be >= 1, got {num}")
+    if weights is not None:
+        from .checkpoint import load_checkpoint
+        from .data.datasets import open_dataset
+        from .export import export_onnx
+
+        loaded = load_checkpoint(weights)
+        ds = open_dataset(data).subset(4)
+        onnx_path = output / "model_fp32.onnx"
+        with console.status("exporting FP32 ONNX..."):
+            export_onnx(loaded, onnx_path, [ds.load(i)[1] for i in range(len(ds))])
+    with _progress() as prog, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        def progress(desc: str, total: int):
+            task = prog.add_task(desc, total=total)
+            return lambda: prog.advance(task)
+
+        rep = calibrate(onnx_path, data, output, num=num, method=method, percentile=percentile,
+                        keep_float=tuple(keep_float), trt_version=trt_version, cpu_int8=not no_cpu_int8,
+                        progress=progress)
+    for w in caught:
+        if "calibrating on all" in str(w.message):
+            console.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
+    if as_json:
+        _print_json(rep)
+        return
+    out.print(f"[green]calibrated[/] {rep['images']} images, method {rep['method']}: {rep['tensors']} tensor scales, "
+              f"{rep['quantized_convs']} Convs quantized")
+    for key in ("cache", "qdq_onnx", "cpu_int8_onnx", "ranges"):
+        if key in rep:
+            out.print(f"  {key:14s} {rep[key]}")
 
 
 # ----------------------------------------------------------------------------- info

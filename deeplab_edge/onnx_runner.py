@@ -15,9 +15,10 @@ __all__ = ["OnnxRunner"]
 
 class OnnxRunner:
     """``optimize=False`` disables ONNX Runtime's graph optimisations, which runs QDQ models as
-    exact fake-quant arithmetic instead of fusing them into ORT's own int8 kernels."""
+    exact fake-quant arithmetic instead of fusing them into ORT's own int8 kernels; the default
+    does that for TensorRT QDQ models (metadata precision ``int8-qdq-tensorrt``) only."""
 
-    def __init__(self, path: str | Path, *, optimize: bool = True, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, *, optimize: bool | None = None, threads: int | None = None) -> None:
         path = Path(path)
         if not path.is_file():
             raise DeepLabEdgeError(f"{path}: ONNX model not found; create one with `deeplab-edge export`")
@@ -29,6 +30,9 @@ class OnnxRunner:
 
         try:
             meta = read_metadata(path)
+            if optimize is None:  # TensorRT QDQ models: exact fake-quant arithmetic, not ORT's int8 kernels
+                optimize = meta.get("precision") != "int8-qdq-tensorrt"
+            self.optimize = optimize
             self.session = ort_session(path, optimize=optimize, threads=threads)
         except DeepLabEdgeError:
             raise

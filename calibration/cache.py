@@ -1,0 +1,65 @@
+"""TensorRT's calibration cache (text format, TensorRT 8.5-10 with implicit quantization).
+
+First line ``TRT-<version>-<calibrator>`` (version as TensorRT prints it: 8.6.1 -> 8601), then
+one ``<tensor name>: <hex>`` line per tensor, where <hex> is the big-endian IEEE-754 float32
+bit pattern of the scale (= amax / 127). An ``IInt8Calibrator.read_calibration_cache`` returns
+these bytes to TensorRT; ``trtexec --int8 --calib=FILE`` reads the same file.
+
+The header names ``EntropyCalibration2`` whatever method chose the ranges (minmax, percentile,
+MSE or entropy): that is the calibrator trtexec and deeplab-edge's build use to read it back,
+and TensorRT only takes the scales from the file. ``ranges.json`` records the real method.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from deeplab_edge.data.io import atomic_path
+from deeplab_edge.errors import CalibrationError
+
+__all__ = ["write_trt_cache", "read_trt_cache", "trt_version_code"]
+
+
+def trt_version_code(version: str) -> int:
+    parts = [int(p) for p in version.split(".")[:3]]
+    parts += [0] * (3 - len(parts))
+    return parts[0] * 1000 + parts[1] * 100 + parts[2]
+
+
+def format_trt_cache(scales: dict[str, float], calibrator: str = "EntropyCalibration2",
+                     trt_version: str = "8.6.1") -> bytes:
+    lines = [f"TRT-{trt_version_code(trt_version)}-{calibrator}"]
+    for name, scale in scales.items():
+        if ":" in name or "\n" in name:
+            raise CalibrationError(f"tensor name {name!r} cannot be written to a TensorRT cache")
+        lines.append(f"{name}: {struct.pack('>f', float(scale)).hex()}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def write_trt_cache(path: str | Path, scales: dict[str, float], calibrator: str = "EntropyCalibration2",
+                    trt_version: str = "8.6.1") -> Path:
+    data = format_trt_cache(scales, calibrator, trt_version)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def read_trt_cache(path: str | Path) -> tuple[str, dict[str, float]]:
+    """(header, name -> scale) of a TensorRT calibration cache."""
+    path = Path(path)
+    if not path.is_file():
+        raise CalibrationError(f"{path}: calibration cache not found")
+    text = path.read_bytes().decode("ascii", errors="strict").splitlines()
+    if not text or not text[0].startswith("TRT-"):
+        raise CalibrationError(f"{path}: not a TensorRT calibration cache (no 'TRT-...' header)")
+    scales = {}
+    for ln in text[1:]:
+        if not ln.strip():
+            continue
+        name, _, hexval = ln.rpartition(": ")
+        try:
+            scales[name] = struct.unpack(">f", bytes.fromhex(hexval.strip()))[0]
+        except ValueError as e:
+            raise CalibrationError(f"{path}: bad cache line {ln!r}") from e
+    return text[0], scales

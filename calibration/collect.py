@@ -1,0 +1,108 @@
+"""Calibration data and activation statistics, collected with ONNX Runtime.
+
+Calibration images go through the model's own :class:`~deeplab_edge.data.Preprocess` (the one
+shared implementation), in the dataset's sorted order, so the same inputs and method give
+byte-identical outputs. Every float activation of the graph (the input and each node's
+output) is exposed as an extra graph output; ONNX Runtime runs with graph optimisations off
+so that every tensor keeps the name TensorRT will see in the same ONNX file. Two passes: the
+first finds max|x| per tensor, the second fills 2048-bin histograms of |x| over [0, max].
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from deeplab_edge.data.datasets import open_dataset
+from deeplab_edge.data.preprocess import Preprocess
+from deeplab_edge.errors import CalibrationError
+
+from .histograms import NUM_BINS
+
+__all__ = ["calibration_inputs", "activation_tensors", "collect_histograms", "MIN_IMAGES"]
+
+MIN_IMAGES = 1
+
+
+def calibration_inputs(data: str | Path, preprocess: Preprocess, num: int) -> list[torch.Tensor]:
+    """The first ``num`` images of a dataset or folder, preprocessed; warns when there are fewer."""
+    try:
+        ds = open_dataset(data)
+    except Exception as e:
+        if isinstance(e, CalibrationError):
+            raise
+        raise CalibrationError(f"calibration data: {e}") from e
+    n = len(ds)
+    if n < MIN_IMAGES:
+        raise CalibrationError(f"{data}: no calibration images; pass a folder with images")
+    if n < num:
+        warnings.warn(f"{data} has {n} images, fewer than --num {num}: calibrating on all {n}", stacklevel=2)
+    return [preprocess(ds.load(i)[1])[0] for i in range(min(n, num))]
+
+
+def activation_tensors(model) -> list[str]:
+    """Names of the graph input and of every float, 4-D node output."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    info = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output) +
+            list(inferred.graph.input)}
+    names = []
+    for name in [model.graph.input[0].name] + [o for n in model.graph.node for o in n.output]:
+        v = info.get(name)
+        if v is None:
+            continue
+        t = v.type.tensor_type
+        if t.elem_type == onnx.TensorProto.FLOAT and len(t.shape.dim) == 4 and name not in names:
+            names.append(name)
+    return names
+
+
+def _session_with_outputs(model, names: list[str]):
+    import onnx
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in existing:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def collect_histograms(model, inputs: list[torch.Tensor], names: list[str] | None = None,
+                       progress: Callable[[], None] | None = None) -> dict[str, tuple[np.ndarray, float]]:
+    """name -> (2048-bin histogram of |x| over [0, amax], amax) over all calibration inputs."""
+    names = names or activation_tensors(model)
+    sess = _session_with_outputs(model, names)
+    in_name = sess.get_inputs()[0].name
+    outs = [o.name for o in sess.get_outputs()]
+    idx = [outs.index(n) for n in names]
+
+    def run(x: torch.Tensor) -> Iterable[tuple[str, np.ndarray]]:
+        feeds = {in_name: x[None].numpy()}
+        res = sess.run(None, feeds)
+        for n, i in zip(names, idx):
+            yield n, feeds[in_name] if n == in_name else res[i]
+
+    amax = dict.fromkeys(names, 0.0)
+    for x in inputs:
+        for n, a in run(x):
+            amax[n] = max(amax[n], float(np.abs(a).max()))
+        if progress:
+            progress()
+    hists = {n: np.zeros(NUM_BINS, np.int64) for n in names}
+    for x in inputs:
+        for n, a in run(x):
+            if amax[n] > 0:
+                hists[n] += np.histogram(np.abs(a), bins=NUM_BINS, range=(0.0, amax[n]))[0]
+        if progress:
+            progress()
+    return {n: (hists[n], amax[n]) for n in names}

@@ -1,0 +1,98 @@
+"""Explicit-quantization (QDQ) ONNX for TensorRT, written by hand.
+
+TensorRT 10+/11 takes INT8 only as QuantizeLinear/DequantizeLinear pairs. What it fuses
+best (NVIDIA's TensorRT developer guide, "Q/DQ layer-placement recommendations") is QDQ on
+the inputs of quantizable layers — the activation input (per-tensor, symmetric int8, zero
+point 0) and the weights (per-output-channel, symmetric int8) of each Conv — with biases
+left in float. ONNX Runtime's ``quantize_static`` places QDQ on outputs too and quantizes
+biases to int32, so this placement is done here; the CPU INT8 model, where ONNX Runtime's
+own placement is right, is made with ``quantize_static`` (see ``cpu_int8.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["insert_qdq", "conv_nodes"]
+
+
+def conv_nodes(model) -> list:
+    return [n for n in model.graph.node if n.op_type == "Conv"]
+
+
+def insert_qdq(model, amax: dict[str, float], keep_float: set[str] | frozenset[str] = frozenset()):
+    """A copy of ``model`` with QDQ around every Conv's activation input and weights, except the
+    Convs named in ``keep_float``. ``amax`` gives each activation's clipping threshold."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    inits = {t.name: t for t in g.initializer}
+    new_nodes, new_inits = [], []
+    dq_of: dict[str, str] = {}
+
+    def act_qdq(name: str) -> str:
+        if name in dq_of:
+            return dq_of[name]
+        a = amax.get(name)
+        if a is None:
+            raise KeyError(name)
+        scale = np.float32(max(a, 1e-12) / 127.0)
+        s_name, z_name = f"{name}_qdq_scale", f"{name}_qdq_zero"
+        new_inits.extend([numpy_helper.from_array(np.array(scale, np.float32), s_name),
+                          numpy_helper.from_array(np.array(0, np.int8), z_name)])
+        q, dq = f"{name}_quantized", f"{name}_dequantized"
+        new_nodes.append(helper.make_node("QuantizeLinear", [name, s_name, z_name], [q], name=f"{name}_Q"))
+        new_nodes.append(helper.make_node("DequantizeLinear", [q, s_name, z_name], [dq], name=f"{name}_DQ"))
+        dq_of[name] = dq
+        return dq
+
+    for node in list(g.node):
+        if node.op_type != "Conv" or node.name in keep_float:
+            continue
+        x, w = node.input[0], node.input[1]
+        if w not in inits:
+            continue
+        node.input[0] = act_qdq(x)
+        wf = numpy_helper.to_array(inits[w]).astype(np.float32)
+        s = np.abs(wf.reshape(wf.shape[0], -1)).max(axis=1) / 127.0
+        s = np.where(s > 0, s, 1.0).astype(np.float32)
+        wq = np.clip(np.round(wf / s.reshape(-1, *([1] * (wf.ndim - 1)))), -127, 127).astype(np.int8)
+        wq_name, ws_name, wz_name = f"{w}_int8", f"{w}_scale", f"{w}_zero"
+        new_inits += [numpy_helper.from_array(wq, wq_name), numpy_helper.from_array(s, ws_name),
+                      numpy_helper.from_array(np.zeros(wf.shape[0], np.int8), wz_name)]
+        wdq = f"{w}_dequantized"
+        new_nodes.append(helper.make_node("DequantizeLinear", [wq_name, ws_name, wz_name], [wdq], name=f"{w}_DQ",
+                                          axis=0))
+        node.input[1] = wdq
+    # QDQ nodes go right before their first consumer: simplest valid order is all of them first
+    # for weights and graph inputs, and after the producer for activations; a topological sort does both.
+    all_nodes = new_nodes + list(g.node)
+    del g.node[:]
+    g.node.extend(_toposort(all_nodes, {i.name for i in g.input} | {t.name for t in g.initializer} |
+                            {t.name for t in new_inits}))
+    used = {i for n in g.node for i in n.input}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep + new_inits)
+    return m
+
+
+def _toposort(nodes: list, available: set[str]) -> list:
+    ready, out, pending = set(available), [], list(nodes)
+    while pending:
+        progressed = False
+        rest = []
+        for n in pending:
+            if all((not i) or i in ready for i in n.input):
+                out.append(n)
+                ready.update(n.output)
+                progressed = True
+            else:
+                rest.append(n)
+        if not progressed:
+            raise ValueError(f"graph has a cycle or a missing input near {rest[0].name}")
+        pending = rest
+    return out
