@@ -42,9 +42,16 @@ def _set_precision(model, precision: str, method: str) -> None:
 
 def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, num: int = 256,
               method: str = "entropy", percentile: float = 99.99, keep_float: tuple[str, ...] = (),
-              trt_version: str = "8.6.1", cpu_int8: bool = True,
+              trt_version: str = "8.6.1", cpu_int8: bool = True, keep_float_top: int = 0, sensitivity: bool = False,
+              sensitivity_data: str | Path | None = None, sensitivity_num: int | None = None,
+              sensitivity_mode: str = "float-one",
               progress: Callable[[str, int], Callable[[], None]] | None = None) -> dict[str, Any]:
-    """Calibrate ``onnx_path`` (an FP32 export of deeplab-edge) on ``num`` images of ``data``."""
+    """Calibrate ``onnx_path`` (an FP32 export of deeplab-edge) on ``num`` images of ``data``.
+
+    With ``sensitivity``, ``sensitivity_data`` (a labelled dataset) or ``keep_float_top`` > 0, each Conv's
+    mIoU cost is measured and the ``keep_float_top`` most costly ones stay in float. Without
+    ``sensitivity_data``, the images of ``data`` beyond the first ``num`` are the held-out
+    split; when there are none, the calibration images are reused, with a warning."""
     import onnx
 
     from deeplab_edge.export import read_metadata
@@ -70,6 +77,32 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
     stats = collect_histograms(model, inputs, names, tick)
     amax = {n: amax_from_histogram(h, a, method, percentile) for n, (h, a) in stats.items()}
 
+    ranking = None
+    if keep_float_top > 0 or sensitivity or sensitivity_data is not None:
+        import warnings
+
+        from deeplab_edge.data.datasets import open_dataset
+
+        from .sensitivity import layer_sensitivity
+
+        if sensitivity_data is not None:
+            held = open_dataset(sensitivity_data).subset(sensitivity_num)
+        else:
+            full = open_dataset(data)
+            held = full.subset(None)
+            if len(full) > len(inputs):
+                held.samples = full.samples[len(inputs):]
+            else:
+                warnings.warn("no images left beyond the calibration set: the sensitivity split is not held out; "
+                              "pass --sensitivity-data", stacklevel=2)
+            held = held.subset(sensitivity_num)
+        if not held.has_labels:
+            raise CalibrationError(f"{held.root}: sensitivity analysis needs labelled images (VOC/Cityscapes/CamVid)")
+        tick = progress("sensitivity", len(conv_nodes(model))) if progress else None
+        ranking = layer_sensitivity(model, amax, held, sensitivity_mode, tick)
+        keep_float = tuple(keep_float) + tuple(r["layer"] for r in ranking["layers"][:keep_float_top]
+                                               if r["layer"] not in keep_float)
+
     # Tensors produced by Convs kept in float leave the cache, so TensorRT keeps them in float too.
     float_outputs = {o for n in model.graph.node if n.name in keep_float for o in n.output}
     scales = {n: a / 127.0 for n, a in amax.items() if a > 0 and n not in float_outputs}
@@ -83,11 +116,22 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
     ranges = {"method": method, "percentile": percentile if method == "percentile" else None,
               "images": len(inputs), "source": str(onnx_path), "keep_float": list(keep_float),
               "tensors": {n: {"max_abs": stats[n][1], "amax": amax[n], "scale": amax[n] / 127.0} for n in names}}
+    if ranking is not None:
+        sens_path = out_dir / "sensitivity.json"
+        with atomic_path(sens_path) as tmp:
+            tmp.write_text(json.dumps(ranking, indent=1))
     ranges_path = out_dir / "ranges.json"
     with atomic_path(ranges_path) as tmp:
         tmp.write_text(json.dumps(ranges, indent=1))
     report = {"cache": str(cache), "qdq_onnx": str(qdq_path), "ranges": str(ranges_path), "images": len(inputs),
               "tensors": len(scales), "quantized_convs": len(conv_nodes(model)) - len(keep_float), "method": method}
+    if ranking is not None:
+        report["sensitivity"] = str(out_dir / "sensitivity.json")
+        report["sensitivity_mode"] = ranking["mode"]
+        report["sensitivity_fp32_miou"] = ranking["fp32_miou"]
+        report["sensitivity_int8_miou"] = ranking["int8_miou"]
+        report["sensitivity_top"] = ranking["layers"][:10]
+        report["keep_float"] = list(keep_float)
     if cpu_int8:
         from .cpu_int8 import quantize_cpu_int8
 

@@ -385,12 +385,22 @@ def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input
 @click.option("--method", type=click.Choice(["entropy", "minmax", "percentile", "mse"]), default="entropy",
               show_default=True, help="How activation ranges are chosen from the histograms.")
 @click.option("--percentile", default=99.99, show_default=True, help="Percentile for --method percentile.")
-@click.option("--keep-float", multiple=True, help="Conv node names to leave in float (repeatable).")
+@click.option("--keep-float", "keep_float_top", default=0, show_default=True,
+              help="Leave the K most sensitive Convs in float (runs the sensitivity analysis).")
+@click.option("--keep-float-layer", "keep_float", multiple=True, help="A Conv node name to leave in float (repeatable).")
+@click.option("--sensitivity", is_flag=True, help="Rank every Conv by the mIoU cost of quantizing it alone.")
+@click.option("--sensitivity-data", type=click.Path(path_type=Path),
+              help="Labelled held-out data for the sensitivity analysis (default: --data beyond the first --num).")
+@click.option("--sensitivity-num", type=int, help="Images of the held-out split to use.")
+@click.option("--sensitivity-mode", type=click.Choice(["float-one", "quantize-one"]), default="float-one",
+              show_default=True, help="Score each Conv by the mIoU regained when only it stays float, or lost "
+              "when only it is quantized.")
 @click.option("--trt-version", default="8.6.1", show_default=True, help="TensorRT version named in the cache header.")
 @click.option("--no-cpu-int8", is_flag=True, help="Skip the ONNX Runtime CPU INT8 model.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def calibrate_cmd(weights, onnx_path, data, num, method, percentile, keep_float, trt_version, no_cpu_int8, output,
+def calibrate_cmd(weights, onnx_path, data, num, method, percentile, keep_float_top, keep_float, sensitivity,
+                  sensitivity_data, sensitivity_num, sensitivity_mode, trt_version, no_cpu_int8, output,
                   as_json) -> None:
     """INT8 post-training calibration on real images.
 
@@ -401,6 +411,7 @@ def calibrate_cmd(weights, onnx_path, data, num, method, percentile, keep_float,
                             measures it by exact fake-quant emulation
       model_cpu_int8.onnx   ONNX Runtime CPU INT8 model (u8 activations, s8 weights)
       ranges.json           every tensor's max|x| and chosen threshold
+      sensitivity.json      with --sensitivity or --keep-float K: Convs ranked by mIoU cost
     Same inputs and method give byte-identical files."""
     import warnings
 
@@ -429,13 +440,25 @@ def calibrate_cmd(weights, onnx_path, data, num, method, percentile, keep_float,
 
         rep = calibrate(onnx_path, data, output, num=num, method=method, percentile=percentile,
                         keep_float=tuple(keep_float), trt_version=trt_version, cpu_int8=not no_cpu_int8,
-                        progress=progress)
+                        keep_float_top=keep_float_top, sensitivity=sensitivity, sensitivity_data=sensitivity_data,
+                        sensitivity_num=sensitivity_num, sensitivity_mode=sensitivity_mode, progress=progress)
     for w in caught:
-        if "calibrating on all" in str(w.message):
+        if "calibrating on all" in str(w.message) or "not held out" in str(w.message):
             console.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
     if as_json:
         _print_json(rep)
         return
+    if "sensitivity_top" in rep:
+        gain = rep["sensitivity_mode"] == "float-one"
+        t = Table(title=f"most sensitive Convs ({rep['sensitivity_mode']}; FP32 mIoU "
+                        f"{_pct(rep['sensitivity_fp32_miou'])}%, all-INT8 {_pct(rep['sensitivity_int8_miou'])}%)")
+        t.add_column("rank", justify="right")
+        t.add_column("Conv")
+        t.add_column("mIoU %", justify="right")
+        t.add_column("gain if float (points)" if gain else "cost if quantized (points)", justify="right")
+        for i, r in enumerate(rep["sensitivity_top"], 1):
+            t.add_row(str(i), r["layer"], _pct(r["miou"]), f"{100 * r['score']:.2f}")
+        out.print(t)
     out.print(f"[green]calibrated[/] {rep['images']} images, method {rep['method']}: {rep['tensors']} tensor scales, "
               f"{rep['quantized_convs']} Convs quantized")
     for key in ("cache", "qdq_onnx", "cpu_int8_onnx", "ranges"):

@@ -169,3 +169,30 @@ def test_bad_calibration_inputs(tmp_path, fp32_onnx):
     torch.onnx.export(torch.nn.Conv2d(3, 2, 1), (torch.zeros(1, 3, 8, 8),), str(plain), dynamo=False)
     with pytest.raises(CalibrationError, match="not a deeplab-edge DeepLab export"):
         calibrate(plain, empty, tmp_path / "o")
+
+
+@pytest.mark.slow
+def test_sensitivity_ranking_and_keep_float(shared, fp32_onnx, tmp_path):
+    from deeplab_edge.calibration.qdq import conv_nodes
+
+    # 4 calibration images, the 5 others held out (2 of them used)
+    rep = calibrate(fp32_onnx, shared["voc"], tmp_path / "k", num=4, method="minmax", cpu_int8=False,
+                    keep_float_top=2, sensitivity_num=2)
+    ranking = json.loads(open(rep["sensitivity"]).read())
+    m = onnx.load(str(fp32_onnx))
+    convs = [n.name for n in conv_nodes(m)]
+    rows = ranking["layers"]
+    assert sorted(r["layer"] for r in rows) == sorted(convs) and ranking["images"] == 2
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    for r in rows:  # float-one: the score is the mIoU regained over the all-INT8 model
+        assert r["score"] == pytest.approx(r["miou"] - ranking["int8_miou"])
+    kept = [r["layer"] for r in rows[:2]]
+    assert rep["keep_float"] == kept and rep["quantized_convs"] == len(convs) - 2
+    q = onnx.load(rep["qdq_onnx"])
+    producers = {o: n.op_type for n in q.graph.node for o in n.output}
+    for n in q.graph.node:
+        if n.op_type == "Conv":
+            assert (producers.get(n.input[1]) == "DequantizeLinear") == (n.name not in kept), n.name
+    _, scales = read_trt_cache(rep["cache"])
+    kept_outputs = {o for n in m.graph.node if n.name in kept for o in n.output}
+    assert kept_outputs and not kept_outputs & set(scales)

@@ -1,0 +1,64 @@
+"""Per-layer INT8 sensitivity, measured as mIoU on a labelled split (exact fake-quant emulation
+in ONNX Runtime), in one of two modes:
+
+* ``float-one`` (default): the fully quantized model with only this Conv left in float; the
+  mIoU it recovers over the fully quantized model ranks the layers. This is what
+  ``--keep-float K`` needs: on the imported MobileNetV2, quantization errors of neighbouring
+  layers interact (clipping one layer's input shrinks the outliers the next layer clips), so
+  the layers that cost most alone are not the ones whose float precision helps most.
+* ``quantize-one``: the FP32 model with only this Conv quantized; its drop from FP32 is the
+  layer's cost in isolation.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from deeplab_edge.data.datasets import SegmentationDataset
+from deeplab_edge.inference import Segmenter, evaluate
+
+from .qdq import conv_nodes, insert_qdq
+
+__all__ = ["layer_sensitivity"]
+
+
+def _miou(model, dataset: SegmentationDataset, work: Path, tag: str) -> float:
+    import onnx
+
+    from deeplab_edge.onnx_runner import OnnxRunner
+
+    path = work / f"{tag}.onnx"
+    onnx.save(model, str(path))
+    runner = OnnxRunner(path, optimize=False)
+    return float(evaluate(Segmenter(runner, runner.preprocess, runner.num_classes), dataset)["miou"])
+
+
+MODES = ("float-one", "quantize-one")
+
+
+def layer_sensitivity(model, amax: dict[str, float], dataset: SegmentationDataset, mode: str = "float-one",
+                      progress: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Rank the Convs of ``model`` (FP32 ONNX); ``layers[i]["score"]`` is mIoU points gained by
+    keeping the layer float (``float-one``) or lost by quantizing it alone (``quantize-one``)."""
+    if mode not in MODES:
+        raise ValueError(f"expected mode in {MODES}, got {mode!r}")
+    convs = [n.name for n in conv_nodes(model)]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        fp32 = _miou(model, dataset, work, "fp32")
+        int8 = _miou(insert_qdq(model, amax), dataset, work, "int8")
+        rows = []
+        for name in convs:
+            if mode == "float-one":
+                miou = _miou(insert_qdq(model, amax, frozenset([name])), dataset, work, "layer")
+                score = miou - int8
+            else:
+                miou = _miou(insert_qdq(model, amax, frozenset(c for c in convs if c != name)), dataset, work, "layer")
+                score = fp32 - miou
+            rows.append({"layer": name, "miou": miou, "score": score})
+            if progress:
+                progress()
+    rows.sort(key=lambda r: (-r["score"], r["layer"]))
+    return {"mode": mode, "fp32_miou": fp32, "int8_miou": int8, "images": len(dataset), "layers": rows}
