@@ -466,6 +466,93 @@ def calibrate_cmd(weights, onnx_path, data, num, method, percentile, keep_float_
             out.print(f"  {key:14s} {rep[key]}")
 
 
+# ----------------------------------------------------------------------------- compare
+
+@main.command("compare")
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Labelled dataset folder.")
+@click.option("--num-images", type=int, help="Evaluate only the first N images.")
+@click.option("--warmup", default=2, show_default=True, help="Untimed forward passes per model first.")
+@click.option("--threads", type=int, help="Intra-op threads for PyTorch and ONNX Runtime (default: all cores).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the results as JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def compare_cmd(models, data, num_images, warmup, threads, output, as_json) -> None:
+    """Accuracy against speed of several models on the same images, in one run.
+
+    MODELS are checkpoints (.pt/.pth, PyTorch fp32), ONNX files (FP32, TensorRT QDQ emulated,
+    CPU INT8 — told apart by their metadata) or .tflite files. Latency is the model call only
+    (preprocessing and postprocessing are reported apart), median over the images after
+    WARMUP untimed calls; speed-up and mIoU change are against the first model."""
+    import numpy as np
+    import torch
+
+    from .data.datasets import open_dataset
+    from .inference import evaluate
+
+    if threads:
+        torch.set_num_threads(threads)
+    ds = open_dataset(data).subset(num_images)
+    rows = []
+    for path in models:
+        suffix = path.suffix.lower()
+        if suffix == ".onnx":
+            seg, _, info = _segmenter(None, None, path, None, "cpu", "fp32", None)
+            if threads:
+                from .onnx_runner import OnnxRunner
+
+                seg.runner = OnnxRunner(path, threads=threads)
+            kind = info.get("precision") or "fp32"
+            method = (seg.runner.meta.get("calibration") or {}).get("method")
+            if method:
+                kind += f" ({method})"
+            backend = "onnxruntime" + ("" if info.get("ort_graph_optimizations", True) else " (QDQ emulated)")
+        elif suffix == ".tflite":
+            seg, _, info = _segmenter(None, path, None, None, "cpu", "fp32", None)
+            kind, backend = "uint8" if "quant" in path.name else "tflite", "litert"
+        else:
+            seg, _, info = _segmenter(path, None, None, None, "auto", "fp32", None)
+            kind, backend = "fp32", f"torch ({info['device']})"
+        if ds.num_classes != seg.num_classes:
+            raise DeepLabEdgeError(f"{path}: predicts {seg.num_classes} classes, the data has {ds.num_classes}")
+        image = ds.load(0)[1]
+        for _ in range(max(0, warmup)):
+            seg.predict(image)
+        with _progress() as prog:
+            task = prog.add_task(path.name, total=len(ds))
+            res = evaluate(seg, ds, on_image=lambda _s: prog.advance(task))
+        calls = np.asarray(seg.timing.model_calls) * 1e3
+        rows.append({"model": str(path), "backend": backend, "precision": kind, "miou": res["miou"],
+                     "pixel_acc": res["pixel_acc"], "latency_ms_p50": float(np.percentile(calls, 50)),
+                     "latency_ms_p90": float(np.percentile(calls, 90)),
+                     "preprocess_ms": 1e3 * res["timing"]["preprocess_s"] / res["images"],
+                     "postprocess_ms": 1e3 * res["timing"]["postprocess_s"] / res["images"],
+                     "bytes": path.stat().st_size, "images": res["images"]})
+    base = rows[0]
+    for r in rows:
+        r["miou_change_points"] = 100 * (r["miou"] - base["miou"])
+        r["speedup"] = base["latency_ms_p50"] / r["latency_ms_p50"]
+    import platform
+
+    result = {"data": str(data), "images": len(ds), "threads": threads or torch.get_num_threads(),
+              "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+                          "torch": torch.__version__}, "rows": rows}
+    if output:
+        _write_json(result, output)
+    if as_json:
+        _print_json(result)
+        return
+    t = Table(title=f"{len(ds)} images of {data} (model latency: median per image, {result['threads']} threads)")
+    for col, just in [("model", "left"), ("backend", "left"), ("precision", "left"), ("mIoU %", "right"),
+                      ("Δ points", "right"), ("ms p50", "right"), ("ms p90", "right"), ("speed-up", "right"),
+                      ("MB", "right")]:
+        t.add_column(col, justify=just)
+    for r in rows:
+        t.add_row(r["model"], r["backend"], r["precision"], _pct(r["miou"]),
+                  f"{r['miou_change_points']:+.2f}", f"{r['latency_ms_p50']:.1f}", f"{r['latency_ms_p90']:.1f}",
+                  f"{r['speedup']:.2f}x", f"{r['bytes'] / 1e6:.1f}")
+    out.print(t)
+
+
 # ----------------------------------------------------------------------------- info
 
 @main.command("info")

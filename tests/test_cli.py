@@ -120,3 +120,21 @@ def test_no_partial_json_on_failure(tmp_path, imported, shared):
     res = run("eval", "--weights", imported[0], "--data", shared["voc"], "--reference", tmp_path, "-o", out_json)
     assert_one_line_error(res, "no reference map for image")
     assert not out_json.exists()
+
+
+@pytest.mark.slow
+def test_compare_side_by_side(shared, imported, tmp_path):
+    out = tmp_path / "cmp.json"
+    res = run("compare", "--data", shared["voc"], "--num-images", "2", "--warmup", "0", imported[0], shared["tflite"],
+              "-o", out, "--json")
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.output)
+    assert json.loads(out.read_text()) == r and r["images"] == 2
+    a, b = r["rows"]
+    assert a["speedup"] == 1.0 and a["miou_change_points"] == 0.0
+    assert b["backend"] == "litert" and b["speedup"] == pytest.approx(a["latency_ms_p50"] / b["latency_ms_p50"])
+    assert b["miou_change_points"] == pytest.approx(100 * (b["miou"] - a["miou"]))
+    # the same two images through eval give the same mIoU
+    ev = json.loads(run("eval", "--tflite", shared["tflite"], "--data", shared["voc"], "--num-images", "2",
+                        "--json").output)
+    assert ev["miou"] == b["miou"]
