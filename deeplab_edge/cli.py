@@ -68,6 +68,15 @@ def _write_json(obj: Any, path: Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, default=str))
 
 
+def _emit(result: Any, output: Path | None, as_json: bool) -> bool:
+    """Write ``result`` to ``output`` (if given) and print it as JSON (if asked); True when printed."""
+    if output:
+        _write_json(result, output)
+    if as_json:
+        _print_json(result)
+    return as_json
+
+
 def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
@@ -258,10 +267,7 @@ def eval_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, da
                        on_image=lambda _sid: prog.advance(task))
     res = {"model": info, "data": {"path": str(data), "kind": ds.kind, "split": split},
            "classes": classes, **res}
-    if output:
-        _write_json(res, output)
-    if as_json:
-        _print_json(res)
+    if _emit(res, output, as_json):
         return
     t = Table(title=f"{ds.kind} {split}: {res['images']} images")
     t.add_column("class")
@@ -536,10 +542,7 @@ def compare_cmd(models, data, num_images, warmup, threads, output, as_json) -> N
     result = {"data": str(data), "images": len(ds), "threads": threads or torch.get_num_threads(),
               "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
                           "torch": torch.__version__}, "rows": rows}
-    if output:
-        _write_json(result, output)
-    if as_json:
-        _print_json(result)
+    if _emit(result, output, as_json):
         return
     t = Table(title=f"{len(ds)} images of {data} (model latency: median per image, {result['threads']} threads)")
     for col, just in [("model", "left"), ("backend", "left"), ("precision", "left"), ("mIoU %", "right"),
