@@ -20,12 +20,13 @@ from deeplab_edge.data.io import atomic_path
 from deeplab_edge.data.preprocess import Preprocess
 from deeplab_edge.errors import CalibrationError
 
-from .cache import read_trt_cache, write_trt_cache
+from .cache import check_cache_against_onnx, read_trt_cache, write_trt_cache
 from .collect import activation_tensors, calibration_inputs, collect_histograms
 from .histograms import METHODS, amax_from_histogram
 from .qdq import conv_nodes, insert_qdq
 
-__all__ = ["calibrate", "METHODS", "read_trt_cache", "write_trt_cache", "insert_qdq", "conv_nodes"]
+__all__ = ["calibrate", "METHODS", "read_trt_cache", "write_trt_cache", "check_cache_against_onnx", "insert_qdq",
+           "conv_nodes"]
 
 
 def _set_precision(model, precision: str, method: str) -> None:

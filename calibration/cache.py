@@ -63,3 +63,22 @@ def read_trt_cache(path: str | Path) -> tuple[str, dict[str, float]]:
         except ValueError as e:
             raise CalibrationError(f"{path}: bad cache line {ln!r}") from e
     return text[0], scales
+
+
+def check_cache_against_onnx(cache_path: str | Path, onnx_path: str | Path) -> dict[str, float]:
+    """The cache's scales, after checking that every name in it is a tensor of the ONNX model and
+    that the model's input has a scale (TensorRT silently ignores unknown names, which leaves
+    those layers without INT8 ranges)."""
+    import onnx
+
+    _, scales = read_trt_cache(cache_path)
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    names = {i.name for i in m.graph.input} | {o for n in m.graph.node for o in n.output}
+    unknown = sorted(set(scales) - names)
+    if unknown:
+        raise CalibrationError(f"{cache_path}: {len(unknown)} of {len(scales)} tensor names are not in {onnx_path} "
+                               f"(e.g. {unknown[0]!r}); recalibrate from this ONNX file")
+    inp = m.graph.input[0].name
+    if inp not in scales:
+        raise CalibrationError(f"{cache_path}: no scale for the model input {inp!r}; recalibrate from {onnx_path}")
+    return scales

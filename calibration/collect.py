@@ -19,7 +19,7 @@ import torch
 
 from deeplab_edge.data.datasets import open_dataset
 from deeplab_edge.data.preprocess import Preprocess
-from deeplab_edge.errors import CalibrationError
+from deeplab_edge.errors import CalibrationError, DataError
 
 from .histograms import NUM_BINS
 
@@ -32,9 +32,7 @@ def calibration_inputs(data: str | Path, preprocess: Preprocess, num: int) -> li
     """The first ``num`` images of a dataset or folder, preprocessed; warns when there are fewer."""
     try:
         ds = open_dataset(data)
-    except Exception as e:
-        if isinstance(e, CalibrationError):
-            raise
+    except DataError as e:
         raise CalibrationError(f"calibration data: {e}") from e
     n = len(ds)
     if n < MIN_IMAGES:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
 from .data.datasets import SegmentationDataset
+from .data.io import load_label
 from .data.preprocess import Geometry, Preprocess
 from .errors import DataError, DeepLabEdgeError
 from .metrics import ConfusionMatrix
@@ -143,10 +145,6 @@ def evaluate(segmenter: Segmenter, dataset: SegmentationDataset, *, batch_size: 
     With ``reference_dir`` (a folder of ``<id>.png`` label maps, e.g. another runtime's
     predictions) the pixel agreement with those maps is reported too.
     """
-    from pathlib import Path
-
-    from .data.io import load_label
-
     if not dataset.has_labels:
         raise DataError(f"{dataset.root}: some images have no label file; eval needs labels (use predict instead)")
     cm = ConfusionMatrix(segmenter.num_classes)

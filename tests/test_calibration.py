@@ -10,7 +10,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from deeplab_edge.calibration import calibrate, insert_qdq, read_trt_cache, write_trt_cache
+from deeplab_edge.calibration import (calibrate, check_cache_against_onnx, insert_qdq, read_trt_cache,
+                                      write_trt_cache)
 from deeplab_edge.calibration.cache import format_trt_cache
 from deeplab_edge.calibration.histograms import amax_from_histogram
 from deeplab_edge.cli import main
@@ -130,6 +131,10 @@ def test_calibrated_models_on_real_voc(shared, fp32_onnx, tmp_path, method):
                         cpu_int8=method == "minmax")
     # the cache names exactly tensors of the exported ONNX
     header, scales = read_trt_cache(rep["cache"])
+    assert check_cache_against_onnx(rep["cache"], fp32_onnx) == scales
+    other = write_trt_cache(tmp_path / "other.cache", {**scales, "renamed/by/another/export": 0.1})
+    with pytest.raises(CalibrationError, match="1 of .* tensor names are not in"):
+        check_cache_against_onnx(other, fp32_onnx)
     m = onnx.load(str(fp32_onnx))
     names = {m.graph.input[0].name} | {o for n in m.graph.node for o in n.output}
     assert header.startswith("TRT-") and set(scales) <= names and "input" in scales
