@@ -62,7 +62,8 @@ def activation_tensors(model) -> list[str]:
 
 def _session_with_outputs(model, names: list[str]):
     import onnx
-    import onnxruntime as ort
+
+    from deeplab_edge.export import ort_session
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -70,9 +71,7 @@ def _session_with_outputs(model, names: list[str]):
     for name in names:
         if name not in existing:
             m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort_session(m.SerializeToString(), optimize=False, providers=["CPUExecutionProvider"])
 
 
 def collect_histograms(model, inputs: list[torch.Tensor], names: list[str] | None = None,

@@ -97,9 +97,10 @@ def _export(model: torch.nn.Module, x: torch.Tensor, path: Path, opset: int, dyn
         raise ExportError(f"unknown exporter {exporter!r}; use torchscript or dynamo")
 
 
-def ort_session(path: str | Path, *, optimize: bool = True, threads: int | None = None, providers=None):
-    """An ONNX Runtime session (CUDA first when available); ``optimize=False`` turns graph
-    optimisations off (exact fake-quant arithmetic for QDQ models)."""
+def ort_session(path: str | Path | bytes, *, optimize: bool = True, threads: int | None = None, providers=None):
+    """An ONNX Runtime session on a file or serialized model (CUDA first when available);
+    ``optimize=False`` turns graph optimisations off (exact fake-quant arithmetic for QDQ models,
+    and every intermediate tensor keeps its name)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -109,7 +110,7 @@ def ort_session(path: str | Path, *, optimize: bool = True, threads: int | None 
         so.intra_op_num_threads = threads
     avail = ort.get_available_providers()
     providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
-    return ort.InferenceSession(str(path), so, providers=providers)
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), so, providers=providers)
 
 
 def export_onnx(loaded: LoadedModel, output: str | Path, images: Sequence[np.ndarray], *, input_size: int | None = None,

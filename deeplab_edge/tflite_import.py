@@ -428,6 +428,12 @@ def read_labels(path: str | Path, num_classes: int) -> list[str]:
     return lines[:num_classes]
 
 
+def preprocess_of(p: Parsed) -> dict[str, Any]:
+    """The interpreter's preprocessing: long side to the input size, padded with the mean."""
+    return {"size": max(p.input_hw), "resize": "long_side", "pad": True, "mean": [p.mean] * 3,
+            "std": [p.std] * 3, "pad_value": p.mean}
+
+
 def import_tflite(path: str | Path, labels: str | Path | None = None) -> tuple[DeepLab, dict[str, Any]]:
     """Convert a TFLite DeepLab-v3 MobileNetV2 into a model and its checkpoint metadata."""
     g = TFLiteGraph(path)
@@ -438,12 +444,10 @@ def import_tflite(path: str | Path, labels: str | Path | None = None) -> tuple[D
         classes = read_labels(labels, n)
     else:
         classes = VOC_CLASSES if n == 21 else [f"class_{i}" for i in range(n)]
-    side = max(p.input_hw)
     meta = {
         "classes": classes,
         "ignore_index": 255,
-        "preprocess": {"size": side, "resize": "long_side", "pad": True, "mean": [p.mean] * 3,
-                       "std": [p.std] * 3, "pad_value": p.mean},
+        "preprocess": preprocess_of(p),
         "source": {"format": "tflite", "file": Path(path).name, "sha256": g.sha256,
                    "input_tensor": g.tensor_name(p.input_tensor), "ops": len(g.ops),
                    "blocks": len(p.blocks), "concat_order": p.concat_order},

@@ -16,7 +16,7 @@ import torch
 
 from .data.preprocess import Preprocess
 from .errors import DeepLabEdgeError
-from .tflite_import import TFLiteGraph, input_normalization, parse
+from .tflite_import import TFLiteGraph, parse, preprocess_of
 
 __all__ = ["TFLiteRunner"]
 
@@ -27,13 +27,9 @@ class TFLiteRunner:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as e:
             raise DeepLabEdgeError("running .tflite models needs ai-edge-litert; pip install ai-edge-litert") from e
-        g = TFLiteGraph(path)
-        parsed = parse(g)
+        parsed = parse(TFLiteGraph(path))
         self.num_classes = int(parsed.logits.weight.shape[0])
-        mean, std = input_normalization(g, parsed.input_tensor)
-        side = max(parsed.input_hw)
-        self.preprocess = Preprocess(size=side, resize="long_side", pad=True, mean=[mean] * 3, std=[std] * 3,
-                                     pad_value=mean)
+        self.preprocess = Preprocess.from_dict(preprocess_of(parsed))
         self.interp = Interpreter(model_path=str(path), num_threads=num_threads)
         self.interp.allocate_tensors()
         self.inp = self.interp.get_input_details()[0]
