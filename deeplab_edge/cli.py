@@ -353,9 +353,10 @@ def predict_cmd(weights, tflite, onnx_path, arch, device, precision, input_size,
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
               help="PyTorch's TorchScript-based exporter (fast) or the torch.export-based one.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim.")
+@click.option("--fp16", is_flag=True, help="Export in float16 (weights, input, output); parity still against fp32.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input_size, exporter, no_simplify,
-               as_json) -> None:
+               fp16, as_json) -> None:
     """Export a checkpoint to ONNX: checker-clean, simplified, with deeplab-edge metadata, and
     checked against PyTorch with ONNX Runtime on real images (fails below 99.9% argmax agreement)."""
     from .checkpoint import load_checkpoint
@@ -368,7 +369,7 @@ def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input
     dyn = [d.strip() for d in dynamic.split(",") if d.strip()]
     with console.status("exporting..."):
         rep = export_onnx(loaded, output, images, input_size=input_size, opset=opset, dynamic=dyn,
-                          exporter=exporter, simplify=not no_simplify)
+                          exporter=exporter, simplify=not no_simplify, fp16=fp16)
     if as_json:
         _print_json(rep.as_dict())
         return

@@ -115,8 +115,13 @@ def ort_session(path: str | Path | bytes, *, optimize: bool = True, threads: int
 
 def export_onnx(loaded: LoadedModel, output: str | Path, images: Sequence[np.ndarray], *, input_size: int | None = None,
                 opset: int = MIN_OPSET, dynamic: Sequence[str] = (), exporter: str = "torchscript",
-                simplify: bool = True, min_agreement: float = 0.999) -> ExportReport:
-    """Export ``loaded.model`` to ONNX and check it against PyTorch on ``images`` (uint8 RGB)."""
+                simplify: bool = True, min_agreement: float = 0.999, fp16: bool = False) -> ExportReport:
+    """Export ``loaded.model`` to ONNX and check it against PyTorch on ``images`` (uint8 RGB).
+
+    ``fp16`` exports the model in half precision (float16 weights, input and output); the parity
+    check still compares against the float32 PyTorch model."""
+    import copy
+
     import onnx
 
     if opset < MIN_OPSET:
@@ -142,7 +147,10 @@ def export_onnx(loaded: LoadedModel, output: str | Path, images: Sequence[np.nda
                           list(dynamic), exporter)
     with atomic_path(output) as tmp:
         t = time.perf_counter()
-        _export(model, x0, tmp, opset, dynamic, exporter)
+        if fp16:
+            _export(copy.deepcopy(model).half(), x0.half(), tmp, opset, dynamic, exporter)
+        else:
+            _export(model, x0, tmp, opset, dynamic, exporter)
         report.steps_s["export"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -165,7 +173,7 @@ def export_onnx(loaded: LoadedModel, output: str | Path, images: Sequence[np.nda
         meta = {"version": __version__, "arch": loaded.model.config.get("arch"), "config": loaded.model.config,
                 "classes": loaded.classes, "num_classes": loaded.model.num_classes, "preprocess": pre.to_dict(),
                 "checkpoint_sha256": loaded.meta.get("sha256"), "source": loaded.meta.get("source"),
-                "precision": "fp32"}
+                "precision": "fp16" if fp16 else "fp32"}
         del m.metadata_props[:]
         for k, v in meta.items():
             entry = m.metadata_props.add()
@@ -192,11 +200,13 @@ def parity(model: torch.nn.Module, onnx_path: str | Path, inputs: Sequence[torch
     """ONNX Runtime vs PyTorch on normalised inputs: max |logit| difference and argmax agreement."""
     sess = ort_session(onnx_path)
     name = sess.get_inputs()[0].name
+    half = sess.get_inputs()[0].type == "tensor(float16)"
     max_diff, max_ref, same, total = 0.0, 0.0, 0, 0
     with torch.inference_mode():
         for x in inputs:
             ref = model(x[None].float())
-            got = torch.from_numpy(sess.run(None, {name: x[None].numpy()})[0])
+            feed = x[None].numpy().astype(np.float16 if half else np.float32)
+            got = torch.from_numpy(sess.run(None, {name: feed})[0].astype(np.float32))
             max_diff = max(max_diff, float((got - ref).abs().max()))
             max_ref = max(max_ref, float(ref.abs().max()))
             same += int((got.argmax(1) == ref.argmax(1)).sum())

@@ -48,10 +48,11 @@ class OnnxRunner:
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        x = batch.float().numpy()
+        x = batch.float().numpy().astype(self.input_dtype)
         if self.fixed_batch is not None and x.shape[0] != self.fixed_batch:
             outs = [self.session.run(None, {self.input_name: x[i:i + 1]})[0] for i in range(x.shape[0])]
-            return torch.from_numpy(np.concatenate(outs))
-        return torch.from_numpy(self.session.run(None, {self.input_name: x})[0])
+            return torch.from_numpy(np.concatenate(outs).astype(np.float32))
+        return torch.from_numpy(self.session.run(None, {self.input_name: x})[0].astype(np.float32))

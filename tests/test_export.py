@@ -99,3 +99,19 @@ def test_eval_onnx_without_metadata_is_refused(tmp_path, shared):
     torch.onnx.export(torch.nn.Conv2d(3, 2, 1), (torch.zeros(1, 3, 8, 8),), str(path), dynamo=False)
     res = CliRunner().invoke(main, ["eval", "--onnx", str(path), "--data", str(shared["voc"])])
     assert res.exit_code == 2 and "no deeplab-edge metadata" in res.output
+
+
+@pytest.mark.slow
+def test_fp16_export_of_real_model(shared, imported, tmp_path):
+    from deeplab_edge.checkpoint import load_checkpoint
+
+    out = tmp_path / "mnv2_fp16.onnx"
+    rep = export_onnx(load_checkpoint(imported[0]), out, _images(shared, 2), fp16=True)
+    assert rep.parity["agreement"] >= 0.999  # float16 ONNX Runtime against float32 PyTorch
+    m = onnx.load(str(out))
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert read_metadata(out)["precision"] == "fp16"
+    res = CliRunner().invoke(main, ["eval", "--onnx", str(out), "--data", str(shared["voc"]), "--json"])
+    assert res.exit_code == 0, res.output
+    ref = json.loads(shared["ref_json"].read_text())
+    assert abs(json.loads(res.output)["miou"] - ref["miou"]) < 0.01
