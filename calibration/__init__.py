@@ -87,16 +87,15 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
         from .sensitivity import layer_sensitivity
 
         if sensitivity_data is not None:
-            held = open_dataset(sensitivity_data).subset(sensitivity_num)
+            held = open_dataset(sensitivity_data)
         else:
-            full = open_dataset(data)
-            held = full.subset(None)
-            if len(full) > len(inputs):
-                held.samples = full.samples[len(inputs):]
+            held = open_dataset(data)
+            if len(held) > len(inputs):
+                held.samples = held.samples[len(inputs):]
             else:
                 warnings.warn("no images left beyond the calibration set: the sensitivity split is not held out; "
                               "pass --sensitivity-data", stacklevel=2)
-            held = held.subset(sensitivity_num)
+        held = held.subset(sensitivity_num)
         if not held.has_labels:
             raise CalibrationError(f"{held.root}: sensitivity analysis needs labelled images (VOC/Cityscapes/CamVid)")
         tick = progress("sensitivity", len(conv_nodes(model))) if progress else None
@@ -117,17 +116,16 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
     ranges = {"method": method, "percentile": percentile if method == "percentile" else None,
               "images": len(inputs), "source": str(onnx_path), "keep_float": list(keep_float),
               "tensors": {n: {"max_abs": stats[n][1], "amax": amax[n], "scale": amax[n] / 127.0} for n in names}}
-    if ranking is not None:
-        sens_path = out_dir / "sensitivity.json"
-        with atomic_path(sens_path) as tmp:
-            tmp.write_text(json.dumps(ranking, indent=1))
     ranges_path = out_dir / "ranges.json"
     with atomic_path(ranges_path) as tmp:
         tmp.write_text(json.dumps(ranges, indent=1))
     report = {"cache": str(cache), "qdq_onnx": str(qdq_path), "ranges": str(ranges_path), "images": len(inputs),
               "tensors": len(scales), "quantized_convs": len(conv_nodes(model)) - len(keep_float), "method": method}
     if ranking is not None:
-        report["sensitivity"] = str(out_dir / "sensitivity.json")
+        sens_path = out_dir / "sensitivity.json"
+        with atomic_path(sens_path) as tmp:
+            tmp.write_text(json.dumps(ranking, indent=1))
+        report["sensitivity"] = str(sens_path)
         report["sensitivity_mode"] = ranking["mode"]
         report["sensitivity_fp32_miou"] = ranking["fp32_miou"]
         report["sensitivity_int8_miou"] = ranking["int8_miou"]

@@ -183,7 +183,7 @@ def _model_options(f):
 
 
 def _segmenter(weights: Path | None, tflite: Path | None, onnx_path: Path | None, arch: str | None, device: str,
-               precision: str, input_size: int | None):
+               precision: str, input_size: int | None, threads: int | None = None):
     from .checkpoint import load_checkpoint
     from .data.preprocess import Preprocess
     from .inference import Segmenter, TorchRunner, resolve_device
@@ -195,18 +195,17 @@ def _segmenter(weights: Path | None, tflite: Path | None, onnx_path: Path | None
 
         if input_size is not None:
             raise DeepLabEdgeError("--input-size cannot change an exported model's preprocessing; re-export it")
-        runner = OnnxRunner(onnx_path)
+        runner = OnnxRunner(onnx_path, threads=threads)
         info = {"onnx": str(onnx_path), "arch": runner.meta.get("arch"), "provider": runner.session.get_providers()[0],
                 "precision": runner.meta.get("precision"), "ort_graph_optimizations": runner.optimize}
         return Segmenter(runner, runner.preprocess, runner.num_classes), runner.classes or None, info
     if tflite is not None:
         from .tflite_runner import TFLiteRunner
 
-        runner = TFLiteRunner(tflite)
         if input_size is not None:
             raise DeepLabEdgeError("--input-size cannot change a TFLite model's fixed input; drop it")
-        classes = None
-        return Segmenter(runner, runner.preprocess, runner.num_classes), classes, {"tflite": str(tflite)}
+        runner = TFLiteRunner(tflite, num_threads=threads)
+        return Segmenter(runner, runner.preprocess, runner.num_classes), None, {"tflite": str(tflite)}
     loaded = load_checkpoint(weights, arch=arch)
     pre = loaded.meta.get("preprocess") or {}
     if input_size is not None:
@@ -503,18 +502,14 @@ def compare_cmd(models, data, num_images, warmup, threads, output, as_json) -> N
     for path in models:
         suffix = path.suffix.lower()
         if suffix == ".onnx":
-            seg, _, info = _segmenter(None, None, path, None, "cpu", "fp32", None)
-            if threads:
-                from .onnx_runner import OnnxRunner
-
-                seg.runner = OnnxRunner(path, threads=threads)
+            seg, _, info = _segmenter(None, None, path, None, "cpu", "fp32", None, threads)
             kind = info.get("precision") or "fp32"
             method = (seg.runner.meta.get("calibration") or {}).get("method")
             if method:
                 kind += f" ({method})"
             backend = "onnxruntime" + ("" if info.get("ort_graph_optimizations", True) else " (QDQ emulated)")
         elif suffix == ".tflite":
-            seg, _, info = _segmenter(None, path, None, None, "cpu", "fp32", None)
+            seg, _, info = _segmenter(None, path, None, None, "cpu", "fp32", None, threads)
             kind, backend = "uint8" if "quant" in path.name else "tflite", "litert"
         else:
             seg, _, info = _segmenter(path, None, None, None, "auto", "fp32", None)
