@@ -1,0 +1,231 @@
+"""Compile the Triton kernels for real GPUs on a machine without one, and read their resources.
+
+``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`` runs Triton's whole
+pipeline down to a cubin with the ``ptxas`` bundled in the triton wheel; its bundled
+``cuobjdump --dump-resource-usage`` then reports registers per thread, stack and local
+memory (spills) and static shared memory. Triton's shared memory is dynamic, so the
+kernel's ``metadata.shared`` is added. Occupancy follows the CUDA occupancy model with
+the per-architecture limits below.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from ..errors import KernelUnavailableError
+
+__all__ = ["ARCHS", "CompileResult", "KernelSpec", "compile_all", "kernel_specs", "occupancy"]
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Per-SM limits from the CUDA C++ Programming Guide, "Technical Specifications per
+    Compute Capability" (registers 64 K per SM, 255 per thread, allocated per warp in
+    units of 256; 1 KB of shared memory reserved per block from cc 8.0 on)."""
+
+    name: str
+    cc: int
+    max_warps: int
+    max_blocks: int
+    smem_per_sm: int
+    smem_per_block: int
+    regs_per_sm: int = 65536
+    max_regs_per_thread: int = 255
+    reg_unit: int = 256
+    smem_reserved_per_block: int = 1024
+
+
+ARCHS = {
+    87: Arch("sm_87 (Jetson AGX Orin)", 87, max_warps=48, max_blocks=16, smem_per_sm=164 * 1024,
+             smem_per_block=163 * 1024),
+    90: Arch("sm_90 (H100)", 90, max_warps=64, max_blocks=32, smem_per_sm=228 * 1024, smem_per_block=227 * 1024),
+}
+
+
+def occupancy(arch: Arch, regs: int, smem: int, num_warps: int) -> dict[str, Any]:
+    """Resident blocks per SM and the fraction of the SM's warps they fill."""
+    regs_per_warp = -(-max(regs, 1) * 32 // arch.reg_unit) * arch.reg_unit
+    by_regs = (arch.regs_per_sm // regs_per_warp) // num_warps
+    by_smem = arch.smem_per_sm // (smem + arch.smem_reserved_per_block) if smem else arch.max_blocks
+    by_warps = arch.max_warps // num_warps
+    limits = {"registers": by_regs, "shared memory": by_smem, "warps": by_warps, "blocks": arch.max_blocks}
+    blocks = min(limits.values())
+    return {"blocks_per_sm": blocks, "occupancy": blocks * num_warps / arch.max_warps,
+            "limited_by": min(limits, key=limits.get)}
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One kernel, one dtype, one config: what ``triton.compile`` needs."""
+
+    kernel: str
+    dtype: str
+    config: dict[str, int]
+    num_warps: int
+    num_stages: int
+    fn: Any
+    signature: dict[str, str]
+    constexprs: dict[str, Any]
+    divisible: tuple[str, ...] = ()  # integer / pointer arguments the runtime sees as multiples of 16
+
+    def attrs(self) -> dict[tuple[int], list[list[Any]]]:
+        return {(self.fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in self.divisible}
+
+    @property
+    def label(self) -> str:
+        c = self.config
+        return "x".join(str(c[k]) for k in sorted(c)) + f" w{self.num_warps} s{self.num_stages}"
+
+
+@dataclass
+class CompileResult:
+    kernel: str
+    dtype: str
+    arch: str
+    config: dict[str, int]
+    num_warps: int
+    num_stages: int
+    registers: int
+    spill_bytes: int  # local memory per thread
+    stack_bytes: int
+    shared_bytes: int  # static + dynamic
+    blocks_per_sm: int
+    occupancy: float
+    limited_by: str
+    ok: bool
+    problem: str
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_TRITON_DTYPES = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+
+
+# What Triton's runtime specialises for the head shapes (16-byte aligned tensors; ints that
+# are multiples of 16 get tt.divisibility=16). v3: Cin, Cout and all strides are multiples of
+# 16 (320/2048 channels in, 256 out; also the projection). v2: 21 class logits, so Cout and
+# the output strides are not; the packed weights are padded to 32 columns and stay aligned.
+_ALIGNED = ("y_ptr", "x_ptr", "w_ptr", "bias_ptr", "tap_w_ptr", "tap_dy_ptr", "tap_dx_ptr", "group_start_ptr",
+            "stride_xb", "stride_xh", "stride_xw", "stride_wt", "stride_wk", "stride_bias_b", "Cin")
+_TAP_CONV_VARIANTS = {  # name: (output channels, aligned arguments)
+    "v3": (256, _ALIGNED + ("stride_yb", "stride_yh", "stride_yw", "Cout")),
+    "v2": (21, _ALIGNED),
+}
+
+
+def _tap_conv_specs(dtypes: Iterable[str]) -> list[KernelSpec]:
+    from triton.runtime.jit import JITFunction
+
+    from . import aspp
+
+    fn = aspp._tap_conv_kernel
+    if not isinstance(fn, JITFunction):  # decorated under TRITON_INTERPRET=1
+        fn = JITFunction(fn.fn)
+    specs = []
+    for (variant, (cout, divisible)), dtype in itertools.product(_TAP_CONV_VARIANTS.items(), dtypes):
+        t = _TRITON_DTYPES[dtype]
+        # As the runtime specialises a channels-last input and the branch output: unit channel strides.
+        constexprs: dict[str, Any] = {"stride_xc": 1, "stride_yc": 1, "RELU": True,
+                                      "DOT_PRECISION": "tf32", "UPCAST": False}
+        sig = {name: "i32" for name in fn.arg_names}
+        sig.update({"y_ptr": f"*{t}", "x_ptr": f"*{t}", "w_ptr": f"*{t}", "bias_ptr": "*fp32",
+                    "tap_w_ptr": "*i32", "tap_dy_ptr": "*i32", "tap_dx_ptr": "*i32", "group_start_ptr": "*i32"})
+        for cfg in aspp.autotune_configs(dtype, cout):
+            c = {**constexprs, **cfg.kwargs}
+            s = dict(sig)
+            s.update({k: "constexpr" for k in c})
+            specs.append(KernelSpec(f"aspp.tap_conv[{variant}]", dtype, dict(cfg.kwargs), cfg.num_warps,
+                                    cfg.num_stages, fn, s, c, divisible))
+    return specs
+
+
+#: Kernel name -> function giving its compile specs for some dtypes.
+KERNELS: dict[str, Callable[[Iterable[str]], list[KernelSpec]]] = {"aspp": _tap_conv_specs}
+
+
+def kernel_specs(kernels: Iterable[str] | None = None, dtypes: Iterable[str] = ("fp16", "bf16", "fp32")
+                 ) -> list[KernelSpec]:
+    names = list(kernels) if kernels else list(KERNELS)
+    unknown = [n for n in names if n not in KERNELS]
+    if unknown:
+        raise ValueError(f"expected kernels from {sorted(KERNELS)}, got {unknown}")
+    bad = [d for d in dtypes if d not in _TRITON_DTYPES]
+    if bad:
+        raise ValueError(f"expected dtypes from {sorted(_TRITON_DTYPES)}, got {bad}")
+    return [s for n in names for s in KERNELS[n](list(dtypes))]
+
+
+def _cuobjdump() -> Path:
+    import triton
+
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not path.exists():
+        raise KernelUnavailableError(f"{path} not found: this triton build has no bundled CUDA tools")
+    return path
+
+
+_USAGE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
+
+
+def resource_usage(cubin: bytes) -> dict[str, int]:
+    """Registers, stack, static shared and local bytes of the (single) function in a cubin."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "kernel.cubin")
+        Path(path).write_bytes(cubin)
+        out = subprocess.run([str(_cuobjdump()), "--dump-resource-usage", path], capture_output=True, text=True,
+                             check=False)
+    m = _USAGE.search(out.stdout)
+    if out.returncode or not m:
+        raise KernelUnavailableError(f"cuobjdump could not read the cubin: {(out.stderr or out.stdout).strip()}")
+    reg, stack, shared, local = map(int, m.groups())
+    return {"registers": reg, "stack": stack, "shared": shared, "local": local}
+
+
+def compile_one(spec: KernelSpec, cc: int) -> CompileResult:
+    import time
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    arch = ARCHS[cc]
+    t0 = time.perf_counter()
+    src = ASTSource(spec.fn, spec.signature, spec.constexprs, spec.attrs())
+    k = triton.compile(src, target=GPUTarget("cuda", cc, 32),
+                       options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+    use = resource_usage(k.asm["cubin"])
+    shared = use["shared"] + int(k.metadata.shared)
+    occ = occupancy(arch, use["registers"], shared, spec.num_warps)
+    problems = []
+    if use["local"] or use["stack"]:
+        problems.append(f"spills ({use['local']} B local, {use['stack']} B stack per thread)")
+    if shared > arch.smem_per_block:
+        problems.append(f"{shared} B shared memory > {arch.smem_per_block} B per block")
+    return CompileResult(spec.kernel, spec.dtype, f"sm_{cc}", spec.config, spec.num_warps, spec.num_stages,
+                         use["registers"], use["local"], use["stack"], shared, occ["blocks_per_sm"],
+                         occ["occupancy"], occ["limited_by"], not problems, "; ".join(problems),
+                         time.perf_counter() - t0)
+
+
+def compile_all(specs: list[KernelSpec], archs: Iterable[int] = (87, 90),
+                progress: Callable[[KernelSpec, int], None] | None = None) -> list[CompileResult]:
+    archs = list(archs)
+    bad = [a for a in archs if a not in ARCHS]
+    if bad:
+        raise ValueError(f"expected compute capabilities from {sorted(ARCHS)}, got {bad}")
+    results = []
+    for cc in archs:
+        for spec in specs:
+            if progress:
+                progress(spec, cc)
+            results.append(compile_one(spec, cc))
+    return results
