@@ -179,17 +179,29 @@ def _model_options(f):
     f = click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
                      show_default=True, help="Model dtype (PyTorch backend).")(f)
     f = click.option("--input-size", type=int, help="Override the checkpoint's input side (resize long side + pad).")(f)
+    f = click.option("--backend", type=click.Choice(["torch", "triton"]), default="torch", show_default=True,
+                     help="PyTorch model as is, or with its ASPP head swapped for the fused Triton kernels "
+                          "(needs a CUDA GPU; TRITON_INTERPRET=1 runs them slowly on the CPU).")(f)
     return f
 
 
 def _segmenter(weights: Path | None, tflite: Path | None, onnx_path: Path | None, arch: str | None, device: str,
-               precision: str, input_size: int | None, threads: int | None = None):
+               precision: str, input_size: int | None, threads: int | None = None, backend: str = "torch"):
     from .checkpoint import load_checkpoint
     from .data.preprocess import Preprocess
     from .inference import Segmenter, TorchRunner, resolve_device
 
     if sum(p is not None for p in (weights, tflite, onnx_path)) != 1:
         raise DeepLabEdgeError("give exactly one of --weights FILE, --onnx FILE or --tflite FILE")
+    if backend == "triton":
+        if weights is None:
+            raise DeepLabEdgeError("--backend triton runs a PyTorch checkpoint: use it with --weights, not "
+                                   "--onnx/--tflite")
+        from .kernels.aspp import check_runnable
+
+        import torch
+
+        check_runnable(torch.empty(0, device=resolve_device(device)))
     if onnx_path is not None:
         from .onnx_runner import OnnxRunner
 
@@ -216,9 +228,17 @@ def _segmenter(weights: Path | None, tflite: Path | None, onnx_path: Path | None
                           "padding of the imported weights differs from PyTorch's there (e.g. use "
                           f"{((input_size - 1) // stride) * stride + 1})", highlight=False)
     preprocess = Preprocess.from_dict(pre)
-    runner = TorchRunner(loaded.model, resolve_device(device), precision)
+    model = loaded.model
+    if backend == "triton":
+        from .kernels import fuse_aspp
+
+        try:
+            model = fuse_aspp(model)
+        except ValueError as e:
+            raise DeepLabEdgeError(f"--backend triton: {e}") from e
+    runner = TorchRunner(model, resolve_device(device), precision)
     info = {"weights": str(weights), "arch": loaded.model.config["arch"], "device": str(runner.device),
-            "precision": precision, "sha256": loaded.meta.get("sha256")}
+            "precision": precision, "backend": backend, "sha256": loaded.meta.get("sha256")}
     return Segmenter(runner, preprocess, loaded.model.num_classes), loaded.classes, info
 
 
@@ -237,8 +257,8 @@ def _segmenter(weights: Path | None, tflite: Path | None, onnx_path: Path | None
               help="Folder of <id>.png label maps (e.g. another runtime's predictions): report pixel agreement.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the full results as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
-def eval_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, data, kind, split, num_images, batch_size,
-             reference_dir, output, as_json) -> None:
+def eval_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, backend, data, kind, split, num_images,
+             batch_size, reference_dir, output, as_json) -> None:
     """Evaluate mIoU, per-class IoU and pixel accuracy on a labelled dataset.
 
     mIoU is the mean over classes present in the labels or the predictions (non-empty
@@ -251,7 +271,8 @@ def eval_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, da
         raise DeepLabEdgeError(f"--batch-size must be >= 1, got {batch_size}")
     if reference_dir is not None and not Path(reference_dir).is_dir():
         raise DeepLabEdgeError(f"{reference_dir}: reference folder not found")
-    segmenter, classes, info = _segmenter(weights, tflite, onnx_path, arch, device, precision, input_size)
+    segmenter, classes, info = _segmenter(weights, tflite, onnx_path, arch, device, precision, input_size,
+                                          backend=backend)
     ds = open_dataset(data, kind, split).subset(num_images)
     if ds.kind == "folder":
         raise DeepLabEdgeError(f"{data}: no VOC/Cityscapes/CamVid layout found; eval needs labels "
@@ -296,7 +317,8 @@ def eval_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, da
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--alpha", default=0.5, show_default=True, help="Overlay opacity of the colour mask.")
 @click.option("--json", "as_json", is_flag=True, help="Print per-image class fractions as JSON.")
-def predict_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, inputs, output, alpha, as_json) -> None:
+def predict_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, backend, inputs, output, alpha,
+                as_json) -> None:
     """Segment images (files or folders): writes <name>_mask.png (palette PNG whose pixel
     values are class indices) and <name>_overlay.png (mask blended over the image)."""
     import numpy as np
@@ -307,7 +329,8 @@ def predict_cmd(weights, tflite, onnx_path, arch, device, precision, input_size,
 
     if not 0.0 <= alpha <= 1.0:
         raise DeepLabEdgeError(f"--alpha must be in [0, 1], got {alpha}")
-    segmenter, classes, info = _segmenter(weights, tflite, onnx_path, arch, device, precision, input_size)
+    segmenter, classes, info = _segmenter(weights, tflite, onnx_path, arch, device, precision, input_size,
+                                          backend=backend)
     ds = ImageFolder(list(inputs))
     classes = classes or [f"class_{i}" for i in range(segmenter.num_classes)]
     palette = voc_palette()
@@ -550,6 +573,158 @@ def compare_cmd(models, data, num_images, warmup, threads, output, as_json) -> N
                   f"{r['miou_change_points']:+.2f}", f"{r['latency_ms_p50']:.1f}", f"{r['latency_ms_p90']:.1f}",
                   f"{r['speedup']:.2f}x", f"{r['bytes'] / 1e6:.1f}")
     out.print(t)
+
+
+# ----------------------------------------------------------------------------- kernels
+
+def _int_list(value: str, what: str) -> list[int]:
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise DeepLabEdgeError(f"{what} must be comma-separated integers, got {value!r}") from None
+    if not out or min(out) < 1:
+        raise DeepLabEdgeError(f"{what} must be positive integers, got {value!r}")
+    return out
+
+
+def _choices(value: str, allowed, what: str) -> list[str]:
+    out = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in out if v not in allowed]
+    if bad or not out:
+        raise DeepLabEdgeError(f"unknown {what} {', '.join(bad) if bad else repr(value)}; "
+                               f"choose from {', '.join(allowed)}")
+    return out
+
+
+@main.group("kernels")
+def kernels_group() -> None:
+    """Triton kernels: compile them for real GPUs (no GPU needed) and benchmark them."""
+
+
+@kernels_group.command("compile")
+@click.option("--arch", "archs", default="87,90", show_default=True,
+              help="Compute capabilities: 87 (Jetson Orin), 90 (H100).")
+@click.option("--dtype", "dtypes", default="fp16,bf16,fp32", show_default=True, help="Input dtypes.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the results as JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def kernels_compile(archs, dtypes, output, as_json) -> None:
+    """Compile every kernel in every autotune config to a cubin for each GPU architecture,
+    on this machine (Triton's bundled ptxas), and report registers, spills, shared memory
+    and occupancy per config. Exits 1 when a config spills or does not fit shared memory."""
+    from rich.markup import escape
+
+    from .bench.env import environment
+    from .kernels.compile import ARCHS, compile_all, kernel_specs
+
+    ccs = [int(a) for a in _choices(archs, [str(a) for a in ARCHS], "architecture")]
+    specs = kernel_specs(dtypes=_choices(dtypes, ["fp16", "bf16", "fp32"], "dtype"))
+    with _progress() as prog:
+        task = prog.add_task("compiling", total=len(specs) * len(ccs))
+
+        def step(spec, cc):
+            prog.update(task, advance=1, description=f"sm_{cc} {spec.kernel} {spec.dtype} {spec.label}")
+
+        results = compile_all(specs, ccs, progress=step)
+    rows = [r.as_dict() for r in results]
+    failed = [r for r in rows if not r["ok"]]
+    result = {"environment": environment(), "archs": {f"sm_{cc}": ARCHS[cc].name for cc in ccs}, "results": rows}
+    if not _emit(result, output, as_json):
+        t = Table(title=f"{len(rows)} kernel configs compiled for {', '.join(f'sm_{c}' for c in ccs)}")
+        for col in ("kernel", "dtype", "arch", "BLOCK M/N/K", "warps", "stages", "regs", "spill B", "smem KB",
+                    "blocks/SM", "occupancy", "limited by", "ok"):
+            t.add_column(col, justify="left" if col in ("kernel", "limited by") else "right")
+        for r in rows:
+            c = r["config"]
+            t.add_row(escape(r["kernel"]), r["dtype"], r["arch"], f"{c['BLOCK_M']}/{c['BLOCK_N']}/{c['BLOCK_K']}",
+                      str(r["num_warps"]), str(r["num_stages"]), str(r["registers"]),
+                      str(r["spill_bytes"] + r["stack_bytes"]), f"{r['shared_bytes'] / 1024:.0f}",
+                      str(r["blocks_per_sm"]), f"{100 * r['occupancy']:.0f}%", r["limited_by"],
+                      "[green]yes[/]" if r["ok"] else f"[red]{r['problem']}[/]")
+        out.print(t)
+    if failed:
+        console.print(f"[red]error:[/] {len(failed)} of {len(rows)} configs spill or exceed shared memory "
+                      f"(first: {escape(failed[0]['kernel'])} {failed[0]['dtype']} {failed[0]['arch']} {failed[0]['config']}: "
+                      f"{failed[0]['problem']}); shrink those tiles or stages in the kernel's config table",
+                      highlight=False)
+        sys.exit(1)
+
+
+@kernels_group.command("bench")
+@click.option("--shape", "shapes", default="all", show_default=True,
+              help="Head shapes (comma-separated) or 'all': v2-resnet101-os8, v3-resnet101-os16, v3-resnet101-os8, "
+                   "v3-mobilenetv2-os16.")
+@click.option("--batch", "batches", default="1,8", show_default=True, help="Batch sizes.")
+@click.option("--dtype", "dtypes", default="fp16,fp32", show_default=True, help="Dtypes (fp16, bf16, fp32).")
+@click.option("--providers", default="torch,compile,triton", show_default=True,
+              help="What to time on a GPU: torch (eager, cuDNN), compile (torch.compile), triton (fused kernels).")
+@click.option("--warmup", default=10, show_default=True, help="Untimed runs before timing (GPU).")
+@click.option("--iters", default=50, show_default=True, help="Timed runs; the median is reported (GPU).")
+@click.option("--no-compile-check", is_flag=True, help="Skip compiling the kernels for sm_87/sm_90 (occupancy).")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Write the results (with the machine's metadata) as JSON here, e.g. bench/results/.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def kernels_bench(shapes, batches, dtypes, providers, warmup, iters, no_compile_check, output, as_json) -> None:
+    """Fused ASPP against eager PyTorch and torch.compile on DeepLab's real head shapes.
+
+    On a CUDA GPU: median time (CUDA events), TFLOP/s, GB/s, fraction of the roofline and
+    speed-up against eager PyTorch, measured side by side. Without one: FLOPs, launches and
+    bytes of each path, and roofline estimates for sm_87 / sm_90 (labelled estimates)."""
+    import torch
+
+    from .bench import kernels as kb
+    from .bench.env import environment
+
+    names = list(kb.SHAPES) if shapes == "all" else _choices(shapes, list(kb.SHAPES), "shape")
+    bs = _int_list(batches, "--batch")
+    dts = _choices(dtypes, ["fp16", "bf16", "fp32"], "dtype")
+    provs = _choices(providers, list(kb.PROVIDERS), "provider")
+    if warmup < 0 or iters < 1:
+        raise DeepLabEdgeError(f"--warmup must be >= 0 and --iters >= 1, got {warmup} and {iters}")
+    compiled = None
+    if not no_compile_check:
+        from .kernels.compile import compile_all, kernel_specs
+
+        with console.status("compiling the kernels for sm_87 and sm_90"):
+            compiled = [r.as_dict() for r in compile_all(kernel_specs(dtypes=dts))]
+    with console.status("counting FLOPs, launches and bytes"):
+        analytic = kb.analyse(names, bs, dts, compiled)
+    result: dict[str, Any] = {"environment": environment(), "analytic": analytic, "timings": None}
+    if torch.cuda.is_available():
+        with _progress() as prog:
+            task = prog.add_task("timing", total=len(names) * len(bs) * len(dts) * len(provs))
+            result["timings"] = kb.run(names, bs, dts, provs, warmup, iters,
+                                       progress=lambda d: prog.update(task, advance=1, description=d))
+    else:
+        result["timing_skipped"] = "no CUDA GPU on this machine: GPU times are roofline estimates, not measurements"
+    if _emit(result, output, as_json):
+        return
+    t = Table(title="Fused ASPP vs eager PyTorch: work per forward pass (exact counts)")
+    for col in ("shape", "batch", "dtype", "GFLOP", "eager launches", "eager MB", "fused launches", "fused MB",
+                "H100 est. µs", "Orin est. µs", "bound", "occupancy H100/Orin"):
+        t.add_column(col, justify="left" if col == "shape" else "right")
+    for r in analytic:
+        e90, e87 = r["estimates"]["sm_90"], r["estimates"]["sm_87"]
+        t.add_row(r["shape"], str(r["batch"]), r["dtype"], f"{r['gflops']:.1f}", str(r["eager_launches"]),
+                  f"{r['eager_mb']:.1f}", str(r["fused_launches"]), f"{r['fused_mb']:.1f}",
+                  f"{1e3 * e90['roofline_ms_fused']:.0f}", f"{1e3 * e87['roofline_ms_fused']:.0f}", e90["bound"],
+                  "/".join(f"{100 * e['best_occupancy']:.0f}%" if "best_occupancy" in e else "-" for e in (e90, e87)))
+    out.print(t)
+    out.print("[dim]est. = roofline lower bound of the fused path from datasheet peaks (dense tensor-core FLOP/s, "
+              "DRAM bandwidth): an estimate, not a measurement. Occupancy: best autotune config, from its compiled "
+              "registers and shared memory.[/]")
+    if result["timings"]:
+        t = Table(title=f"Measured on {result['environment']['gpu']['name']} (median of {iters}, CUDA events)")
+        for col in ("shape", "batch", "dtype", "provider", "ms", "p10-p90", "TFLOP/s", "GB/s", "% roofline",
+                    "vs torch"):
+            t.add_column(col, justify="left" if col in ("shape", "provider") else "right")
+        for r in result["timings"]:
+            t.add_row(r["shape"], str(r["batch"]), r["dtype"], r["provider"], f"{r['median_ms']:.3f}",
+                      f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}", f"{r['tflops']:.1f}", f"{r['gbs']:.0f}",
+                      f"{100 * r.get('fraction_of_roofline', float('nan')):.0f}",
+                      f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "-")
+        out.print(t)
+    else:
+        console.print(f"[yellow]note:[/] {result['timing_skipped']}", highlight=False)
 
 
 # ----------------------------------------------------------------------------- info

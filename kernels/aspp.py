@@ -357,7 +357,22 @@ def _check_conv(conv: nn.Module, size: int, rate: int) -> nn.Conv2d:
     return conv
 
 
-class FusedASPPSum(nn.Module):
+class _Fused(nn.Module):
+    """Biases and the tiny image-pooling matrices stay fp32 when the module is cast
+    (``.half()``, ``.to(dtype)``): the kernels add biases in fp32, and no per-call casts."""
+
+    _fp32 = ("bias",)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        super()._apply(fn, recurse)
+        for name in self._fp32:
+            buf = getattr(self, name, None)
+            if buf is not None and buf.dtype != torch.float32:
+                setattr(self, name, buf.float())
+        return self
+
+
+class FusedASPPSum(_Fused):
     """Drop-in for :class:`~deeplab_edge.models.heads.ASPPSum` (inference only)."""
 
     def __init__(self, aspp: nn.Module) -> None:
@@ -372,11 +387,13 @@ class FusedASPPSum(nn.Module):
         return aspp_sum(x, self.weight, self.bias, self.rates)
 
 
-class FusedASPP(nn.Module):
+class FusedASPP(_Fused):
     """Drop-in for :class:`~deeplab_edge.models.heads.ASPP` (inference only).
 
     Launches: branches (1), image pooling's mean + two [B, C] mat-vecs in PyTorch, projection (1).
     """
+
+    _fp32 = ("bias", "proj_bias", "pool_weight", "pool_bias", "proj_pool_weight")
 
     def __init__(self, aspp: nn.Module) -> None:
         super().__init__()
@@ -403,11 +420,11 @@ class FusedASPP(nn.Module):
 
     def image_bias(self, x: torch.Tensor) -> torch.Tensor:
         """Projection bias per image [B, Cout], with the pooling branch folded in (fp32)."""
-        bias = self.proj_bias.float()[None]
+        bias = self.proj_bias[None]
         if not self.image_pooling:
             return bias
-        pooled = F.relu(F.linear(x.mean((2, 3), dtype=torch.float32), self.pool_weight.float(), self.pool_bias.float()))
-        return bias + F.linear(pooled, self.proj_pool_weight.float())
+        pooled = F.relu(F.linear(x.mean((2, 3), dtype=torch.float32), self.pool_weight, self.pool_bias))
+        return bias + F.linear(pooled, self.proj_pool_weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = aspp_branches(x, self.weight, self.bias, self.rates, self.channels)

@@ -1,0 +1,295 @@
+"""Kernel benchmark: eager PyTorch vs ``torch.compile`` vs the fused Triton ASPP on DeepLab's real head shapes.
+
+On a CUDA GPU every provider is timed with CUDA events (warm-up, then the median of
+``iters`` runs with p10/p90), and converted to TFLOP/s, GB/s and the fraction of the
+device's roofline. Without a GPU nothing is timed: the benchmark prints what can be known
+exactly — FLOPs, the kernel launches and the bytes each path moves (eager PyTorch's counted
+by running the real module on the ``meta`` device and recording every ATen op; the fused
+path's from its tensors) — and, with the register / shared-memory figures of
+``deeplab-edge kernels compile``, a roofline *estimate* for sm_87 and sm_90, labelled as
+such until a GPU measures it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["SHAPES", "PROVIDERS", "DEVICES", "HeadShape", "analyse", "build_head", "eager_traffic", "fused_traffic",
+           "run"]
+
+PROVIDERS = ("torch", "compile", "triton")
+
+
+@dataclass(frozen=True)
+class HeadShape:
+    name: str
+    kind: str  # "v2" (ASPP-L sum) or "v3" (ASPP + image pooling + projection)
+    cin: int
+    height: int
+    width: int
+    rates: tuple[int, ...]
+    cout: int  # v2: classes; v3: channels per branch and after the projection
+
+
+#: The real head shapes (feature maps of a 513 x 513 input).
+SHAPES = {s.name: s for s in [
+    HeadShape("v2-resnet101-os8", "v2", 2048, 65, 65, (6, 12, 18, 24), 21),
+    HeadShape("v3-resnet101-os16", "v3", 2048, 33, 33, (6, 12, 18), 256),
+    HeadShape("v3-resnet101-os8", "v3", 2048, 65, 65, (12, 24, 36), 256),
+    HeadShape("v3-mobilenetv2-os16", "v3", 320, 33, 33, (), 256),  # Google's head: 1x1 + pooling
+]}
+
+
+@dataclass(frozen=True)
+class Device:
+    """Peak dense throughput and DRAM bandwidth from vendor datasheets (sparsity figures halved)."""
+
+    name: str
+    cc: int
+    tflops: dict[str, float]  # by dtype: fp16/bf16 tensor cores; fp32 as TF32 tensor cores (PyTorch's conv default)
+    gbs: float
+    source: str
+
+
+DEVICES = {
+    90: Device("H100 SXM5", 90, {"fp16": 989.4, "bf16": 989.4, "fp32": 494.7}, 3350.0,
+               "NVIDIA H100 datasheet: FP16/BF16 1,979 and TF32 989 TFLOPS with sparsity; HBM3 3.35 TB/s"),
+    87: Device("Jetson AGX Orin 64GB", 87, {"fp16": 42.5, "bf16": 42.5, "fp32": 21.3}, 204.8,
+               "Jetson AGX Orin datasheet: GPU 170 sparse INT8 TOPS -> 85 dense INT8 -> 42.5 dense FP16 "
+               "(TF32 half of that); LPDDR5 204.8 GB/s"),
+}
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# ATen ops that only change a tensor's metadata or allocate: no kernel launch, no memory traffic.
+_NO_WORK_OPS = {"view", "_unsafe_view", "expand", "t", "detach", "permute", "as_strided", "alias", "reshape",
+                "unsqueeze", "squeeze", "transpose", "slice", "select", "empty", "empty_like", "empty_strided"}
+
+
+def build_head(shape: HeadShape) -> nn.Module:
+    """The deeplab-edge head for a shape, with non-trivial batch-norm statistics, in eval mode."""
+    from deeplab_edge.models.heads import ASPP, ASPPSum
+
+    torch.manual_seed(0)
+    if shape.kind == "v2":
+        head = ASPPSum(shape.cin, shape.cout, shape.rates)
+    else:
+        head = ASPP(shape.cin, shape.rates, cout=shape.cout)
+        for m in head.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    return head.eval()
+
+
+def _nbytes(t: Any) -> int:
+    return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+
+
+def _flatten(obj: Any) -> list[Any]:
+    if isinstance(obj, (list, tuple)):
+        return [y for x in obj for y in _flatten(x)]
+    if isinstance(obj, dict):
+        return [y for x in obj.values() for y in _flatten(x)]
+    return [obj]
+
+
+def _count_ops(fn: Callable[[], Any]) -> dict[str, Any]:
+    """Run ``fn`` (on meta tensors) and count ATen ops that launch work, with the bytes each
+    reads and writes (each tensor once per op: no cache reuse)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ops: list[tuple[str, int]] = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.overloadpacket.__name__
+            if name not in _NO_WORK_OPS:
+                moved = sum(_nbytes(t) for t in _flatten((args, kwargs or {})))
+                moved += sum(_nbytes(t) for t in _flatten(out))
+                ops.append((name, moved))
+            return out
+
+    with torch.no_grad(), Recorder():
+        fn()
+    return {"launches": len(ops), "bytes": sum(b for _, b in ops), "ops": [n for n, _ in ops]}
+
+
+def _flops(shape: HeadShape, batch: int) -> int:
+    """Convolution FLOPs of the head (2 per multiply-accumulate, every tap, as F.conv2d computes)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    head = build_head(shape).to("meta")
+    x = torch.empty(batch, shape.cin, shape.height, shape.width, device="meta")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        head(x)
+    return int(counter.get_total_flops())
+
+
+def eager_traffic(shape: HeadShape, batch: int, dtype: str) -> dict[str, Any]:
+    """Launches and bytes of eager PyTorch, recorded from the real module on the meta device."""
+    head = build_head(shape).to("meta", _DTYPES[dtype])
+    x = torch.empty(batch, shape.cin, shape.height, shape.width, device="meta", dtype=_DTYPES[dtype])
+    return _count_ops(lambda: head(x))
+
+
+def fused_traffic(shape: HeadShape, batch: int, dtype: str) -> dict[str, Any]:
+    """Launches and compulsory bytes of the fused path: each Triton kernel reads its input,
+    weights, bias and tap table once and writes its output once; the image-pooling bias
+    (v3) is counted op by op like eager PyTorch."""
+    from deeplab_edge.kernels.aspp import FusedASPP, TapTable, _specs
+
+    elt = _DTYPES[dtype].itemsize
+    b, c, h, w = batch, shape.cin, shape.height, shape.width
+    x_bytes = b * c * h * w * elt
+    pad16 = shape.cout + (-shape.cout % 16)
+    if shape.kind == "v2":
+        taps = TapTable.build(list(_specs(shape.rates, False)), h, w, torch.device("cpu"), sum_groups=True)
+        w_bytes = 9 * len(shape.rates) * c * pad16 * elt
+        out = b * shape.cout * h * w * elt
+        return {"launches": 1, "bytes": x_bytes + w_bytes + out + 4 * shape.cout + 4 * 4 * taps.num_taps,
+                "ops": ["triton:aspp_sum"], "taps": taps.num_taps}
+    taps = TapTable.build(list(_specs(shape.rates, True)), h, w, torch.device("cpu"))
+    groups = 1 + len(shape.rates)
+    feats = b * groups * shape.cout * h * w * elt
+    w_branch = (1 + 9 * len(shape.rates)) * c * pad16 * elt
+    w_proj = groups * shape.cout * pad16 * elt
+    out = b * shape.cout * h * w * elt
+    branches = x_bytes + w_branch + feats + 4 * groups * shape.cout + 4 * 4 * taps.num_taps
+    projection = feats + w_proj + out + 4 * b * shape.cout + 4 * 4
+    fused = FusedASPP(build_head(shape)).to("meta", _DTYPES[dtype])
+    xm = torch.empty(b, c, h, w, device="meta", dtype=_DTYPES[dtype])
+    pool = _count_ops(lambda: fused.image_bias(xm))
+    return {"launches": 2 + pool["launches"], "bytes": branches + projection + pool["bytes"],
+            "ops": ["triton:aspp_branches", *pool["ops"], "triton:projection"], "taps": taps.num_taps,
+            # Fusing the projection into the branch kernel would keep the concatenated
+            # features on chip: at most this much traffic saved (one write, one read).
+            "projection_fusion_saves_bytes": 2 * feats}
+
+
+def roofline_ms(flops: int, nbytes: int, device: Device, dtype: str) -> float:
+    return 1e3 * max(flops / (device.tflops[dtype] * 1e12), nbytes / (device.gbs * 1e9))
+
+
+def analyse(shapes: Iterable[str], batches: Iterable[int], dtypes: Iterable[str],
+            compile_results: list[dict] | None = None) -> list[dict[str, Any]]:
+    """The exact, GPU-free part: FLOPs, launches, bytes, and the roofline estimates per device."""
+    rows = []
+    for name in shapes:
+        shape = SHAPES[name]
+        for batch in batches:
+            flops = _flops(shape, batch)
+            for dtype in dtypes:
+                eager, fused = eager_traffic(shape, batch, dtype), fused_traffic(shape, batch, dtype)
+                row = {"shape": name, "kind": shape.kind, "batch": batch, "dtype": dtype, "gflops": flops / 1e9,
+                       "eager_launches": eager["launches"], "eager_mb": eager["bytes"] / 1e6,
+                       "fused_launches": fused["launches"], "fused_mb": fused["bytes"] / 1e6,
+                       "eager_ops": eager["ops"], "fused_ops": fused["ops"], "estimates": {},
+                       "projection_fusion_saves_mb": fused.get("projection_fusion_saves_bytes", 0) / 1e6}
+                for cc, dev in DEVICES.items():
+                    est = {"device": dev.name, "roofline_ms_fused": roofline_ms(flops, fused["bytes"], dev, dtype),
+                           "roofline_ms_eager": roofline_ms(flops, eager["bytes"], dev, dtype),
+                           "projection_fusion_saves_ms": fused.get("projection_fusion_saves_bytes", 0) / (dev.gbs * 1e9)
+                           * 1e3,
+                           "bound": "compute" if flops / (dev.tflops[dtype] * 1e12) > fused["bytes"] / (dev.gbs * 1e9)
+                           else "memory", "label": "estimate (roofline lower bound), not a measurement"}
+                    if compile_results:
+                        width = "narrow" if shape.cout <= 32 else "wide"
+                        variant = "v2" if width == "narrow" else "v3"
+                        cands = [r for r in compile_results if r["arch"] == f"sm_{cc}" and r["dtype"] == dtype
+                                 and r["kernel"].endswith(f"[{variant}]")]
+                        if cands:
+                            best = max(cands, key=lambda r: r["occupancy"])
+                            est["best_occupancy"] = best["occupancy"]
+                            est["best_occupancy_config"] = best["config"] | {"num_warps": best["num_warps"],
+                                                                             "num_stages": best["num_stages"]}
+                            est["all_configs_ok"] = all(r["ok"] for r in cands)
+                    row["estimates"][f"sm_{cc}"] = est
+                rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- GPU timing
+
+def _time_cuda(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
+
+
+def _percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def run(shapes: Iterable[str], batches: Iterable[int], dtypes: Iterable[str], providers: Iterable[str],
+        warmup: int = 10, iters: int = 50, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Time every provider on a CUDA GPU; one row per (shape, batch, dtype, provider)."""
+    from deeplab_edge.errors import KernelUnavailableError
+
+    providers = list(providers)
+    unknown = [p for p in providers if p not in PROVIDERS]
+    if unknown:
+        raise ValueError(f"expected providers from {PROVIDERS}, got {unknown}")
+    if not torch.cuda.is_available():
+        raise KernelUnavailableError("GPU timing needs a CUDA GPU; without one, `kernels bench` reports the "
+                                     "analytic FLOPs / bytes / launches and roofline estimates only")
+    from deeplab_edge.kernels.aspp import FusedASPP, FusedASPPSum
+
+    rows = []
+    dev = DEVICES.get(int("".join(map(str, torch.cuda.get_device_capability()))))
+    for name in shapes:
+        shape = SHAPES[name]
+        for batch in batches:
+            flops = _flops(shape, batch)
+            for dtype in dtypes:
+                dt = _DTYPES[dtype]
+                head = build_head(shape).to("cuda", dt)
+                x = torch.randn(batch, shape.cin, shape.height, shape.width, device="cuda", dtype=dt)
+                x = x.contiguous(memory_format=torch.channels_last)
+                head = head.to(memory_format=torch.channels_last)
+                nbytes = fused_traffic(shape, batch, dtype)["bytes"]
+                base = None
+                for provider in providers:
+                    if progress:
+                        progress(f"{name} b{batch} {dtype} {provider}")
+                    if provider == "torch":
+                        fn = head
+                    elif provider == "compile":
+                        fn = torch.compile(head)
+                    else:
+                        fn = FusedASPPSum(head) if shape.kind == "v2" else FusedASPP(head)
+                    with torch.no_grad():
+                        ref = head(x)
+                        got = fn(x)
+                        err = (got.float() - ref.float()).abs().max().item()
+                        times = _time_cuda(lambda: fn(x), warmup, iters)
+                    med = _percentile(times, 50)
+                    row = {"shape": name, "batch": batch, "dtype": dtype, "provider": provider, "median_ms": med,
+                           "p10_ms": _percentile(times, 10), "p90_ms": _percentile(times, 90), "iters": iters,
+                           "tflops": flops / med / 1e9, "gbs": nbytes / med / 1e6, "max_abs_diff_vs_torch": err}
+                    if dev is not None:
+                        row["roofline_ms"] = roofline_ms(flops, nbytes, dev, dtype)
+                        row["fraction_of_roofline"] = row["roofline_ms"] / med
+                    if provider == "torch":
+                        base = med
+                    row["speedup_vs_torch"] = base / med if base else None
+                    rows.append(row)
+    return rows

@@ -1,0 +1,95 @@
+"""Kernel compilation for real GPUs (no GPU needed), the kernel benchmark's exact counts, and --backend triton."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from deeplab_edge.cli import main
+from deeplab_edge.kernels.compile import ARCHS, occupancy
+
+
+def test_occupancy_model_hand_computed():
+    h100, orin = ARCHS[90], ARCHS[87]
+    # 128 regs x 32 threads = 4096 per warp; 65536 / 4096 = 16 warps -> 2 blocks of 8 warps = 16 / 64 warps.
+    assert occupancy(h100, 128, 32 * 1024, 8) == {"blocks_per_sm": 2, "occupancy": 0.25, "limited_by": "registers"}
+    # 64 regs: 32 warps by registers -> 8 blocks of 4; shared: 228 KB / (48 KB + 1 KB) = 4 blocks -> 16 / 64.
+    assert occupancy(h100, 64, 48 * 1024, 4) == {"blocks_per_sm": 4, "occupancy": 0.25,
+                                                 "limited_by": "shared memory"}
+    # 40 regs round up to 1280 per warp (units of 256): 51 warps -> 12 blocks of 4; Orin's 48 warps -> 12 blocks.
+    r = occupancy(orin, 40, 0, 4)
+    assert r["blocks_per_sm"] == 12 and r["occupancy"] == 1.0
+
+
+@pytest.mark.slow
+def test_every_kernel_config_compiles_for_orin_and_h100_without_spills(tmp_path):
+    out = tmp_path / "compile.json"
+    res = CliRunner().invoke(main, ["kernels", "compile", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())["results"]
+    from deeplab_edge.kernels.aspp import autotune_configs
+
+    # every config of each (dtype class, width) for each dtype and arch: 2 archs x 3 dtypes x both variants
+    per_dtype = len(autotune_configs("fp16", 256)) + len(autotune_configs("fp16", 21))
+    assert len(rows) == 2 * (2 * per_dtype + len(autotune_configs("fp32", 256)) + len(autotune_configs("fp32", 21)))
+    assert {r["arch"] for r in rows} == {"sm_87", "sm_90"}
+    for r in rows:
+        limit = ARCHS[int(r["arch"][3:])].smem_per_block
+        assert r["ok"], r
+        assert 0 < r["registers"] <= 255 and r["spill_bytes"] == 0 and r["stack_bytes"] == 0
+        assert 0 < r["shared_bytes"] <= limit  # the pipelined tiles live in shared memory
+        assert 0 < r["occupancy"] <= 1
+
+
+def test_kernel_bench_counts_without_a_gpu():
+    res = CliRunner().invoke(main, ["kernels", "bench", "--no-compile-check", "--batch", "2", "--dtype", "fp16",
+                                    "--shape", "v2-resnet101-os8,v3-mobilenetv2-os16", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    v2, mnv2 = data["analytic"]
+    # v2: four 3x3 convs 2048 -> 21 over 65 x 65, batch 2: 2 FLOPs per MAC.
+    assert v2["gflops"] * 1e9 == pytest.approx(2 * 2 * 65 * 65 * 2048 * 21 * 9 * 4)
+    # eager: 4 convolutions + 3 adds; fused: one launch reading x once (fp16) plus weights and output.
+    assert v2["eager_ops"] == ["convolution"] * 1 + ["convolution", "add"] * 3 and v2["fused_launches"] == 1
+    x_mb = 2 * 2048 * 65 * 65 * 2 / 1e6
+    assert x_mb < v2["fused_mb"] < x_mb * 1.3 and v2["eager_mb"] > 4 * x_mb
+    # MobileNetV2 head: 1x1 conv 320 -> 256 and the 512 -> 256 projection over 33 x 33, pooling's 1x1 on a 1x1 map.
+    assert mnv2["gflops"] * 1e9 == pytest.approx(2 * 2 * (33 * 33 * (320 * 256 + 512 * 256) + 320 * 256))
+    assert mnv2["fused_ops"][0] == "triton:aspp_branches" and mnv2["fused_ops"][-1] == "triton:projection"
+    assert "cat" in mnv2["eager_ops"] and "cat" not in mnv2["fused_ops"]
+    assert data["timings"] is None and "no CUDA GPU" in data["timing_skipped"]
+    est = v2["estimates"]["sm_90"]
+    assert est["label"].startswith("estimate") and est["roofline_ms_fused"] > 0
+
+
+def test_kernel_bench_rejects_unknown_names():
+    res = CliRunner().invoke(main, ["kernels", "bench", "--shape", "v9-huge"])
+    assert res.exit_code == 2 and "unknown shape v9-huge" in res.output
+    res = CliRunner().invoke(main, ["kernels", "bench", "--providers", "cudnn"])
+    assert res.exit_code == 2 and "unknown provider cudnn" in res.output
+
+
+def test_backend_triton_needs_a_gpu_or_the_interpreter(imported, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    res = CliRunner().invoke(main, ["eval", "--weights", str(imported[0]), "--data", "nowhere", "--backend", "triton",
+                                    "--device", "cpu"])
+    assert res.exit_code == 2 and "need a CUDA GPU" in res.output and "Traceback" not in res.output
+
+
+def test_backend_triton_refuses_onnx(tmp_path):
+    res = CliRunner().invoke(main, ["eval", "--onnx", str(tmp_path / "m.onnx"), "--data", str(tmp_path),
+                                    "--backend", "triton"])
+    assert res.exit_code == 2 and "--backend triton runs a PyTorch checkpoint" in res.output
+
+
+@pytest.mark.slow
+def test_eval_backend_triton_matches_torch_on_voc(shared, imported):
+    """The fused head (interpreter, CPU) gives the torch backend's mIoU on real images."""
+    args = ["eval", "--weights", str(imported[0]), "--data", str(shared["voc"]), "--num-images", "3",
+            "--device", "cpu", "--json"]
+    ref = json.loads(CliRunner().invoke(main, args).output)
+    res = CliRunner().invoke(main, args + ["--backend", "triton"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output)
+    assert got["model"]["backend"] == "triton"
+    assert got["miou"] == pytest.approx(ref["miou"], abs=1e-3)
