@@ -217,10 +217,20 @@ def analyse(shapes: Iterable[str], batches: Iterable[int], dtypes: Iterable[str]
 
 # ----------------------------------------------------------------------------- GPU timing
 
-def _time_cuda(fn: Callable[[], Any], warmup: int, iters: int) -> list[float]:
+def _time(fn: Callable[[], Any], warmup: int, iters: int, device: torch.device) -> list[float]:
+    """Milliseconds per call: CUDA events on a GPU, perf_counter on the CPU."""
+    import time
+
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    if device.type != "cuda":
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t0))
+        return times
+    torch.cuda.synchronize(device)
     times = []
     for _ in range(iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -239,37 +249,41 @@ def _percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def run(shapes: Iterable[str], batches: Iterable[int], dtypes: Iterable[str], providers: Iterable[str],
-        warmup: int = 10, iters: int = 50, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Time every provider on a CUDA GPU; one row per (shape, batch, dtype, provider)."""
+def run(shapes: Iterable[str | HeadShape], batches: Iterable[int], dtypes: Iterable[str], providers: Iterable[str],
+        warmup: int = 10, iters: int = 50, progress: Callable[[str], None] | None = None,
+        device: str = "cuda") -> list[dict[str, Any]]:
+    """Time every provider side by side; one row per (shape, batch, dtype, provider).
+
+    ``device="cuda"`` is the benchmark. ``device="cpu"`` only exercises the harness (the
+    Triton provider then needs ``TRITON_INTERPRET=1``; its times mean nothing)."""
     from deeplab_edge.errors import KernelUnavailableError
 
     providers = list(providers)
     unknown = [p for p in providers if p not in PROVIDERS]
     if unknown:
         raise ValueError(f"expected providers from {PROVIDERS}, got {unknown}")
-    if not torch.cuda.is_available():
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise KernelUnavailableError("GPU timing needs a CUDA GPU; without one, `kernels bench` reports the "
                                      "analytic FLOPs / bytes / launches and roofline estimates only")
     from deeplab_edge.kernels.aspp import FusedASPP, FusedASPPSum
 
     rows = []
-    dev = DEVICES.get(int("".join(map(str, torch.cuda.get_device_capability()))))
-    for name in shapes:
-        shape = SHAPES[name]
+    peak = DEVICES.get(int("".join(map(str, torch.cuda.get_device_capability(dev))))) if dev.type == "cuda" else None
+    for shape in shapes:
+        shape = SHAPES[shape] if isinstance(shape, str) else shape
         for batch in batches:
             flops = _flops(shape, batch)
             for dtype in dtypes:
                 dt = _DTYPES[dtype]
-                head = build_head(shape).to("cuda", dt)
-                x = torch.randn(batch, shape.cin, shape.height, shape.width, device="cuda", dtype=dt)
+                head = build_head(shape).to(dev, dt).to(memory_format=torch.channels_last)
+                x = torch.randn(batch, shape.cin, shape.height, shape.width, device=dev, dtype=dt)
                 x = x.contiguous(memory_format=torch.channels_last)
-                head = head.to(memory_format=torch.channels_last)
                 nbytes = fused_traffic(shape, batch, dtype)["bytes"]
                 base = None
                 for provider in providers:
                     if progress:
-                        progress(f"{name} b{batch} {dtype} {provider}")
+                        progress(f"{shape.name} b{batch} {dtype} {provider}")
                     if provider == "torch":
                         fn = head
                     elif provider == "compile":
@@ -277,16 +291,15 @@ def run(shapes: Iterable[str], batches: Iterable[int], dtypes: Iterable[str], pr
                     else:
                         fn = FusedASPPSum(head) if shape.kind == "v2" else FusedASPP(head)
                     with torch.no_grad():
-                        ref = head(x)
-                        got = fn(x)
-                        err = (got.float() - ref.float()).abs().max().item()
-                        times = _time_cuda(lambda: fn(x), warmup, iters)
+                        err = (fn(x).float() - head(x).float()).abs().max().item()
+                        times = _time(lambda: fn(x), warmup, iters, dev)
                     med = _percentile(times, 50)
-                    row = {"shape": name, "batch": batch, "dtype": dtype, "provider": provider, "median_ms": med,
-                           "p10_ms": _percentile(times, 10), "p90_ms": _percentile(times, 90), "iters": iters,
-                           "tflops": flops / med / 1e9, "gbs": nbytes / med / 1e6, "max_abs_diff_vs_torch": err}
-                    if dev is not None:
-                        row["roofline_ms"] = roofline_ms(flops, nbytes, dev, dtype)
+                    row = {"shape": shape.name, "batch": batch, "dtype": dtype, "provider": provider,
+                           "device": str(dev), "median_ms": med, "p10_ms": _percentile(times, 10),
+                           "p90_ms": _percentile(times, 90), "iters": iters, "tflops": flops / med / 1e9,
+                           "gbs": nbytes / med / 1e6, "max_abs_diff_vs_torch": err}
+                    if peak is not None:
+                        row["roofline_ms"] = roofline_ms(flops, nbytes, peak, dtype)
                         row["fraction_of_roofline"] = row["roofline_ms"] / med
                     if provider == "torch":
                         base = med

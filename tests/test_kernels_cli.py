@@ -93,3 +93,28 @@ def test_eval_backend_triton_matches_torch_on_voc(shared, imported):
     got = json.loads(res.output)
     assert got["model"]["backend"] == "triton"
     assert got["miou"] == pytest.approx(ref["miou"], abs=1e-3)
+
+
+def test_timing_harness_runs_side_by_side_on_cpu():
+    """The GPU benchmark's loop, exercised on the CPU with a tiny head (interpreter): rows,
+    percentiles, the fused output checked against eager PyTorch. CPU times mean nothing."""
+    from deeplab_edge.bench.kernels import HeadShape, run
+
+    tiny = HeadShape("tiny-v3", "v3", 24, 9, 11, (2, 4), 32)
+    rows = run([tiny], [2], ["fp32"], ["torch", "triton"], warmup=1, iters=3, device="cpu")
+    assert [r["provider"] for r in rows] == ["torch", "triton"]
+    for r in rows:
+        assert r["p10_ms"] <= r["median_ms"] <= r["p90_ms"] and r["tflops"] > 0 and r["gbs"] > 0
+        assert r["max_abs_diff_vs_torch"] < 1e-4
+    assert rows[0]["speedup_vs_torch"] == 1.0 and rows[1]["speedup_vs_torch"] > 0
+    with pytest.raises(ValueError, match="expected providers"):
+        run([tiny], [1], ["fp32"], ["cudnn"], device="cpu")
+
+
+def test_percentiles_hand_computed():
+    from deeplab_edge.bench.kernels import _percentile
+
+    # linear interpolation between order statistics (numpy's default): position (n - 1) * q
+    assert _percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
+    assert _percentile([4.0, 1.0, 3.0, 2.0], 10) == pytest.approx(1.3)
+    assert _percentile([7.0], 90) == 7.0
