@@ -701,7 +701,7 @@ def kernels_bench(shapes, batches, dtypes, providers, warmup, iters, no_compile_
     t = Table(title="Fused ASPP vs eager PyTorch: work per forward pass (exact counts)")
     for col in ("shape", "batch", "dtype", "GFLOP", "eager launches", "eager MB", "fused launches", "fused MB",
                 "H100 est. µs", "Orin est. µs", "bound", "occupancy H100/Orin"):
-        t.add_column(col, justify="left" if col == "shape" else "right")
+        t.add_column(col, justify="left" if col == "shape" else "right", no_wrap=col == "shape")
     for r in analytic:
         e90, e87 = r["estimates"]["sm_90"], r["estimates"]["sm_87"]
         t.add_row(r["shape"], str(r["batch"]), r["dtype"], f"{r['gflops']:.1f}", str(r["eager_launches"]),
@@ -716,7 +716,7 @@ def kernels_bench(shapes, batches, dtypes, providers, warmup, iters, no_compile_
         t = Table(title=f"Measured on {result['environment']['gpu']['name']} (median of {iters}, CUDA events)")
         for col in ("shape", "batch", "dtype", "provider", "ms", "p10-p90", "TFLOP/s", "GB/s", "% roofline",
                     "vs torch"):
-            t.add_column(col, justify="left" if col in ("shape", "provider") else "right")
+            t.add_column(col, justify="left" if col in ("shape", "provider") else "right", no_wrap=col == "shape")
         for r in result["timings"]:
             t.add_row(r["shape"], str(r["batch"]), r["dtype"], r["provider"], f"{r['median_ms']:.3f}",
                       f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}", f"{r['tflops']:.1f}", f"{r['gbs']:.0f}",
