@@ -313,7 +313,7 @@ def eval_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, ba
 
 @main.command("predict")
 @_model_options
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--alpha", default=0.5, show_default=True, help="Overlay opacity of the colour mask.")
 @click.option("--json", "as_json", is_flag=True, help="Print per-image class fractions as JSON.")

@@ -115,6 +115,12 @@ def test_corrupt_image_in_predict(tmp_path, imported):
     assert not any((tmp_path / "out").glob("*.png"))
 
 
+def test_empty_path_in_predict_is_not_the_current_folder(tmp_path, imported):
+    res = run("predict", "--weights", imported[0], "", "-o", tmp_path / "out")
+    assert_one_line_error(res, "an empty path was given")
+    assert not (tmp_path / "out").exists()
+
+
 def test_no_partial_json_on_failure(tmp_path, imported, shared):
     out_json = tmp_path / "r.json"
     res = run("eval", "--weights", imported[0], "--data", shared["voc"], "--reference", tmp_path, "-o", out_json)

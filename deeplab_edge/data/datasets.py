@@ -230,7 +230,10 @@ class ImageFolder(SegmentationDataset):
     kind = "folder"
 
     def __init__(self, paths: str | Path | Sequence[str | Path], classes: list[str] | None = None) -> None:
-        items = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+        raw = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        if any(not str(p).strip() for p in raw):  # Path("") would silently mean the current folder
+            raise DataError("an empty path was given; name an image file or folder")
+        items = [Path(p) for p in raw]
         files: list[Path] = []
         for p in items:
             if p.is_dir():
