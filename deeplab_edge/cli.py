@@ -179,20 +179,48 @@ def _model_options(f):
     f = click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
                      show_default=True, help="Model dtype (PyTorch backend).")(f)
     f = click.option("--input-size", type=int, help="Override the checkpoint's input side (resize long side + pad).")(f)
+    f = click.option("--crf", "crf_method", type=click.Choice(["none", "pydensecrf", "torch", "window", "triton"]),
+                     default="none", show_default=True,
+                     help="Dense CRF after the network: pydensecrf (reference, CPU), torch (permutohedral "
+                          "lattice in PyTorch), window (truncated-window approximation in PyTorch), triton "
+                          "(the window approximation, one Triton launch per iteration; GPU).")(f)
+    f = click.option("--crf-preset", type=click.Choice(["deeplab-v2", "deeplab-v1"]), default="deeplab-v2",
+                     show_default=True, help="CRF parameters: DeepLab-v2's VOC values (w1 4, theta_alpha 67, "
+                                             "theta_beta 3, w2 3, theta_gamma 1) or DeepLab-v1's.")(f)
+    f = click.option("--crf-iterations", type=int, help="Mean-field iterations (default: the preset's, 10).")(f)
     f = click.option("--backend", type=click.Choice(["torch", "triton"]), default="torch", show_default=True,
                      help="PyTorch model as is, or with its ASPP head swapped for the fused Triton kernels "
                           "(needs a CUDA GPU; TRITON_INTERPRET=1 runs them slowly on the CPU).")(f)
     return f
 
 
+def _crf_stage(method: str, preset: str, iterations: int | None, device: str):
+    """The --crf options as a Segmenter post-processing stage (None for --crf none)."""
+    if method == "none":
+        if iterations is not None:
+            raise DeepLabEdgeError("--crf-iterations needs a CRF: add --crf torch (or pydensecrf, window, triton)")
+        return None
+    from .crf import PRESETS, CRFStage, with_overrides
+    from .inference import resolve_device
+
+    if iterations is not None and iterations < 0:
+        raise DeepLabEdgeError(f"--crf-iterations must be >= 0, got {iterations}")
+    params = with_overrides(PRESETS[preset], iterations=iterations)
+    dev = resolve_device(device) if method in ("torch", "window", "triton") else "cpu"
+    return CRFStage(method, params, dev)
+
+
 def _segmenter(weights: Path | None, tflite: Path | None, onnx_path: Path | None, arch: str | None, device: str,
-               precision: str, input_size: int | None, threads: int | None = None, backend: str = "torch"):
+               precision: str, input_size: int | None, threads: int | None = None, backend: str = "torch",
+               crf: tuple[str, str, int | None] = ("none", "deeplab-v2", None)):
     from .checkpoint import load_checkpoint
     from .data.preprocess import Preprocess
     from .inference import Segmenter, TorchRunner, resolve_device
 
     if sum(p is not None for p in (weights, tflite, onnx_path)) != 1:
         raise DeepLabEdgeError("give exactly one of --weights FILE, --onnx FILE or --tflite FILE")
+    stage = _crf_stage(*crf, device)
+    crf_info = {"crf": crf[0]} if stage is None else {"crf": crf[0], "crf_params": stage.params.as_dict()}
     if backend == "triton":
         if weights is None:
             raise DeepLabEdgeError("--backend triton runs a PyTorch checkpoint: use it with --weights, not "
@@ -209,15 +237,15 @@ def _segmenter(weights: Path | None, tflite: Path | None, onnx_path: Path | None
             raise DeepLabEdgeError("--input-size cannot change an exported model's preprocessing; re-export it")
         runner = OnnxRunner(onnx_path, threads=threads)
         info = {"onnx": str(onnx_path), "arch": runner.meta.get("arch"), "provider": runner.session.get_providers()[0],
-                "precision": runner.meta.get("precision"), "ort_graph_optimizations": runner.optimize}
-        return Segmenter(runner, runner.preprocess, runner.num_classes), runner.classes or None, info
+                "precision": runner.meta.get("precision"), "ort_graph_optimizations": runner.optimize, **crf_info}
+        return Segmenter(runner, runner.preprocess, runner.num_classes, stage), runner.classes or None, info
     if tflite is not None:
         from .tflite_runner import TFLiteRunner
 
         if input_size is not None:
             raise DeepLabEdgeError("--input-size cannot change a TFLite model's fixed input; drop it")
         runner = TFLiteRunner(tflite, num_threads=threads)
-        return Segmenter(runner, runner.preprocess, runner.num_classes), None, {"tflite": str(tflite)}
+        return Segmenter(runner, runner.preprocess, runner.num_classes, stage), None, {"tflite": str(tflite), **crf_info}
     loaded = load_checkpoint(weights, arch=arch)
     pre = loaded.meta.get("preprocess") or {}
     if input_size is not None:
@@ -238,8 +266,8 @@ def _segmenter(weights: Path | None, tflite: Path | None, onnx_path: Path | None
             raise DeepLabEdgeError(f"--backend triton: {e}") from e
     runner = TorchRunner(model, resolve_device(device), precision)
     info = {"weights": str(weights), "arch": loaded.model.config["arch"], "device": str(runner.device),
-            "precision": precision, "backend": backend, "sha256": loaded.meta.get("sha256")}
-    return Segmenter(runner, preprocess, loaded.model.num_classes), loaded.classes, info
+            "precision": precision, "backend": backend, "sha256": loaded.meta.get("sha256"), **crf_info}
+    return Segmenter(runner, preprocess, loaded.model.num_classes, stage), loaded.classes, info
 
 
 # ----------------------------------------------------------------------------- eval
@@ -257,8 +285,8 @@ def _segmenter(weights: Path | None, tflite: Path | None, onnx_path: Path | None
               help="Folder of <id>.png label maps (e.g. another runtime's predictions): report pixel agreement.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the full results as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
-def eval_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, backend, data, kind, split, num_images,
-             batch_size, reference_dir, output, as_json) -> None:
+def eval_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, backend, crf_method, crf_preset,
+             crf_iterations, data, kind, split, num_images, batch_size, reference_dir, output, as_json) -> None:
     """Evaluate mIoU, per-class IoU and pixel accuracy on a labelled dataset.
 
     mIoU is the mean over classes present in the labels or the predictions (non-empty
@@ -272,7 +300,7 @@ def eval_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, ba
     if reference_dir is not None and not Path(reference_dir).is_dir():
         raise DeepLabEdgeError(f"{reference_dir}: reference folder not found")
     segmenter, classes, info = _segmenter(weights, tflite, onnx_path, arch, device, precision, input_size,
-                                          backend=backend)
+                                          backend=backend, crf=(crf_method, crf_preset, crf_iterations))
     ds = open_dataset(data, kind, split).subset(num_images)
     if ds.kind == "folder":
         raise DeepLabEdgeError(f"{data}: no VOC/Cityscapes/CamVid layout found; eval needs labels "
@@ -317,8 +345,8 @@ def eval_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, ba
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--alpha", default=0.5, show_default=True, help="Overlay opacity of the colour mask.")
 @click.option("--json", "as_json", is_flag=True, help="Print per-image class fractions as JSON.")
-def predict_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, backend, inputs, output, alpha,
-                as_json) -> None:
+def predict_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, backend, crf_method, crf_preset,
+                crf_iterations, inputs, output, alpha, as_json) -> None:
     """Segment images (files or folders): writes <name>_mask.png (palette PNG whose pixel
     values are class indices) and <name>_overlay.png (mask blended over the image)."""
     import numpy as np
@@ -330,7 +358,7 @@ def predict_cmd(weights, tflite, onnx_path, arch, device, precision, input_size,
     if not 0.0 <= alpha <= 1.0:
         raise DeepLabEdgeError(f"--alpha must be in [0, 1], got {alpha}")
     segmenter, classes, info = _segmenter(weights, tflite, onnx_path, arch, device, precision, input_size,
-                                          backend=backend)
+                                          backend=backend, crf=(crf_method, crf_preset, crf_iterations))
     ds = ImageFolder(list(inputs))
     classes = classes or [f"class_{i}" for i in range(segmenter.num_classes)]
     palette = voc_palette()

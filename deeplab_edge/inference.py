@@ -73,21 +73,28 @@ class Timing:
     preprocess: float = 0.0
     model: float = 0.0
     postprocess: float = 0.0
+    crf: float = 0.0
     model_calls: list[float] = field(default_factory=list)
 
     def as_dict(self, images: int) -> dict[str, Any]:
         calls = np.asarray(self.model_calls) * 1e3
         return {"preprocess_s": self.preprocess, "model_s": self.model, "postprocess_s": self.postprocess,
+                "crf_s": self.crf,
                 "model_ms_p50": float(np.percentile(calls, 50)) if calls.size else None,
                 "model_ms_mean": float(calls.mean()) if calls.size else None, "images": images}
 
 
 class Segmenter:
-    """Preprocess -> runner -> argmax (or logits) at the original image size."""
+    """Preprocess -> runner -> argmax (or logits) at the original image size.
+
+    ``crf``: an optional post-processing stage called with (uint8 image, logits [C, H, W]
+    at the image's size) that returns the label map (e.g. :class:`deeplab_edge.crf.CRFStage`);
+    its time is reported apart from the model's."""
 
     def __init__(self, runner: Callable[[torch.Tensor], torch.Tensor], preprocess: Preprocess,
-                 num_classes: int) -> None:
+                 num_classes: int, crf: Callable[[np.ndarray, torch.Tensor], torch.Tensor] | None = None) -> None:
         self.runner, self.preprocess, self.num_classes = runner, preprocess, num_classes
+        self.crf = crf
         self.timing = Timing()
 
     def _run(self, batch: torch.Tensor) -> torch.Tensor:
@@ -118,6 +125,16 @@ class Segmenter:
     def predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Label maps (H, W) uint8 at each image's original size."""
         results = self.logits_batch(images)
+        if self.crf is not None:
+            labels = []
+            for image, (lg, g) in zip(images, results):
+                t0 = time.perf_counter()
+                full = Preprocess.restore_logits(lg.float(), g)
+                self.timing.postprocess += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                labels.append(self.crf(image, full).to(torch.uint8).cpu().numpy())
+                self.timing.crf += time.perf_counter() - t0
+            return labels
         t0 = time.perf_counter()
         labels = [Preprocess.restore_labels(lg.argmax(0).to(torch.uint8).cpu().numpy(), g) for lg, g in results]
         self.timing.postprocess += time.perf_counter() - t0

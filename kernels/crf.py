@@ -1,0 +1,230 @@
+"""Dense-CRF mean-field step in one Triton launch: bilateral + spatial message passing with
+weights computed on the fly from colour and position (never materialised), the Potts
+compatibility, the unary and the softmax — beside its PyTorch reference.
+
+The math (``window`` method of :mod:`deeplab_edge.crf`): for pixel i,
+
+    m_bil(i, l) = n_b(i) * sum_{d in B} k_b(i, i+d) n_b(i+d) Q(i+d, l)
+    m_sp(i, l)  = n_s(i) * sum_{d in S} k_s(i, i+d) n_s(i+d) Q(i+d, l)
+    Q'(i, l)    = softmax_l(-U(i, l) + w1 m_bil(i, l) + w2 m_sp(i, l))
+
+with B the ``(2 r + 1)^2`` offsets ``dilation * (a, b)``, S the dense ``(2 r_s + 1)^2``
+offsets, ``k_b = exp(-|d|^2 / 2 theta_alpha^2 - |I_i - I_j|^2 / 2 theta_beta^2)``,
+``k_s = exp(-|d|^2 / 2 theta_gamma^2)``, zero outside the image, and ``n = (sum_d k)^-1/2``
+the symmetric normalisation (computed once per image). Offsets that reach H or W are
+dropped on the host.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .aspp import check_runnable, interpreting
+
+__all__ = ["crf_step", "crf_step_reference", "crf_window", "window_norms", "window_taps", "autotune_configs",
+           "INTERPRET_CONFIG"]
+
+
+def autotune_configs() -> list[triton.Config]:
+    """GPU configs (pixels per program; labels are padded to a power of two in-register)."""
+    return [triton.Config({"BLOCK": b}, num_warps=w, num_stages=s)
+            for b, w, s in [(64, 2, 2), (128, 4, 2), (256, 4, 2), (256, 8, 2)]]
+
+
+#: Pixels per program under ``TRITON_INTERPRET=1`` (few programs keep CPU tests fast).
+INTERPRET_CONFIG = {"BLOCK": 1024}
+
+
+@triton.jit
+def _crf_step_kernel(
+    q_out_ptr,  # [L, H, W] fp32
+    q_ptr,  # [L, H, W] fp32, current marginals
+    unary_ptr,  # [L, H, W] fp32, -log P
+    image_ptr,  # [3, H, W] fp32, RGB 0-255
+    norm_b_ptr, norm_s_ptr,  # [H, W] fp32
+    bil_dy_ptr, bil_dx_ptr, n_bil,  # int32 offsets of the bilateral window
+    sp_dy_ptr, sp_dx_ptr, n_sp,  # int32 offsets of the spatial window
+    H, W, L,
+    w1, w2, inv2_alpha, inv2_beta, inv2_gamma,  # 1 / (2 theta^2)
+    L_PAD: tl.constexpr, BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    hw = H * W
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < hw
+    y = offs // W
+    x = offs % W
+    lab = tl.arange(0, L_PAD)
+    mask_l = lab < L
+    plane = lab[None, :] * hw  # label plane offsets [1, L_PAD]
+
+    r_i = tl.load(image_ptr + offs, mask=mask, other=0.0)
+    g_i = tl.load(image_ptr + hw + offs, mask=mask, other=0.0)
+    b_i = tl.load(image_ptr + 2 * hw + offs, mask=mask, other=0.0)
+
+    acc_b = tl.zeros((BLOCK, L_PAD), dtype=tl.float32)
+    for t in range(0, n_bil):
+        dy = tl.load(bil_dy_ptr + t)
+        dx = tl.load(bil_dx_ptr + t)
+        yy = y + dy
+        xx = x + dx
+        inside = mask & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+        j = yy * W + xx
+        dr = r_i - tl.load(image_ptr + j, mask=inside, other=0.0)
+        dg = g_i - tl.load(image_ptr + hw + j, mask=inside, other=0.0)
+        db = b_i - tl.load(image_ptr + 2 * hw + j, mask=inside, other=0.0)
+        d2 = (dy * dy + dx * dx).to(tl.float32)
+        k = tl.exp(-d2 * inv2_alpha - (dr * dr + dg * dg + db * db) * inv2_beta)
+        k = tl.where(inside, k * tl.load(norm_b_ptr + j, mask=inside, other=0.0), 0.0)
+        qj = tl.load(q_ptr + plane + j[:, None], mask=inside[:, None] & mask_l[None, :], other=0.0)
+        acc_b += k[:, None] * qj
+
+    acc_s = tl.zeros((BLOCK, L_PAD), dtype=tl.float32)
+    for t in range(0, n_sp):
+        dy = tl.load(sp_dy_ptr + t)
+        dx = tl.load(sp_dx_ptr + t)
+        yy = y + dy
+        xx = x + dx
+        inside = mask & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+        j = yy * W + xx
+        k = tl.exp(-(dy * dy + dx * dx).to(tl.float32) * inv2_gamma)
+        k = tl.where(inside, k * tl.load(norm_s_ptr + j, mask=inside, other=0.0), 0.0)
+        qj = tl.load(q_ptr + plane + j[:, None], mask=inside[:, None] & mask_l[None, :], other=0.0)
+        acc_s += k[:, None] * qj
+
+    m2 = mask[:, None] & mask_l[None, :]
+    u = tl.load(unary_ptr + plane + offs[:, None], mask=m2, other=0.0)
+    n_b = tl.load(norm_b_ptr + offs, mask=mask, other=0.0)
+    n_s = tl.load(norm_s_ptr + offs, mask=mask, other=0.0)
+    e = -u + w1 * acc_b * n_b[:, None] + w2 * acc_s * n_s[:, None]
+    e = tl.where(mask_l[None, :], e, float("-inf"))
+    e = e - tl.max(e, 1)[:, None]
+    p = tl.exp(e)
+    p = p / tl.sum(p, 1)[:, None]
+    tl.store(q_out_ptr + plane + offs[:, None], p, mask=m2)
+
+
+_crf_step_autotuned = triton.autotune(configs=autotune_configs(), key=["H", "W", "L", "n_bil", "n_sp"])(
+    _crf_step_kernel)
+
+#: The @triton.jit functions of this module, for ``deeplab-edge kernels compile``.
+JIT_KERNELS = {"crf_step": _crf_step_kernel}
+
+
+# ----------------------------------------------------------------------------- host side
+
+@functools.lru_cache(maxsize=32)
+def _taps(radius: int, dilation: int, height: int, width: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    dy, dx = [], []
+    for a in range(-radius, radius + 1):
+        for b in range(-radius, radius + 1):
+            oy, ox = a * dilation, b * dilation
+            if abs(oy) < height and abs(ox) < width:
+                dy.append(oy)
+                dx.append(ox)
+    return tuple(dy), tuple(dx)
+
+
+def window_taps(params, height: int, width: int) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Offsets of the bilateral (dilated) and spatial (dense) windows inside an H x W image."""
+    return {"bilateral": _taps(params.window_radius, params.dilation, height, width),
+            "spatial": _taps(params.spatial_radius, 1, height, width)}
+
+
+def _shift(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """t[..., y + dy, x + dx], zero outside."""
+    h, w = t.shape[-2:]
+    out = torch.zeros_like(t)
+    ys, yd = slice(max(dy, 0), h + min(dy, 0)), slice(max(-dy, 0), h + min(-dy, 0))
+    xs, xd = slice(max(dx, 0), w + min(dx, 0)), slice(max(-dx, 0), w + min(-dx, 0))
+    out[..., yd, xd] = t[..., ys, xs]
+    return out
+
+
+def _messages(image: torch.Tensor, values: torch.Tensor, taps, inv2_pos: float, inv2_col: float | None
+              ) -> torch.Tensor:
+    """sum over offsets d of k(i, i + d) values(i + d), k computed from position (and colour)."""
+    h, w = image.shape[-2:]
+    inside = torch.ones(1, h, w, device=image.device)
+    out = torch.zeros_like(values)
+    for dy, dx in zip(*taps):
+        k = math.exp(-(dy * dy + dx * dx) * inv2_pos) * _shift(inside, dy, dx)
+        if inv2_col is not None:
+            k = k * torch.exp(-((image - _shift(image, dy, dx)) ** 2).sum(0, keepdim=True) * inv2_col)
+        out += k * _shift(values, dy, dx)
+    return out
+
+
+def window_norms(image: torch.Tensor, params) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric normalisers ``(sum_d k)^-1/2`` of the bilateral and spatial windows, [H, W]."""
+    img = image.permute(2, 0, 1).float() if image.shape[-1] == 3 else image.float()
+    h, w = img.shape[-2:]
+    taps = window_taps(params, h, w)
+    ones = torch.ones(1, h, w, device=img.device)
+    nb = _messages(img, ones, taps["bilateral"], 0.5 / params.theta_alpha ** 2, 0.5 / params.theta_beta ** 2)
+    ns = _messages(img, ones, taps["spatial"], 0.5 / params.theta_gamma ** 2, None)
+    return nb[0].clamp_min(1e-20).rsqrt(), ns[0].clamp_min(1e-20).rsqrt()
+
+
+def crf_step_reference(image: torch.Tensor, unary: torch.Tensor, q: torch.Tensor, norm_b: torch.Tensor,
+                       norm_s: torch.Tensor, params) -> torch.Tensor:
+    """One mean-field update in PyTorch. ``image``: [3, H, W] float RGB 0-255; ``unary``,
+    ``q``: [L, H, W]; norms: [H, W]."""
+    h, w = q.shape[-2:]
+    taps = window_taps(params, h, w)
+    bil = _messages(image, q * norm_b, taps["bilateral"], 0.5 / params.theta_alpha ** 2,
+                    0.5 / params.theta_beta ** 2) * norm_b
+    sp = _messages(image, q * norm_s, taps["spatial"], 0.5 / params.theta_gamma ** 2, None) * norm_s
+    return torch.softmax(-unary + params.w1 * bil + params.w2 * sp, 0)
+
+
+def crf_step(image: torch.Tensor, unary: torch.Tensor, q: torch.Tensor, norm_b: torch.Tensor, norm_s: torch.Tensor,
+             params, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The same update as :func:`crf_step_reference`, in one Triton launch (fp32)."""
+    if q.dim() != 3 or unary.shape != q.shape or image.shape != (3, *q.shape[1:]):
+        raise ValueError(f"expected image [3, H, W], unary and q [L, H, W]; got {list(image.shape)}, "
+                         f"{list(unary.shape)}, {list(q.shape)}")
+    check_runnable(q)
+    labels, h, w = q.shape
+    if labels > 256:
+        raise ValueError(f"expected at most 256 labels, got {labels}")
+    image, unary, q = (t.float().contiguous() for t in (image, unary, q))
+    norm_b, norm_s = norm_b.float().contiguous(), norm_s.float().contiguous()
+    taps = window_taps(params, h, w)
+    dev = q.device
+    bdy, bdx = (torch.tensor(v, dtype=torch.int32, device=dev) for v in taps["bilateral"])
+    sdy, sdx = (torch.tensor(v, dtype=torch.int32, device=dev) for v in taps["spatial"])
+    out = torch.empty_like(q) if out is None else out
+    args = (out, q, unary, image, norm_b, norm_s, bdy, bdx, bdy.numel(), sdy, sdx, sdy.numel(), h, w, labels,
+            float(params.w1), float(params.w2), 0.5 / params.theta_alpha ** 2, 0.5 / params.theta_beta ** 2,
+            0.5 / params.theta_gamma ** 2)
+    l_pad = max(16, triton.next_power_of_2(labels))
+    if interpreting():
+        grid = (triton.cdiv(h * w, INTERPRET_CONFIG["BLOCK"]),)
+        _crf_step_kernel[grid](*args, L_PAD=l_pad, **INTERPRET_CONFIG)
+    else:
+        with torch.cuda.device(dev):
+            _crf_step_autotuned[lambda meta: (triton.cdiv(h * w, meta["BLOCK"]),)](*args, L_PAD=l_pad)
+    return out
+
+
+def crf_window(image: torch.Tensor, unary: torch.Tensor, params, use_triton: bool) -> torch.Tensor:
+    """All iterations of the windowed mean-field. ``image``: uint8 [H, W, 3]; ``unary``: [L, H, W]."""
+    img = image.permute(2, 0, 1).float().contiguous()
+    norm_b, norm_s = window_norms(img, params)
+    q = torch.softmax(-unary, 0)
+    if use_triton:
+        check_runnable(q)
+        spare = torch.empty_like(q)
+        for _ in range(params.iterations):
+            spare = crf_step(img, unary, q, norm_b, norm_s, params, out=spare)
+            q, spare = spare, q
+        return q
+    for _ in range(params.iterations):
+        q = crf_step_reference(img, unary, q, norm_b, norm_s, params)
+    return q
