@@ -658,12 +658,12 @@ def kernels_compile(archs, dtypes, output, as_json) -> None:
     result = {"environment": environment(), "archs": {f"sm_{cc}": ARCHS[cc].name for cc in ccs}, "results": rows}
     if not _emit(result, output, as_json):
         t = Table(title=f"{len(rows)} kernel configs compiled for {', '.join(f'sm_{c}' for c in ccs)}")
-        for col in ("kernel", "dtype", "arch", "BLOCK M/N/K", "warps", "stages", "regs", "spill B", "smem KB",
+        for col in ("kernel", "dtype", "arch", "blocks", "warps", "stages", "regs", "spill B", "smem KB",
                     "blocks/SM", "occupancy", "limited by", "ok"):
             t.add_column(col, justify="left" if col in ("kernel", "limited by") else "right")
         for r in rows:
             c = r["config"]
-            t.add_row(escape(r["kernel"]), r["dtype"], r["arch"], f"{c['BLOCK_M']}/{c['BLOCK_N']}/{c['BLOCK_K']}",
+            t.add_row(escape(r["kernel"]), r["dtype"], r["arch"], " ".join(f"{k[6:]}{v}" for k, v in c.items()),
                       str(r["num_warps"]), str(r["num_stages"]), str(r["registers"]),
                       str(r["spill_bytes"] + r["stack_bytes"]), f"{r['shared_bytes'] / 1024:.0f}",
                       str(r["blocks_per_sm"]), f"{100 * r['occupancy']:.0f}%", r["limited_by"],
@@ -753,6 +753,92 @@ def kernels_bench(shapes, batches, dtypes, providers, warmup, iters, no_compile_
         out.print(t)
     else:
         console.print(f"[yellow]note:[/] {result['timing_skipped']}", highlight=False)
+
+
+# ----------------------------------------------------------------------------- crf
+
+@main.group("crf")
+def crf_group() -> None:
+    """Dense CRF (Krähenbühl & Koltun 2011) as DeepLab uses it: benchmark its implementations.
+
+    To post-process predictions, use --crf on eval and predict."""
+
+
+@crf_group.command("bench")
+@click.option("--weights", type=click.Path(path_type=Path), required=True, help="deeplab-edge checkpoint (.pt).")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Labelled dataset folder (VOC, ...).")
+@click.option("--methods", default="pydensecrf,torch,window,triton", show_default=True,
+              help="CRF implementations, run side by side; those that cannot run here are listed as skipped.")
+@click.option("--preset", type=click.Choice(["deeplab-v2", "deeplab-v1"]), default="deeplab-v2", show_default=True)
+@click.option("--iterations", type=int, help="Mean-field iterations (default: the preset's, 10).")
+@click.option("--num-images", type=int, help="Use only the first N images.")
+@click.option("--speed-images", default=2, show_default=True,
+              help="Images also timed at --size x --size (with and without label pruning).")
+@click.option("--size", default=513, show_default=True, help="Side of the reference-speed inputs.")
+@click.option("--device", default="auto", show_default=True, help="Device of the network and the torch/triton CRFs.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the results as JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def crf_bench(weights, data, methods, preset, iterations, num_images, speed_images, size, device, output,
+              as_json) -> None:
+    """Time per image and mIoU gain of pydensecrf, the PyTorch lattice, the window
+    approximation and its Triton kernel, on the same network outputs in one run."""
+    from .bench.crf import CRF_METHODS, run_crf_bench
+    from .bench.env import environment
+    from .crf import PRESETS, with_overrides
+    from .data.datasets import open_dataset
+    from .inference import resolve_device
+
+    wanted = _choices(methods, list(CRF_METHODS), "CRF method")
+    dev = resolve_device(device)
+    skipped = {}
+    if "triton" in wanted:
+        from .errors import KernelUnavailableError
+        from .kernels.aspp import check_runnable
+
+        import torch
+
+        try:
+            check_runnable(torch.empty(0, device=dev))
+        except KernelUnavailableError as e:
+            skipped["triton"] = str(e)
+    if "pydensecrf" in wanted:
+        try:
+            import pydensecrf.densecrf  # noqa: F401
+        except ImportError:
+            skipped["pydensecrf"] = "pydensecrf is not installed (pip install pydensecrf2)"
+    run_methods = [m for m in wanted if m not in skipped]
+    if not run_methods:
+        raise DeepLabEdgeError(f"no CRF method can run here: {skipped}")
+    if iterations is not None and iterations < 0:
+        raise DeepLabEdgeError(f"--iterations must be >= 0, got {iterations}")
+    params = with_overrides(PRESETS[preset], iterations=iterations)
+    segmenter, _, info = _segmenter(weights, None, None, None, str(dev), "fp32", None)
+    ds = open_dataset(data, "auto", "val").subset(num_images)
+    if ds.kind == "folder":
+        raise DeepLabEdgeError(f"{data}: no labelled dataset found; the CRF benchmark needs labels")
+    with _progress() as prog:
+        task = prog.add_task("crf", total=len(ds) * len(run_methods))
+        res = run_crf_bench(segmenter, ds, run_methods, params, device=dev, size=size, speed_images=speed_images,
+                            progress=lambda d: prog.update(task, advance=1, description=d))
+    res.update({"environment": environment(), "model": info, "data": str(data),
+                "skipped": [{"method": m, "reason": r} for m, r in skipped.items()]})
+    if _emit(res, output, as_json):
+        return
+    t = Table(title=f"Dense CRF on {res['images']} images of {data} ({params.iterations} iterations, preset {preset})")
+    for col in ("method", "device", "mIoU %", "gain (points)", "% of pydensecrf gain", "s / image",
+                f"s @ {size}² ", f"s @ {size}² all labels", "vs pydensecrf"):
+        t.add_column(col, justify="left" if col in ("method", "device") else "right")
+    for r in res["rows"]:
+        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+        t.add_row(r["method"], r.get("device", "-"), _pct(r["miou"]), f"{r['gain_points']:+.2f}",
+                  fmt(None if r.get("fraction_of_pydensecrf_gain") is None else 100 * r["fraction_of_pydensecrf_gain"],
+                      ".0f"),
+                  fmt(r.get("s_per_image_native"), ".3f"), fmt(r.get(f"s_per_image_{size}x{size}"), ".3f"),
+                  fmt(r.get(f"s_per_image_{size}x{size}_all_labels"), ".3f"),
+                  fmt(r.get("speedup_vs_pydensecrf"), ".2f") + ("x" if r.get("speedup_vs_pydensecrf") else ""))
+    out.print(t)
+    for m, reason in skipped.items():
+        console.print(f"[yellow]skipped {m}:[/] {reason}", highlight=False)
 
 
 # ----------------------------------------------------------------------------- info

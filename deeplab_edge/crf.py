@@ -158,7 +158,8 @@ def _pydensecrf(image: np.ndarray, unary: torch.Tensor, p: CRFParams) -> torch.T
     crf.setUnaryEnergy(np.ascontiguousarray(unary.reshape(labels, -1).numpy(), dtype=np.float32))
     crf.addPairwiseGaussian(sxy=p.theta_gamma, compat=p.w2, kernel=dcrf.DIAG_KERNEL,
                             normalization=dcrf.NORMALIZE_SYMMETRIC)
-    crf.addPairwiseBilateral(sxy=p.theta_alpha, srgb=p.theta_beta, rgbim=np.ascontiguousarray(image), compat=p.w1,
+    crf.addPairwiseBilateral(sxy=p.theta_alpha, srgb=p.theta_beta, rgbim=np.require(image, np.uint8, ["C", "W"]),
+                             compat=p.w1,
                              kernel=dcrf.DIAG_KERNEL, normalization=dcrf.NORMALIZE_SYMMETRIC)
     q = np.array(crf.inference(p.iterations), dtype=np.float32).reshape(labels, h, w)
     return torch.from_numpy(q)

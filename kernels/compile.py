@@ -148,8 +148,33 @@ def _tap_conv_specs(dtypes: Iterable[str]) -> list[KernelSpec]:
     return specs
 
 
+def _crf_specs(dtypes: Iterable[str]) -> list[KernelSpec]:
+    """The CRF step is fp32 whatever the network's dtype; compiled for 21 labels (VOC, padded to 32)."""
+    from triton.runtime.jit import JITFunction
+
+    from . import crf
+
+    fn = crf._crf_step_kernel
+    if not isinstance(fn, JITFunction):
+        fn = JITFunction(fn.fn)
+    sig = {name: "i32" for name in fn.arg_names}
+    sig.update({n: "*fp32" for n in ("q_out_ptr", "q_ptr", "unary_ptr", "image_ptr", "norm_b_ptr", "norm_s_ptr")})
+    sig.update({n: "*i32" for n in ("bil_dy_ptr", "bil_dx_ptr", "sp_dy_ptr", "sp_dx_ptr")})
+    sig.update({n: "fp32" for n in ("w1", "w2", "inv2_alpha", "inv2_beta", "inv2_gamma")})
+    aligned = ("q_out_ptr", "q_ptr", "unary_ptr", "image_ptr", "norm_b_ptr", "norm_s_ptr", "bil_dy_ptr", "bil_dx_ptr",
+               "sp_dy_ptr", "sp_dx_ptr")
+    specs = []
+    for cfg in crf.autotune_configs():
+        c = {"L_PAD": 32, **cfg.kwargs}
+        s = dict(sig)
+        s.update({k: "constexpr" for k in c})
+        specs.append(KernelSpec("crf.step[21 labels]", "fp32", dict(cfg.kwargs), cfg.num_warps, cfg.num_stages, fn, s,
+                                c, aligned))
+    return specs
+
+
 #: Kernel name -> function giving its compile specs for some dtypes.
-KERNELS: dict[str, Callable[[Iterable[str]], list[KernelSpec]]] = {"aspp": _tap_conv_specs}
+KERNELS: dict[str, Callable[[Iterable[str]], list[KernelSpec]]] = {"aspp": _tap_conv_specs, "crf": _crf_specs}
 
 
 def kernel_specs(kernels: Iterable[str] | None = None, dtypes: Iterable[str] = ("fp16", "bf16", "fp32")

@@ -136,3 +136,36 @@ def test_bad_inputs_get_clear_errors():
         CRFParams(theta_alpha=0)
     with pytest.raises(ValueError, match="method"):
         dense_crf(img, torch.zeros(2, 6, 8), method="fast")
+
+
+def test_eval_with_crf_and_crf_bench_cli(shared, imported, tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from deeplab_edge.cli import main
+
+    base = ["eval", "--weights", str(imported[0]), "--data", str(shared["voc"]), "--num-images", "2", "--device",
+            "cpu", "--json"]
+    raw = json.loads(CliRunner().invoke(main, base).output)
+    res = CliRunner().invoke(main, base + ["--crf", "torch", "--crf-iterations", "5"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output)
+    assert got["model"]["crf"] == "torch" and got["model"]["crf_params"]["iterations"] == 5
+    assert got["timing"]["crf_s"] > 0 and got["miou"] != raw["miou"]
+    res = CliRunner().invoke(main, base + ["--crf-iterations", "5"])
+    assert res.exit_code == 2 and "needs a CRF" in res.output
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    out = tmp_path / "crf.json"
+    res = CliRunner().invoke(main, ["crf", "bench", "--weights", str(imported[0]), "--data", str(shared["voc"]),
+                                    "--num-images", "2", "--speed-images", "1", "--size", "97", "--iterations", "3",
+                                    "--methods", "pydensecrf,torch,triton", "--device", "cpu", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert [r["method"] for r in data["rows"]] == ["none", "pydensecrf", "torch"]
+    assert data["skipped"][0]["method"] == "triton" and "CUDA GPU" in data["skipped"][0]["reason"]
+    none, ref, ours = data["rows"]
+    assert ref["gain_points"] == pytest.approx(100 * (ref["miou"] - none["miou"]))
+    assert ours["s_per_image_97x97"] > 0 and ours["s_per_image_97x97_all_labels"] > 0
+    assert data["environment"]["cpu"] and data["params"]["iterations"] == 3
