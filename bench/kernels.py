@@ -54,14 +54,17 @@ class Device:
     tflops: dict[str, float]  # by dtype: fp16/bf16 tensor cores; fp32 as TF32 tensor cores (PyTorch's conv default)
     gbs: float
     source: str
+    simt_fp32_tflops: float = 0.0  # CUDA-core FP32 (the CRF step's element-wise arithmetic)
 
 
 DEVICES = {
     90: Device("H100 SXM5", 90, {"fp16": 989.4, "bf16": 989.4, "fp32": 494.7}, 3350.0,
-               "NVIDIA H100 datasheet: FP16/BF16 1,979 and TF32 989 TFLOPS with sparsity; HBM3 3.35 TB/s"),
+               "NVIDIA H100 datasheet: FP16/BF16 1,979 and TF32 989 TFLOPS with sparsity, FP32 67 TFLOPS; HBM3 "
+               "3.35 TB/s", simt_fp32_tflops=66.9),
     87: Device("Jetson AGX Orin 64GB", 87, {"fp16": 42.5, "bf16": 42.5, "fp32": 21.3}, 204.8,
                "Jetson AGX Orin datasheet: GPU 170 sparse INT8 TOPS -> 85 dense INT8 -> 42.5 dense FP16 "
-               "(TF32 half of that); LPDDR5 204.8 GB/s"),
+               "(TF32 half of that); 2048 CUDA cores x 2 x 1.3 GHz = 5.3 FP32 TFLOPS; LPDDR5 204.8 GB/s",
+               simt_fp32_tflops=5.3),
 }
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -171,6 +174,32 @@ def fused_traffic(shape: HeadShape, batch: int, dtype: str) -> dict[str, Any]:
             # Fusing the projection into the branch kernel would keep the concatenated
             # features on chip: at most this much traffic saved (one write, one read).
             "projection_fusion_saves_bytes": 2 * feats}
+
+
+def crf_estimate(height: int = 513, width: int = 513, labels: int = 21, params: Any = None) -> dict[str, Any]:
+    """FLOPs and compulsory bytes of the Triton CRF (norm pass + ``iterations`` steps) and its
+    roofline time per image on each device (CUDA-core fp32; exp counted as one op)."""
+    from deeplab_edge.crf import CRFParams
+    from deeplab_edge.kernels.crf import window_taps
+
+    p = params or CRFParams()
+    taps = window_taps(p, height, width)
+    n_b, n_s = len(taps["bilateral"][0]), len(taps["spatial"][0])
+    px = height * width
+    # per tap: bilateral weight ~14 ops (3 colour differences, squares, scale, exp, norm), spatial ~4;
+    # then one FMA per label; softmax ~5 ops per label.
+    step_flops = px * (n_b * (14 + 2 * labels) + n_s * (4 + 2 * labels) + 5 * labels)
+    step_bytes = px * (3 * 4 * labels + 3 * 4 + 2 * 4)  # read Q and U, write Q'; image; two norms
+    norm_flops, norm_bytes = px * (n_b * 14 + n_s * 4), px * (3 * 4 + 2 * 4)
+    flops, nbytes = norm_flops + p.iterations * step_flops, norm_bytes + p.iterations * step_bytes
+    est = {}
+    for cc, dev in DEVICES.items():
+        est[f"sm_{cc}"] = {"device": dev.name, "roofline_ms": 1e3 * max(flops / (dev.simt_fp32_tflops * 1e12),
+                                                                          nbytes / (dev.gbs * 1e9)),
+                           "launches": 1 + p.iterations,
+                           "label": "estimate (roofline lower bound), not a measurement"}
+    return {"height": height, "width": width, "labels": labels, "iterations": p.iterations, "bilateral_taps": n_b,
+            "spatial_taps": n_s, "gflops": flops / 1e9, "mb": nbytes / 1e6, "estimates": est}
 
 
 def roofline_ms(flops: int, nbytes: int, device: Device, dtype: str) -> float:

@@ -716,7 +716,8 @@ def kernels_bench(shapes, batches, dtypes, providers, warmup, iters, no_compile_
             compiled = [r.as_dict() for r in compile_all(kernel_specs(dtypes=dts))]
     with console.status("counting FLOPs, launches and bytes"):
         analytic = kb.analyse(names, bs, dts, compiled)
-    result: dict[str, Any] = {"environment": environment(), "analytic": analytic, "timings": None}
+    result: dict[str, Any] = {"environment": environment(), "analytic": analytic, "crf_analytic": kb.crf_estimate(),
+                              "timings": None}
     if torch.cuda.is_available():
         with _progress() as prog:
             task = prog.add_task("timing", total=len(names) * len(bs) * len(dts) * len(provs))
@@ -737,6 +738,12 @@ def kernels_bench(shapes, batches, dtypes, providers, warmup, iters, no_compile_
                   f"{1e3 * e90['roofline_ms_fused']:.0f}", f"{1e3 * e87['roofline_ms_fused']:.0f}", e90["bound"],
                   "/".join(f"{100 * e['best_occupancy']:.0f}%" if "best_occupancy" in e else "-" for e in (e90, e87)))
     out.print(t)
+    ce = result["crf_analytic"]
+    out.print(f"CRF mean-field in Triton ({ce['height']}x{ce['width']}, {ce['labels']} labels, {ce['iterations']} "
+              f"iterations, {ce['bilateral_taps']}+{ce['spatial_taps']} taps): {ce['gflops']:.1f} GFLOP, "
+              f"{ce['mb']:.0f} MB, {ce['iterations'] + 1} launches -> est. "
+              f"{ce['estimates']['sm_90']['roofline_ms']:.2f} ms on H100, {ce['estimates']['sm_87']['roofline_ms']:.1f} ms "
+              "on Orin per image")
     out.print("[dim]est. = roofline lower bound of the fused path from datasheet peaks (dense tensor-core FLOP/s, "
               "DRAM bandwidth): an estimate, not a measurement. Occupancy: best autotune config, from its compiled "
               "registers and shared memory.[/]")

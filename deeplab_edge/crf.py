@@ -127,7 +127,7 @@ def dense_crf(image: np.ndarray, scores: np.ndarray | torch.Tensor, params: CRFP
     unary = unary_from(scores, kind).to(dev)
     if method == "pydensecrf":
         return _pydensecrf(image, unary.cpu(), params).to(dev)
-    img = torch.from_numpy(np.ascontiguousarray(image)).to(dev)
+    img = torch.from_numpy(np.require(image, np.uint8, ["C", "W"])).to(dev)  # writable: torch warns otherwise
     prob = torch.exp(-unary)
     keep = prob.amax((1, 2)) >= params.label_threshold
     keep[prob.sum((1, 2)).argmax()] = True

@@ -149,27 +149,27 @@ def _tap_conv_specs(dtypes: Iterable[str]) -> list[KernelSpec]:
 
 
 def _crf_specs(dtypes: Iterable[str]) -> list[KernelSpec]:
-    """The CRF step is fp32 whatever the network's dtype; compiled for 21 labels (VOC, padded to 32)."""
+    """The CRF kernels are fp32 whatever the network's dtype; the step is compiled for 21
+    labels (VOC, padded to 32)."""
     from triton.runtime.jit import JITFunction
 
     from . import crf
 
-    fn = crf._crf_step_kernel
-    if not isinstance(fn, JITFunction):
-        fn = JITFunction(fn.fn)
-    sig = {name: "i32" for name in fn.arg_names}
-    sig.update({n: "*fp32" for n in ("q_out_ptr", "q_ptr", "unary_ptr", "image_ptr", "norm_b_ptr", "norm_s_ptr")})
-    sig.update({n: "*i32" for n in ("bil_dy_ptr", "bil_dx_ptr", "sp_dy_ptr", "sp_dx_ptr")})
-    sig.update({n: "fp32" for n in ("w1", "w2", "inv2_alpha", "inv2_beta", "inv2_gamma")})
-    aligned = ("q_out_ptr", "q_ptr", "unary_ptr", "image_ptr", "norm_b_ptr", "norm_s_ptr", "bil_dy_ptr", "bil_dx_ptr",
-               "sp_dy_ptr", "sp_dx_ptr")
     specs = []
-    for cfg in crf.autotune_configs():
-        c = {"L_PAD": 32, **cfg.kwargs}
-        s = dict(sig)
-        s.update({k: "constexpr" for k in c})
-        specs.append(KernelSpec("crf.step[21 labels]", "fp32", dict(cfg.kwargs), cfg.num_warps, cfg.num_stages, fn, s,
-                                c, aligned))
+    for name, fn, configs, extra in [("crf.step[21 labels]", crf._crf_step_kernel, crf.autotune_configs(),
+                                      {"L_PAD": 32}),
+                                     ("crf.norm", crf._crf_norm_kernel, crf.norm_configs(), {})]:
+        if not isinstance(fn, JITFunction):
+            fn = JITFunction(fn.fn)
+        sig = {a: "i32" for a in fn.arg_names}
+        sig.update({a: "*i32" if a.startswith(("bil_", "sp_")) else "*fp32" for a in fn.arg_names if a.endswith("_ptr")})
+        sig.update({a: "fp32" for a in fn.arg_names if a in ("w1", "w2", "inv2_alpha", "inv2_beta", "inv2_gamma")})
+        aligned = tuple(a for a in fn.arg_names if a.endswith("_ptr"))
+        for cfg in configs:
+            c = {**extra, **cfg.kwargs}
+            s = dict(sig)
+            s.update({k: "constexpr" for k in c})
+            specs.append(KernelSpec(name, "fp32", dict(cfg.kwargs), cfg.num_warps, cfg.num_stages, fn, s, c, aligned))
     return specs
 
 

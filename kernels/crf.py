@@ -26,7 +26,8 @@ import triton.language as tl
 
 from .aspp import check_runnable, interpreting
 
-__all__ = ["crf_step", "crf_step_reference", "crf_window", "window_norms", "window_taps", "autotune_configs",
+__all__ = ["crf_step", "crf_step_reference", "crf_window", "window_norms", "window_norms_triton", "window_taps",
+           "autotune_configs",
            "INTERPRET_CONFIG"]
 
 
@@ -109,11 +110,59 @@ def _crf_step_kernel(
     tl.store(q_out_ptr + plane + offs[None, :], p, mask=m2)
 
 
+@triton.jit
+def _crf_norm_kernel(
+    norm_b_ptr, norm_s_ptr,  # [H, W] fp32 out: (sum_d k)^-1/2 of each window
+    image_ptr,  # [3, H, W] fp32
+    bil_dy_ptr, bil_dx_ptr, n_bil, sp_dy_ptr, sp_dx_ptr, n_sp,
+    H, W, inv2_alpha, inv2_beta, inv2_gamma,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    hw = H * W
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < hw
+    y = offs // W
+    x = offs % W
+    r_i = tl.load(image_ptr + offs, mask=mask, other=0.0)
+    g_i = tl.load(image_ptr + hw + offs, mask=mask, other=0.0)
+    b_i = tl.load(image_ptr + 2 * hw + offs, mask=mask, other=0.0)
+    sum_b = tl.zeros((BLOCK,), dtype=tl.float32)
+    for t in range(0, n_bil):
+        dy = tl.load(bil_dy_ptr + t)
+        dx = tl.load(bil_dx_ptr + t)
+        yy = y + dy
+        xx = x + dx
+        inside = mask & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+        j = yy * W + xx
+        dr = r_i - tl.load(image_ptr + j, mask=inside, other=0.0)
+        dg = g_i - tl.load(image_ptr + hw + j, mask=inside, other=0.0)
+        db = b_i - tl.load(image_ptr + 2 * hw + j, mask=inside, other=0.0)
+        k = tl.exp(-(dy * dy + dx * dx).to(tl.float32) * inv2_alpha - (dr * dr + dg * dg + db * db) * inv2_beta)
+        sum_b += tl.where(inside, k, 0.0)
+    sum_s = tl.zeros((BLOCK,), dtype=tl.float32)
+    for t in range(0, n_sp):
+        dy = tl.load(sp_dy_ptr + t)
+        dx = tl.load(sp_dx_ptr + t)
+        yy = y + dy
+        xx = x + dx
+        inside = mask & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+        sum_s += tl.where(inside, tl.exp(-(dy * dy + dx * dx).to(tl.float32) * inv2_gamma), 0.0)
+    tl.store(norm_b_ptr + offs, 1.0 / tl.sqrt(tl.maximum(sum_b, 1e-20)), mask=mask)
+    tl.store(norm_s_ptr + offs, 1.0 / tl.sqrt(tl.maximum(sum_s, 1e-20)), mask=mask)
+
+
+def norm_configs() -> list[triton.Config]:
+    return [triton.Config({"BLOCK": b}, num_warps=w) for b, w in [(128, 4), (256, 4), (512, 8)]]
+
+
+_crf_norm_autotuned = triton.autotune(configs=norm_configs(), key=["H", "W", "n_bil", "n_sp"])(_crf_norm_kernel)
+
 _crf_step_autotuned = triton.autotune(configs=autotune_configs(), key=["H", "W", "L", "n_bil", "n_sp"])(
     _crf_step_kernel)
 
 #: The @triton.jit functions of this module, for ``deeplab-edge kernels compile``.
-JIT_KERNELS = {"crf_step": _crf_step_kernel}
+JIT_KERNELS = {"crf_step": _crf_step_kernel, "crf_norm": _crf_norm_kernel}
 
 
 # ----------------------------------------------------------------------------- host side
@@ -171,6 +220,29 @@ def window_norms(image: torch.Tensor, params) -> tuple[torch.Tensor, torch.Tenso
     return nb[0].clamp_min(1e-20).rsqrt(), ns[0].clamp_min(1e-20).rsqrt()
 
 
+def _tap_tensors(params, h: int, w: int, dev: torch.device) -> tuple[torch.Tensor, ...]:
+    taps = window_taps(params, h, w)
+    return tuple(torch.tensor(v, dtype=torch.int32, device=dev) for v in (*taps["bilateral"], *taps["spatial"]))
+
+
+def window_norms_triton(image: torch.Tensor, params) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`window_norms` in one Triton launch; ``image``: [3, H, W] float."""
+    check_runnable(image)
+    img = image.float().contiguous()
+    h, w = img.shape[-2:]
+    bdy, bdx, sdy, sdx = _tap_tensors(params, h, w, img.device)
+    nb = torch.empty(h, w, device=img.device)
+    ns = torch.empty_like(nb)
+    args = (nb, ns, img, bdy, bdx, bdy.numel(), sdy, sdx, sdy.numel(), h, w, 0.5 / params.theta_alpha ** 2,
+            0.5 / params.theta_beta ** 2, 0.5 / params.theta_gamma ** 2)
+    if interpreting():
+        _crf_norm_kernel[(triton.cdiv(h * w, INTERPRET_CONFIG["BLOCK"]),)](*args, **INTERPRET_CONFIG)
+    else:
+        with torch.cuda.device(img.device):
+            _crf_norm_autotuned[lambda meta: (triton.cdiv(h * w, meta["BLOCK"]),)](*args)
+    return nb, ns
+
+
 def crf_step_reference(image: torch.Tensor, unary: torch.Tensor, q: torch.Tensor, norm_b: torch.Tensor,
                        norm_s: torch.Tensor, params) -> torch.Tensor:
     """One mean-field update in PyTorch. ``image``: [3, H, W] float RGB 0-255; ``unary``,
@@ -195,10 +267,8 @@ def crf_step(image: torch.Tensor, unary: torch.Tensor, q: torch.Tensor, norm_b: 
         raise ValueError(f"expected at most 256 labels, got {labels}")
     image, unary, q = (t.float().contiguous() for t in (image, unary, q))
     norm_b, norm_s = norm_b.float().contiguous(), norm_s.float().contiguous()
-    taps = window_taps(params, h, w)
     dev = q.device
-    bdy, bdx = (torch.tensor(v, dtype=torch.int32, device=dev) for v in taps["bilateral"])
-    sdy, sdx = (torch.tensor(v, dtype=torch.int32, device=dev) for v in taps["spatial"])
+    bdy, bdx, sdy, sdx = _tap_tensors(params, h, w, dev)
     out = torch.empty_like(q) if out is None else out
     args = (out, q, unary, image, norm_b, norm_s, bdy, bdx, bdy.numel(), sdy, sdx, sdy.numel(), h, w, labels,
             float(params.w1), float(params.w2), 0.5 / params.theta_alpha ** 2, 0.5 / params.theta_beta ** 2,
@@ -216,15 +286,15 @@ def crf_step(image: torch.Tensor, unary: torch.Tensor, q: torch.Tensor, norm_b: 
 def crf_window(image: torch.Tensor, unary: torch.Tensor, params, use_triton: bool) -> torch.Tensor:
     """All iterations of the windowed mean-field. ``image``: uint8 [H, W, 3]; ``unary``: [L, H, W]."""
     img = image.permute(2, 0, 1).float().contiguous()
-    norm_b, norm_s = window_norms(img, params)
     q = torch.softmax(-unary, 0)
     if use_triton:
-        check_runnable(q)
+        norm_b, norm_s = window_norms_triton(img, params)
         spare = torch.empty_like(q)
         for _ in range(params.iterations):
             spare = crf_step(img, unary, q, norm_b, norm_s, params, out=spare)
             q, spare = spare, q
         return q
+    norm_b, norm_s = window_norms(img, params)
     for _ in range(params.iterations):
         q = crf_step_reference(img, unary, q, norm_b, norm_s, params)
     return q

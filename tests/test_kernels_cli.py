@@ -35,7 +35,7 @@ def test_every_kernel_config_compiles_for_orin_and_h100_without_spills(tmp_path)
     # every config of each (dtype class, width) for each dtype and arch: 2 archs x 3 dtypes x both variants
     per_dtype = len(autotune_configs("fp16", 256)) + len(autotune_configs("fp16", 21))
     assert len(aspp) == 2 * (2 * per_dtype + len(autotune_configs("fp32", 256)) + len(autotune_configs("fp32", 21)))
-    assert len(crf_rows) == 2 * len(crf.autotune_configs()) and len(rows) == len(aspp) + len(crf_rows)
+    assert len(crf_rows) == 2 * (len(crf.autotune_configs()) + len(crf.norm_configs())) and len(rows) == len(aspp) + len(crf_rows)
     assert {r["arch"] for r in rows} == {"sm_87", "sm_90"}
     for r in rows:
         limit = ARCHS[int(r["arch"][3:])].smem_per_block
