@@ -332,6 +332,8 @@ def eval_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, ba
     tm = res["timing"]
     line += (f"\nmodel {tm['model_ms_p50']:.1f} ms/call (median), preprocess {1e3 * tm['preprocess_s'] / res['images']:.1f}"
              f" ms/img, postprocess {1e3 * tm['postprocess_s'] / res['images']:.1f} ms/img on {info.get('device', 'cpu')}")
+    if info.get("crf", "none") != "none":
+        line += f"; CRF ({info['crf']}) {1e3 * tm['crf_s'] / res['images']:.0f} ms/img"
     out.print(line)
     if output:
         out.print(f"[green]wrote[/] {output}")
