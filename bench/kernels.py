@@ -186,7 +186,7 @@ def crf_estimate(height: int = 513, width: int = 513, labels: int = 21, params: 
     taps = window_taps(p, height, width)
     n_b, n_s = len(taps["bilateral"][0]), len(taps["spatial"][0])
     px = height * width
-    # per tap: bilateral weight ~14 ops (3 colour differences, squares, scale, exp, norm), spatial ~4;
+    # per tap: bilateral weight ~15 ops (3 colour differences, squares, scale, exp, norm), spatial ~4;
     # then one FMA per label; softmax ~5 ops per label.
     step_flops = px * (n_b * (14 + 2 * labels) + n_s * (4 + 2 * labels) + 5 * labels)
     step_bytes = px * (3 * 4 * labels + 3 * 4 + 2 * 4)  # read Q and U, write Q'; image; two norms

@@ -19,10 +19,11 @@ Implementations, one API (:func:`dense_crf`):
   Adams et al., Eurographics 2010: splat to the d+1 vertices of each point's enclosing
   simplex, blur along the d+1 lattice axes with [1/2, 1, 1/2], slice back) for the
   bilateral kernel; the spatial kernel is an exact separable Gaussian convolution.
-* ``window`` / ``triton`` — a truncated-window approximation (ConvCRF-style, Teichmann &
-  Cipolla 2018) computed at full resolution: the bilateral kernel summed over a
-  ``(2 r + 1)^2`` window sampled every ``dilation`` pixels, the spatial kernel over a
-  dense ``(2 r_s + 1)^2`` window, weights computed on the fly. ``window`` is the PyTorch
+* ``window`` / ``triton`` — a truncated-window approximation (after ConvCRF, Teichmann &
+  Cipolla 2018) computed at full resolution: the bilateral kernel summed over a dense
+  5 x 5 neighbourhood plus samples every 16 pixels out to +-96 (each weighted by the 256
+  pixels it stands for), the spatial kernel over a dense 5 x 5 window, weights computed on
+  the fly. ``window`` is the PyTorch
   reference of the Triton mean-field step (``deeplab_edge.kernels.crf``), which fuses both
   message passes, the Potts transform, the unary and the softmax in one launch.
 """
@@ -49,8 +50,8 @@ METHODS = ("pydensecrf", "torch", "window", "triton")
 class CRFParams:
     """Parameters named as in the DeepLab paper (Chen et al., TPAMI 2018, Sec. 3.3).
 
-    Defaults: DeepLab-v2's released VOC configuration. ``window_radius``, ``dilation`` and
-    ``spatial_radius`` only apply to the ``window`` / ``triton`` approximation."""
+    Defaults: DeepLab-v2's released VOC configuration. ``near_radius``, ``window_radius``,
+    ``dilation`` and ``spatial_radius`` only apply to the ``window`` / ``triton`` approximation."""
 
     w1: float = 4.0  # bilateral (appearance) kernel weight
     theta_alpha: float = 67.0  # bilateral kernel: position scale (pixels)
@@ -58,8 +59,9 @@ class CRFParams:
     w2: float = 3.0  # spatial (smoothness) kernel weight
     theta_gamma: float = 1.0  # spatial kernel: position scale (pixels)
     iterations: int = 10
-    window_radius: int = 5
-    dilation: int = 4
+    near_radius: int = 2  # bilateral: every offset within this (dense 5 x 5)
+    window_radius: int = 6  # bilateral: then samples every `dilation` px out to window_radius * dilation
+    dilation: int = 16
     spatial_radius: int = 2
     # torch / window / triton: labels whose probability stays below this at every pixel
     # keep their input probability and are left out of the mean-field (0 keeps all).
@@ -69,8 +71,8 @@ class CRFParams:
         for name in ("theta_alpha", "theta_beta", "theta_gamma"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"expected {name} > 0, got {getattr(self, name)}")
-        if self.iterations < 0 or self.window_radius < 0 or self.dilation < 1 or self.spatial_radius < 0:
-            raise ValueError(f"expected iterations, window_radius, spatial_radius >= 0 and dilation >= 1, got {self}")
+        if min(self.iterations, self.near_radius, self.window_radius, self.spatial_radius) < 0 or self.dilation < 1:
+            raise ValueError(f"expected iterations and radii >= 0 and dilation >= 1, got {self}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

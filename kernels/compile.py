@@ -162,7 +162,8 @@ def _crf_specs(dtypes: Iterable[str]) -> list[KernelSpec]:
         if not isinstance(fn, JITFunction):
             fn = JITFunction(fn.fn)
         sig = {a: "i32" for a in fn.arg_names}
-        sig.update({a: "*i32" if a.startswith(("bil_", "sp_")) else "*fp32" for a in fn.arg_names if a.endswith("_ptr")})
+        sig.update({a: "*i32" if a.startswith(("bil_d", "sp_d")) else "*fp32" for a in fn.arg_names
+                    if a.endswith("_ptr")})
         sig.update({a: "fp32" for a in fn.arg_names if a in ("w1", "w2", "inv2_alpha", "inv2_beta", "inv2_gamma")})
         aligned = tuple(a for a in fn.arg_names if a.endswith("_ptr"))
         for cfg in configs:

@@ -8,8 +8,9 @@ The math (``window`` method of :mod:`deeplab_edge.crf`): for pixel i,
     m_sp(i, l)  = n_s(i) * sum_{d in S} k_s(i, i+d) n_s(i+d) Q(i+d, l)
     Q'(i, l)    = softmax_l(-U(i, l) + w1 m_bil(i, l) + w2 m_sp(i, l))
 
-with B the ``(2 r + 1)^2`` offsets ``dilation * (a, b)``, S the dense ``(2 r_s + 1)^2``
-offsets, ``k_b = exp(-|d|^2 / 2 theta_alpha^2 - |I_i - I_j|^2 / 2 theta_beta^2)``,
+with B every offset within ``near_radius`` plus every ``dilation``-th offset out to
+``window_radius * dilation`` (each far sample weighted by the ``dilation^2`` pixels it stands
+for), S the dense ``(2 r_s + 1)^2`` offsets, ``k_b = exp(-|d|^2 / 2 theta_alpha^2 - |I_i - I_j|^2 / 2 theta_beta^2)``,
 ``k_s = exp(-|d|^2 / 2 theta_gamma^2)``, zero outside the image, and ``n = (sum_d k)^-1/2``
 the symmetric normalisation (computed once per image). Offsets that reach H or W are
 dropped on the host.
@@ -48,7 +49,7 @@ def _crf_step_kernel(
     unary_ptr,  # [L, H, W] fp32, -log P
     image_ptr,  # [3, H, W] fp32, RGB 0-255
     norm_b_ptr, norm_s_ptr,  # [H, W] fp32
-    bil_dy_ptr, bil_dx_ptr, n_bil,  # int32 offsets of the bilateral window
+    bil_dy_ptr, bil_dx_ptr, bil_w_ptr, n_bil,  # int32 offsets and fp32 sample weights of the bilateral window
     sp_dy_ptr, sp_dx_ptr, n_sp,  # int32 offsets of the spatial window
     H, W, L,
     w1, w2, inv2_alpha, inv2_beta, inv2_gamma,  # 1 / (2 theta^2)
@@ -83,7 +84,7 @@ def _crf_step_kernel(
         dg = g_i - tl.load(image_ptr + hw + j, mask=inside, other=0.0)
         db = b_i - tl.load(image_ptr + 2 * hw + j, mask=inside, other=0.0)
         d2 = (dy * dy + dx * dx).to(tl.float32)
-        k = tl.exp(-d2 * inv2_alpha - (dr * dr + dg * dg + db * db) * inv2_beta)
+        k = tl.load(bil_w_ptr + t) * tl.exp(-d2 * inv2_alpha - (dr * dr + dg * dg + db * db) * inv2_beta)
         k = tl.where(inside, k * scale_b * tl.load(norm_b_ptr + j, mask=inside, other=0.0), 0.0)
         qj = tl.load(q_ptr + plane + j[None, :], mask=mask_l[:, None] & inside[None, :], other=0.0)
         acc += k[None, :] * qj
@@ -114,7 +115,7 @@ def _crf_step_kernel(
 def _crf_norm_kernel(
     norm_b_ptr, norm_s_ptr,  # [H, W] fp32 out: (sum_d k)^-1/2 of each window
     image_ptr,  # [3, H, W] fp32
-    bil_dy_ptr, bil_dx_ptr, n_bil, sp_dy_ptr, sp_dx_ptr, n_sp,
+    bil_dy_ptr, bil_dx_ptr, bil_w_ptr, n_bil, sp_dy_ptr, sp_dx_ptr, n_sp,
     H, W, inv2_alpha, inv2_beta, inv2_gamma,
     BLOCK: tl.constexpr,
 ):
@@ -139,7 +140,7 @@ def _crf_norm_kernel(
         dg = g_i - tl.load(image_ptr + hw + j, mask=inside, other=0.0)
         db = b_i - tl.load(image_ptr + 2 * hw + j, mask=inside, other=0.0)
         k = tl.exp(-(dy * dy + dx * dx).to(tl.float32) * inv2_alpha - (dr * dr + dg * dg + db * db) * inv2_beta)
-        sum_b += tl.where(inside, k, 0.0)
+        sum_b += tl.where(inside, tl.load(bil_w_ptr + t) * k, 0.0)
     sum_s = tl.zeros((BLOCK,), dtype=tl.float32)
     for t in range(0, n_sp):
         dy = tl.load(sp_dy_ptr + t)
@@ -168,21 +169,22 @@ JIT_KERNELS = {"crf_step": _crf_step_kernel, "crf_norm": _crf_norm_kernel}
 # ----------------------------------------------------------------------------- host side
 
 @functools.lru_cache(maxsize=32)
-def _taps(radius: int, dilation: int, height: int, width: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    dy, dx = [], []
-    for a in range(-radius, radius + 1):
-        for b in range(-radius, radius + 1):
-            oy, ox = a * dilation, b * dilation
-            if abs(oy) < height and abs(ox) < width:
-                dy.append(oy)
-                dx.append(ox)
-    return tuple(dy), tuple(dx)
+def _taps(near: int, radius: int, dilation: int, height: int, width: int) -> tuple[tuple[float, ...], ...]:
+    """(dy, dx, weight): every offset within ``near`` (weight 1), then every ``dilation``-th
+    offset out to ``radius * dilation`` outside that square, weighted by the ``dilation^2``
+    pixels each sample stands for."""
+    taps = [(a, b, 1.0) for a in range(-near, near + 1) for b in range(-near, near + 1)]
+    taps += [(a * dilation, b * dilation, float(dilation * dilation)) for a in range(-radius, radius + 1)
+             for b in range(-radius, radius + 1) if max(abs(a), abs(b)) * dilation > near]
+    kept = [t for t in taps if abs(t[0]) < height and abs(t[1]) < width]
+    return tuple(tuple(t[i] for t in kept) for i in range(3))
 
 
-def window_taps(params, height: int, width: int) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
-    """Offsets of the bilateral (dilated) and spatial (dense) windows inside an H x W image."""
-    return {"bilateral": _taps(params.window_radius, params.dilation, height, width),
-            "spatial": _taps(params.spatial_radius, 1, height, width)}
+def window_taps(params, height: int, width: int) -> dict[str, tuple[tuple[float, ...], ...]]:
+    """(dy, dx, weight) of the bilateral (dense near + sampled far) and spatial (dense) windows
+    inside an H x W image."""
+    return {"bilateral": _taps(params.near_radius, params.window_radius, params.dilation, height, width),
+            "spatial": _taps(params.spatial_radius, 0, 1, height, width)}
 
 
 def _shift(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -201,8 +203,9 @@ def _messages(image: torch.Tensor, values: torch.Tensor, taps, inv2_pos: float, 
     h, w = image.shape[-2:]
     inside = torch.ones(1, h, w, device=image.device)
     out = torch.zeros_like(values)
-    for dy, dx in zip(*taps):
-        k = math.exp(-(dy * dy + dx * dx) * inv2_pos) * _shift(inside, dy, dx)
+    for dy, dx, weight in zip(*taps):
+        dy, dx = int(dy), int(dx)
+        k = weight * math.exp(-(dy * dy + dx * dx) * inv2_pos) * _shift(inside, dy, dx)
         if inv2_col is not None:
             k = k * torch.exp(-((image - _shift(image, dy, dx)) ** 2).sum(0, keepdim=True) * inv2_col)
         out += k * _shift(values, dy, dx)
@@ -222,7 +225,9 @@ def window_norms(image: torch.Tensor, params) -> tuple[torch.Tensor, torch.Tenso
 
 def _tap_tensors(params, h: int, w: int, dev: torch.device) -> tuple[torch.Tensor, ...]:
     taps = window_taps(params, h, w)
-    return tuple(torch.tensor(v, dtype=torch.int32, device=dev) for v in (*taps["bilateral"], *taps["spatial"]))
+    (bdy, bdx, bw), (sdy, sdx, _) = taps["bilateral"], taps["spatial"]
+    ints = [torch.tensor(v, dtype=torch.int32, device=dev) for v in (bdy, bdx, sdy, sdx)]
+    return ints[0], ints[1], torch.tensor(bw, dtype=torch.float32, device=dev), ints[2], ints[3]
 
 
 def window_norms_triton(image: torch.Tensor, params) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,10 +235,10 @@ def window_norms_triton(image: torch.Tensor, params) -> tuple[torch.Tensor, torc
     check_runnable(image)
     img = image.float().contiguous()
     h, w = img.shape[-2:]
-    bdy, bdx, sdy, sdx = _tap_tensors(params, h, w, img.device)
+    bdy, bdx, bw, sdy, sdx = _tap_tensors(params, h, w, img.device)
     nb = torch.empty(h, w, device=img.device)
     ns = torch.empty_like(nb)
-    args = (nb, ns, img, bdy, bdx, bdy.numel(), sdy, sdx, sdy.numel(), h, w, 0.5 / params.theta_alpha ** 2,
+    args = (nb, ns, img, bdy, bdx, bw, bdy.numel(), sdy, sdx, sdy.numel(), h, w, 0.5 / params.theta_alpha ** 2,
             0.5 / params.theta_beta ** 2, 0.5 / params.theta_gamma ** 2)
     if interpreting():
         _crf_norm_kernel[(triton.cdiv(h * w, INTERPRET_CONFIG["BLOCK"]),)](*args, **INTERPRET_CONFIG)
@@ -268,9 +273,9 @@ def crf_step(image: torch.Tensor, unary: torch.Tensor, q: torch.Tensor, norm_b: 
     image, unary, q = (t.float().contiguous() for t in (image, unary, q))
     norm_b, norm_s = norm_b.float().contiguous(), norm_s.float().contiguous()
     dev = q.device
-    bdy, bdx, sdy, sdx = _tap_tensors(params, h, w, dev)
+    bdy, bdx, bw, sdy, sdx = _tap_tensors(params, h, w, dev)
     out = torch.empty_like(q) if out is None else out
-    args = (out, q, unary, image, norm_b, norm_s, bdy, bdx, bdy.numel(), sdy, sdx, sdy.numel(), h, w, labels,
+    args = (out, q, unary, image, norm_b, norm_s, bdy, bdx, bw, bdy.numel(), sdy, sdx, sdy.numel(), h, w, labels,
             float(params.w1), float(params.w2), 0.5 / params.theta_alpha ** 2, 0.5 / params.theta_beta ** 2,
             0.5 / params.theta_gamma ** 2)
     l_pad = max(16, triton.next_power_of_2(labels))
