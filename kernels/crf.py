@@ -43,6 +43,26 @@ INTERPRET_CONFIG = {"BLOCK": 1024}
 
 
 @triton.jit
+def _neighbour(y, x, mask, H, W, dy_ptr, dx_ptr, t):
+    """Flat index of pixel (y + dy_t, x + dx_t), whether it is inside the image, and |d|^2."""
+    dy = tl.load(dy_ptr + t)
+    dx = tl.load(dx_ptr + t)
+    yy = y + dy
+    xx = x + dx
+    inside = mask & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+    return yy * W + xx, inside, (dy * dy + dx * dx).to(tl.float32)
+
+
+@triton.jit
+def _bilateral(image_ptr, hw, j, inside, r_i, g_i, b_i, d2, inv2_alpha, inv2_beta):
+    """exp(-|d|^2 / 2 theta_alpha^2 - |I_i - I_j|^2 / 2 theta_beta^2) (0 outside the image)."""
+    dr = r_i - tl.load(image_ptr + j, mask=inside, other=0.0)
+    dg = g_i - tl.load(image_ptr + hw + j, mask=inside, other=0.0)
+    db = b_i - tl.load(image_ptr + 2 * hw + j, mask=inside, other=0.0)
+    return tl.where(inside, tl.exp(-d2 * inv2_alpha - (dr * dr + dg * dg + db * db) * inv2_beta), 0.0)
+
+
+@triton.jit
 def _crf_step_kernel(
     q_out_ptr,  # [L, H, W] fp32
     q_ptr,  # [L, H, W] fp32, current marginals
@@ -74,30 +94,15 @@ def _crf_step_kernel(
 
     acc = tl.zeros((L_PAD, BLOCK), dtype=tl.float32)
     for t in range(0, n_bil):
-        dy = tl.load(bil_dy_ptr + t)
-        dx = tl.load(bil_dx_ptr + t)
-        yy = y + dy
-        xx = x + dx
-        inside = mask & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-        j = yy * W + xx
-        dr = r_i - tl.load(image_ptr + j, mask=inside, other=0.0)
-        dg = g_i - tl.load(image_ptr + hw + j, mask=inside, other=0.0)
-        db = b_i - tl.load(image_ptr + 2 * hw + j, mask=inside, other=0.0)
-        d2 = (dy * dy + dx * dx).to(tl.float32)
-        k = tl.load(bil_w_ptr + t) * tl.exp(-d2 * inv2_alpha - (dr * dr + dg * dg + db * db) * inv2_beta)
-        k = tl.where(inside, k * scale_b * tl.load(norm_b_ptr + j, mask=inside, other=0.0), 0.0)
+        j, inside, d2 = _neighbour(y, x, mask, H, W, bil_dy_ptr, bil_dx_ptr, t)
+        k = tl.load(bil_w_ptr + t) * _bilateral(image_ptr, hw, j, inside, r_i, g_i, b_i, d2, inv2_alpha, inv2_beta)
+        k = k * scale_b * tl.load(norm_b_ptr + j, mask=inside, other=0.0)
         qj = tl.load(q_ptr + plane + j[None, :], mask=mask_l[:, None] & inside[None, :], other=0.0)
         acc += k[None, :] * qj
 
     for t in range(0, n_sp):
-        dy = tl.load(sp_dy_ptr + t)
-        dx = tl.load(sp_dx_ptr + t)
-        yy = y + dy
-        xx = x + dx
-        inside = mask & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-        j = yy * W + xx
-        k = tl.exp(-(dy * dy + dx * dx).to(tl.float32) * inv2_gamma)
-        k = tl.where(inside, k * scale_s * tl.load(norm_s_ptr + j, mask=inside, other=0.0), 0.0)
+        j, inside, d2 = _neighbour(y, x, mask, H, W, sp_dy_ptr, sp_dx_ptr, t)
+        k = tl.where(inside, tl.exp(-d2 * inv2_gamma) * scale_s * tl.load(norm_s_ptr + j, mask=inside, other=0.0), 0.0)
         qj = tl.load(q_ptr + plane + j[None, :], mask=mask_l[:, None] & inside[None, :], other=0.0)
         acc += k[None, :] * qj
 
@@ -130,25 +135,13 @@ def _crf_norm_kernel(
     b_i = tl.load(image_ptr + 2 * hw + offs, mask=mask, other=0.0)
     sum_b = tl.zeros((BLOCK,), dtype=tl.float32)
     for t in range(0, n_bil):
-        dy = tl.load(bil_dy_ptr + t)
-        dx = tl.load(bil_dx_ptr + t)
-        yy = y + dy
-        xx = x + dx
-        inside = mask & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-        j = yy * W + xx
-        dr = r_i - tl.load(image_ptr + j, mask=inside, other=0.0)
-        dg = g_i - tl.load(image_ptr + hw + j, mask=inside, other=0.0)
-        db = b_i - tl.load(image_ptr + 2 * hw + j, mask=inside, other=0.0)
-        k = tl.exp(-(dy * dy + dx * dx).to(tl.float32) * inv2_alpha - (dr * dr + dg * dg + db * db) * inv2_beta)
-        sum_b += tl.where(inside, tl.load(bil_w_ptr + t) * k, 0.0)
+        j, inside, d2 = _neighbour(y, x, mask, H, W, bil_dy_ptr, bil_dx_ptr, t)
+        sum_b += tl.load(bil_w_ptr + t) * _bilateral(image_ptr, hw, j, inside, r_i, g_i, b_i, d2, inv2_alpha,
+                                                     inv2_beta)
     sum_s = tl.zeros((BLOCK,), dtype=tl.float32)
     for t in range(0, n_sp):
-        dy = tl.load(sp_dy_ptr + t)
-        dx = tl.load(sp_dx_ptr + t)
-        yy = y + dy
-        xx = x + dx
-        inside = mask & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-        sum_s += tl.where(inside, tl.exp(-(dy * dy + dx * dx).to(tl.float32) * inv2_gamma), 0.0)
+        j, inside, d2 = _neighbour(y, x, mask, H, W, sp_dy_ptr, sp_dx_ptr, t)
+        sum_s += tl.where(inside, tl.exp(-d2 * inv2_gamma), 0.0)
     tl.store(norm_b_ptr + offs, 1.0 / tl.sqrt(tl.maximum(sum_b, 1e-20)), mask=mask)
     tl.store(norm_s_ptr + offs, 1.0 / tl.sqrt(tl.maximum(sum_s, 1e-20)), mask=mask)
 
