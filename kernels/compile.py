@@ -216,6 +216,17 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     return {"registers": reg, "stack": stack, "shared": shared, "local": local}
 
 
+def _check_not_interpreted() -> None:
+    """Under TRITON_INTERPRET=1 Triton's own library (tl.cdiv, tl.max, ...) is built as
+    interpreted functions at import, so no real compilation can happen in this process."""
+    from triton.language import standard
+    from triton.runtime.jit import JITFunction
+
+    if not isinstance(standard.cdiv, JITFunction):
+        raise KernelUnavailableError("Triton was imported with TRITON_INTERPRET=1, which rules out compiling for a "
+                                     "GPU in this process; run `env -u TRITON_INTERPRET deeplab-edge kernels compile`")
+
+
 def compile_one(spec: KernelSpec, cc: int) -> CompileResult:
     import time
 
@@ -244,6 +255,7 @@ def compile_one(spec: KernelSpec, cc: int) -> CompileResult:
 
 def compile_all(specs: list[KernelSpec], archs: Iterable[int] = (87, 90),
                 progress: Callable[[KernelSpec, int], None] | None = None) -> list[CompileResult]:
+    _check_not_interpreted()
     archs = list(archs)
     bad = [a for a in archs if a not in ARCHS]
     if bad:
