@@ -61,12 +61,16 @@ def environment() -> dict[str, Any]:
         "versions": {name: _version(name) for name in
                      ("deeplab-edge", "torch", "triton", "onnxruntime", "onnx", "tensorrt", "ai-edge-litert")},
         "gpu": None,
+        "jetson": None,
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         env["gpu"] = {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
                       "sm_count": props.multi_processor_count, "memory_gib": props.total_memory / 2**30,
                       "cuda": torch.version.cuda, "driver": _driver()}
+    from .power import jetson_info
+
+    env["jetson"] = jetson_info()
     return env
 
 

@@ -12,12 +12,13 @@ such until a GPU measures it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
+
+from .stats import percentile
 
 __all__ = ["SHAPES", "PROVIDERS", "DEVICES", "HeadShape", "analyse", "build_head", "eager_traffic", "fused_traffic",
            "run"]
@@ -271,13 +272,6 @@ def _time(fn: Callable[[], Any], warmup: int, iters: int, device: torch.device) 
     return times
 
 
-def _percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    pos = (len(s) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
 def run(shapes: Iterable[str | HeadShape], batches: Iterable[int], dtypes: Iterable[str], providers: Iterable[str],
         warmup: int = 10, iters: int = 50, progress: Callable[[str], None] | None = None,
         device: str = "cuda") -> list[dict[str, Any]]:
@@ -322,10 +316,10 @@ def run(shapes: Iterable[str | HeadShape], batches: Iterable[int], dtypes: Itera
                     with torch.no_grad():
                         err = (fn(x).float() - head(x).float()).abs().max().item()
                         times = _time(lambda: fn(x), warmup, iters, dev)
-                    med = _percentile(times, 50)
+                    med = percentile(times, 50)
                     row = {"shape": shape.name, "batch": batch, "dtype": dtype, "provider": provider,
-                           "device": str(dev), "median_ms": med, "p10_ms": _percentile(times, 10),
-                           "p90_ms": _percentile(times, 90), "iters": iters, "tflops": flops / med / 1e9,
+                           "device": str(dev), "median_ms": med, "p10_ms": percentile(times, 10),
+                           "p90_ms": percentile(times, 90), "iters": iters, "tflops": flops / med / 1e9,
                            "gbs": nbytes / med / 1e6, "max_abs_diff_vs_torch": err}
                     if peak is not None:
                         row["roofline_ms"] = roofline_ms(flops, nbytes, peak, dtype)

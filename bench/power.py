@@ -1,0 +1,184 @@
+"""Jetson telemetry: power rails and clocks from ``tegrastats`` (or jetson-stats), the power
+mode from ``nvpmodel``, and the board / L4T release.
+
+tegrastats prints one line per interval. Power rails come in two formats:
+
+* JetPack 5/6 (L4T 35/36, Orin; Xavier on JetPack 5): ``VDD_GPU_SOC 3150mW/2971mW`` —
+  current and running-average milliwatts;
+* L4T 32 (JetPack 4: Nano, TX2, Xavier): ``POM_5V_IN 2526/2526`` or ``VDD_IN 4960/4960`` —
+  the same pair without the unit.
+
+The board's total is its input rail where one is reported (``VDD_IN`` on Orin NX / Nano and
+Xavier NX, ``POM_5V_IN`` on Nano); AGX Orin and AGX Xavier report no input rail, so their
+total is the sum of the rails shown (what jetson-stats calls ``tot``). Means are over the
+*current* values of the samples taken while the benchmark ran, never tegrastats' own
+since-start averages.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["parse_tegrastats", "total_power_mw", "TegrastatsSampler", "jetson_info", "power_sampler"]
+
+INPUT_RAILS = ("VDD_IN", "POM_5V_IN")
+_RAIL = re.compile(r"\b([A-Z][A-Z0-9_]*) (\d+)(mW)?/(\d+)(mW)?(?!\w)")
+_FREQ = re.compile(r"\b(EMC_FREQ|GR3D_FREQ|GR3D2_FREQ|VIC_FREQ|NVDLA\d_FREQ) (\d+)%@\[?(\d+)")
+_RAM = re.compile(r"\bRAM (\d+)/(\d+)MB")
+_CPU = re.compile(r"\bCPU \[([^\]]*)\]")
+_TEMP = re.compile(r"\b([A-Za-z][\w]*)@(-?\d+(?:\.\d+)?)C\b")
+
+
+def parse_tegrastats(line: str) -> dict[str, Any]:
+    """One tegrastats line as numbers: ``rails_mw`` (current mW per rail), ``ram_used_mb``,
+    ``ram_total_mb``, ``cpu`` (per core: load % and MHz, or None when off), ``engines``
+    (load % and MHz of EMC, GR3D, ...) and ``temps_c``."""
+    out: dict[str, Any] = {"rails_mw": {}, "engines": {}, "temps_c": {}, "cpu": []}
+    for name, cur, _u1, _avg, _u2 in _RAIL.findall(line):
+        if name in ("RAM", "SWAP", "IRAM", "LFB"):
+            continue
+        out["rails_mw"][name] = int(cur)
+    m = _RAM.search(line)
+    if m:
+        out["ram_used_mb"], out["ram_total_mb"] = int(m.group(1)), int(m.group(2))
+    m = _CPU.search(line)
+    if m:
+        for core in m.group(1).split(","):
+            core = core.strip()
+            cm = re.fullmatch(r"(\d+)%(?:@(\d+))?", core)
+            out["cpu"].append(None if cm is None else {"load_pct": int(cm.group(1)),
+                                                        "mhz": int(cm.group(2)) if cm.group(2) else None})
+    for name, load, mhz in _FREQ.findall(line):
+        out["engines"][name] = {"load_pct": int(load), "mhz": int(mhz)}
+    for name, temp in _TEMP.findall(line):
+        if name not in out["engines"]:
+            out["temps_c"][name] = float(temp)
+    return out
+
+
+def total_power_mw(rails: dict[str, int]) -> tuple[float | None, str]:
+    """The board's power from one sample's rails, and how it was obtained."""
+    for name in INPUT_RAILS:
+        if name in rails:
+            return float(rails[name]), name
+    if rails:
+        return float(sum(rails.values())), "sum of " + "+".join(rails)
+    return None, "no power rails (tegrastats shows them only when run as root on some releases)"
+
+
+@dataclass
+class _Run:
+    proc: subprocess.Popen
+    lines: list[str] = field(default_factory=list)
+    thread: threading.Thread | None = None
+
+
+class TegrastatsSampler:
+    """Samples tegrastats while a benchmark runs: ``h = s.start(); ...; watts = s.stop(h)``."""
+
+    def __init__(self, interval_ms: int = 100, executable: str | None = None) -> None:
+        self.interval_ms = interval_ms
+        self.executable = executable or shutil.which("tegrastats")
+        self.last: dict[str, Any] | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.executable is not None
+
+    def start(self) -> _Run:
+        proc = subprocess.Popen([self.executable, "--interval", str(self.interval_ms)], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        run = _Run(proc)
+
+        def read() -> None:
+            for line in proc.stdout:  # type: ignore[union-attr]
+                run.lines.append(line.strip())
+
+        run.thread = threading.Thread(target=read, daemon=True)
+        run.thread.start()
+        return run
+
+    def stop(self, run: _Run) -> float | None:
+        """Mean board power (W) over the samples since ``start``; details in ``self.last``."""
+        time.sleep(self.interval_ms / 1e3)  # let the last interval print
+        run.proc.terminate()
+        try:
+            run.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            run.proc.kill()
+        if run.thread:
+            run.thread.join(timeout=5)
+        self.last = summarize(run.lines)
+        return self.last["power_w"]
+
+
+def summarize(lines: list[str]) -> dict[str, Any]:
+    """Mean total power (W), per-rail means and engine clocks over tegrastats lines."""
+    samples = [parse_tegrastats(s) for s in lines if s]
+    totals, how = [], None
+    for s in samples:
+        mw, how = total_power_mw(s["rails_mw"])
+        if mw is not None:
+            totals.append(mw)
+    rails: dict[str, list[int]] = {}
+    engines: dict[str, list[int]] = {}
+    for s in samples:
+        for k, v in s["rails_mw"].items():
+            rails.setdefault(k, []).append(v)
+        for k, v in s["engines"].items():
+            engines.setdefault(k, []).append(v["mhz"])
+    return {"samples": len(samples), "power_w": sum(totals) / len(totals) / 1e3 if totals else None,
+            "total_from": how, "rails_w": {k: sum(v) / len(v) / 1e3 for k, v in rails.items()},
+            "clocks_mhz": {k: sum(v) / len(v) for k, v in engines.items()}}
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text(errors="replace").strip("\x00\n ")
+    except OSError:
+        return None
+
+
+def parse_l4t_release(text: str) -> str | None:
+    """``# R35 (release), REVISION: 4.1, ...`` (``/etc/nv_tegra_release``) -> ``"35.4.1"``."""
+    m = re.search(r"R(\d+) \(release\), REVISION: ([\d.]+)", text)
+    return f"{m.group(1)}.{m.group(2)}" if m else None
+
+
+def parse_nvpmodel(text: str) -> str | None:
+    """``nvpmodel -q`` output (``NV Power Mode: MAXN`` then the mode id) -> ``"MAXN (0)"``."""
+    m = re.search(r"NV Power Mode:\s*(\S+)", text)
+    if not m:
+        return None
+    ids = [s.strip() for s in text[m.end():].splitlines() if s.strip().isdigit()]
+    return f"{m.group(1)} ({ids[0]})" if ids else m.group(1)
+
+
+def jetson_info() -> dict[str, Any] | None:
+    """Board model, L4T release and power mode on a Jetson; None elsewhere."""
+    release = _read("/etc/nv_tegra_release")
+    model = _read("/proc/device-tree/model")
+    if release is None and not (model and "jetson" in model.lower()):
+        return None
+    info: dict[str, Any] = {"model": model, "l4t": parse_l4t_release(release or "")}
+    if shutil.which("nvpmodel"):
+        try:
+            q = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=10)
+            info["power_mode"] = parse_nvpmodel(q.stdout)
+        except (OSError, subprocess.SubprocessError):
+            info["power_mode"] = None
+    info["tegrastats"] = shutil.which("tegrastats") is not None
+    return info
+
+
+def power_sampler(interval_ms: int = 100) -> TegrastatsSampler | None:
+    """A sampler where tegrastats exists (Jetson), else None (power is then not reported)."""
+    s = TegrastatsSampler(interval_ms)
+    return s if s.available else None

@@ -1,0 +1,238 @@
+"""`deeplab-edge bench`: statistics against hand-computed cases, tegrastats parsing, and a
+small end-to-end run on 2 real VOC images whose mIoU is checked against `deeplab-edge eval`."""
+
+import csv
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from deeplab_edge.bench import power
+from deeplab_edge.bench.harness import select_backends
+from deeplab_edge.bench.report import merge
+from deeplab_edge.bench.stats import latency_summary, pareto_front, percentile
+from deeplab_edge.cli import main
+from deeplab_edge.errors import DeepLabEdgeError
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def test_percentiles_hand_computed():
+    v = [40.0, 10.0, 30.0, 20.0]  # sorted 10 20 30 40; position (n - 1) q / 100
+    assert percentile(v, 50) == pytest.approx(25.0)  # 1.5 -> 20 + 0.5 * 10
+    assert percentile(v, 90) == pytest.approx(37.0)  # 2.7 -> 30 + 0.7 * 10
+    assert percentile(v, 99) == pytest.approx(39.7)  # 2.97
+    assert percentile(v, 0) == 10.0 and percentile(v, 100) == 40.0
+    assert percentile([7.0], 99) == 7.0
+    rng = np.random.default_rng(0)
+    x = rng.exponential(size=101).tolist()
+    for q in (1, 50, 90, 99):
+        assert percentile(x, q) == pytest.approx(float(np.percentile(x, q)))
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_latency_summary_throughput():
+    s = latency_summary([10.0, 20.0, 30.0, 40.0], batch=4)
+    assert s["mean_ms"] == 25.0 and s["p50_ms"] == 25.0 and s["min_ms"] == 10.0 and s["max_ms"] == 40.0
+    assert s["images_per_s"] == pytest.approx(4 / 0.025)  # 160 images/s
+
+
+def test_pareto_front_hand_computed():
+    pts = [(10, 0.80),   # A: optimal (fastest above 0.5)
+           (20, 0.90),   # B: optimal (most accurate)
+           (15, 0.70),   # C: dominated by A (slower and worse)
+           (20, 0.90),   # D: equal to B -> also optimal
+           (5, 0.50),    # E: optimal (fastest)
+           (25, 0.90),   # F: dominated by B (same accuracy, slower)
+           (None, 0.99),  # G: no latency (emulated) -> never optimal, dominates nothing
+           (12, math.nan)]  # H: no accuracy -> never optimal
+    assert pareto_front(pts) == [True, True, False, True, True, False, False, False]
+    assert pareto_front([]) == []
+
+
+# ----------------------------------------------------------------------------- backends
+
+def test_backend_selection_on_this_cpu():
+    run, skipped = select_backends("torch-fp32,torch-fp16,trt-int8,triton-fp16", torch.device("cpu"))
+    reasons = {s["backend"]: s["reason"] for s in skipped}
+    assert [b.name for b in run] == ["torch-fp32"]
+    assert "CPU" in reasons["torch-fp16"]
+    assert "CUDA GPU" in reasons["triton-fp16"]
+    assert "tensorrt" in reasons["trt-int8"] or "CUDA" in reasons["trt-int8"]
+    # auto: every backend is either run or listed with a reason, never dropped
+    run, skipped = select_backends("auto", torch.device("cpu"))
+    from deeplab_edge.bench.harness import BACKENDS
+
+    assert sorted([b.name for b in run] + [s["backend"] for s in skipped]) == sorted(BACKENDS)
+    assert all(s["reason"] for s in skipped)
+    with pytest.raises(DeepLabEdgeError, match="unknown backend"):
+        select_backends("torch-fp32,tensorflow", torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------- tegrastats
+
+# Lines in the formats NVIDIA documents for tegrastats. Field examples from the L4T 32.5
+# Development Guide, appendix "tegrastats Utility" (docs.nvidia.com/jetson/archives/l4t-archived/
+# l4t-325/Tegra Linux Driver Package Development Guide/AppendixTegraStats.html):
+# "RAM 220/38955MB (lfb 847x4MB)", "SWAP 0/1978MB (cached 0MB)", "CPU [1%@102,5%@102,0%@102,0%@102]",
+# "EMC_FREQ X%@Y", "GR3D_FREQ X%@Y", rails as "<rail> current/average". Rail names from the Jetson
+# Linux Developer Guide power pages: AGX Orin VDD_GPU_SOC / VDD_CPU_CV / VIN_SYS_5V0 (r35/r36, with
+# an mW unit), Orin NX / Nano VDD_IN / VDD_CPU_GPU_CV / VDD_SOC, Jetson Nano (L4T 32)
+# POM_5V_IN / POM_5V_GPU / POM_5V_CPU (no unit). The lines are composed from those documented
+# fields, not captured on a device.
+AGX_ORIN = ("RAM 220/38955MB (lfb 847x4MB) SWAP 0/1978MB (cached 0MB) CPU [1%@102,5%@102,off,0%@102] "
+            "EMC_FREQ 0%@2133 GR3D_FREQ 14%@[407,407] cpu@47.5C gpu@44.1C "
+            "VDD_GPU_SOC 3150mW/2971mW VDD_CPU_CV 1200mW/1100mW VIN_SYS_5V0 4968mW/5048mW")
+ORIN_NANO = ("RAM 3172/7620MB (lfb 2x4MB) SWAP 0/3810MB (cached 0MB) CPU [1%@729,2%@729,0%@729,0%@729] "
+             "GR3D_FREQ 26%@[305] VDD_IN 4900mW/5000mW VDD_CPU_GPU_CV 924mW/939mW VDD_SOC 1500mW/1600mW")
+NANO_L4T32 = ("RAM 1716/3956MB (lfb 169x4MB) SWAP 0/1978MB (cached 0MB) IRAM 0/252kB(lfb 252kB) "
+              "CPU [1%@102,5%@102,0%@102,0%@102] EMC_FREQ 3%@1600 GR3D_FREQ 0%@921 APE 25 "
+              "POM_5V_IN 2526/2526 POM_5V_GPU 0/0 POM_5V_CPU 334/334")
+
+
+def test_tegrastats_rails_and_totals():
+    orin = power.parse_tegrastats(AGX_ORIN)
+    assert orin["rails_mw"] == {"VDD_GPU_SOC": 3150, "VDD_CPU_CV": 1200, "VIN_SYS_5V0": 4968}  # current, not average
+    assert (orin["ram_used_mb"], orin["ram_total_mb"]) == (220, 38955)
+    assert orin["cpu"][2] is None and orin["cpu"][1] == {"load_pct": 5, "mhz": 102}
+    assert orin["engines"]["GR3D_FREQ"] == {"load_pct": 14, "mhz": 407}
+    assert orin["temps_c"]["gpu"] == pytest.approx(44.1)
+    assert power.total_power_mw(orin["rails_mw"])[0] == 3150 + 1200 + 4968  # AGX: no input rail -> sum
+    nano = power.parse_tegrastats(ORIN_NANO)
+    assert power.total_power_mw(nano["rails_mw"]) == (4900.0, "VDD_IN")
+    old = power.parse_tegrastats(NANO_L4T32)
+    assert old["rails_mw"] == {"POM_5V_IN": 2526, "POM_5V_GPU": 0, "POM_5V_CPU": 334}  # RAM/SWAP/IRAM are not rails
+    assert power.total_power_mw(old["rails_mw"]) == (2526.0, "POM_5V_IN")
+    s = power.summarize([NANO_L4T32, NANO_L4T32.replace("POM_5V_IN 2526/2526", "POM_5V_IN 3526/2700"), ""])
+    assert s["samples"] == 2 and s["power_w"] == pytest.approx((2526 + 3526) / 2 / 1e3)
+
+
+def test_l4t_release_and_power_mode():
+    # /etc/nv_tegra_release's first line and `nvpmodel -q` output, as on JetPack 5.1.2 (L4T 35.4.1)
+    assert power.parse_l4t_release("# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, "
+                                   "DATE: Tue Aug  1 19:57:35 UTC 2023") == "35.4.1"
+    assert power.parse_nvpmodel("NV Power Mode: MAXN\n0\n") == "MAXN (0)"
+    assert power.parse_nvpmodel("nothing here") is None
+
+
+# ----------------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def bench_run(shared, imported, tmp_path_factory):
+    """One small real bench: 2 VOC images, PyTorch + ONNX Runtime + the emulated QDQ model, CRF off/torch."""
+    out = tmp_path_factory.mktemp("bench")
+    ckpt = imported[0]
+    res = CliRunner().invoke(main, ["bench", "--weights", str(ckpt), "--data", str(shared["voc"]), "--num-images", "2",
+                                    "--backends", "torch-fp32,ort-fp32,qdq-int8,trt-fp16,triton-fp16",
+                                    "--crf", "none,torch,triton", "--batch", "1,2", "--iters", "2", "--warmup", "1",
+                                    "--calib-num", "2", "--calib-method", "minmax", "--tag", "a", "-o", str(out),
+                                    "--json"])
+    assert res.exit_code == 0, res.output
+    return out, json.loads(res.stdout), ckpt
+
+
+def test_bench_writes_json_csv_png(bench_run):
+    out, doc, _ = bench_run
+    on_disk = json.loads((out / "bench_a.json").read_text())
+    assert on_disk["rows"] == doc["rows"] and on_disk["format"] == "deeplab-edge-bench/1"
+    env = on_disk["environment"]
+    assert env["cpu"] and env["versions"]["torch"] and env["date"] and "git_commit" in env
+    cells = {(r["backend"], r["crf"]) for r in doc["rows"]}
+    assert cells == {(b, c) for b in ("torch-fp32", "ort-fp32", "qdq-int8") for c in ("none", "torch")}
+    skipped = {s["backend"]: s["reason"] for s in doc["skipped"]}
+    assert set(skipped) == {"trt-fp16", "triton-fp16"} and all(skipped.values())
+    assert [s["crf"] for s in doc["skipped_crf"]] == ["triton"]
+    rows = list(csv.DictReader(io.StringIO((out / "bench_a.csv").read_text())))
+    assert len(rows) == len(doc["rows"])
+    for r, c in zip(doc["rows"], rows):
+        assert (c["backend"], c["crf"]) == (r["backend"], r["crf"])
+        assert float(c["miou_pct"]) == pytest.approx(100 * r["miou"], rel=1e-5)
+    with Image.open(out / "bench_a.png") as im:
+        assert im.format == "PNG" and im.size[0] > 500
+    for r in doc["rows"]:
+        assert len(r["class_iou"]) == 21
+        assert [b["batch"] for b in r["batches"]] == [1, 2]
+        b1 = r["batches"][0]
+        assert b1["calls"] == 2 and b1["p50_ms"] <= b1["p90_ms"] <= b1["p99_ms"]
+        assert r["file_mb"] > 1 and r["memory"]["peak_rss_mb"] > 0
+        assert set(r["harness_ms"]) >= {"load", "preprocess", "postprocess"}
+        if r["latency_is_speed"]:
+            expect = b1["p50_ms"] + (r["crf_ms"]["p50"] if r["crf"] != "none" else 0)
+            assert r["latency_ms"] == pytest.approx(expect)
+        else:
+            assert r["backend"] == "qdq-int8" and not r["pareto"]
+    # the Pareto flags are the front of the measured rows
+    speed = [r for r in doc["rows"] if r["latency_is_speed"]]
+    assert [r["pareto"] for r in speed] == pareto_front([(r["latency_ms"], r["miou"]) for r in speed])
+
+
+def test_bench_miou_matches_eval(bench_run, shared):
+    """The bench's cells against `deeplab-edge eval` (a separate path: Segmenter + CRFStage)."""
+    _, doc, ckpt = bench_run
+    by = {(r["backend"], r["crf"]): r for r in doc["rows"]}
+    for crf in ("none", "torch"):
+        res = CliRunner().invoke(main, ["eval", "--weights", str(ckpt), "--data", str(shared["voc"]),
+                                        "--num-images", "2", "--device", "cpu", "--crf", crf, "--json"])
+        assert res.exit_code == 0, res.output
+        ev = json.loads(res.stdout)
+        assert by[("torch-fp32", crf)]["miou"] == pytest.approx(ev["miou"], abs=1e-9)
+        assert by[("torch-fp32", crf)]["class_iou"] == dict(zip(ev["classes"], ev["class_iou"]))
+    # ONNX Runtime runs the same network: same mIoU to a hair; the emulated INT8 model within 2 points
+    assert by[("ort-fp32", "none")]["miou"] == pytest.approx(by[("torch-fp32", "none")]["miou"], abs=2e-3)
+    assert abs(by[("qdq-int8", "none")]["miou_delta_points"]) < 2.0
+    # the CRF raises mIoU on these images, in every backend
+    for b in ("torch-fp32", "ort-fp32"):
+        assert by[(b, "torch")]["miou"] > by[(b, "none")]["miou"]
+
+
+def test_bench_compare_merges_two_machines(bench_run, shared, tmp_path):
+    out, doc, ckpt = bench_run
+    res = CliRunner().invoke(main, ["bench", "--weights", str(ckpt), "--data", str(shared["voc"]), "--num-images", "2",
+                                    "--backends", "torch-fp32", "--crf", "none", "--iters", "2", "--warmup", "0",
+                                    "--threads", "1", "--tag", "b", "-o", str(tmp_path), "--no-plot"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "bench_b.json").is_file() and not (tmp_path / "bench_b.png").exists()
+    res = CliRunner().invoke(main, ["bench", "compare", str(out / "bench_a.json"), str(tmp_path / "bench_b.json"),
+                                    "-o", str(tmp_path / "merged"), "--json"])
+    assert res.exit_code == 0, res.output
+    merged = json.loads(res.stdout)
+    b = json.loads((tmp_path / "bench_b.json").read_text())
+    assert len(merged["rows"]) == len(doc["rows"]) + len(b["rows"]) == 7
+    assert len({r["device"] for r in merged["rows"]}) == 2  # same CPU twice: told apart by file name
+    assert merged["same_data"]
+    speed = [r for r in merged["rows"] if r["latency_is_speed"]]
+    assert [r["pareto"] for r in speed] == pareto_front([(r["latency_ms"], r["miou"]) for r in speed])
+    assert (tmp_path / "merged" / "bench_compare.png").is_file()
+    assert merge([("x.json", doc)])["rows"][0]["device"]
+
+
+def test_bench_bad_input(tmp_path, imported, shared):
+    r = CliRunner().invoke(main, ["bench", "--data", str(shared["voc"])])
+    assert r.exit_code == 2 and "--weights" in r.output
+    r = CliRunner().invoke(main, ["bench", "--weights", str(imported[0]), "--data", str(shared["voc"]),
+                                  "--backends", "torch-fp32,tflite"])
+    assert r.exit_code == 2 and "unknown backend tflite" in r.output
+    r = CliRunner().invoke(main, ["bench", "--weights", str(imported[0]), "--data", str(shared["voc"]),
+                                  "--engine", "model.engine"])
+    assert r.exit_code == 2 and "PRECISION=FILE" in r.output
+    bogus = tmp_path / "x.json"
+    bogus.write_text(json.dumps({"rows": []}))
+    r = CliRunner().invoke(main, ["bench", "compare", str(bogus), str(tmp_path / "missing.json")])
+    assert r.exit_code == 2 and "not a `deeplab-edge bench` result" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_bench_kernels_is_the_kernel_benchmark():
+    r = CliRunner().invoke(main, ["bench", "kernels", "--no-compile-check", "--shape", "v3-mobilenetv2-os16",
+                                  "--batch", "1", "--dtype", "fp16", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["analytic"][0]["shape"] == "v3-mobilenetv2-os16"
