@@ -174,6 +174,8 @@ def _model_options(f):
                      help="Run a DeepLab .tflite model with the LiteRT interpreter instead.")(f)
     f = click.option("--onnx", "onnx_path", type=click.Path(path_type=Path),
                      help="Run an ONNX model from `deeplab-edge export` with ONNX Runtime instead.")(f)
+    f = click.option("--engine", "engine_path", type=click.Path(path_type=Path),
+                     help="Run a TensorRT engine from `deeplab-edge build` (its manifest beside it).")(f)
     f = click.option("--arch", help="Architecture of a plain state dict (guessed from its keys if omitted).")(f)
     f = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")(f)
     f = click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
@@ -212,15 +214,26 @@ def _crf_stage(method: str, preset: str, iterations: int | None, device: str):
 
 def _segmenter(weights: Path | None, tflite: Path | None, onnx_path: Path | None, arch: str | None, device: str,
                precision: str, input_size: int | None, threads: int | None = None, backend: str = "torch",
-               crf: tuple[str, str, int | None] = ("none", "deeplab-v2", None)):
+               crf: tuple[str, str, int | None] = ("none", "deeplab-v2", None), engine: Path | None = None):
     from .checkpoint import load_checkpoint
     from .data.preprocess import Preprocess
     from .inference import Segmenter, TorchRunner, resolve_device
 
-    if sum(p is not None for p in (weights, tflite, onnx_path)) != 1:
-        raise DeepLabEdgeError("give exactly one of --weights FILE, --onnx FILE or --tflite FILE")
+    if sum(p is not None for p in (weights, tflite, onnx_path, engine)) != 1:
+        raise DeepLabEdgeError("give exactly one of --weights FILE, --onnx FILE, --tflite FILE or --engine FILE")
     stage = _crf_stage(*crf, device)
     crf_info = {"crf": crf[0]} if stage is None else {"crf": crf[0], "crf_params": stage.params.as_dict()}
+    if engine is not None:
+        from .engine import EngineRunner
+
+        if input_size is not None or backend != "torch" or precision != "fp32":
+            raise DeepLabEdgeError("an engine's input size and precision are fixed when it is built: drop "
+                                   "--input-size / --backend / --precision")
+        runner = EngineRunner(engine)
+        m = runner.manifest
+        info = {"engine": str(engine), "arch": m.get("arch"), "tensorrt": m.get("tensorrt"),
+                "gpu": (m.get("gpu") or {}).get("name"), "precision": m.get("precision"), "device": "cuda", **crf_info}
+        return Segmenter(runner, runner.preprocess, runner.num_classes, stage), runner.classes or None, info
     if backend == "triton":
         if weights is None:
             raise DeepLabEdgeError("--backend triton runs a PyTorch checkpoint: use it with --weights, not "
@@ -285,7 +298,7 @@ def _segmenter(weights: Path | None, tflite: Path | None, onnx_path: Path | None
               help="Folder of <id>.png label maps (e.g. another runtime's predictions): report pixel agreement.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the full results as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
-def eval_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, backend, crf_method, crf_preset,
+def eval_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, input_size, backend, crf_method, crf_preset,
              crf_iterations, data, kind, split, num_images, batch_size, reference_dir, output, as_json) -> None:
     """Evaluate mIoU, per-class IoU and pixel accuracy on a labelled dataset.
 
@@ -300,7 +313,8 @@ def eval_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, ba
     if reference_dir is not None and not Path(reference_dir).is_dir():
         raise DeepLabEdgeError(f"{reference_dir}: reference folder not found")
     segmenter, classes, info = _segmenter(weights, tflite, onnx_path, arch, device, precision, input_size,
-                                          backend=backend, crf=(crf_method, crf_preset, crf_iterations))
+                                          backend=backend, crf=(crf_method, crf_preset, crf_iterations),
+                                          engine=engine_path)
     ds = open_dataset(data, kind, split).subset(num_images)
     if ds.kind == "folder":
         raise DeepLabEdgeError(f"{data}: no VOC/Cityscapes/CamVid layout found; eval needs labels "
@@ -343,14 +357,20 @@ def eval_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, ba
 
 @main.command("predict")
 @_model_options
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.argument("inputs", nargs=-1, type=click.Path())
+@click.option("--video", type=click.Path(path_type=Path), help="Segment every frame of a video file instead.")
+@click.option("--camera", type=int, help="Segment a live camera (OpenCV index, e.g. 0) instead.")
+@click.option("--max-frames", type=int, help="With --video/--camera: stop after N frames.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--alpha", default=0.5, show_default=True, help="Overlay opacity of the colour mask.")
 @click.option("--json", "as_json", is_flag=True, help="Print per-image class fractions as JSON.")
-def predict_cmd(weights, tflite, onnx_path, arch, device, precision, input_size, backend, crf_method, crf_preset,
-                crf_iterations, inputs, output, alpha, as_json) -> None:
+def predict_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, input_size, backend, crf_method,
+                crf_preset, crf_iterations, inputs, video, camera, max_frames, output, alpha, as_json) -> None:
     """Segment images (files or folders): writes <name>_mask.png (palette PNG whose pixel
-    values are class indices) and <name>_overlay.png (mask blended over the image)."""
+    values are class indices) and <name>_overlay.png (mask blended over the image).
+
+    With --video FILE or --camera N: every frame, with the live frame rate on the console,
+    into <name>_overlay.mp4 (needs OpenCV: pip install 'deeplab-edge[video]'; JetPack has it)."""
     import numpy as np
 
     from .data.datasets import ImageFolder, voc_palette
@@ -359,8 +379,26 @@ def predict_cmd(weights, tflite, onnx_path, arch, device, precision, input_size,
 
     if not 0.0 <= alpha <= 1.0:
         raise DeepLabEdgeError(f"--alpha must be in [0, 1], got {alpha}")
+    if sum(bool(x) for x in (inputs, video is not None, camera is not None)) != 1:
+        raise DeepLabEdgeError("give images (files or folders), or --video FILE, or --camera N")
+    if max_frames is not None and max_frames < 1:
+        raise DeepLabEdgeError(f"--max-frames must be >= 1, got {max_frames}")
+    if video is not None and not Path(video).is_file():
+        raise DeepLabEdgeError(f"{video}: video file not found")
     segmenter, classes, info = _segmenter(weights, tflite, onnx_path, arch, device, precision, input_size,
-                                          backend=backend, crf=(crf_method, crf_preset, crf_iterations))
+                                          backend=backend, crf=(crf_method, crf_preset, crf_iterations),
+                                          engine=engine_path)
+    if video is not None or camera is not None:
+        from .stream import segment_stream
+
+        res = segment_stream(segmenter, str(video) if video is not None else camera, output, alpha=alpha,
+                             max_frames=max_frames, classes=classes, console=console)
+        if as_json:
+            _print_json({"model": info, **res})
+        else:
+            out.print(f"[green]wrote[/] {res['output']}: {res['frames']} frames at {res['fps']:.1f} FPS end to end "
+                      f"(model {res['model_ms_p50']:.1f} ms median per frame)")
+        return
     ds = ImageFolder(list(inputs))
     classes = classes or [f"class_{i}" for i in range(segmenter.num_classes)]
     palette = voc_palette()
@@ -523,6 +561,122 @@ def calibrate_cmd(weights, onnx_path, data, num, method, percentile, keep_float_
     for key in ("cache", "qdq_onnx", "cpu_int8_onnx", "ranges"):
         if key in rep:
             out.print(f"  {key:14s} {rep[key]}")
+
+
+# ----------------------------------------------------------------------------- build
+
+@main.command("build")
+@click.option("--weights", type=click.Path(path_type=Path), help="deeplab-edge checkpoint: exported to ONNX first.")
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path),
+              help="Or an FP32 ONNX from `deeplab-edge export` (e.g. a bundle's NAME_fp32.onnx).")
+@click.option("--data", type=click.Path(path_type=Path), help="Real images for the export's parity check.")
+@click.option("--int8", is_flag=True, help="INT8 engine (needs --calib-data, --calib-cache or --qdq).")
+@click.option("--fp16", is_flag=True, help="FP16 for the layers not in INT8 (or an FP16 engine without --int8).")
+@click.option("--calib-data", type=click.Path(path_type=Path), help="Calibrate here on these images.")
+@click.option("--calib-cache", type=click.Path(path_type=Path), help="A TensorRT calibration cache (TensorRT 8.5-10).")
+@click.option("--qdq", type=click.Path(path_type=Path), help="A TensorRT QDQ model from `deeplab-edge calibrate`.")
+@click.option("--calib-method", type=click.Choice(["entropy", "minmax", "percentile", "mse"]), default="entropy",
+              show_default=True, help="With --calib-data.")
+@click.option("--calib-num", default=256, show_default=True, help="With --calib-data: images (at most).")
+@click.option("--keep-float", "keep_float_top", default=0, show_default=True,
+              help="With --calib-data: leave the K most sensitive Convs in float (sensitivity analysis).")
+@click.option("--int8-route", type=click.Choice(["qdq", "cache"]), default="qdq", show_default=True,
+              help="Explicit quantization from the QDQ model (TensorRT 8.5+, the only one in 11) or the "
+                   "calibration cache through an IInt8EntropyCalibrator2 (TensorRT 8.5-10, deprecated in 10.1).")
+@click.option("--shapes", help="Optimization profile min,opt,max as NxCxHxW each (default: 1x3xHxW of the model).")
+@click.option("--dla", "dla_core", type=int, help="Build for DLA core N (Jetson Xavier/Orin).")
+@click.option("--allow-gpu-fallback", is_flag=True, help="With --dla: run layers DLA cannot on the GPU.")
+@click.option("--workspace", "workspace_mb", type=int, help="Builder workspace limit, MB.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), help="Read and update this timing cache.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Engine file, e.g. out/model.engine.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def build_cmd(weights, onnx_path, data, int8, fp16, calib_data, calib_cache, qdq, calib_method, calib_num,
+              keep_float_top, int8_route, shapes, dla_core, allow_gpu_fallback, workspace_mb, timing_cache, output,
+              as_json) -> None:
+    """Checkpoint -> ONNX -> INT8 calibration -> TensorRT engine, with a manifest beside it.
+
+    \b
+    Where TensorRT or a CUDA GPU is missing (as on a CPU build machine), it writes the
+    deployment bundle instead and says so: NAME_fp32.onnx, NAME_qdq.onnx, NAME.cache,
+    NAME.engine.json (manifest) and NAME_build_engine.sh, which builds the engine on the
+    target (Jetson or GPU box) with `deeplab-edge build` or `trtexec` and the same flags.
+    \b
+    INT8: explicit quantization from the QDQ model is the default route (TensorRT 11 accepts
+    nothing else); --int8-route cache uses the calibration cache on TensorRT 8.5-10."""
+    from .build import build
+
+    man = build(output=output, weights=weights, onnx=onnx_path, data=data, int8=int8, fp16=fp16, calib_data=calib_data,
+                calib_cache=calib_cache, qdq=qdq, calib_method=calib_method, calib_num=calib_num,
+                keep_float_top=keep_float_top, int8_route=int8_route, shapes=shapes, dla_core=dla_core,
+                gpu_fallback=allow_gpu_fallback, workspace_mb=workspace_mb, timing_cache=timing_cache,
+                log=lambda s: console.print(f"[dim]{s}[/]", highlight=False))
+    if as_json:
+        _print_json(man)
+        return
+    for key, path in man["files"].items():
+        out.print(f"[green]wrote[/] {path} ({Path(path).stat().st_size / 1e6:.2f} MB)  [dim]{key}[/]")
+    if man["engine_built"]:
+        out.print(f"engine built with TensorRT {man['tensorrt']} for {man['gpu']['name']} in {man['build_s']:.0f} s")
+    else:
+        console.print(f"[yellow]the engine itself was not built:[/] {man['not_built_reason']}", highlight=False,
+                      soft_wrap=True)
+
+
+# ----------------------------------------------------------------------------- doctor
+
+@main.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def doctor_cmd(as_json: bool) -> None:
+    """What this machine has (PyTorch, CUDA, cuDNN, Triton, TensorRT, ONNX Runtime providers,
+    GPU, Jetson model, L4T, power mode) and which bench backends will work here."""
+    import torch
+
+    from .bench.env import environment
+    from .bench.harness import BACKENDS, select_backends
+    from .inference import resolve_device
+
+    env = environment()
+    info: dict[str, Any] = {"environment": env,
+                            "torch": {"version": torch.__version__, "cuda": torch.version.cuda,
+                                      "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available()
+                                      else None, "cuda_available": torch.cuda.is_available()}}
+    try:
+        import onnxruntime as ort
+
+        info["onnxruntime_providers"] = ort.get_available_providers()
+    except ImportError:
+        info["onnxruntime_providers"] = None
+    run, skipped = select_backends("all", resolve_device("auto"))
+    info["backends"] = {b.name: {"ok": True} for b in run}
+    info["backends"].update({s["backend"]: {"ok": False, "reason": s["reason"]} for s in skipped})
+    info["backends"] = {n: info["backends"][n] for n in BACKENDS}
+    if as_json:
+        _print_json(info)
+        return
+    t = Table(title="deeplab-edge doctor", show_header=False)
+    v = env["versions"]
+    gpu = env.get("gpu")
+    j = env.get("jetson")
+    rows = [("python", env["python"]), ("deeplab-edge", v.get("deeplab-edge")),
+            ("cpu", f"{env['cpu']} ({env['cpu_count']} cores)"),
+            ("torch", f"{info['torch']['version']} (CUDA {info['torch']['cuda'] or 'none'}, cuDNN "
+                      f"{info['torch']['cudnn'] or 'none'})"),
+            ("gpu", f"{gpu['name']} (sm {gpu['compute_capability']}, {gpu['memory_gib']:.0f} GiB, driver "
+                    f"{gpu['driver']})" if gpu else "none"),
+            ("triton", v.get("triton") or "not installed"), ("tensorrt", v.get("tensorrt") or "not installed"),
+            ("onnxruntime", f"{v.get('onnxruntime')} ({', '.join(info['onnxruntime_providers'] or [])})"
+                            if v.get("onnxruntime") else "not installed"),
+            ("jetson", f"{j['model']}, L4T {j['l4t']}, power mode {j.get('power_mode')}" if j else "no")]
+    for k, val in rows:
+        t.add_row(k, str(val))
+    out.print(t)
+    t = Table(title="bench backends on this machine")
+    t.add_column("backend")
+    t.add_column("works")
+    t.add_column("why not")
+    for name, b in info["backends"].items():
+        t.add_row(name, "[green]yes[/]" if b["ok"] else "[red]no[/]", b.get("reason", ""))
+    out.print(t)
 
 
 # ----------------------------------------------------------------------------- compare

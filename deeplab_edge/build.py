@@ -1,0 +1,242 @@
+"""``deeplab-edge build``: checkpoint -> FP32 ONNX -> INT8 calibration -> TensorRT engine, or,
+where TensorRT or a GPU is missing, the deployment bundle that builds it on the target.
+
+Files, named after the engine (``-o out/NAME.engine``), all in the engine's folder:
+
+========================  ===============================================================
+``NAME_fp32.onnx``        the FP32 export (parity-checked against PyTorch)
+``NAME_qdq.onnx``         INT8: the TensorRT QDQ model (explicit quantization)
+``NAME.cache``            INT8: TensorRT's calibration cache (implicit, TensorRT 8.5-10)
+``NAME_ranges.json``      INT8 from --calib-data: every tensor's range
+``NAME.engine``           the engine, only where it was built
+``NAME.engine.json``      the manifest: versions, GPU, Jetson, flags, shapes, hashes
+``NAME_build_engine.sh``  builds the engine on the target with the same flags
+========================  ===============================================================
+
+Everything is staged in a temporary folder and moved into place only when every step
+passed, so a failed build leaves no partial files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from .engine import (Shapes, build_command, build_engine, build_script, file_entry, manifest_path, new_manifest,
+                     parse_shapes, this_machine, trtexec_command)
+from .errors import DeepLabEdgeError
+
+__all__ = ["build", "engine_unavailable_reason"]
+
+
+def engine_unavailable_reason() -> str | None:
+    """Why no engine can be built on this machine (None when TensorRT and a CUDA GPU are here)."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT's Python package (tensorrt) is not installed on this machine"
+    if not torch.cuda.is_available():
+        return "this machine has no CUDA GPU"
+    return None
+
+
+def build(*, output: Path, weights: Path | None = None, onnx: Path | None = None, data: Path | None = None,
+          int8: bool = False, fp16: bool = False, calib_data: Path | None = None, calib_cache: Path | None = None,
+          qdq: Path | None = None, calib_method: str = "entropy", calib_num: int = 256, keep_float_top: int = 0,
+          int8_route: str = "qdq", shapes: str | None = None, dla_core: int | None = None,
+          gpu_fallback: bool = False, workspace_mb: int | None = None, timing_cache: Path | None = None,
+          log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Run the chain; returns the manifest (with ``files``: what was written)."""
+    import onnx as onnx_lib
+
+    from .export import read_metadata as _read
+
+    def read_metadata(path):
+        try:
+            return _read(path)
+        except Exception as e:  # protobuf's DecodeError, onnx's errors: not an ONNX file
+            raise DeepLabEdgeError(f"{path}: not an ONNX model ({str(e).splitlines()[0][:120]}); pass a file from "
+                                   "`deeplab-edge export` or `deeplab-edge calibrate`") from None
+
+    output = Path(output)
+    if output.suffix in ("", ".onnx", ".json"):
+        raise DeepLabEdgeError(f"-o {output}: give the engine's file name, e.g. -o out/model.engine")
+    if (weights is None) == (onnx is None):
+        raise DeepLabEdgeError("give exactly one of --weights FILE (checkpoint) or --onnx FILE (FP32 export)")
+    for p, what in ((weights, "checkpoint"), (onnx, "ONNX model"), (calib_cache, "calibration cache"),
+                    (qdq, "QDQ ONNX model")):
+        if p is not None and not Path(p).is_file():
+            raise DeepLabEdgeError(f"{p}: {what} not found")
+    sources = [s for s in (calib_data, calib_cache, qdq) if s is not None]
+    if int8 and not sources:
+        raise DeepLabEdgeError("--int8 needs calibration: --calib-data DIR (calibrate here), --calib-cache FILE or "
+                               "--qdq FILE (from `deeplab-edge calibrate`)")
+    if not int8 and sources:
+        raise DeepLabEdgeError("--calib-data / --calib-cache / --qdq only make sense with --int8")
+    if len(sources) > 1 and not (calib_cache is not None and qdq is not None):
+        raise DeepLabEdgeError("give one INT8 source: --calib-data, or --qdq and/or --calib-cache")
+    if dla_core is not None and not (fp16 or int8):
+        raise DeepLabEdgeError("DLA runs FP16 or INT8 only: add --fp16 or --int8 to --dla")
+    if gpu_fallback and dla_core is None:
+        raise DeepLabEdgeError("--allow-gpu-fallback only applies with --dla N")
+    if workspace_mb is not None and workspace_mb < 1:
+        raise DeepLabEdgeError(f"--workspace must be >= 1 MB, got {workspace_mb}")
+
+    name = output.stem
+    dest = output.parent if str(output.parent) else Path(".")
+    dest.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{name}.build-", dir=dest))
+    try:
+        files = _build_in(stage, name, output, weights=weights, onnx=onnx, data=data, int8=int8, fp16=fp16,
+                          calib_data=calib_data, calib_cache=calib_cache, qdq=qdq, calib_method=calib_method,
+                          calib_num=calib_num, keep_float_top=keep_float_top, int8_route=int8_route,
+                          shapes=shapes, dla_core=dla_core, gpu_fallback=gpu_fallback, workspace_mb=workspace_mb,
+                          timing_cache=timing_cache, log=log, onnx_lib=onnx_lib, read_metadata=read_metadata)
+        manifest = files.pop("_manifest")
+        moved = {}
+        for key, p in files.items():
+            target = dest / p.name
+            os.replace(p, target)
+            moved[key] = str(target)
+        manifest["files"] = moved
+        return manifest
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _build_in(stage: Path, name: str, output: Path, *, weights, onnx, data, int8, fp16, calib_data, calib_cache, qdq,
+              calib_method, calib_num, keep_float_top, int8_route, shapes, dla_core, gpu_fallback, workspace_mb,
+              timing_cache, log, onnx_lib, read_metadata) -> dict[str, Any]:
+    files: dict[str, Any] = {}
+    fp32 = stage / f"{name}_fp32.onnx"
+    checkpoint = None
+    if weights is not None:
+        from .checkpoint import load_checkpoint
+        from .data.datasets import open_dataset
+        from .data.preprocess import Preprocess
+        from .export import export_onnx
+
+        img_src = data or calib_data
+        if img_src is None:
+            raise DeepLabEdgeError("exporting a checkpoint needs real images for the parity check: pass --data DIR "
+                                   "(or --calib-data DIR)")
+        loaded = load_checkpoint(weights)
+        pre = Preprocess.from_dict(loaded.meta.get("preprocess") or {})
+        prof = parse_shapes(shapes, pre.fixed_input_hw)
+        ds = open_dataset(img_src).subset(4)
+        log(f"exporting {weights.name} to ONNX (parity check on {len(ds)} images)")
+        export_onnx(loaded, fp32, [ds.load(i)[1] for i in range(len(ds))],
+                    dynamic=("batch",) if prof.min[0] != prof.max[0] else ())
+        checkpoint = {"file": str(weights), "sha256": loaded.meta.get("sha256")}
+    else:
+        meta = read_metadata(onnx)
+        if meta.get("precision") not in (None, "fp32") or "preprocess" not in meta:
+            raise DeepLabEdgeError(f"{onnx}: not a deeplab-edge FP32 export (precision {meta.get('precision')!r}); "
+                                   "export one with `deeplab-edge export`")
+        shutil.copyfile(onnx, fp32)
+    meta = read_metadata(fp32)
+    from .data.preprocess import Preprocess
+
+    prof: Shapes = parse_shapes(shapes, Preprocess.from_dict(meta["preprocess"]).fixed_input_hw)
+    model = onnx_lib.load(str(fp32), load_external_data=False)
+    inp = model.graph.input[0]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    if dims[0] is not None and prof.max[0] > dims[0]:
+        raise DeepLabEdgeError(f"{fp32.name} has a fixed batch of {dims[0]}; --shapes asks for {prof.max[0]}: "
+                               "re-export with --dynamic batch")
+    files["onnx_fp32"] = fp32
+
+    route = None
+    calib_info: dict[str, Any] | None = None
+    if int8:
+        from .calibration import check_cache_against_onnx
+
+        if calib_data is not None:
+            from .calibration import calibrate
+
+            log(f"calibrating ({calib_method}, up to {calib_num} images of {calib_data})")
+            cal_dir = stage / "calib"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                rep = calibrate(fp32, calib_data, cal_dir, num=calib_num, method=calib_method, cpu_int8=False,
+                                keep_float_top=keep_float_top)
+            os.replace(cal_dir / "model_qdq.onnx", stage / f"{name}_qdq.onnx")
+            os.replace(cal_dir / "calibration.cache", stage / f"{name}.cache")
+            os.replace(cal_dir / "ranges.json", stage / f"{name}_ranges.json")
+            shutil.rmtree(cal_dir, ignore_errors=True)
+            files.update(qdq_onnx=stage / f"{name}_qdq.onnx", cache=stage / f"{name}.cache",
+                         ranges=stage / f"{name}_ranges.json")
+            calib_info = {"method": calib_method, "images": rep["images"], "data": str(calib_data),
+                          "keep_float": rep.get("keep_float", [])}
+        if qdq is not None:
+            qmeta = read_metadata(qdq)
+            if qmeta.get("precision") != "int8-qdq-tensorrt":
+                raise DeepLabEdgeError(f"{qdq}: not a TensorRT QDQ model from `deeplab-edge calibrate` (precision "
+                                       f"{qmeta.get('precision')!r})")
+            if qmeta.get("checkpoint_sha256") != meta.get("checkpoint_sha256"):
+                raise DeepLabEdgeError(f"{qdq}: calibrated from another checkpoint than {fp32.name}; recalibrate")
+            shutil.copyfile(qdq, stage / f"{name}_qdq.onnx")
+            files["qdq_onnx"] = stage / f"{name}_qdq.onnx"
+            calib_info = {"method": (qmeta.get("calibration") or {}).get("method"), "source": str(qdq)}
+        if calib_cache is not None:
+            check_cache_against_onnx(calib_cache, fp32)  # names must match the FP32 export
+            shutil.copyfile(calib_cache, stage / f"{name}.cache")
+            files["cache"] = stage / f"{name}.cache"
+            calib_info = calib_info or {"source": str(calib_cache)}
+        route = "qdq" if "qdq_onnx" in files and int8_route == "qdq" else "cache"
+        if route == "cache" and "cache" not in files:
+            raise DeepLabEdgeError("--int8-route cache needs a calibration cache (--calib-cache or --calib-data)")
+
+    engine_file = stage / output.name
+    eng_onnx = files["qdq_onnx"] if route == "qdq" else fp32
+    common = dict(shapes=prof, fp16=fp16, int8=int8, route=route, workspace_mb=workspace_mb, dla_core=dla_core,
+                  gpu_fallback=gpu_fallback)
+    input_name = inp.name
+    cmd_kw = dict(common, timing_cache=str(timing_cache) if timing_cache else None,
+                  cache=files["cache"].name if "cache" in files else None)
+    trtexec = trtexec_command(onnx=eng_onnx.name, engine=output.name, input_name=input_name, **cmd_kw)
+    trtexec11 = (trtexec_command(onnx=eng_onnx.name, engine=output.name, input_name=input_name, trt_major_version=11,
+                                 **cmd_kw) if route != "cache" else None)
+    de_cmd = build_command(fp32_onnx=fp32.name, qdq_onnx=files["qdq_onnx"].name if "qdq_onnx" in files else None,
+                           engine=output.name, **cmd_kw)
+
+    here = this_machine()
+    reason = engine_unavailable_reason()
+    built = None
+    if reason is None:
+        log(f"building the TensorRT {here['tensorrt']} engine on {here['gpu']['name']}")
+        built = build_engine(onnx=eng_onnx, engine=engine_file, cache=files.get("cache"), timing_cache=timing_cache,
+                             **common)
+        files["engine"] = engine_file
+    manifest = new_manifest(
+        engine=file_entry(engine_file) if built else None, engine_built=built is not None,
+        not_built_reason=None if built else f"{reason}; run {name}_build_engine.sh on the target",
+        tensorrt=here["tensorrt"] if built else None, cuda=here["cuda"] if built else None,
+        gpu=here["gpu"] if built else None, jetson=here["jetson"] if built else None,
+        built_on=here, precision={"fp16": fp16, "int8": int8, "int8_route": route,
+                                  "strongly_typed": (built or {}).get("strongly_typed")},
+        dla_core=dla_core, gpu_fallback=gpu_fallback, workspace_mb=workspace_mb,
+        input={"name": input_name, "shapes": prof.as_dict()}, onnx_fp32=file_entry(fp32),
+        onnx_qdq=file_entry(files.get("qdq_onnx")), calibration_cache=file_entry(files.get("cache")),
+        calibration=calib_info, checkpoint=checkpoint or {"sha256": meta.get("checkpoint_sha256")},
+        arch=meta.get("arch"), num_classes=meta["num_classes"], classes=meta.get("classes"),
+        preprocess=meta["preprocess"], build_s=(built or {}).get("build_s"),
+        build={"deeplab_edge": de_cmd, "trtexec": trtexec, "trtexec_trt11": trtexec11})
+    man = stage / manifest_path(output.name).name
+    import json
+
+    man.write_text(json.dumps(manifest, indent=1, default=str))
+    files["manifest"] = man
+    script = stage / f"{name}_build_engine.sh"
+    script.write_text(build_script(manifest))
+    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    files["script"] = script
+    files["_manifest"] = manifest
+    return files

@@ -1,0 +1,458 @@
+"""TensorRT engines: the deployment manifest, version/GPU compatibility, the generated build
+script, and the thin TensorRT code that builds and runs an engine.
+
+Everything but :func:`build_engine` and :class:`EngineRunner` runs without TensorRT (and is
+tested here); those two call TensorRT's Python API and need it and a CUDA GPU:
+
+* INT8 routes. **Explicit quantization** (the QDQ ONNX from ``deeplab-edge calibrate``) is the
+  primary one and the only one TensorRT 11 keeps: it removed the precision builder flags and
+  the INT8 calibrators, so networks are strongly typed there and reduced precision must be in
+  the ONNX. On TensorRT 8.5-10 (JetPack 5/6) the QDQ model is built weakly typed with the
+  INT8 and FP16 flags, so layers left in float run in FP16. The **calibration-cache** route
+  (implicit quantization: an ``IInt8EntropyCalibrator2`` that only replays the cache) stays for
+  TensorRT 8.5-10, with a deprecation warning on 10.1+ where NVIDIA deprecated calibrators.
+* I/O through the tensor-name API (``set_input_shape`` / ``set_tensor_address`` /
+  ``execute_async_v3``), present in TensorRT 8.5 and later; buffers are PyTorch CUDA tensors.
+* An engine only runs on the TensorRT version and GPU it was built for. The manifest written
+  beside it records both; :func:`check_compatibility` compares them with this machine
+  *before* TensorRT deserializes anything.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import shlex
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data.io import atomic_path
+from .data.preprocess import Preprocess
+from .errors import DeepLabEdgeError, EngineError
+
+__all__ = ["MANIFEST_FORMAT", "Shapes", "parse_shapes", "manifest_path", "read_manifest", "this_machine",
+           "check_compatibility", "trtexec_command", "build_command", "build_script", "trt_major",
+           "build_engine", "EngineRunner", "MIN_TRT"]
+
+MANIFEST_FORMAT = "deeplab-edge-engine/1"
+MIN_TRT = (8, 5)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_entry(path: Path | None) -> dict[str, Any] | None:
+    return None if path is None else {"file": Path(path).name, "sha256": _sha256(Path(path)),
+                                      "bytes": Path(path).stat().st_size}
+
+
+# ----------------------------------------------------------------------------- shapes
+
+@dataclass(frozen=True)
+class Shapes:
+    """Optimization profile of the input: (N, 3, H, W) at min / opt / max."""
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def as_dict(self) -> dict[str, list[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+    @property
+    def dynamic(self) -> bool:
+        return not (self.min == self.opt == self.max)
+
+
+def _shape(text: str, what: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise DeepLabEdgeError(f"--shapes: {what} shape {text!r} is not NxCxHxW (e.g. 1x3x513x513)") from None
+    if len(dims) != 4 or min(dims) < 1 or dims[1] != 3:
+        raise DeepLabEdgeError(f"--shapes: {what} shape {text!r} must be NxCxHxW with C = 3 (e.g. 1x3x513x513)")
+    return dims
+
+
+def parse_shapes(text: str | None, fixed_hw: tuple[int, int] | None) -> Shapes:
+    """``--shapes min,opt,max`` (each NxCxHxW); default: batch 1 at the model's input size."""
+    if not text:
+        if fixed_hw is None:
+            raise DeepLabEdgeError("this model has no fixed input size; pass --shapes min,opt,max")
+        s = (1, 3, *fixed_hw)
+        return Shapes(s, s, s)
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3:
+        raise DeepLabEdgeError(f"--shapes expects min,opt,max (three NxCxHxW shapes), got {text!r}")
+    mn, opt, mx = (_shape(p, w) for p, w in zip(parts, ("min", "opt", "max")))
+    if not all(a <= b <= c for a, b, c in zip(mn, opt, mx)):
+        raise DeepLabEdgeError(f"--shapes: need min <= opt <= max in every dimension, got {text!r}")
+    if fixed_hw is not None and any(s[2:] != fixed_hw for s in (mn, opt, mx)):
+        raise DeepLabEdgeError(f"--shapes: this model's input is {fixed_hw[0]}x{fixed_hw[1]}; only the batch can vary "
+                               "(re-export with --input-size to change it)")
+    return Shapes(mn, opt, mx)
+
+
+# ----------------------------------------------------------------------------- manifest
+
+def manifest_path(engine: str | Path) -> Path:
+    return Path(str(engine) + ".json")
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise EngineError(f"{path}: no manifest; engines are built with `deeplab-edge build`, which writes it beside "
+                          "the engine")
+    try:
+        doc = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise EngineError(f"{path}: manifest is not JSON; rebuild the engine with `deeplab-edge build`") from None
+    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
+        raise EngineError(f"{path}: not a deeplab-edge engine manifest ({MANIFEST_FORMAT}); rebuild with "
+                          "`deeplab-edge build`")
+    return doc
+
+
+def this_machine() -> dict[str, Any]:
+    """TensorRT version, GPU and Jetson facts of this machine, in the manifest's terms."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    info: dict[str, Any] = {"tensorrt": None, "cuda": torch.version.cuda, "gpu": None, "jetson": None}
+    try:
+        import tensorrt as trt  # noqa: F401
+
+        info["tensorrt"] = trt.__version__
+    except ImportError:
+        try:
+            info["tensorrt"] = version("tensorrt")
+        except PackageNotFoundError:
+            pass
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info["gpu"] = {"name": p.name, "compute_capability": f"{p.major}.{p.minor}"}
+    from .bench.power import jetson_info
+
+    info["jetson"] = jetson_info()
+    return info
+
+
+def _version_triple(v: str | None) -> tuple[int, ...] | None:
+    if not v:
+        return None
+    out = []
+    for part in v.split(".")[:3]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        if not digits:
+            break
+        out.append(int(digits))
+    return tuple(out) or None
+
+
+def check_compatibility(manifest: dict[str, Any], here: dict[str, Any]) -> list[str]:
+    """Why an engine described by ``manifest`` cannot run on the machine ``here`` (empty: it can).
+
+    A serialized engine needs the TensorRT version it was built with (major.minor.patch) and a
+    GPU of the same compute capability; a different GPU model of the same capability only warns
+    (TensorRT accepts it, but tactics were timed on the other one)."""
+    problems = []
+    if not manifest.get("engine_built"):
+        problems.append("the manifest says no engine was built (a deployment bundle): run its build_engine.sh on the "
+                        "target first")
+        return problems
+    built, have = manifest.get("tensorrt"), here.get("tensorrt")
+    if have is None:
+        problems.append(f"TensorRT is not installed here; the engine needs TensorRT {built}")
+    elif _version_triple(built) != _version_triple(have):
+        problems.append(f"built with TensorRT {built}, this machine has TensorRT {have}; rebuild it here with "
+                        "`deeplab-edge build` (or the bundle's build_engine.sh)")
+    g_built, g_have = manifest.get("gpu") or {}, here.get("gpu") or {}
+    if not g_have:
+        problems.append(f"no CUDA GPU here; the engine was built for {g_built.get('name')} "
+                        f"(compute capability {g_built.get('compute_capability')})")
+    elif g_built.get("compute_capability") != g_have.get("compute_capability"):
+        problems.append(f"built for {g_built.get('name')} (compute capability {g_built.get('compute_capability')}), "
+                        f"this GPU is {g_have.get('name')} ({g_have.get('compute_capability')}); rebuild it on this "
+                        "device")
+    return problems
+
+
+# ----------------------------------------------------------------------------- commands
+
+def trt_major(version: str | None) -> int | None:
+    v = _version_triple(version)
+    return v[0] if v else None
+
+
+def trtexec_command(*, onnx: str, engine: str, input_name: str, shapes: Shapes, fp16: bool, int8: bool,
+                    route: str | None, cache: str | None, workspace_mb: int | None, dla_core: int | None,
+                    gpu_fallback: bool, timing_cache: str | None, trt_major_version: int | None = None) -> list[str]:
+    """The ``trtexec`` command line that builds the same engine (TensorRT 8.6-11 flag names).
+
+    ``route``: ``"qdq"`` (explicit quantization; ``onnx`` is the QDQ model) or ``"cache"``
+    (implicit, ``--calib``; TensorRT <= 10 only). TensorRT 11 (``trt_major_version`` 11 or later)
+    takes ``--stronglyTyped`` and no precision flags."""
+    cmd = ["trtexec", f"--onnx={onnx}", f"--saveEngine={engine}"]
+    if shapes.dynamic:
+        fmt = lambda s: "x".join(map(str, s))  # noqa: E731
+        cmd += [f"--minShapes={input_name}:{fmt(shapes.min)}", f"--optShapes={input_name}:{fmt(shapes.opt)}",
+                f"--maxShapes={input_name}:{fmt(shapes.max)}"]
+    strong = trt_major_version is not None and trt_major_version >= 11
+    if strong:
+        if route == "cache":
+            raise EngineError("TensorRT 11 has no INT8 calibrators: build from the QDQ ONNX (--qdq or --calib-data)")
+        cmd.append("--stronglyTyped")
+    else:
+        if fp16:
+            cmd.append("--fp16")
+        if int8:
+            cmd.append("--int8")
+            if route == "cache":
+                cmd.append(f"--calib={cache}")
+    if workspace_mb:
+        cmd.append(f"--memPoolSize=workspace:{workspace_mb}")
+    if dla_core is not None:
+        cmd.append(f"--useDLACore={dla_core}")
+        if gpu_fallback:
+            cmd.append("--allowGPUFallback")
+    if timing_cache:
+        cmd.append(f"--timingCacheFile={timing_cache}")
+    return cmd
+
+
+def build_command(*, fp32_onnx: str, qdq_onnx: str | None, engine: str, shapes: Shapes, fp16: bool, int8: bool,
+                  route: str | None, cache: str | None, workspace_mb: int | None, dla_core: int | None,
+                  gpu_fallback: bool, timing_cache: str | None) -> list[str]:
+    """``deeplab-edge build`` from the bundle's files, with the same flags."""
+    cmd = ["deeplab-edge", "build", "--onnx", fp32_onnx, "-o", engine]
+    if int8:
+        cmd.append("--int8")
+        if route == "qdq":
+            cmd += ["--qdq", qdq_onnx or ""]
+        if cache:  # kept in the rebuilt bundle (the route that TensorRT 8.5-10 can also take)
+            cmd += ["--calib-cache", cache]
+        if route == "cache":
+            cmd += ["--int8-route", "cache"]
+    if fp16:
+        cmd.append("--fp16")
+    if shapes.dynamic:
+        cmd += ["--shapes", ",".join("x".join(map(str, s)) for s in (shapes.min, shapes.opt, shapes.max))]
+    if workspace_mb:
+        cmd += ["--workspace", str(workspace_mb)]
+    if dla_core is not None:
+        cmd += ["--dla", str(dla_core)] + (["--allow-gpu-fallback"] if gpu_fallback else [])
+    if timing_cache:
+        cmd += ["--timing-cache", timing_cache]
+    return cmd
+
+
+def build_script(manifest: dict[str, Any]) -> str:
+    """A POSIX shell script that builds the engine on the target: ``deeplab-edge build`` when the
+    package is installed there, else ``trtexec`` (TensorRT 11's strongly typed form when the
+    installed TensorRT is 11 or newer)."""
+    b = manifest["build"]
+    q = lambda cmd: " ".join(shlex.quote(c) for c in cmd)  # noqa: E731
+    trt10 = q(b["trtexec"])
+    trt11 = q(b["trtexec_trt11"]) if b.get("trtexec_trt11") else None
+    lines = [
+        "#!/bin/sh",
+        "# Builds the TensorRT engine of this deployment bundle on the target (Jetson or GPU machine).",
+        f"# Generated by deeplab-edge {manifest.get('deeplab_edge')} on {manifest.get('created')}.",
+        f"# The engine was NOT built where this bundle was made: {manifest.get('not_built_reason')}",
+        "set -eu",
+        'cd "$(dirname "$0")"',
+        "if command -v deeplab-edge >/dev/null 2>&1; then",
+        f"  exec {q(b['deeplab_edge'])}",
+        "fi",
+        'TRTEXEC="$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)"',
+        'TRT_MAJOR="$(python3 -c "import tensorrt; print(tensorrt.__version__.split(\'.\')[0])" 2>/dev/null || echo 0)"',
+    ]
+    if trt11:
+        lines += ['if [ "$TRT_MAJOR" -ge 11 ]; then',
+                  f'  exec "$TRTEXEC" {trt11.split(" ", 1)[1]}',
+                  "fi"]
+    else:
+        lines += ['if [ "$TRT_MAJOR" -ge 11 ]; then',
+                  '  echo "TensorRT 11 has no INT8 calibrators: rebuild this bundle from a QDQ model '
+                  '(deeplab-edge build --int8 --calib-data DIR)" >&2; exit 2',
+                  "fi"]
+    lines += [f'exec "$TRTEXEC" {trt10.split(" ", 1)[1]}', ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- TensorRT (thin)
+
+def _trt():
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise EngineError("TensorRT's Python package is not installed (JetPack provides it on a Jetson; "
+                          "`pip install tensorrt` on a CUDA machine)") from e
+    v = _version_triple(trt.__version__) or (0,)
+    if v[:2] < MIN_TRT:
+        raise EngineError(f"TensorRT {trt.__version__} is too old: deeplab-edge needs 8.5 or newer (tensor-name API)")
+    if not torch.cuda.is_available():
+        raise EngineError("TensorRT needs a CUDA GPU and a CUDA build of PyTorch for the buffers")
+    return trt
+
+
+def build_engine(*, onnx: Path, engine: Path, shapes: Shapes, fp16: bool, int8: bool, route: str | None,
+                 cache: Path | None, workspace_mb: int | None, dla_core: int | None, gpu_fallback: bool,
+                 timing_cache: Path | None) -> dict[str, Any]:
+    """Build and serialize an engine with TensorRT's Python API; returns build facts."""
+    import time
+
+    trt = _trt()
+    major = trt_major(trt.__version__)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    strong = major >= 11
+    if major < 10:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if strong:
+        if route == "cache":
+            raise EngineError("TensorRT 11 has no INT8 calibrators: build from the QDQ ONNX (--calib-data or --qdq)")
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx.read_bytes()):
+        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"{onnx}: TensorRT's ONNX parser failed: {errs[:300]}")
+    config = builder.create_builder_config()
+    if workspace_mb:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if not strong:
+        if fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
+        if int8:
+            config.set_flag(trt.BuilderFlag.INT8)
+    elif fp16:
+        warnings.warn("TensorRT 11 has no FP16 flag: layers run in the ONNX model's own types "
+                      "(export with --fp16 or convert with ModelOpt AutoCast for FP16)", stacklevel=2)
+    calibrator = None
+    if int8 and route == "cache":
+        if (major, _version_triple(trt.__version__)[1]) >= (10, 1):
+            warnings.warn("TensorRT deprecated INT8 calibrators in 10.1 and removed them in 11: prefer the QDQ "
+                          "route (--qdq / --calib-data)", DeprecationWarning, stacklevel=2)
+        calibrator = _cache_calibrator(trt, cache)
+        config.int8_calibrator = calibrator
+    inp = network.get_input(0)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(inp.name, shapes.min, shapes.opt, shapes.max)
+    config.add_optimization_profile(profile)
+    if dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = dla_core
+        if gpu_fallback:
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    tc = None
+    if timing_cache is not None:
+        tc = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+        config.set_timing_cache(tc, ignore_mismatch=False)
+    t0 = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineError("TensorRT failed to build the engine (its log above says why)")
+    with atomic_path(engine) as tmp:
+        tmp.write_bytes(bytes(plan))
+    if tc is not None:
+        with atomic_path(timing_cache) as tmp:
+            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return {"build_s": time.perf_counter() - t0, "input_name": inp.name, "strongly_typed": strong}
+
+
+def _cache_calibrator(trt, cache: Path | None):
+    """An IInt8EntropyCalibrator2 that replays a calibration cache (no batches)."""
+    if cache is None or not cache.is_file():
+        raise EngineError("the calibration-cache route needs --calib-cache FILE")
+    data = cache.read_bytes()
+
+    class CacheCalibrator(trt.IInt8EntropyCalibrator2):
+        def get_batch_size(self):
+            return 1
+
+        def get_batch(self, names):
+            return None
+
+        def read_calibration_cache(self):
+            return data
+
+        def write_calibration_cache(self, cache_bytes):
+            return None
+
+    return CacheCalibrator()
+
+
+class EngineRunner:
+    """A serialized TensorRT engine as a runner: float32 NCHW batch -> NCHW logits (torch CUDA).
+
+    The manifest beside the engine (``<engine>.json``) gives the preprocessing and classes and
+    is checked against this machine before TensorRT deserializes the engine."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise EngineError(f"{path}: engine not found; build one with `deeplab-edge build`")
+        self.manifest = read_manifest(manifest_path(path))
+        if self.manifest.get("engine", {}).get("sha256") not in (None, _sha256(path)):
+            raise EngineError(f"{path}: the engine does not match its manifest (sha256); rebuild both with "
+                              "`deeplab-edge build`")
+        problems = check_compatibility(self.manifest, this_machine())
+        if problems:
+            raise EngineError(f"{path}: cannot run here: {problems[0]}")
+        trt = _trt()
+        self.trt = trt
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise EngineError(f"{path}: TensorRT could not deserialize the engine; rebuild it on this machine")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in inputs]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise EngineError(f"{path}: expected one input and one output tensor, got {inputs} -> {outputs}")
+        self.input_name, self.output_name = inputs[0], outputs[0]
+        self.input_dtype = torch.from_numpy(np.zeros(0, trt.nptype(self.engine.get_tensor_dtype(self.input_name)))).dtype
+        self.output_dtype = torch.from_numpy(np.zeros(0, trt.nptype(self.engine.get_tensor_dtype(self.output_name)))).dtype
+        self.device = torch.device("cuda")
+        self.stream = torch.cuda.Stream()
+        self.preprocess = Preprocess.from_dict(self.manifest["preprocess"])
+        self.num_classes = int(self.manifest["num_classes"])
+        self.classes = list(self.manifest.get("classes") or [])
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.to(self.device, self.input_dtype, non_blocking=True).contiguous()
+        ctx = self.context
+        ctx.set_input_shape(self.input_name, tuple(x.shape))
+        out = torch.empty(tuple(ctx.get_tensor_shape(self.output_name)), dtype=self.output_dtype, device=self.device)
+        ctx.set_tensor_address(self.input_name, x.data_ptr())
+        ctx.set_tensor_address(self.output_name, out.data_ptr())
+        self.stream.wait_stream(torch.cuda.current_stream())
+        if not ctx.execute_async_v3(self.stream.cuda_stream):
+            raise EngineError("TensorRT failed to run the engine (execute_async_v3 returned False)")
+        self.stream.synchronize()
+        return out.float()
+
+
+def new_manifest(**kw: Any) -> dict[str, Any]:
+    from . import __version__
+
+    return {"format": MANIFEST_FORMAT, "deeplab_edge": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **kw}
