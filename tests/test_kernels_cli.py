@@ -124,12 +124,3 @@ def test_timing_harness_runs_side_by_side_on_cpu():
     assert rows[0]["speedup_vs_torch"] == 1.0 and rows[1]["speedup_vs_torch"] > 0
     with pytest.raises(ValueError, match="expected providers"):
         run([tiny], [1], ["fp32"], ["cudnn"], device="cpu")
-
-
-def test_percentiles_hand_computed():
-    from deeplab_edge.bench.kernels import _percentile
-
-    # linear interpolation between order statistics (numpy's default): position (n - 1) * q
-    assert _percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
-    assert _percentile([4.0, 1.0, 3.0, 2.0], 10) == pytest.approx(1.3)
-    assert _percentile([7.0], 90) == 7.0
