@@ -80,12 +80,15 @@ def plot(result: dict[str, Any], path: Path, title: str | None = None) -> None:
     if front:
         xs, ys = zip(*front)
         ax.step(xs, ys, where="post", color="grey", linestyle="--", linewidth=1, zorder=2, label="Pareto front")
-    for r in result["rows"]:  # the TensorRT QDQ model's emulated accuracy: no speed, so a level, not a point
+    levels: dict[tuple[str, float], list[str]] = {}  # the emulated INT8 accuracy: no speed, so a level, not a point
+    for r in result["rows"]:
         if not r.get("latency_is_speed", True):
-            ax.axhline(100 * r["miou"], color="grey", linestyle=":", linewidth=1)
-            ax.annotate(f"{(r['device'] + ': ') if merged else ''}{r['backend']} CRF {r['crf']} "
-                        "(INT8 accuracy, emulated; no speed)", (0.01, 100 * r["miou"]), xycoords=("axes fraction",
-                        "data"), fontsize=6, color="dimgrey", va="bottom")
+            key = (f"{(r['device'] + ': ') if merged else ''}{r['backend']}", round(100 * r["miou"], 2))
+            levels.setdefault(key, []).append(r["crf"])
+    for (name, miou), crfs in levels.items():
+        ax.axhline(miou, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(f"{name}, CRF {'/'.join(crfs)}: {miou:.2f}% (INT8 accuracy, emulated; no speed)", (0.01, miou),
+                    xycoords=("axes fraction", "data"), fontsize=6, color="dimgrey", va="bottom")
     for k, c in colours.items():
         ax.scatter([], [], color=c, marker="s", label=k)
     for crf, m in markers.items():
