@@ -1077,6 +1077,8 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
         return
     import tempfile
 
+    import torch
+
     from .bench.env import environment
     from .bench.harness import CRF_CHOICES, default_tag, run_bench, select_backends
     from .bench.power import power_sampler
@@ -1117,7 +1119,7 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
     result = {"format": FORMAT, "environment": env, "data": str(data), "dataset": ds.kind, "split": split,
               "images": len(ds), "weights": str(weights), "device": str(dev),
               "settings": {"backends": backends, "crf": crfs, "crf_preset": crf_preset, "batches": bs, "iters": iters,
-                           "warmup": warmup, "threads": threads or __import__("torch").get_num_threads(),
+                           "warmup": warmup, "threads": threads or torch.get_num_threads(),
                            "calib_method": calib_method},
               "power": ("tegrastats" if sampler else None), **res}
     result["skipped"] = skipped + result["skipped"]

@@ -407,7 +407,7 @@ class EngineRunner:
         if not path.is_file():
             raise EngineError(f"{path}: engine not found; build one with `deeplab-edge build`")
         self.manifest = read_manifest(manifest_path(path))
-        if self.manifest.get("engine", {}).get("sha256") not in (None, _sha256(path)):
+        if (self.manifest.get("engine") or {}).get("sha256") not in (None, _sha256(path)):
             raise EngineError(f"{path}: the engine does not match its manifest (sha256); rebuild both with "
                               "`deeplab-edge build`")
         problems = check_compatibility(self.manifest, this_machine())

@@ -188,6 +188,10 @@ def test_engine_refused_before_tensorrt_sees_it(tmp_path, shared):
     eng.write_bytes(b"\x01" * 64)  # engine changed after its manifest was written
     r = CliRunner().invoke(main, ["eval", "--engine", str(eng), "--data", str(shared["voc"])])
     assert r.exit_code == 2 and "does not match its manifest" in r.output
+    bundle = {**man, "engine": None, "engine_built": False}  # a bundle's manifest: no engine was built
+    (tmp_path / "m.engine.json").write_text(json.dumps(bundle))
+    r = CliRunner().invoke(main, ["eval", "--engine", str(eng), "--data", str(shared["voc"])])
+    assert r.exit_code == 2 and "build_engine.sh" in r.output
     (tmp_path / "m.engine.json").unlink()
     r = CliRunner().invoke(main, ["eval", "--engine", str(eng), "--data", str(shared["voc"])])
     assert r.exit_code == 2 and "no manifest" in r.output
