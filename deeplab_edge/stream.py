@@ -1,8 +1,9 @@
 """Segmenting a video file or a live camera frame by frame, with the live frame rate.
 
 OpenCV reads and writes the frames (``opencv-python-headless``; JetPack ships its own OpenCV).
-The overlay video is written to a temporary file and renamed when the stream ends, so an
-interrupted run leaves no half-written video.
+The overlay video is written to a temporary file and renamed when the stream ends, so a
+failed run leaves no half-written video; Ctrl-C while waiting for a frame (the way a camera
+session ends) finishes the video with the frames so far.
 """
 
 from __future__ import annotations
@@ -67,7 +68,10 @@ def segment_stream(segmenter, source: str | int, output: Path, *, alpha: float =
         if status is not None:
             status.start()
         while max_frames is None or frames < max_frames:
-            ok, bgr = cap.read()
+            try:
+                ok, bgr = cap.read()
+            except KeyboardInterrupt:  # Ctrl-C ends a camera session: keep the frames recorded so far
+                break
             if not ok:
                 break
             rgb = np.ascontiguousarray(bgr[..., ::-1])
