@@ -2,8 +2,8 @@
 
 OpenCV reads and writes the frames (``opencv-python-headless``; JetPack ships its own OpenCV).
 The overlay video is written to a temporary file and renamed when the stream ends, so a
-failed run leaves no half-written video; Ctrl-C while waiting for a frame (the way a camera
-session ends) finishes the video with the frames so far.
+failed run leaves no half-written video; Ctrl-C (the way a camera session
+ends) finishes the video with the frames written so far.
 """
 
 from __future__ import annotations
@@ -70,13 +70,13 @@ def segment_stream(segmenter, source: str | int, output: Path, *, alpha: float =
         while max_frames is None or frames < max_frames:
             try:
                 ok, bgr = cap.read()
-            except KeyboardInterrupt:  # Ctrl-C ends a camera session: keep the frames recorded so far
+                if not ok:
+                    break
+                rgb = np.ascontiguousarray(bgr[..., ::-1])
+                n_calls = len(segmenter.timing.model_calls)
+                labels = segmenter.predict(rgb)
+            except KeyboardInterrupt:  # Ctrl-C ends a camera session: keep the frames written so far
                 break
-            if not ok:
-                break
-            rgb = np.ascontiguousarray(bgr[..., ::-1])
-            n_calls = len(segmenter.timing.model_calls)
-            labels = segmenter.predict(rgb)
             model_ms.extend(1e3 * t for t in segmenter.timing.model_calls[n_calls:])
             if writer is None:
                 writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (rgb.shape[1], rgb.shape[0]))
