@@ -187,10 +187,12 @@ def build_artifacts(loaded, weights: Path, dataset, work: Path, backends: list[B
 
     fp32 = work / "model_fp32.onnx"
     sha = loaded.meta.get("sha256")
-    if fp32.is_file() and read_metadata(fp32).get("checkpoint_sha256") == sha and sha:
+    if fp32.is_file() and read_metadata(fp32).get("checkpoint_sha256") == sha and sha and \
+            (max(batches) == 1 or _dynamic_batch(fp32)):
         log(f"reusing {fp32}")
         info["onnx_fp32"] = {"path": str(fp32), "reused": True}
     else:
+        (work / "calibration.stamp").unlink(missing_ok=True)  # the INT8 models derive from this export
         log(f"exporting {weights.name} to ONNX (parity check on 2 images)")
         t = time.perf_counter()
         images = [dataset.load(i)[1] for i in range(min(2, len(dataset)))]
@@ -223,6 +225,13 @@ def build_artifacts(loaded, weights: Path, dataset, work: Path, backends: list[B
             info["calibration"]["note"] = ("calibrated on the benchmark's own images (no --calib-data): the INT8 "
                                            "accuracy is optimistic by however much calibration overfits")
     return info
+
+
+def _dynamic_batch(path: Path) -> bool:
+    import onnx
+
+    dim = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    return not dim.HasField("dim_value")
 
 
 # ----------------------------------------------------------------------------- runners
