@@ -43,6 +43,17 @@ INTERPRET_CONFIG = {"BLOCK": 1024}
 
 
 @triton.jit
+def _pixels(image_ptr, hw, W, BLOCK: tl.constexpr):
+    """This program's BLOCK flat pixel indices, their mask, row, column and RGB values."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < hw
+    r = tl.load(image_ptr + offs, mask=mask, other=0.0)
+    g = tl.load(image_ptr + hw + offs, mask=mask, other=0.0)
+    b = tl.load(image_ptr + 2 * hw + offs, mask=mask, other=0.0)
+    return offs, mask, offs // W, offs % W, r, g, b
+
+
+@triton.jit
 def _neighbour(y, x, mask, H, W, dy_ptr, dx_ptr, t):
     """Flat index of pixel (y + dy_t, x + dx_t), whether it is inside the image, and |d|^2."""
     dy = tl.load(dy_ptr + t)
@@ -75,12 +86,8 @@ def _crf_step_kernel(
     w1, w2, inv2_alpha, inv2_beta, inv2_gamma,  # 1 / (2 theta^2)
     L_PAD: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
     hw = H * W
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < hw
-    y = offs // W
-    x = offs % W
+    offs, mask, y, x, r_i, g_i, b_i = _pixels(image_ptr, hw, W, BLOCK)
     lab = tl.arange(0, L_PAD)
     mask_l = lab < L
     plane = lab[:, None] * hw  # label plane offsets [L_PAD, 1]; tiles are [labels, pixels], pixels contiguous
@@ -88,9 +95,6 @@ def _crf_step_kernel(
     # Both messages go to one accumulator: the per-pixel factors w * n(i) are folded into the weights.
     scale_b = w1 * tl.load(norm_b_ptr + offs, mask=mask, other=0.0)
     scale_s = w2 * tl.load(norm_s_ptr + offs, mask=mask, other=0.0)
-    r_i = tl.load(image_ptr + offs, mask=mask, other=0.0)
-    g_i = tl.load(image_ptr + hw + offs, mask=mask, other=0.0)
-    b_i = tl.load(image_ptr + 2 * hw + offs, mask=mask, other=0.0)
 
     acc = tl.zeros((L_PAD, BLOCK), dtype=tl.float32)
     for t in range(0, n_bil):
@@ -124,15 +128,8 @@ def _crf_norm_kernel(
     H, W, inv2_alpha, inv2_beta, inv2_gamma,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
     hw = H * W
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < hw
-    y = offs // W
-    x = offs % W
-    r_i = tl.load(image_ptr + offs, mask=mask, other=0.0)
-    g_i = tl.load(image_ptr + hw + offs, mask=mask, other=0.0)
-    b_i = tl.load(image_ptr + 2 * hw + offs, mask=mask, other=0.0)
+    offs, mask, y, x, r_i, g_i, b_i = _pixels(image_ptr, hw, W, BLOCK)
     sum_b = tl.zeros((BLOCK,), dtype=tl.float32)
     for t in range(0, n_bil):
         j, inside, d2 = _neighbour(y, x, mask, H, W, bil_dy_ptr, bil_dx_ptr, t)
