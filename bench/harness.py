@@ -22,6 +22,7 @@ is not INT8 speed, so it is kept off the Pareto front and the plot.
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import time
@@ -35,7 +36,7 @@ import torch
 
 from deeplab_edge.errors import DeepLabEdgeError
 
-from .stats import latency_summary, pareto_front, percentile
+from .stats import latency_summary, pareto_front, percentile, time_calls
 
 __all__ = ["Backend", "BACKENDS", "CRF_CHOICES", "select_backends", "run_bench", "peak_rss_reset", "peak_rss_mb"]
 
@@ -278,33 +279,6 @@ def _sync(runner) -> None:
         s()
 
 
-def time_calls(runner, x: torch.Tensor, warmup: int, iters: int) -> list[float]:
-    """Milliseconds per synchronised call of ``runner`` on ``x``: CUDA events for a PyTorch
-    runner on a GPU, a wall clock around the call and its synchronisation otherwise."""
-    dev = getattr(runner, "device", None)
-    cuda = isinstance(dev, torch.device) and dev.type == "cuda"
-    if cuda:
-        x = x.to(dev)
-    for _ in range(warmup):
-        runner(x)
-    _sync(runner)
-    times = []
-    for _ in range(iters):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            runner(x)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            runner(x)
-            _sync(runner)
-            times.append(1e3 * (time.perf_counter() - t0))
-    return times
-
-
 # ----------------------------------------------------------------------------- the run
 
 def _ms_summary(values: list[float]) -> dict[str, float] | None:
@@ -425,7 +399,11 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
             xb = torch.stack([pre(dataset.load(i)[1])[0] for i in idx])
             lt = progress(f"{b.name}: latency, batch {bs}", 1) if progress else None
             sampler = power.start() if power is not None else None
-            ms = time_calls(runner, xb, warmup, iters)
+            dev_r = getattr(runner, "device", None)  # PyTorch runners on a GPU: CUDA events
+            cuda = dev_r if isinstance(dev_r, torch.device) and dev_r.type == "cuda" else None
+            xr = xb.to(cuda) if cuda is not None else xb
+            ms = time_calls(functools.partial(runner, xr), warmup, iters, cuda_device=cuda,
+                            sync=getattr(runner, "synchronize", None))
             summary = latency_summary(ms, bs)
             if sampler is not None:
                 watts = power.stop(sampler)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .stats import percentile
+from .stats import percentile, time_calls
 
 __all__ = ["SHAPES", "PROVIDERS", "DEVICES", "HeadShape", "analyse", "build_head", "eager_traffic", "fused_traffic",
            "run"]
@@ -245,33 +245,6 @@ def analyse(shapes: Iterable[str], batches: Iterable[int], dtypes: Iterable[str]
     return rows
 
 
-# ----------------------------------------------------------------------------- GPU timing
-
-def _time(fn: Callable[[], Any], warmup: int, iters: int, device: torch.device) -> list[float]:
-    """Milliseconds per call: CUDA events on a GPU, perf_counter on the CPU."""
-    import time
-
-    for _ in range(warmup):
-        fn()
-    if device.type != "cuda":
-        times = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t0))
-        return times
-    torch.cuda.synchronize(device)
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
-
-
 def run(shapes: Iterable[str | HeadShape], batches: Iterable[int], dtypes: Iterable[str], providers: Iterable[str],
         warmup: int = 10, iters: int = 50, progress: Callable[[str], None] | None = None,
         device: str = "cuda") -> list[dict[str, Any]]:
@@ -315,7 +288,7 @@ def run(shapes: Iterable[str | HeadShape], batches: Iterable[int], dtypes: Itera
                         fn = FusedASPPSum(head) if shape.kind == "v2" else FusedASPP(head)
                     with torch.no_grad():
                         err = (fn(x).float() - head(x).float()).abs().max().item()
-                        times = _time(lambda: fn(x), warmup, iters, dev)
+                        times = time_calls(lambda: fn(x), warmup, iters, cuda_device=dev if dev.type == "cuda" else None)
                     med = percentile(times, 50)
                     row = {"shape": shape.name, "batch": batch, "dtype": dtype, "provider": provider,
                            "device": str(dev), "median_ms": med, "p10_ms": percentile(times, 10),

@@ -1,11 +1,45 @@
-"""Statistics of a benchmark: latency percentiles and the accuracy/latency Pareto front."""
+"""Statistics of a benchmark: how calls are timed, latency percentiles, and the accuracy/latency
+Pareto front."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+import time
+from typing import Any, Callable, Iterable, Sequence
 
-__all__ = ["percentile", "latency_summary", "pareto_front"]
+__all__ = ["time_calls", "percentile", "latency_summary", "pareto_front"]
+
+
+def time_calls(fn: Callable[[], Any], warmup: int, iters: int, *, cuda_device: Any = None,
+               sync: Callable[[], None] | None = None) -> list[float]:
+    """Milliseconds per call of ``fn`` after ``warmup`` untimed calls. With ``cuda_device`` (work
+    queued on PyTorch's current CUDA stream), CUDA events around each call; otherwise a wall
+    clock around the call and ``sync`` (for runners that return before their work is done)."""
+    for _ in range(warmup):
+        fn()
+    if cuda_device is None:
+        if sync is not None:
+            sync()
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            if sync is not None:
+                sync()
+            times.append(1e3 * (time.perf_counter() - t0))
+        return times
+    import torch
+
+    torch.cuda.synchronize(cuda_device)
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
 
 
 def percentile(values: Sequence[float], q: float) -> float:
