@@ -99,11 +99,9 @@ def _cannot_run(b: Backend, device: torch.device) -> str | None:
     if b.family in ("ort", "qdq") and importlib.util.find_spec("onnxruntime") is None:
         return "onnxruntime is not installed (pip install 'deeplab-edge[onnx]')"
     if b.family == "trt":
-        if importlib.util.find_spec("tensorrt") is None:
-            return "TensorRT's Python package (tensorrt) is not installed: it comes with JetPack on a Jetson, " \
-                   "or `pip install tensorrt` on a CUDA machine"
-        if not torch.cuda.is_available():
-            return "TensorRT needs a CUDA GPU"
+        from deeplab_edge.engine import tensorrt_unavailable
+
+        return tensorrt_unavailable()
     return None
 
 

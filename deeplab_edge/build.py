@@ -28,23 +28,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .engine import (Shapes, build_command, build_engine, build_script, file_entry, manifest_path, new_manifest,
-                     parse_shapes, this_machine, trtexec_command)
+                     parse_shapes, tensorrt_unavailable, this_machine, trtexec_command)
 from .errors import DeepLabEdgeError
 
-__all__ = ["build", "engine_unavailable_reason"]
-
-
-def engine_unavailable_reason() -> str | None:
-    """Why no engine can be built on this machine (None when TensorRT and a CUDA GPU are here)."""
-    import importlib.util
-
-    import torch
-
-    if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT's Python package (tensorrt) is not installed on this machine"
-    if not torch.cuda.is_available():
-        return "this machine has no CUDA GPU"
-    return None
+__all__ = ["build"]
 
 
 def build(*, output: Path, weights: Path | None = None, onnx: Path | None = None, data: Path | None = None,
@@ -54,17 +41,6 @@ def build(*, output: Path, weights: Path | None = None, onnx: Path | None = None
           gpu_fallback: bool = False, workspace_mb: int | None = None, timing_cache: Path | None = None,
           log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Run the chain; returns the manifest (with ``files``: what was written)."""
-    import onnx as onnx_lib
-
-    from .export import read_metadata as _read
-
-    def read_metadata(path):
-        try:
-            return _read(path)
-        except Exception as e:  # protobuf's DecodeError, onnx's errors: not an ONNX file
-            raise DeepLabEdgeError(f"{path}: not an ONNX model ({str(e).splitlines()[0][:120]}); pass a file from "
-                                   "`deeplab-edge export` or `deeplab-edge calibrate`") from None
-
     output = Path(output)
     if output.suffix in ("", ".onnx", ".json"):
         raise DeepLabEdgeError(f"-o {output}: give the engine's file name, e.g. -o out/model.engine")
@@ -98,7 +74,7 @@ def build(*, output: Path, weights: Path | None = None, onnx: Path | None = None
                           calib_data=calib_data, calib_cache=calib_cache, qdq=qdq, calib_method=calib_method,
                           calib_num=calib_num, keep_float_top=keep_float_top, int8_route=int8_route,
                           shapes=shapes, dla_core=dla_core, gpu_fallback=gpu_fallback, workspace_mb=workspace_mb,
-                          timing_cache=timing_cache, log=log, onnx_lib=onnx_lib, read_metadata=read_metadata)
+                          timing_cache=timing_cache, log=log)
         manifest = files.pop("_manifest")
         moved = {}
         for key, p in files.items():
@@ -111,9 +87,22 @@ def build(*, output: Path, weights: Path | None = None, onnx: Path | None = None
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def read_metadata(path: Path) -> dict[str, Any]:
+    """deeplab-edge's metadata of an ONNX file; a file that is not ONNX is a one-line error."""
+    from .export import read_metadata as read
+
+    try:
+        return read(path)
+    except Exception as e:  # protobuf's DecodeError, onnx's errors: not an ONNX file
+        raise DeepLabEdgeError(f"{path}: not an ONNX model ({str(e).splitlines()[0][:120]}); pass a file from "
+                               "`deeplab-edge export` or `deeplab-edge calibrate`") from None
+
+
 def _build_in(stage: Path, name: str, output: Path, *, weights, onnx, data, int8, fp16, calib_data, calib_cache, qdq,
               calib_method, calib_num, keep_float_top, int8_route, shapes, dla_core, gpu_fallback, workspace_mb,
-              timing_cache, log, onnx_lib, read_metadata) -> dict[str, Any]:
+              timing_cache, log) -> dict[str, Any]:
+    import onnx as onnx_lib  # `onnx` is the --onnx path here
+
     files: dict[str, Any] = {}
     fp32 = stage / f"{name}_fp32.onnx"
     checkpoint = None
@@ -208,7 +197,7 @@ def _build_in(stage: Path, name: str, output: Path, *, weights, onnx, data, int8
                            engine=output.name, **cmd_kw)
 
     here = this_machine()
-    reason = engine_unavailable_reason()
+    reason = tensorrt_unavailable()
     built = None
     if reason is None:
         log(f"building the TensorRT {here['tensorrt']} engine on {here['gpu']['name']}")

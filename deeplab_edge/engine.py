@@ -21,7 +21,6 @@ tested here); those two call TensorRT's Python API and need it and a CUDA GPU:
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import shlex
 import warnings
@@ -32,28 +31,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import file_sha256
 from .data.io import atomic_path
 from .data.preprocess import Preprocess
 from .errors import DeepLabEdgeError, EngineError
 
 __all__ = ["MANIFEST_FORMAT", "Shapes", "parse_shapes", "manifest_path", "read_manifest", "this_machine",
            "check_compatibility", "trtexec_command", "build_command", "build_script", "trt_major",
-           "build_engine", "EngineRunner", "MIN_TRT"]
+           "build_engine", "EngineRunner", "MIN_TRT", "tensorrt_unavailable"]
 
 MANIFEST_FORMAT = "deeplab-edge-engine/1"
 MIN_TRT = (8, 5)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def file_entry(path: Path | None) -> dict[str, Any] | None:
-    return None if path is None else {"file": Path(path).name, "sha256": _sha256(Path(path)),
+    return None if path is None else {"file": Path(path).name, "sha256": file_sha256(path),
                                       "bytes": Path(path).stat().st_size}
 
 
@@ -294,17 +286,27 @@ def build_script(manifest: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------- TensorRT (thin)
 
+def tensorrt_unavailable() -> str | None:
+    """Why TensorRT cannot build or run engines on this machine (None when it can)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return ("TensorRT's Python package (tensorrt) is not installed on this machine: it comes with JetPack on a "
+                "Jetson, or `pip install tensorrt` on a CUDA machine")
+    if not torch.cuda.is_available():
+        return "TensorRT needs a CUDA GPU (and a CUDA build of PyTorch for the buffers); this machine has none"
+    return None
+
+
 def _trt():
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise EngineError("TensorRT's Python package is not installed (JetPack provides it on a Jetson; "
-                          "`pip install tensorrt` on a CUDA machine)") from e
+    reason = tensorrt_unavailable()
+    if reason:
+        raise EngineError(reason)
+    import tensorrt as trt
+
     v = _version_triple(trt.__version__) or (0,)
     if v[:2] < MIN_TRT:
         raise EngineError(f"TensorRT {trt.__version__} is too old: deeplab-edge needs 8.5 or newer (tensor-name API)")
-    if not torch.cuda.is_available():
-        raise EngineError("TensorRT needs a CUDA GPU and a CUDA build of PyTorch for the buffers")
     return trt
 
 
@@ -407,7 +409,7 @@ class EngineRunner:
         if not path.is_file():
             raise EngineError(f"{path}: engine not found; build one with `deeplab-edge build`")
         self.manifest = read_manifest(manifest_path(path))
-        if (self.manifest.get("engine") or {}).get("sha256") not in (None, _sha256(path)):
+        if (self.manifest.get("engine") or {}).get("sha256") not in (None, file_sha256(path)):
             raise EngineError(f"{path}: the engine does not match its manifest (sha256); rebuild both with "
                               "`deeplab-edge build`")
         problems = check_compatibility(self.manifest, this_machine())
