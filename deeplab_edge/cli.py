@@ -1080,7 +1080,7 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
     import torch
 
     from .bench.env import environment
-    from .bench.harness import CRF_CHOICES, default_tag, run_bench, select_backends
+    from .bench.harness import CRF_CHOICES, default_tag, device_label, run_bench, select_backends
     from .bench.power import power_sampler
     from .bench.report import FORMAT, write_results
     from .data.datasets import open_dataset
@@ -1128,7 +1128,7 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
     if as_json:
         _print_json({**result, **result_files})
         return
-    _bench_table(result, title=f"{len(ds)} images of {data} on {_device_words(env)}")
+    _bench_table(result, title=f"{len(ds)} images of {data} on {device_label(env)}")
     for s in result["skipped"]:
         console.print(f"[yellow]skipped {s['backend']}:[/] {s['reason']}", highlight=False, soft_wrap=True)
     for s in result["skipped_crf"]:
@@ -1138,12 +1138,6 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
         console.print(f"[yellow]note:[/] {cal['note']}", highlight=False, soft_wrap=True)
     for k, v in files.items():
         out.print(f"[green]wrote[/] {v}")
-
-
-def _device_words(env: dict[str, Any]) -> str:
-    from .bench.harness import device_label
-
-    return device_label(env)
 
 
 def _bench_table(result: dict[str, Any], title: str) -> None:
