@@ -268,13 +268,27 @@ class PermutohedralLattice:
             vals = torch.tensor([1.0, 0.5, 0.5], device=dev).expand(m, 3)
             crow = torch.cat([counts.new_zeros(1), found_t.sum(1).cumsum(0)])
             self.blur.append(_csr(crow, cols_t[found_t], vals[found_t], (m, m)))
+        self._buffers: dict[tuple[int, torch.device], list[torch.Tensor]] = {}
 
-    def filter(self, values: torch.Tensor) -> torch.Tensor:
-        """Gaussian-filter [N, L] values: out_i ≈ sum_j exp(-|f_i - f_j|^2 / 2) values_j (up to scale)."""
-        x = self.splat @ values
+    def filter(self, values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Gaussian-filter [N, L] values: out_i ≈ sum_j exp(-|f_i - f_j|^2 / 2) values_j (up to scale).
+
+        The products write into two [M, L] buffers kept between calls, and into ``out`` when
+        given: ``A @ x`` would allocate, zero and copy a fresh result each time, which took
+        six times as long as the product itself on a 2-core CPU (page faults on large blocks)."""
+        values = values.float().contiguous()
+        key = (values.shape[1], values.device)
+        if key not in self._buffers:
+            self._buffers[key] = [torch.empty(self.num_vertices, values.shape[1], device=values.device)
+                                  for _ in range(2)]
+        x, y = self._buffers[key]
+        torch.addmm(x, self.splat, values, beta=0.0, out=x)
         for blur in self.blur:
-            x = blur @ x
-        return self.slice @ x
+            torch.addmm(y, blur, x, beta=0.0, out=y)
+            x, y = y, x
+        if out is None:
+            out = torch.empty(self.num_points, values.shape[1], device=values.device)
+        return torch.addmm(out, self.slice, x, beta=0.0, out=out)
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -289,14 +303,24 @@ def _gaussian_1d(sigma: float, device: torch.device) -> torch.Tensor:
     return torch.exp(-x * x / (2 * sigma * sigma))
 
 
-def _spatial_filter(q: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Exact (4-sigma truncated) Gaussian over positions, zero outside the image: [L, H, W]."""
-    k = _gaussian_1d(sigma, q.device)
-    r = k.numel() // 2
-    x = q[:, None]
-    x = F.conv2d(F.pad(x, (0, 0, r, r)), k.view(1, 1, -1, 1))
-    x = F.conv2d(F.pad(x, (r, r, 0, 0)), k.view(1, 1, 1, -1))
-    return x[:, 0]
+class _SpatialFilter:
+    """Exact (4-sigma truncated) Gaussian over positions, zero outside the image, applied to
+    point-major values [H * W, L] (the lattice's layout): the values are viewed as a
+    channels-last [1, L, H, W] image and filtered by two depthwise convolutions. On this
+    2-core CPU that is 13 ms for 21 labels at 513 x 513, against 180 ms for the same
+    separable filter on [L, 1, H, W] planes plus the two transposes per iteration."""
+
+    def __init__(self, sigma: float, h: int, w: int, labels: int, device: torch.device) -> None:
+        k = _gaussian_1d(sigma, device)
+        self.h, self.w, self.labels, self.r = h, w, labels, k.numel() // 2
+        self.kh = k.view(1, 1, -1, 1).expand(labels, 1, -1, 1).contiguous()
+        self.kw = k.view(1, 1, 1, -1).expand(labels, 1, 1, -1).contiguous()
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        x = values.reshape(1, self.h, self.w, self.labels).permute(0, 3, 1, 2)  # channels-last view, no copy
+        x = F.conv2d(x, self.kh, groups=self.labels, padding=(self.r, 0))
+        x = F.conv2d(x, self.kw, groups=self.labels, padding=(0, self.r))
+        return x.permute(0, 2, 3, 1).reshape(-1, self.labels)
 
 
 def _permutohedral_crf(image: torch.Tensor, unary: torch.Tensor, p: CRFParams) -> torch.Tensor:
@@ -308,12 +332,13 @@ def _permutohedral_crf(image: torch.Tensor, unary: torch.Tensor, p: CRFParams) -
     lattice = PermutohedralLattice(feats)
     ones = torch.ones(h * w, 1, device=dev)
     bil_norm = lattice.filter(ones).clamp_min(1e-20).rsqrt()  # [N, 1]
-    sp_norm = _spatial_filter(ones.view(1, h, w), p.theta_gamma).clamp_min(1e-20).rsqrt()  # [1, H, W]
+    sp_norm = _SpatialFilter(p.theta_gamma, h, w, 1, dev)(ones).clamp_min(1e-20).rsqrt()  # [N, 1]
+    spatial = _SpatialFilter(p.theta_gamma, h, w, labels, dev)
     u = unary.reshape(labels, -1).t().contiguous()  # [N, L]
     q = torch.softmax(-u, 1)
     for _ in range(p.iterations):
         bil = lattice.filter(q * bil_norm) * bil_norm
-        sp = (_spatial_filter((q.t().reshape(labels, h, w)) * sp_norm, p.theta_gamma) * sp_norm).reshape(labels, -1).t()
+        sp = spatial(q * sp_norm) * sp_norm
         q = torch.softmax(-u + p.w1 * bil + p.w2 * sp, 1)
     return q.t().reshape(labels, h, w).contiguous()
 
