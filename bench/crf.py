@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-__all__ = ["run_crf_bench", "CRF_METHODS"]
+from deeplab_edge.crf import METHODS as CRF_METHODS
 
-CRF_METHODS = ("pydensecrf", "torch", "window", "triton")
+__all__ = ["run_crf_bench", "CRF_METHODS"]
 
 
 def _timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[torch.Tensor, float]:
@@ -32,10 +32,15 @@ def _timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[torch.
 
 
 def run_crf_bench(segmenter, dataset, methods: Iterable[str], params, *, device: torch.device,
-                  size: int = 513, speed_images: int = 2,
+                  size: int = 513, speed_images: int = 2, estimate_lattice: bool = False,
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """mIoU without / with each CRF method on ``dataset``, and seconds per image."""
-    from deeplab_edge.crf import dense_crf, with_overrides
+    """mIoU without / with each CRF method on ``dataset``, and seconds per image.
+
+    ``estimate_lattice``: also give the Triton lattice's roofline estimate for each speed
+    image, from its real lattice size (for machines where that kernel cannot be timed)."""
+    from deeplab_edge.crf import PermutohedralLattice, dense_crf, lattice_features, with_overrides
+
+    from .kernels import lattice_estimate
     from deeplab_edge.data.preprocess import Preprocess
     from deeplab_edge.metrics import ConfusionMatrix
 
@@ -48,6 +53,7 @@ def run_crf_bench(segmenter, dataset, methods: Iterable[str], params, *, device:
     seconds = {m: [] for m in methods}
     speed: dict[str, dict[str, list[float]]] = {m: {"pruned": [], "all_labels": []} for m in methods}
     all_labels = with_overrides(params, label_threshold=0.0)
+    estimates = []
     for i, (sid, image, label) in enumerate(dataset):
         (logits, geom), = segmenter.logits_batch([image])
         full = Preprocess.restore_logits(logits.float(), geom).cpu()
@@ -55,6 +61,11 @@ def run_crf_bench(segmenter, dataset, methods: Iterable[str], params, *, device:
         if i < speed_images:  # the reference setting: size x size, every label
             img_s = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
             lg_s = F.interpolate(full[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+            if estimate_lattice:
+                m = PermutohedralLattice(lattice_features(torch.from_numpy(img_s.copy()), params)).num_vertices
+                est = lattice_estimate(size, size, n_cls, params, vertices=m)
+                estimates.append({"image": sid, "vertices": m, "vertices_per_pixel": m / (size * size),
+                                  **{k: v["roofline_ms"] for k, v in est["estimates"].items()}})
         for m in methods:
             if progress:
                 progress(f"{sid}: {m}")
@@ -85,5 +96,12 @@ def run_crf_bench(segmenter, dataset, methods: Iterable[str], params, *, device:
     for r in rows[1:]:
         r["fraction_of_pydensecrf_gain"] = r["gain_points"] / ref_gain if ref_gain else None
         r["speedup_vs_pydensecrf"] = ref_time / r["s_per_image_native"] if ref_time else None
-    return {"images": len(dataset), "speed_images": min(speed_images, len(dataset)), "size": size,
-            "params": params.as_dict(), "rows": rows}
+    res = {"images": len(dataset), "speed_images": min(speed_images, len(dataset)), "size": size,
+           "params": params.as_dict(), "rows": rows}
+    if estimates:
+        res["triton_lattice_estimate"] = {
+            "label": f"roofline lower bound at {size}x{size}, all {n_cls} labels, from each image's real lattice size "
+                     "and datasheet peaks: an estimate, not a measurement",
+            "images": estimates,
+            "mean_ms": {k: float(np.mean([e[k] for e in estimates])) for k in ("sm_90", "sm_87")}}
+    return res

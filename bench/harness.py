@@ -34,13 +34,14 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from deeplab_edge.crf import METHODS as CRF_METHODS, TRITON_METHODS
 from deeplab_edge.errors import DeepLabEdgeError
 
 from .stats import latency_summary, pareto_front, percentile, time_calls
 
 __all__ = ["Backend", "BACKENDS", "CRF_CHOICES", "select_backends", "run_bench", "peak_rss_reset", "peak_rss_mb"]
 
-CRF_CHOICES = ("none", "pydensecrf", "torch", "window", "triton")
+CRF_CHOICES = ("none", *CRF_METHODS)
 
 
 @dataclass(frozen=True)
@@ -322,8 +323,8 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
     for m in crf_methods:
         if m == "none":
             continue
-        if m == "triton" and dev.type != "cuda":
-            skipped_crf.append({"crf": m, "reason": "the Triton CRF kernel needs a CUDA GPU (without one it runs only "
+        if m in TRITON_METHODS and dev.type != "cuda":
+            skipped_crf.append({"crf": m, "reason": "the Triton CRF kernels need a CUDA GPU (without one they run only "
                                                     "in Triton's interpreter, far too slow to time)"})
             continue
         try:

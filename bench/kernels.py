@@ -20,8 +20,8 @@ from torch import nn
 
 from .stats import percentile, time_calls
 
-__all__ = ["SHAPES", "PROVIDERS", "DEVICES", "HeadShape", "analyse", "build_head", "eager_traffic", "fused_traffic",
-           "run"]
+__all__ = ["SHAPES", "PROVIDERS", "DEVICES", "HeadShape", "analyse", "build_head", "crf_estimate", "eager_traffic",
+           "fused_traffic", "lattice_estimate", "run"]
 
 PROVIDERS = ("torch", "compile", "triton")
 
@@ -178,7 +178,7 @@ def fused_traffic(shape: HeadShape, batch: int, dtype: str) -> dict[str, Any]:
 
 
 def crf_estimate(height: int = 513, width: int = 513, labels: int = 21, params: Any = None) -> dict[str, Any]:
-    """FLOPs and compulsory bytes of the Triton CRF (norm pass + ``iterations`` steps) and its
+    """FLOPs and compulsory bytes of the Triton window CRF (``--crf triton-window``: norm pass + ``iterations`` steps) and its
     roofline time per image on each device (CUDA-core fp32; exp counted as one op)."""
     from deeplab_edge.crf import CRFParams
     from deeplab_edge.kernels.crf import window_taps
@@ -201,6 +201,41 @@ def crf_estimate(height: int = 513, width: int = 513, labels: int = 21, params: 
                            "label": "estimate (roofline lower bound), not a measurement"}
     return {"height": height, "width": width, "labels": labels, "iterations": p.iterations, "bilateral_taps": n_b,
             "spatial_taps": n_s, "gflops": flops / 1e9, "mb": nbytes / 1e6, "estimates": est}
+
+
+def lattice_estimate(height: int = 513, width: int = 513, labels: int = 21, params: Any = None,
+                     vertices: int | None = None) -> dict[str, Any]:
+    """FLOPs, compulsory DRAM bytes and launches of the Triton lattice CRF (``--crf triton``)
+    for ``iterations`` mean-field steps, and the roofline time per image on each device.
+
+    The lattice's size M (``vertices``) depends on the image's colours: pass the real count
+    (``PermutohedralLattice(...).num_vertices``); without it M = H x W is assumed and said.
+    Per iteration: the fused step reads U, Q, the simplex corners and weights, writes Q' and
+    splats (D1 atomic adds per pixel and label, counted once as the splat buffer's bytes; their
+    contention is not modelled); each of the D1 blur passes reads and writes the [M, L] values
+    and two neighbour indices. Not counted: building the lattice (once per image, PyTorch)."""
+    from deeplab_edge.crf import CRFParams, spatial_radius
+
+    p = params or CRFParams()
+    px = height * width
+    m = px if vertices is None else int(vertices)
+    d1, lab = 6, labels
+    taps = (2 * spatial_radius(p.theta_gamma) + 1) ** 2
+    step_flops = px * (2 * d1 * lab + taps * (3 + 2 * lab) + 5 * lab + 2 * d1 * lab)
+    step_bytes = px * (3 * 4 * lab + 8 * d1 + 8) + 3 * 4 * m * lab  # + V read, S written, S zeroed
+    blur_flops, blur_bytes = d1 * 3 * m * lab, d1 * (2 * 4 * m * lab + 8 * m)
+    it = p.iterations
+    flops = it * (step_flops + blur_flops) + px * 5 * lab  # + the first softmax and splat
+    nbytes = it * (step_bytes + blur_bytes) + px * (8 * lab + 8 * d1)
+    launches = 1 + it * (1 + d1) + max(it - 1, 0)  # first softmax/splat; per iteration step + blurs; zeroing
+    est = {}
+    for cc, dev in DEVICES.items():
+        est[f"sm_{cc}"] = {"device": dev.name, "roofline_ms": 1e3 * max(flops / (dev.simt_fp32_tflops * 1e12),
+                                                                          nbytes / (dev.gbs * 1e9)),
+                           "label": "estimate (roofline lower bound), not a measurement"}
+    return {"height": height, "width": width, "labels": labels, "iterations": it, "vertices": m,
+            "vertices_assumed": vertices is None, "spatial_taps": taps, "gflops": flops / 1e9, "mb": nbytes / 1e6,
+            "launches": launches, "estimates": est}
 
 
 def roofline_ms(flops: int, nbytes: int, device: Device, dtype: str) -> float:

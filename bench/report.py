@@ -71,7 +71,7 @@ def plot(result: dict[str, Any], path: Path, title: str | None = None) -> None:
     merged = len({r.get("device") for r in result["rows"]}) > 1
     colour_key = (lambda r: f"{r['device']}: {r['backend']}") if merged else (lambda r: r["backend"])
     colours = {k: plt.cm.tab10(i % 10) for i, k in enumerate(dict.fromkeys(colour_key(r) for r in rows))}
-    markers = dict(zip(["none", "pydensecrf", "torch", "window", "triton"], "os^Dv"))
+    markers = dict(zip(["none", "pydensecrf", "torch", "triton", "window", "triton-window"], "os^vDP"))
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
     for r in rows:
         ax.scatter(r["latency_ms"], 100 * r["miou"], color=colours[colour_key(r)], marker=markers.get(r["crf"], "x"),

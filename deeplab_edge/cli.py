@@ -181,11 +181,13 @@ def _model_options(f):
     f = click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
                      show_default=True, help="Model dtype (PyTorch backend).")(f)
     f = click.option("--input-size", type=int, help="Override the checkpoint's input side (resize long side + pad).")(f)
-    f = click.option("--crf", "crf_method", type=click.Choice(["none", "pydensecrf", "torch", "window", "triton"]),
+    f = click.option("--crf", "crf_method",
+                     type=click.Choice(["none", "pydensecrf", "torch", "triton", "window", "triton-window"]),
                      default="none", show_default=True,
-                     help="Dense CRF after the network: pydensecrf (reference, CPU), torch (permutohedral "
-                          "lattice in PyTorch), window (truncated-window approximation in PyTorch), triton "
-                          "(the window approximation, one Triton launch per iteration; GPU).")(f)
+                     help="Dense CRF after the network: pydensecrf (reference, CPU), torch (the same "
+                          "permutohedral lattice in PyTorch), triton (that lattice in Triton kernels; GPU), "
+                          "window (a cheaper truncated-window approximation in PyTorch, less accurate), "
+                          "triton-window (the window approximation, one Triton launch per iteration; GPU).")(f)
     f = click.option("--crf-preset", type=click.Choice(["deeplab-v2", "deeplab-v1"]), default="deeplab-v2",
                      show_default=True, help="CRF parameters: DeepLab-v2's VOC values (w1 4, theta_alpha 67, "
                                              "theta_beta 3, w2 3, theta_gamma 1) or DeepLab-v1's.")(f)
@@ -200,15 +202,16 @@ def _crf_stage(method: str, preset: str, iterations: int | None, device: str):
     """The --crf options as a Segmenter post-processing stage (None for --crf none)."""
     if method == "none":
         if iterations is not None:
-            raise DeepLabEdgeError("--crf-iterations needs a CRF: add --crf torch (or pydensecrf, window, triton)")
+            raise DeepLabEdgeError("--crf-iterations needs a CRF: add --crf torch (or pydensecrf, triton, window, "
+                                   "triton-window)")
         return None
-    from .crf import PRESETS, CRFStage, with_overrides
+    from .crf import DEVICE_METHODS, PRESETS, CRFStage, with_overrides
     from .inference import resolve_device
 
     if iterations is not None and iterations < 0:
         raise DeepLabEdgeError(f"--crf-iterations must be >= 0, got {iterations}")
     params = with_overrides(PRESETS[preset], iterations=iterations)
-    dev = resolve_device(device) if method in ("torch", "window", "triton") else "cpu"
+    dev = resolve_device(device) if method in DEVICE_METHODS else "cpu"
     return CRFStage(method, params, dev)
 
 
@@ -873,7 +876,7 @@ def kernels_bench(shapes, batches, dtypes, providers, warmup, iters, no_compile_
     with console.status("counting FLOPs, launches and bytes"):
         analytic = kb.analyse(names, bs, dts, compiled)
     result: dict[str, Any] = {"environment": environment(), "analytic": analytic, "crf_analytic": kb.crf_estimate(),
-                              "timings": None}
+                              "crf_lattice_analytic": kb.lattice_estimate(), "timings": None}
     if torch.cuda.is_available():
         with _progress() as prog:
             task = prog.add_task("timing", total=len(names) * len(bs) * len(dts) * len(provs))
@@ -894,10 +897,15 @@ def kernels_bench(shapes, batches, dtypes, providers, warmup, iters, no_compile_
                   f"{1e3 * e90['roofline_ms_fused']:.0f}", f"{1e3 * e87['roofline_ms_fused']:.0f}", e90["bound"],
                   "/".join(f"{100 * e['best_occupancy']:.0f}%" if "best_occupancy" in e else "-" for e in (e90, e87)))
     out.print(t)
-    ce = result["crf_analytic"]
-    out.print(f"CRF mean-field in Triton ({ce['height']}x{ce['width']}, {ce['labels']} labels, {ce['iterations']} "
-              f"iterations, {ce['bilateral_taps']}+{ce['spatial_taps']} taps): {ce['gflops']:.1f} GFLOP, "
-              f"{ce['mb']:.0f} MB, {ce['iterations'] + 1} launches -> est. "
+    ce, cl = result["crf_analytic"], result["crf_lattice_analytic"]
+    out.print(f"CRF lattice in Triton (--crf triton; {cl['height']}x{cl['width']}, {cl['labels']} labels, "
+              f"{cl['iterations']} iterations, assuming {cl['vertices']} lattice vertices = one per pixel: the real "
+              f"count depends on the image, see `crf bench`): {cl['gflops']:.1f} GFLOP, {cl['mb']:.0f} MB, "
+              f"{cl['launches']} launches -> est. {cl['estimates']['sm_90']['roofline_ms']:.2f} ms on H100, "
+              f"{cl['estimates']['sm_87']['roofline_ms']:.1f} ms on Orin per image")
+    out.print(f"CRF window in Triton (--crf triton-window; {ce['height']}x{ce['width']}, {ce['labels']} labels, "
+              f"{ce['iterations']} iterations, {ce['bilateral_taps']}+{ce['spatial_taps']} taps): {ce['gflops']:.1f} "
+              f"GFLOP, {ce['mb']:.0f} MB, {ce['iterations'] + 1} launches -> est. "
               f"{ce['estimates']['sm_90']['roofline_ms']:.2f} ms on H100, {ce['estimates']['sm_87']['roofline_ms']:.1f} ms "
               "on Orin per image")
     out.print("[dim]est. = roofline lower bound of the fused path from datasheet peaks (dense tensor-core FLOP/s, "
@@ -930,7 +938,7 @@ def crf_group() -> None:
 @crf_group.command("bench")
 @click.option("--weights", type=click.Path(path_type=Path), required=True, help="deeplab-edge checkpoint (.pt).")
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Labelled dataset folder (VOC, ...).")
-@click.option("--methods", default="pydensecrf,torch,window,triton", show_default=True,
+@click.option("--methods", default="pydensecrf,torch,triton,window,triton-window", show_default=True,
               help="CRF implementations, run side by side; those that cannot run here are listed as skipped.")
 @click.option("--preset", type=click.Choice(["deeplab-v2", "deeplab-v1"]), default="deeplab-v2", show_default=True)
 @click.option("--iterations", type=int, help="Mean-field iterations (default: the preset's, 10).")
@@ -943,18 +951,18 @@ def crf_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def crf_bench(weights, data, methods, preset, iterations, num_images, speed_images, size, device, output,
               as_json) -> None:
-    """Time per image and mIoU gain of pydensecrf, the PyTorch lattice, the window
-    approximation and its Triton kernel, on the same network outputs in one run."""
+    """Time per image and mIoU gain of pydensecrf, the lattice in PyTorch and in Triton, and
+    the window approximation in PyTorch and in Triton, on the same network outputs in one run."""
     from .bench.crf import CRF_METHODS, run_crf_bench
     from .bench.env import environment
-    from .crf import PRESETS, with_overrides
+    from .crf import PRESETS, TRITON_METHODS, with_overrides
     from .data.datasets import open_dataset
     from .inference import resolve_device
 
     wanted = _choices(methods, list(CRF_METHODS), "CRF method")
     dev = resolve_device(device)
     skipped = {}
-    if "triton" in wanted:
+    for m in (m for m in wanted if m in TRITON_METHODS):
         from .errors import KernelUnavailableError
         from .kernels.aspp import check_runnable
 
@@ -963,7 +971,7 @@ def crf_bench(weights, data, methods, preset, iterations, num_images, speed_imag
         try:
             check_runnable(torch.empty(0, device=dev))
         except KernelUnavailableError as e:
-            skipped["triton"] = str(e)
+            skipped[m] = str(e)
     if "pydensecrf" in wanted:
         try:
             import pydensecrf.densecrf  # noqa: F401
@@ -982,6 +990,7 @@ def crf_bench(weights, data, methods, preset, iterations, num_images, speed_imag
     with _progress() as prog:
         task = prog.add_task("crf", total=len(ds) * len(run_methods))
         res = run_crf_bench(segmenter, ds, run_methods, params, device=dev, size=size, speed_images=speed_images,
+                            estimate_lattice="triton" in skipped,
                             progress=lambda d: prog.update(task, advance=1, description=d))
     res.update({"environment": environment(), "model": info, "data": str(data),
                 "skipped": [{"method": m, "reason": r} for m, r in skipped.items()]})
@@ -1002,6 +1011,11 @@ def crf_bench(weights, data, methods, preset, iterations, num_images, speed_imag
     out.print(t)
     for m, reason in skipped.items():
         console.print(f"[yellow]skipped {m}:[/] {reason}", highlight=False)
+    est = res.get("triton_lattice_estimate")
+    if est:
+        out.print(f"triton (lattice) estimate, not a measurement: {est['mean_ms']['sm_90']:.2f} ms per image on H100, "
+                  f"{est['mean_ms']['sm_87']:.1f} ms on Orin (roofline lower bound at {size}x{size}, from the "
+                  f"{len(est['images'])} timed images' real lattice sizes)")
 
 
 # ----------------------------------------------------------------------------- bench
@@ -1032,7 +1046,8 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
                    "triton-fp16", "ort-fp32", "ort-int8", "qdq-int8", "trt-fp32", "trt-fp16", "trt-int8"]) +
                    ". Those that cannot run are listed as skipped, with the reason.")
 @click.option("--crf", "crf_methods", default="none,torch", show_default=True,
-              help="CRF options crossed with every backend: none, pydensecrf, torch, window, triton.")
+              help="CRF options crossed with every backend: none, pydensecrf, torch, triton, window, "
+                   "triton-window.")
 @click.option("--crf-preset", type=click.Choice(["deeplab-v2", "deeplab-v1"]), default="deeplab-v2",
               show_default=True, help="CRF parameters.")
 @click.option("--batch", "batches", default="1", show_default=True,

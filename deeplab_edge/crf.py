@@ -18,14 +18,19 @@ Implementations, one API (:func:`dense_crf`):
 * ``torch`` — the same algorithm vectorised in PyTorch (:class:`PermutohedralLattice`,
   Adams et al., Eurographics 2010: splat to the d+1 vertices of each point's enclosing
   simplex, blur along the d+1 lattice axes with [1/2, 1, 1/2], slice back) for the
-  bilateral kernel; the spatial kernel is an exact separable Gaussian convolution.
-* ``window`` / ``triton`` — a truncated-window approximation (after ConvCRF, Teichmann &
+  bilateral kernel; the spatial kernel is an exact (4-sigma) separable Gaussian convolution.
+* ``triton`` — that lattice mean-field in Triton on a GPU (``deeplab_edge.kernels.lattice``):
+  per iteration one fused launch (slice, spatial message with weights computed on the fly,
+  Potts, unary, softmax, splat of the new marginals) and one small launch per lattice axis
+  for the blur. Same math as ``torch``, tested equal to it.
+* ``window`` / ``triton-window`` — a truncated-window approximation (after ConvCRF, Teichmann &
   Cipolla 2018) computed at full resolution: the bilateral kernel summed over a dense
   5 x 5 neighbourhood plus samples every 16 pixels out to +-96 (each weighted by the 256
   pixels it stands for), the spatial kernel over a dense 5 x 5 window, weights computed on
-  the fly. ``window`` is the PyTorch
-  reference of the Triton mean-field step (``deeplab_edge.kernels.crf``), which fuses both
-  message passes, the Potts transform, the unary and the softmax in one launch.
+  the fly. ``window`` is the PyTorch reference of the Triton mean-field step
+  (``deeplab_edge.kernels.crf``), which fuses both message passes, the Potts transform, the
+  unary and the softmax in a single launch per iteration. Cheaper per iteration than the
+  lattice, but it keeps only part of pydensecrf's mIoU gain (measured in ``crf bench``).
 """
 
 from __future__ import annotations
@@ -41,9 +46,14 @@ import torch.nn.functional as F
 
 from .errors import DataError, DeepLabEdgeError
 
-__all__ = ["CRFParams", "CRFStage", "PRESETS", "METHODS", "dense_crf", "PermutohedralLattice", "unary_from"]
+__all__ = ["CRFParams", "CRFStage", "PRESETS", "METHODS", "DEVICE_METHODS", "TRITON_METHODS", "dense_crf",
+           "PermutohedralLattice", "lattice_features", "lattice_setup", "lattice_step_reference", "unary_from"]
 
-METHODS = ("pydensecrf", "torch", "window", "triton")
+METHODS = ("pydensecrf", "torch", "triton", "window", "triton-window")
+#: The methods that run on the CRF's device (pydensecrf always runs on the CPU).
+DEVICE_METHODS = ("torch", "triton", "window", "triton-window")
+#: The methods that need a CUDA GPU (or Triton's interpreter).
+TRITON_METHODS = ("triton", "triton-window")
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,7 @@ class CRFParams:
     """Parameters named as in the DeepLab paper (Chen et al., TPAMI 2018, Sec. 3.3).
 
     Defaults: DeepLab-v2's released VOC configuration. ``near_radius``, ``window_radius``,
-    ``dilation`` and ``spatial_radius`` only apply to the ``window`` / ``triton`` approximation."""
+    ``dilation`` and ``spatial_radius`` only apply to the ``window`` / ``triton-window`` approximation."""
 
     w1: float = 4.0  # bilateral (appearance) kernel weight
     theta_alpha: float = 67.0  # bilateral kernel: position scale (pixels)
@@ -63,7 +73,7 @@ class CRFParams:
     window_radius: int = 6  # bilateral: then samples every `dilation` px out to window_radius * dilation
     dilation: int = 16
     spatial_radius: int = 2
-    # torch / window / triton: labels whose probability stays below this at every pixel
+    # every method but pydensecrf: labels whose probability stays below this at every pixel
     # keep their input probability and are left out of the mean-field (0 keeps all).
     label_threshold: float = 1e-3
 
@@ -136,10 +146,14 @@ def dense_crf(image: np.ndarray, scores: np.ndarray | torch.Tensor, params: CRFP
     active = unary[keep]
     if method == "torch":
         q = _permutohedral_crf(img, active, params)
+    elif method == "triton":
+        from .kernels.lattice import crf_lattice
+
+        q = crf_lattice(img, active, params)
     else:
         from .kernels.crf import crf_window
 
-        q = crf_window(img, active, params, use_triton=method == "triton")
+        q = crf_window(img, active, params, use_triton=method == "triton-window")
     if bool(keep.all()):
         return q
     out = prob.clone()
@@ -241,7 +255,8 @@ class PermutohedralLattice:
         inverse[order] = torch.cumsum(is_new, 0) - 1
         self.num_points, self.num_vertices = n, m
         offset = inverse.reshape(n, d1)
-        alpha = 1.0 / (1.0 + 2.0 ** (-d))  # slicing weight of the blurred lattice (Adams et al.)
+        self.offset = offset  # [N, d1]: the lattice vertex of each corner of each point's simplex
+        self.alpha = alpha = 1.0 / (1.0 + 2.0 ** (-d))  # slicing weight of the blurred lattice (Adams et al.)
         # The three linear maps as CSR matrices (rows built in order, no coalescing):
         # slice [N, M] (row = point: its d+1 simplex vertices), splat = its transpose [M, N].
         self.slice = _csr(torch.arange(0, n * d1 + 1, d1, device=dev), offset.reshape(-1),
@@ -252,6 +267,7 @@ class PermutohedralLattice:
         # Blur along each of the d+1 lattice axes: v_i + (v_{i + e} + v_{i - e}) / 2,
         # e = (1, ..., 1, -d, 1, ..., 1) in key space; missing neighbours count as 0.
         self.blur = []
+        neighbours = []  # per axis: [2, M] index of the +e / -e neighbour, M where it is missing
         rows = torch.arange(m, device=dev)
         for axis in range(d1):
             delta = torch.ones(d, dtype=torch.long, device=dev)
@@ -265,9 +281,11 @@ class PermutohedralLattice:
                 cols.append(pos)
                 found.append(uniq[pos] == target)
             cols_t, found_t = torch.stack(cols, 1), torch.stack(found, 1)  # [M, 3]
+            neighbours.append(torch.where(found_t[:, 1:], cols_t[:, 1:], m).t())
             vals = torch.tensor([1.0, 0.5, 0.5], device=dev).expand(m, 3)
             crow = torch.cat([counts.new_zeros(1), found_t.sum(1).cumsum(0)])
             self.blur.append(_csr(crow, cols_t[found_t], vals[found_t], (m, m)))
+        self.neighbours = torch.stack(neighbours)  # [d1, 2, M]
         self._buffers: dict[tuple[int, torch.device], list[torch.Tensor]] = {}
 
     def filter(self, values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -297,8 +315,13 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, size: tuple[i
         return torch.sparse_csr_tensor(crow, col, val.float().contiguous(), size=size, check_invariants=False)
 
 
+def spatial_radius(sigma: float) -> int:
+    """Truncation radius of the spatial Gaussian (4 sigma: weights below exp(-8) are left out)."""
+    return max(1, int(math.ceil(4 * sigma)))
+
+
 def _gaussian_1d(sigma: float, device: torch.device) -> torch.Tensor:
-    radius = max(1, int(math.ceil(4 * sigma)))
+    radius = spatial_radius(sigma)
     x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
     return torch.exp(-x * x / (2 * sigma * sigma))
 
@@ -323,24 +346,55 @@ class _SpatialFilter:
         return x.permute(0, 2, 3, 1).reshape(-1, self.labels)
 
 
+def lattice_features(image: torch.Tensor, p: CRFParams) -> torch.Tensor:
+    """The bilateral kernel's features (x / theta_alpha, y / theta_alpha, RGB / theta_beta),
+    [H * W, 5], of a uint8 [H, W, 3] image."""
+    h, w = image.shape[:2]
+    ys, xs = torch.meshgrid(torch.arange(h, device=image.device, dtype=torch.float32),
+                            torch.arange(w, device=image.device, dtype=torch.float32), indexing="ij")
+    return torch.cat([torch.stack([xs, ys], -1) / p.theta_alpha, image.float() / p.theta_beta], -1).reshape(-1, 5)
+
+
+def lattice_setup(image: torch.Tensor, p: CRFParams) -> tuple[PermutohedralLattice, torch.Tensor, torch.Tensor]:
+    """What the lattice mean-field needs of one image (uint8 [H, W, 3] on the CRF's device):
+    the bilateral kernel's lattice over (x / theta_alpha, y / theta_alpha, RGB / theta_beta),
+    and the symmetric normalisers ``(K 1)^-1/2`` of the bilateral and spatial kernels, [N, 1]."""
+    h, w = image.shape[:2]
+    dev = image.device
+    lattice = PermutohedralLattice(lattice_features(image, p))
+    ones = torch.ones(h * w, 1, device=dev)
+    bil_norm = lattice.filter(ones).clamp_min(1e-20).rsqrt()
+    sp_norm = _SpatialFilter(p.theta_gamma, h, w, 1, dev)(ones).clamp_min(1e-20).rsqrt()
+    return lattice, bil_norm, sp_norm
+
+
+def _lattice_update(lattice: PermutohedralLattice, spatial: _SpatialFilter, u: torch.Tensor, q: torch.Tensor,
+                    bil_norm: torch.Tensor, sp_norm: torch.Tensor, p: CRFParams) -> torch.Tensor:
+    """One mean-field update of point-major marginals ``q`` [N, L] (``u``: the unary, [N, L])."""
+    bil = lattice.filter(q * bil_norm) * bil_norm
+    sp = spatial(q * sp_norm) * sp_norm
+    return torch.softmax(-u + p.w1 * bil + p.w2 * sp, 1)
+
+
 def _permutohedral_crf(image: torch.Tensor, unary: torch.Tensor, p: CRFParams) -> torch.Tensor:
     labels, h, w = unary.shape
-    dev = unary.device
-    ys, xs = torch.meshgrid(torch.arange(h, device=dev, dtype=torch.float32),
-                            torch.arange(w, device=dev, dtype=torch.float32), indexing="ij")
-    feats = torch.cat([torch.stack([xs, ys], -1) / p.theta_alpha, image.float() / p.theta_beta], -1).reshape(-1, 5)
-    lattice = PermutohedralLattice(feats)
-    ones = torch.ones(h * w, 1, device=dev)
-    bil_norm = lattice.filter(ones).clamp_min(1e-20).rsqrt()  # [N, 1]
-    sp_norm = _SpatialFilter(p.theta_gamma, h, w, 1, dev)(ones).clamp_min(1e-20).rsqrt()  # [N, 1]
-    spatial = _SpatialFilter(p.theta_gamma, h, w, labels, dev)
+    lattice, bil_norm, sp_norm = lattice_setup(image, p)
+    spatial = _SpatialFilter(p.theta_gamma, h, w, labels, unary.device)
     u = unary.reshape(labels, -1).t().contiguous()  # [N, L]
     q = torch.softmax(-u, 1)
     for _ in range(p.iterations):
-        bil = lattice.filter(q * bil_norm) * bil_norm
-        sp = spatial(q * sp_norm) * sp_norm
-        q = torch.softmax(-u + p.w1 * bil + p.w2 * sp, 1)
+        q = _lattice_update(lattice, spatial, u, q, bil_norm, sp_norm, p)
     return q.t().reshape(labels, h, w).contiguous()
+
+
+def lattice_step_reference(image: torch.Tensor, unary: torch.Tensor, q: torch.Tensor, p: CRFParams) -> torch.Tensor:
+    """One ``torch`` mean-field update from marginals ``q`` [L, H, W] (``image``: uint8 [H, W, 3];
+    ``unary``: [L, H, W]): the reference of the Triton lattice step."""
+    labels, h, w = q.shape
+    lattice, bil_norm, sp_norm = lattice_setup(image, p)
+    spatial = _SpatialFilter(p.theta_gamma, h, w, labels, q.device)
+    flat = lambda t: t.float().reshape(labels, -1).t().contiguous()  # noqa: E731
+    return _lattice_update(lattice, spatial, flat(unary), flat(q), bil_norm, sp_norm, p).t().reshape(labels, h, w)
 
 
 class CRFStage:
@@ -350,7 +404,7 @@ class CRFStage:
         if method not in METHODS:
             raise ValueError(f"expected method in {METHODS}, got {method!r}")
         self.method, self.params, self.device = method, params, torch.device(device)
-        if method == "triton":
+        if method in TRITON_METHODS:
             from .kernels.aspp import check_runnable
 
             check_runnable(torch.empty(0, device=self.device))

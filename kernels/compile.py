@@ -174,8 +174,37 @@ def _crf_specs(dtypes: Iterable[str]) -> list[KernelSpec]:
     return specs
 
 
+def _lattice_specs(dtypes: Iterable[str]) -> list[KernelSpec]:
+    """The lattice CRF kernels (fp32), compiled for 21 labels (padded to 32) and the 5-D
+    position + colour lattice (6 simplex corners); the step with messages and splat, as
+    every iteration but the last runs it."""
+    from triton.runtime.jit import JITFunction
+
+    from . import lattice
+
+    specs = []
+    for name, fn, configs, extra in [
+            ("crf.lattice_step[21 labels]", lattice._lattice_step_kernel, lattice.step_configs(),
+             {"L_PAD": 32, "D1": 6, "MESSAGES": True, "SPLAT": True}),
+            ("crf.lattice_blur[21 labels]", lattice._lattice_blur_kernel, lattice.blur_configs(), {"L_PAD": 32})]:
+        if not isinstance(fn, JITFunction):
+            fn = JITFunction(fn.fn)
+        sig = {a: "i32" for a in fn.arg_names}
+        sig.update({a: "*i32" if a in ("corner_ptr", "plus_ptr", "minus_ptr") else "*fp32" for a in fn.arg_names
+                    if a.endswith("_ptr")})
+        sig.update({a: "fp32" for a in fn.arg_names if a in ("w1_alpha", "w2")})
+        aligned = tuple(a for a in fn.arg_names if a.endswith("_ptr"))
+        for cfg in configs:
+            c = {**extra, **cfg.kwargs}
+            s = dict(sig)
+            s.update({k: "constexpr" for k in c})
+            specs.append(KernelSpec(name, "fp32", dict(cfg.kwargs), cfg.num_warps, cfg.num_stages, fn, s, c, aligned))
+    return specs
+
+
 #: Kernel name -> function giving its compile specs for some dtypes.
-KERNELS: dict[str, Callable[[Iterable[str]], list[KernelSpec]]] = {"aspp": _tap_conv_specs, "crf": _crf_specs}
+KERNELS: dict[str, Callable[[Iterable[str]], list[KernelSpec]]] = {"aspp": _tap_conv_specs, "crf": _crf_specs,
+                                                                   "lattice": _lattice_specs}
 
 
 def kernel_specs(kernels: Iterable[str] | None = None, dtypes: Iterable[str] = ("fp16", "bf16", "fp32")

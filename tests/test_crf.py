@@ -1,13 +1,14 @@
 """Dense CRF: pydensecrf as the reference on real VOC images, the PyTorch permutohedral and window
-versions, and the Triton mean-field step against its PyTorch reference (TRITON_INTERPRET=1)."""
+versions, and each Triton version (lattice, window) against its PyTorch reference (TRITON_INTERPRET=1)."""
 
 import numpy as np
 import pytest
 import torch
 
-from deeplab_edge.crf import PRESETS, CRFParams, PermutohedralLattice, dense_crf
+from deeplab_edge.crf import PRESETS, CRFParams, PermutohedralLattice, dense_crf, lattice_step_reference
 from deeplab_edge.errors import DataError
 from deeplab_edge.kernels import crf as K
+from deeplab_edge.kernels import lattice as KL
 from deeplab_edge.metrics import ConfusionMatrix
 
 
@@ -79,7 +80,36 @@ def _crop(voc_logits, i=0, h=37, w=53):
 
 
 @pytest.mark.parametrize("labels", [21, 3, 1], ids=["21-labels", "3-labels", "1-label"])
-def test_triton_step_matches_pytorch_step_on_real_crop(voc_logits, labels):
+def test_triton_lattice_step_matches_pytorch_on_real_crop(voc_logits, labels):
+    """One mean-field update of the Triton lattice (splat, 6 blur passes, fused step) against
+    the PyTorch lattice's, from marginals that are not the unary's softmax. Tolerance 1e-5 on
+    probabilities: fp32 sums in another order (atomic splat, 2-D instead of separable window)."""
+    img, lg = _crop(voc_logits, h=31, w=45)
+    p = CRFParams()
+    image = torch.from_numpy(img)
+    unary = -torch.log_softmax(lg[:labels].float(), 0)
+    q = torch.softmax(-unary + 2.0 * torch.randn(unary.shape, generator=torch.Generator().manual_seed(1)), 0)
+    ref = lattice_step_reference(image, unary, q, p)
+    got = KL.lattice_step(image, unary, q, p)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(got.sum(0), torch.ones(1), atol=1e-5)
+    if labels > 1:  # the messages changed the marginals: a step that ignored them could not pass
+        assert (ref - torch.softmax(-unary, 0)).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("preset", ["deeplab-v2", "deeplab-v1"])
+def test_triton_lattice_iterations_match_torch_lattice(voc_logits, preset):
+    """All iterations, label pruning included: the Triton lattice gives the PyTorch lattice's marginals."""
+    img, lg = _crop(voc_logits, i=3, h=33, w=47)  # a crop across an object boundary (2 classes)
+    p = PRESETS[preset]
+    ref = dense_crf(img, lg, p, method="torch")
+    got = dense_crf(img, lg, p, method="triton")
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    assert (ref.argmax(0) != lg.argmax(0)).sum() > 10  # the CRF moved the boundary here (81 pixels measured)
+
+
+@pytest.mark.parametrize("labels", [21, 3, 1], ids=["21-labels", "3-labels", "1-label"])
+def test_triton_window_step_matches_pytorch_step_on_real_crop(voc_logits, labels):
     img, lg = _crop(voc_logits)
     p = CRFParams(window_radius=3, dilation=3)
     image = torch.from_numpy(img).permute(2, 0, 1).float().contiguous()
@@ -95,11 +125,11 @@ def test_triton_step_matches_pytorch_step_on_real_crop(voc_logits, labels):
     assert torch.allclose(got.sum(0), torch.ones(1), atol=1e-5)
 
 
-def test_triton_iterations_match_pytorch_window(voc_logits):
+def test_triton_window_iterations_match_pytorch_window(voc_logits):
     img, lg = _crop(voc_logits, i=1, h=29, w=41)
     p = CRFParams(iterations=3, window_radius=4, dilation=2)
     ref = dense_crf(img, lg, p, method="window")
-    got = dense_crf(img, lg, p, method="triton")
+    got = dense_crf(img, lg, p, method="triton-window")
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
 
 
@@ -114,7 +144,7 @@ def test_probabilities_and_logits_give_the_same_result(voc_logits):
 
 def test_odd_sizes_and_single_label():
     img = (np.random.rand(7, 5, 3) * 255).astype(np.uint8)
-    for method in ("torch", "window", "triton", "pydensecrf"):
+    for method in ("torch", "triton", "window", "triton-window", "pydensecrf"):
         q = dense_crf(img, torch.randn(4, 7, 5), method=method, params=CRFParams(iterations=2))
         assert q.shape == (4, 7, 5) and torch.allclose(q.sum(0), torch.ones(1), atol=1e-4)
         one = dense_crf(img, torch.zeros(1, 7, 5), method=method, params=CRFParams(iterations=2))
@@ -172,3 +202,6 @@ def test_eval_with_crf_and_crf_bench_cli(shared, imported, tmp_path, monkeypatch
     assert ref["gain_points"] == pytest.approx(100 * (ref["miou"] - none["miou"]))
     assert ours["s_per_image_97x97"] > 0 and ours["s_per_image_97x97_all_labels"] > 0
     assert data["environment"]["cpu"] and data["params"]["iterations"] == 3
+    est = data["triton_lattice_estimate"]  # triton could not run: its estimate from the real image's lattice
+    assert "not a measurement" in est["label"] and len(est["images"]) == 1 and est["images"][0]["vertices"] > 0
+    assert 0 < est["mean_ms"]["sm_90"] < est["mean_ms"]["sm_87"]

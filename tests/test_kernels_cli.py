@@ -38,7 +38,7 @@ def test_every_kernel_config_compiles_for_orin_and_h100_without_spills(tmp_path)
     res = CliRunner().invoke(main, ["kernels", "compile", "--arch", "90", "--dtype", "fp16"])
     assert res.exit_code == 2 and "env -u TRITON_INTERPRET" in res.output
     rows = json.loads(out.read_text())["results"]
-    from deeplab_edge.kernels import crf
+    from deeplab_edge.kernels import crf, lattice
     from deeplab_edge.kernels.aspp import autotune_configs
 
     aspp = [r for r in rows if r["kernel"].startswith("aspp.")]
@@ -46,7 +46,10 @@ def test_every_kernel_config_compiles_for_orin_and_h100_without_spills(tmp_path)
     # every config of each (dtype class, width) for each dtype and arch: 2 archs x 3 dtypes x both variants
     per_dtype = len(autotune_configs("fp16", 256)) + len(autotune_configs("fp16", 21))
     assert len(aspp) == 2 * (2 * per_dtype + len(autotune_configs("fp32", 256)) + len(autotune_configs("fp32", 21)))
-    assert len(crf_rows) == 2 * (len(crf.autotune_configs()) + len(crf.norm_configs())) and len(rows) == len(aspp) + len(crf_rows)
+    crf_configs = (len(crf.autotune_configs()) + len(crf.norm_configs()) + len(lattice.step_configs())
+                   + len(lattice.blur_configs()))
+    assert len(crf_rows) == 2 * crf_configs and len(rows) == len(aspp) + len(crf_rows)
+    assert {r["kernel"] for r in crf_rows} >= {"crf.lattice_step[21 labels]", "crf.lattice_blur[21 labels]"}
     assert {r["arch"] for r in rows} == {"sm_87", "sm_90"}
     for r in rows:
         limit = ARCHS[int(r["arch"][3:])].smem_per_block
@@ -75,6 +78,21 @@ def test_kernel_bench_counts_without_a_gpu():
     assert data["timings"] is None and "no CUDA GPU" in data["timing_skipped"]
     est = v2["estimates"]["sm_90"]
     assert est["label"].startswith("estimate") and est["roofline_ms_fused"] > 0
+    lat = data["crf_lattice_analytic"]
+    # first softmax + splat, then per iteration one fused step and 6 blur passes, 9 zeroings of the splat buffer
+    assert lat["launches"] == 1 + 10 * (1 + 6) + 9 and lat["vertices_assumed"] and lat["vertices"] == 513 * 513
+
+
+def test_lattice_estimate_scales_with_the_lattice_size():
+    """Each extra lattice vertex costs, per iteration, 21 fp32 values read (V), written and
+    zeroed (S) by the step, and read + written by each of the 6 blur passes with its two
+    int32 neighbour indices: 10 x (3 x 84 + 6 x (2 x 84 + 8)) bytes."""
+    from deeplab_edge.bench.kernels import lattice_estimate
+
+    small, big = lattice_estimate(vertices=10_000), lattice_estimate(vertices=110_000)
+    assert (big["mb"] - small["mb"]) * 1e6 == pytest.approx(100_000 * 10 * (3 * 84 + 6 * (2 * 84 + 8)))
+    assert not small["vertices_assumed"] and big["estimates"]["sm_87"]["roofline_ms"] > small["estimates"]["sm_87"][
+        "roofline_ms"]
 
 
 def test_kernel_bench_rejects_unknown_names():

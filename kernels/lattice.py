@@ -1,0 +1,225 @@
+"""The permutohedral-lattice dense CRF (the ``torch`` method of :mod:`deeplab_edge.crf`) in
+Triton: the same math, so the same accuracy as pydensecrf, on a GPU.
+
+Per mean-field iteration, for pixel i with simplex corners v_k(i) and barycentric weights b_k(i):
+
+    m_bil(i, l) = n_b(i) * alpha * sum_k b_k(i) V(v_k(i), l)          (slice)
+    m_sp(i, l)  = n_s(i) * sum_{|dy|,|dx| <= r} g(dy) g(dx) n_s(j) Q(j, l),  g(t) = exp(-t^2 / 2 theta_gamma^2)
+    Q'(i, l)    = softmax_l(-U(i, l) + w1 m_bil(i, l) + w2 m_sp(i, l))
+    S(v_k(i), l) += b_k(i) n_b(i) Q'(i, l)                           (splat, for the next iteration)
+
+then ``V = blur_d(... blur_0(S))`` with ``blur_a(x)_m = x_m + (x_{m + e_a} + x_{m - e_a}) / 2``.
+
+* ``_lattice_step_kernel`` — one launch fuses the slice, the spatial message (the exact
+  Gaussian over a (2r + 1)^2 window, r = ``ceil(4 theta_gamma)``, each tap's weight the
+  product of two entries of the same 1-D table the PyTorch filter convolves with), the Potts
+  compatibility, the unary, the softmax and the splat of the new marginals (atomic adds
+  into the lattice).
+* ``_lattice_blur_kernel`` — one launch per lattice axis (d + 1 = 6 for the 5-D
+  position + colour features): each axis reads the whole previous one, so they cannot
+  share a launch without a grid-wide barrier.
+
+The lattice itself (vertices, simplex corners, barycentric weights, blur neighbours) is
+built once per image in PyTorch (:class:`deeplab_edge.crf.PermutohedralLattice`, on the
+same device); so are the normalisers. The splat's atomic adds sum in a nondeterministic
+order on a GPU, so two runs can differ in the last bits.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .aspp import check_runnable, interpreting
+
+__all__ = ["crf_lattice", "lattice_step", "step_configs", "blur_configs", "INTERPRET_STEP", "INTERPRET_BLUR"]
+
+
+def step_configs() -> list[triton.Config]:
+    """Pixels per program of the fused step (labels padded to a power of two in-register)."""
+    return [triton.Config({"BLOCK": b}, num_warps=w, num_stages=2) for b, w in [(64, 2), (64, 4), (128, 4), (256, 8)]]
+
+
+def blur_configs() -> list[triton.Config]:
+    """Lattice vertices per program of a blur pass."""
+    return [triton.Config({"BLOCK": b}, num_warps=w, num_stages=2) for b, w in [(32, 2), (64, 4), (128, 8)]]
+
+
+#: Under ``TRITON_INTERPRET=1``: few, large programs keep the CPU tests fast.
+INTERPRET_STEP = {"BLOCK": 1024}
+INTERPRET_BLUR = {"BLOCK": 1024}
+
+
+@triton.jit
+def _lattice_step_kernel(
+    q_out_ptr,  # [L, N] fp32: the new marginals
+    q_ptr,  # [L, N] fp32: the current marginals (spatial message)
+    unary_ptr,  # [L, N] fp32: -log P
+    vert_ptr,  # [M + 1, L] fp32: blurred lattice values of the current marginals (row M is zero)
+    splat_ptr,  # [M + 1, L] fp32, zeroed: the new marginals are splatted here (atomic adds)
+    corner_ptr,  # [D1, N] int32: lattice vertex of each simplex corner
+    bary_ptr,  # [D1, N] fp32: barycentric weight of each corner
+    norm_b_ptr, norm_s_ptr,  # [N] fp32: symmetric normalisers of the bilateral and spatial kernels
+    gauss_ptr,  # [2 R + 1] fp32: exp(-t^2 / 2 theta_gamma^2), t = -R..R (the spatial weight is a product)
+    H, W, L, R,  # R: spatial window radius
+    w1_alpha, w2,  # w1 * alpha (slicing weight), w2
+    D1: tl.constexpr, L_PAD: tl.constexpr, BLOCK: tl.constexpr, MESSAGES: tl.constexpr, SPLAT: tl.constexpr,
+):
+    hw = H * W
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < hw
+    lab = tl.arange(0, L_PAD)
+    mask_l = lab < L
+    m2 = mask_l[:, None] & mask[None, :]
+    plane = lab[:, None] * hw  # tiles are [labels, pixels], pixels contiguous
+    nb = tl.load(norm_b_ptr + offs, mask=mask, other=0.0)
+    # One accumulator for -U + w1 m_bil + w2 m_sp: the per-pixel factors are folded into the weights.
+    e = -tl.load(unary_ptr + plane + offs[None, :], mask=m2, other=0.0)
+    if MESSAGES:
+        scale_b = w1_alpha * nb
+        for k in range(D1):
+            v = tl.load(corner_ptr + k * hw + offs, mask=mask, other=0)
+            b = scale_b * tl.load(bary_ptr + k * hw + offs, mask=mask, other=0.0)
+            e += b[None, :] * tl.load(vert_ptr + v[None, :] * L + lab[:, None], mask=m2, other=0.0)
+        y = offs // W
+        x = offs % W
+        scale_s = w2 * tl.load(norm_s_ptr + offs, mask=mask, other=0.0)
+        for dy in range(-R, R + 1):
+            yy = y + dy
+            row_in = mask & (yy >= 0) & (yy < H)
+            g_y = tl.load(gauss_ptr + dy + R)
+            for dx in range(-R, R + 1):
+                xx = x + dx
+                inside = row_in & (xx >= 0) & (xx < W)
+                j = yy * W + xx
+                k_sp = (g_y * tl.load(gauss_ptr + dx + R)) * scale_s
+                k_sp = tl.where(inside, k_sp * tl.load(norm_s_ptr + j, mask=inside, other=0.0), 0.0)
+                e += k_sp[None, :] * tl.load(q_ptr + plane + j[None, :], mask=mask_l[:, None] & inside[None, :],
+                                             other=0.0)
+    e = tl.where(mask_l[:, None], e, float("-inf"))
+    e = e - tl.max(e, 0)[None, :]
+    p = tl.exp(e)
+    p = p / tl.sum(p, 0)[None, :]
+    tl.store(q_out_ptr + plane + offs[None, :], p, mask=m2)
+    if SPLAT:
+        pn = p * nb[None, :]
+        for k in range(D1):
+            v = tl.load(corner_ptr + k * hw + offs, mask=mask, other=0)
+            b = tl.load(bary_ptr + k * hw + offs, mask=mask, other=0.0)
+            tl.atomic_add(splat_ptr + v[None, :] * L + lab[:, None], b[None, :] * pn, mask=m2, sem="relaxed")
+
+
+@triton.jit
+def _lattice_blur_kernel(
+    out_ptr, in_ptr,  # [M + 1, L] fp32 (row M is zero in both and never written)
+    plus_ptr, minus_ptr,  # [M] int32: neighbour along +e_a / -e_a, M where missing
+    M, L,
+    L_PAD: tl.constexpr, BLOCK: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = rows < M
+    lab = tl.arange(0, L_PAD)
+    m2 = mask[:, None] & (lab < L)[None, :]
+    up = tl.load(plus_ptr + rows, mask=mask, other=0)
+    down = tl.load(minus_ptr + rows, mask=mask, other=0)
+    c = tl.load(in_ptr + rows[:, None] * L + lab[None, :], mask=m2, other=0.0)
+    a = tl.load(in_ptr + up[:, None] * L + lab[None, :], mask=m2, other=0.0)
+    b = tl.load(in_ptr + down[:, None] * L + lab[None, :], mask=m2, other=0.0)
+    tl.store(out_ptr + rows[:, None] * L + lab[None, :], c + 0.5 * (a + b), mask=m2)
+
+
+_step_autotuned = triton.autotune(configs=step_configs(), key=["H", "W", "L", "R", "MESSAGES", "SPLAT"],
+                                  reset_to_zero=["splat_ptr"])(_lattice_step_kernel)
+_blur_autotuned = triton.autotune(configs=blur_configs(), key=["M", "L"])(_lattice_blur_kernel)
+
+#: The @triton.jit functions of this module, for ``deeplab-edge kernels compile``.
+JIT_KERNELS = {"lattice_step": _lattice_step_kernel, "lattice_blur": _lattice_blur_kernel}
+
+
+# ----------------------------------------------------------------------------- host side
+
+class _Launcher:
+    """The lattice of one image in the layouts the kernels read, and their launches."""
+
+    def __init__(self, lattice, bil_norm: torch.Tensor, sp_norm: torch.Tensor, h: int, w: int, labels: int,
+                 params) -> None:
+        from deeplab_edge.crf import _gaussian_1d
+
+        if labels > 256:
+            raise ValueError(f"expected at most 256 labels, got {labels}")
+        self.h, self.w, self.labels, self.m = h, w, labels, lattice.num_vertices
+        self.d1 = lattice.offset.shape[1]
+        self.corner = lattice.offset.t().to(torch.int32).contiguous()  # [D1, N]
+        self.bary = lattice.bary.t().float().contiguous()  # [D1, N]
+        self.neighbours = lattice.neighbours.to(torch.int32).contiguous()  # [D1, 2, M]
+        self.nb = bil_norm.reshape(-1).float().contiguous()
+        self.ns = sp_norm.reshape(-1).float().contiguous()
+        self.gauss = _gaussian_1d(params.theta_gamma, self.nb.device).contiguous()
+        self.scalars = (h, w, labels, self.gauss.numel() // 2, float(params.w1 * lattice.alpha), float(params.w2))
+        self.l_pad = max(16, triton.next_power_of_2(labels))
+
+    def step(self, q_out, q, unary, vert, splat, messages: bool, do_splat: bool) -> None:
+        args = (q_out, q, unary, vert, splat, self.corner, self.bary, self.nb, self.ns, self.gauss, *self.scalars)
+        const = {"D1": self.d1, "L_PAD": self.l_pad, "MESSAGES": messages, "SPLAT": do_splat}
+        n = self.h * self.w
+        if interpreting():
+            _lattice_step_kernel[(triton.cdiv(n, INTERPRET_STEP["BLOCK"]),)](*args, **const, **INTERPRET_STEP)
+        else:
+            _step_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](*args, **const)
+
+    def blur(self, splat, a, b) -> torch.Tensor:
+        """Blur ``splat`` along every lattice axis, ping-ponging between ``a`` and ``b``; returns the result."""
+        src, dst = splat, a
+        for axis in range(self.d1):
+            args = (dst, src, self.neighbours[axis, 0], self.neighbours[axis, 1], self.m, self.labels)
+            if interpreting():
+                _lattice_blur_kernel[(triton.cdiv(self.m, INTERPRET_BLUR["BLOCK"]),)](*args, L_PAD=self.l_pad,
+                                                                                      **INTERPRET_BLUR)
+            else:
+                _blur_autotuned[lambda meta: (triton.cdiv(self.m, meta["BLOCK"]),)](*args, L_PAD=self.l_pad)
+            src, dst = dst, (b if dst is a else a)
+        return src
+
+
+def lattice_step(image: torch.Tensor, unary: torch.Tensor, q: torch.Tensor, params) -> torch.Tensor:
+    """One mean-field update from marginals ``q`` [L, H, W] (splat, blur, then the fused
+    step); ``image``: uint8 [H, W, 3] on the same device. For testing against PyTorch."""
+    from deeplab_edge.crf import lattice_setup
+
+    check_runnable(q)
+    labels, h, w = q.shape
+    lattice, bil_norm, sp_norm = lattice_setup(image, params)
+    run = _Launcher(lattice, bil_norm, sp_norm, h, w, labels, params)
+    q, unary = q.float().reshape(labels, -1).contiguous(), unary.float().reshape(labels, -1).contiguous()
+    bufs = [torch.zeros(run.m + 1, labels, device=q.device) for _ in range(3)]
+    # the splat of q alone: a step without messages on -log q reproduces q and splats it
+    seed = torch.empty_like(q)
+    run.step(seed, q, -torch.log(q.clamp_min(1e-30)), bufs[0], bufs[0], messages=False, do_splat=True)
+    vert = run.blur(bufs[0], bufs[1], bufs[2])
+    out = torch.empty_like(q)
+    run.step(out, q, unary, vert, bufs[0], messages=True, do_splat=False)
+    return out.reshape(labels, h, w)
+
+
+def crf_lattice(image: torch.Tensor, unary: torch.Tensor, params) -> torch.Tensor:
+    """All iterations of the lattice mean-field. ``image``: uint8 [H, W, 3]; ``unary``:
+    [L, H, W] -log P, on one CUDA device (or CPU tensors under ``TRITON_INTERPRET=1``)."""
+    from deeplab_edge.crf import lattice_setup
+
+    check_runnable(unary)
+    labels, h, w = unary.shape
+    lattice, bil_norm, sp_norm = lattice_setup(image, params)
+    run = _Launcher(lattice, bil_norm, sp_norm, h, w, labels, params)
+    u = unary.float().reshape(labels, -1).contiguous()
+    q, spare = torch.empty_like(u), torch.empty_like(u)
+    splat, a, b = (torch.zeros(run.m + 1, labels, device=u.device) for _ in range(3))
+    iters = params.iterations
+    run.step(q, q, u, splat, splat, messages=False, do_splat=iters > 0)  # Q0 = softmax(-U), splatted
+    for t in range(iters):
+        vert = run.blur(splat, a, b)
+        if t + 1 < iters:
+            splat.zero_()
+        run.step(spare, q, u, vert, splat, messages=True, do_splat=t + 1 < iters)
+        q, spare = spare, q
+    return q.reshape(labels, h, w)
