@@ -12,7 +12,7 @@ For each backend that can run here (the rest are listed with the reason they can
    calls, each call synchronised (CUDA events for PyTorch on a GPU, a wall clock around a
    synchronised call elsewhere); p50/p90/p99 and throughput; peak memory (CUDA allocator on a
    GPU, the process's peak resident set, reset per backend, elsewhere); on a Jetson, the mean
-   power over the pass from tegrastats and the energy per image.
+   power over the pass (jetson-stats, else tegrastats) and the energy per image.
 
 A cell's latency (the Pareto axis) is the model's p50 at batch 1 plus the CRF's median per
 image; harness overhead is reported beside it, never inside it. The TensorRT QDQ model

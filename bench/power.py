@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["parse_tegrastats", "total_power_mw", "TegrastatsSampler", "jetson_info", "power_sampler"]
+__all__ = ["parse_tegrastats", "total_power_mw", "TegrastatsSampler", "JtopSampler", "jtop_power_mw", "jetson_info",
+           "power_sampler"]
 
 INPUT_RAILS = ("VDD_IN", "POM_5V_IN")
 _RAIL = re.compile(r"\b([A-Z][A-Z0-9_]*) (\d+)(mW)?/(\d+)(mW)?(?!\w)")
-_FREQ = re.compile(r"\b(EMC_FREQ|GR3D_FREQ|GR3D2_FREQ|VIC_FREQ|NVDLA\d_FREQ) (\d+)%@\[?(\d+)")
+_FREQ = re.compile(r"\b(EMC_FREQ|GR3D_FREQ|GR3D2_FREQ|VIC_FREQ|NVDLA\d_FREQ) (\d+)%(?:@\[?(\d+))?")
 _RAM = re.compile(r"\bRAM (\d+)/(\d+)MB")
 _CPU = re.compile(r"\bCPU \[([^\]]*)\]")
 _TEMP = re.compile(r"\b([A-Za-z][\w]*)@(-?\d+(?:\.\d+)?)C\b")
@@ -55,8 +56,8 @@ def parse_tegrastats(line: str) -> dict[str, Any]:
             cm = re.fullmatch(r"(\d+)%(?:@(\d+))?", core)
             out["cpu"].append(None if cm is None else {"load_pct": int(cm.group(1)),
                                                         "mhz": int(cm.group(2)) if cm.group(2) else None})
-    for name, load, mhz in _FREQ.findall(line):
-        out["engines"][name] = {"load_pct": int(load), "mhz": int(mhz)}
+    for name, load, mhz in _FREQ.findall(line):  # the clock is missing on some releases ("GR3D_FREQ 0%")
+        out["engines"][name] = {"load_pct": int(load), "mhz": int(mhz) if mhz else None}
     for name, temp in _TEMP.findall(line):
         if name not in out["engines"]:
             out["temps_c"][name] = float(temp)
@@ -82,6 +83,8 @@ class _Run:
 
 class TegrastatsSampler:
     """Samples tegrastats while a benchmark runs: ``h = s.start(); ...; watts = s.stop(h)``."""
+
+    source = "tegrastats"
 
     def __init__(self, interval_ms: int = 100, executable: str | None = None) -> None:
         self.interval_ms = interval_ms
@@ -133,10 +136,80 @@ def summarize(lines: list[str]) -> dict[str, Any]:
         for k, v in s["rails_mw"].items():
             rails.setdefault(k, []).append(v)
         for k, v in s["engines"].items():
-            engines.setdefault(k, []).append(v["mhz"])
+            if v["mhz"] is not None:
+                engines.setdefault(k, []).append(v["mhz"])
     return {"samples": len(samples), "power_w": sum(totals) / len(totals) / 1e3 if totals else None,
             "total_from": how, "rails_w": {k: sum(v) / len(v) / 1e3 for k, v in rails.items()},
             "clocks_mhz": {k: sum(v) / len(v) for k, v in engines.items()}}
+
+
+def jtop_power_mw(power: Any) -> tuple[float | None, dict[str, float], str]:
+    """Board power (mW), per-rail power (mW) and where the total came from, from one reading
+    of jetson-stats' ``jtop.power``. Two layouts (jetson-stats source, ``jtop/core/power.py``
+    and ``jtop/jtop.py``): 4.x ``{"rail": {name: {"power": mW, "avg": ...}}, "tot": {"power":
+    mW, "name": input rail}}`` — ``tot`` is the input rail (VDD_IN / POM_5V_IN, taken out of
+    ``rail``) or the sum of the rails, as :func:`total_power_mw` decides; 3.x ``(total, rails)``
+    with ``{"cur": mW, "avg": mW}`` entries."""
+    if isinstance(power, dict) and "tot" in power:
+        rails = {k: float(v["power"]) for k, v in (power.get("rail") or {}).items() if "power" in v}
+        tot = power["tot"] or {}
+        how = tot.get("name") or ("sum of " + "+".join(rails) if rails else "jetson-stats total")
+        return (float(tot["power"]) if "power" in tot else None), rails, how
+    if isinstance(power, (tuple, list)) and len(power) == 2:
+        total, rails = power
+        rails_mw = {k: float(v["cur"]) for k, v in (rails or {}).items() if "cur" in v}
+        return (float(total["cur"]) if total and "cur" in total else None), rails_mw, "jetson-stats total"
+    return None, {}, "jetson-stats gave no power reading"
+
+
+def summarize_jtop(readings: list[Any]) -> dict[str, Any]:
+    """:func:`summarize`'s result from jetson-stats ``power`` readings."""
+    totals, rails, how = [], {}, None
+    for r in readings:
+        mw, per_rail, how = jtop_power_mw(r)
+        if mw is not None:
+            totals.append(mw)
+        for k, v in per_rail.items():
+            rails.setdefault(k, []).append(v)
+    return {"samples": len(readings), "power_w": sum(totals) / len(totals) / 1e3 if totals else None,
+            "total_from": how, "rails_w": {k: sum(v) / len(v) / 1e3 for k, v in rails.items()}, "clocks_mhz": {},
+            "source": "jetson-stats"}
+
+
+class JtopSampler:
+    """Samples jetson-stats (``jtop``, which reads the INA3221 power monitors through its
+    service) while a benchmark runs; the same interface as :class:`TegrastatsSampler`. The
+    service sets the update rate (its ``interval``, 0.5 s by default), so short passes get
+    few samples."""
+
+    source = "jetson-stats"
+
+    def __init__(self, interval_ms: int = 100) -> None:
+        self.interval_ms = interval_ms
+        self.last: dict[str, Any] | None = None
+
+    @property
+    def available(self) -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec("jtop") is not None
+
+    def start(self) -> tuple[Any, list[Any]]:
+        import copy
+
+        from jtop import jtop
+
+        readings: list[Any] = []
+        handle = jtop(interval=self.interval_ms / 1e3)
+        handle.attach(lambda j: readings.append(copy.deepcopy(j.power)))
+        handle.start()
+        return handle, readings
+
+    def stop(self, run: tuple[Any, list[Any]]) -> float | None:
+        handle, readings = run
+        handle.close()
+        self.last = summarize_jtop(readings)
+        return self.last["power_w"]
 
 
 def _read(path: str) -> str | None:
@@ -178,7 +251,15 @@ def jetson_info() -> dict[str, Any] | None:
     return info
 
 
-def power_sampler(interval_ms: int = 100) -> TegrastatsSampler | None:
-    """A sampler where tegrastats exists (Jetson), else None (power is then not reported)."""
+def power_sampler(interval_ms: int = 100) -> TegrastatsSampler | JtopSampler | None:
+    """jetson-stats where it is installed and its service answers, else tegrastats where it
+    exists (a Jetson), else None (power is then not reported)."""
+    j = JtopSampler(interval_ms)
+    if j.available:
+        try:
+            j.stop(j.start())  # the service must be running and reachable by this user
+            return j
+        except Exception:  # noqa: BLE001 - jtop raises JtopException, OSError, ...: fall back to tegrastats
+            pass
     s = TegrastatsSampler(interval_ms)
     return s if s.available else None

@@ -631,7 +631,7 @@ def build_cmd(weights, onnx_path, data, int8, fp16, calib_data, calib_cache, qdq
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def doctor_cmd(as_json: bool) -> None:
     """What this machine has (PyTorch, CUDA, cuDNN, Triton, TensorRT, ONNX Runtime providers,
-    GPU, Jetson model, L4T, power mode) and which bench backends will work here."""
+    GPU, Jetson model, L4T, power mode, power telemetry) and which bench backends will work here."""
     import torch
 
     from .bench.env import environment
@@ -649,6 +649,11 @@ def doctor_cmd(as_json: bool) -> None:
         info["onnxruntime_providers"] = ort.get_available_providers()
     except ImportError:
         info["onnxruntime_providers"] = None
+    import importlib.util
+    import shutil
+
+    info["power_telemetry"] = ("jetson-stats" if importlib.util.find_spec("jtop") else
+                               "tegrastats" if shutil.which("tegrastats") else None)
     run, skipped = select_backends("all", resolve_device("auto"))
     info["backends"] = {b.name: {"ok": True} for b in run}
     info["backends"].update({s["backend"]: {"ok": False, "reason": s["reason"]} for s in skipped})
@@ -669,7 +674,9 @@ def doctor_cmd(as_json: bool) -> None:
             ("triton", v.get("triton") or "not installed"), ("tensorrt", v.get("tensorrt") or "not installed"),
             ("onnxruntime", f"{v.get('onnxruntime')} ({', '.join(info['onnxruntime_providers'] or [])})"
                             if v.get("onnxruntime") else "not installed"),
-            ("jetson", f"{j['model']}, L4T {j['l4t']}, power mode {j.get('power_mode')}" if j else "no")]
+            ("jetson", f"{j['model']}, L4T {j['l4t']}, power mode {j.get('power_mode')}" if j else "no"),
+            ("power telemetry", info["power_telemetry"] or "none (neither jetson-stats nor tegrastats: bench reports "
+                                                           "no power)")]
     for k, val in rows:
         t.add_row(k, str(val))
     out.print(t)
@@ -1079,7 +1086,7 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
     \b
     Each cell: mIoU (per-class IoU in the JSON) on the dataset; model latency p50/p90/p99
     and throughput per batch size (warm-up first, every call synchronised); CRF time; peak
-    memory; model file size; on a Jetson, power and energy per image (tegrastats).
+    memory; model file size; on a Jetson, power and energy per image (jetson-stats, else tegrastats).
     Data loading, preprocessing and post-processing are timed apart (harness overhead).
     The table is sorted by latency (model p50 at batch 1 + CRF median) with the
     Pareto-optimal cells marked; JSON, CSV and a PNG plot go to -o DIR.
@@ -1136,7 +1143,7 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
               "settings": {"backends": backends, "crf": crfs, "crf_preset": crf_preset, "batches": bs, "iters": iters,
                            "warmup": warmup, "threads": threads or torch.get_num_threads(),
                            "calib_method": calib_method},
-              "power": ("tegrastats" if sampler else None), **res}
+              "power": (sampler.source if sampler else None), **res}
     result["skipped"] = skipped + result["skipped"]
     files = write_results(result, Path(output), tag or default_tag(env), png=not no_plot) if output else {}
     result_files = {"files": files} if files else {}

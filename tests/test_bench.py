@@ -93,6 +93,12 @@ AGX_ORIN = ("RAM 220/38955MB (lfb 847x4MB) SWAP 0/1978MB (cached 0MB) CPU [1%@10
             "VDD_GPU_SOC 3150mW/2971mW VDD_CPU_CV 1200mW/1100mW VIN_SYS_5V0 4968mW/5048mW")
 ORIN_NANO = ("RAM 3172/7620MB (lfb 2x4MB) SWAP 0/3810MB (cached 0MB) CPU [1%@729,2%@729,0%@729,0%@729] "
              "GR3D_FREQ 26%@[305] VDD_IN 4900mW/5000mW VDD_CPU_GPU_CV 924mW/939mW VDD_SOC 1500mW/1600mW")
+# A real line captured on a Jetson TX2 (L4T 32, 2019), as posted in github.com/FindHao/tx-utils/issues/3:
+# not from NVIDIA's documentation (which gives field examples, no complete line), but real output.
+TX2_CAPTURED = ("RAM 2020/7852MB (lfb 1164x4MB) CPU [9%@345,21%@345,25%@345,3%@345,1%@345,1%@345] EMC_FREQ 0% "
+                "GR3D_FREQ 0% PLL@42.5C MCPU@42.5C PMIC@100C Tboard@40C GPU@41C BCPU@42.5C thermal@41.9C "
+                "Tdiode@41.25C VDD_SYS_GPU 153/158 VDD_SYS_SOC 536/547 VDD_4V0_WIFI 633/527 VDD_IN 3140/3208 "
+                "VDD_SYS_CPU 536/590 VDD_SYS_DDR 557/601")
 NANO_L4T32 = ("RAM 1716/3956MB (lfb 169x4MB) SWAP 0/1978MB (cached 0MB) IRAM 0/252kB(lfb 252kB) "
               "CPU [1%@102,5%@102,0%@102,0%@102] EMC_FREQ 3%@1600 GR3D_FREQ 0%@921 APE 25 "
               "POM_5V_IN 2526/2526 POM_5V_GPU 0/0 POM_5V_CPU 334/334")
@@ -111,8 +117,40 @@ def test_tegrastats_rails_and_totals():
     old = power.parse_tegrastats(NANO_L4T32)
     assert old["rails_mw"] == {"POM_5V_IN": 2526, "POM_5V_GPU": 0, "POM_5V_CPU": 334}  # RAM/SWAP/IRAM are not rails
     assert power.total_power_mw(old["rails_mw"]) == (2526.0, "POM_5V_IN")
+    tx2 = power.parse_tegrastats(TX2_CAPTURED)
+    assert power.total_power_mw(tx2["rails_mw"]) == (3140.0, "VDD_IN") and len(tx2["rails_mw"]) == 6
+    assert tx2["engines"]["GR3D_FREQ"] == {"load_pct": 0, "mhz": None} and len(tx2["cpu"]) == 6
+    assert tx2["temps_c"]["Tdiode"] == pytest.approx(41.25) and tx2["ram_total_mb"] == 7852
     s = power.summarize([NANO_L4T32, NANO_L4T32.replace("POM_5V_IN 2526/2526", "POM_5V_IN 3526/2700"), ""])
     assert s["samples"] == 2 and s["power_w"] == pytest.approx((2526 + 3526) / 2 / 1e3)
+
+
+def test_jetson_stats_power_readings_both_layouts():
+    """jetson-stats 4.x builds ``{"rail": ..., "tot": ...}`` with the input rail moved into
+    ``tot`` (Orin NX: VDD_IN) or ``tot`` = the rails' sum (AGX Orin: no input rail); 3.x gives
+    ``(total, rails)`` with cur/avg (layouts from jetson-stats' jtop/core/power.py, jtop/jtop.py)."""
+    nx = {"rail": {"VDD_CPU_GPU_CV": {"volt": 4984, "curr": 185, "power": 924, "avg": 939},
+                   "VDD_SOC": {"volt": 4984, "curr": 300, "power": 1500, "avg": 1600}},
+          "tot": {"volt": 4984, "curr": 983, "power": 4900, "avg": 5000, "name": "VDD_IN"}}
+    assert power.jtop_power_mw(nx) == (4900.0, {"VDD_CPU_GPU_CV": 924.0, "VDD_SOC": 1500.0}, "VDD_IN")
+    agx = {"rail": {"VDD_GPU_SOC": {"power": 3150, "avg": 2971}, "VDD_CPU_CV": {"power": 1200, "avg": 1100}},
+           "tot": {"power": 4350, "avg": 4071}}
+    mw, rails, how = power.jtop_power_mw(agx)
+    assert mw == 4350.0 and how == "sum of VDD_GPU_SOC+VDD_CPU_CV"
+    old = ({"cur": 2526, "avg": 2526}, {"POM_5V_GPU": {"cur": 0, "avg": 0}, "POM_5V_CPU": {"cur": 334, "avg": 334}})
+    assert power.jtop_power_mw(old) == (2526.0, {"POM_5V_GPU": 0.0, "POM_5V_CPU": 334.0}, "jetson-stats total")
+    s = power.summarize_jtop([nx, {**nx, "tot": {**nx["tot"], "power": 5900}}, None])
+    assert s["samples"] == 3 and s["power_w"] == pytest.approx((4900 + 5900) / 2 / 1e3)  # the empty reading adds none
+    assert s["rails_w"]["VDD_SOC"] == pytest.approx(1.5) and s["source"] == "jetson-stats"
+
+
+def test_no_power_sampler_off_a_jetson():
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("jtop") or shutil.which("tegrastats"):
+        pytest.skip("this machine has jetson-stats or tegrastats")
+    assert power.power_sampler() is None
 
 
 def test_l4t_release_and_power_mode():

@@ -210,3 +210,31 @@ def test_engine_builds_and_matches_onnx_runtime(shared, imported, tmp_path):
         ev[flag] = json.loads(r.stdout)["miou"]
     assert abs(ev["--engine"] - ev["--onnx"]) < 0.005  # FP16 engine within half a point of FP32
     assert np.isfinite(ev["--engine"])
+
+
+def test_doctor_reports_this_machine(monkeypatch):
+    """doctor --json against what this process can see for itself: torch's version and CUDA,
+    the ONNX Runtime providers, TensorRT backends refused with the reason, and no power
+    telemetry off a Jetson."""
+    import importlib.util
+    import json
+    import shutil
+
+    import onnxruntime as ort
+    import torch
+    from click.testing import CliRunner
+
+    from deeplab_edge.cli import main
+
+    res = CliRunner().invoke(main, ["doctor", "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    assert d["torch"]["version"] == torch.__version__ and d["torch"]["cuda_available"] == torch.cuda.is_available()
+    assert d["onnxruntime_providers"] == ort.get_available_providers()
+    assert d["backends"]["torch-fp32"]["ok"] and d["backends"]["ort-fp32"]["ok"]
+    if importlib.util.find_spec("tensorrt") is None:
+        assert not d["backends"]["trt-int8"]["ok"] and "TensorRT" in d["backends"]["trt-int8"]["reason"]
+    if not (importlib.util.find_spec("jtop") or shutil.which("tegrastats")):
+        assert d["power_telemetry"] is None
+    table = CliRunner().invoke(main, ["doctor"])
+    assert table.exit_code == 0 and "power telemetry" in table.output and "trt-int8" in table.output
