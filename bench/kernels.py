@@ -214,13 +214,13 @@ def lattice_estimate(height: int = 513, width: int = 513, labels: int = 21, para
     splats (D1 atomic adds per pixel and label, counted once as the splat buffer's bytes; their
     contention is not modelled); each of the D1 blur passes reads and writes the [M, L] values
     and two neighbour indices. Not counted: building the lattice (once per image, PyTorch)."""
-    from deeplab_edge.crf import CRFParams, spatial_radius
+    from deeplab_edge.crf import CRFParams, gaussian_radius
 
     p = params or CRFParams()
     px = height * width
     m = px if vertices is None else int(vertices)
     d1, lab = 6, labels
-    taps = (2 * spatial_radius(p.theta_gamma) + 1) ** 2
+    taps = (2 * gaussian_radius(p.theta_gamma) + 1) ** 2
     step_flops = px * (2 * d1 * lab + taps * (3 + 2 * lab) + 5 * lab + 2 * d1 * lab)
     step_bytes = px * (3 * 4 * lab + 8 * d1 + 8) + 3 * 4 * m * lab  # + V read, S written, S zeroed
     blur_flops, blur_bytes = d1 * 3 * m * lab, d1 * (2 * 4 * m * lab + 8 * m)

@@ -288,12 +288,12 @@ class PermutohedralLattice:
         self.neighbours = torch.stack(neighbours)  # [d1, 2, M]
         self._buffers: dict[tuple[int, torch.device], list[torch.Tensor]] = {}
 
-    def filter(self, values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def filter(self, values: torch.Tensor) -> torch.Tensor:
         """Gaussian-filter [N, L] values: out_i ≈ sum_j exp(-|f_i - f_j|^2 / 2) values_j (up to scale).
 
-        The products write into two [M, L] buffers kept between calls, and into ``out`` when
-        given: ``A @ x`` would allocate, zero and copy a fresh result each time, which took
-        six times as long as the product itself on a 2-core CPU (page faults on large blocks)."""
+        The lattice-side products write into two [M, L] buffers kept between calls:
+        ``A @ x`` allocates, zeroes and copies a fresh result each time, and on a 2-core CPU
+        that zeroing and copying took five times as long as the product itself."""
         values = values.float().contiguous()
         key = (values.shape[1], values.device)
         if key not in self._buffers:
@@ -304,8 +304,7 @@ class PermutohedralLattice:
         for blur in self.blur:
             torch.addmm(y, blur, x, beta=0.0, out=y)
             x, y = y, x
-        if out is None:
-            out = torch.empty(self.num_points, values.shape[1], device=values.device)
+        out = torch.empty(self.num_points, values.shape[1], device=values.device)
         return torch.addmm(out, self.slice, x, beta=0.0, out=out)
 
 
@@ -315,13 +314,13 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, size: tuple[i
         return torch.sparse_csr_tensor(crow, col, val.float().contiguous(), size=size, check_invariants=False)
 
 
-def spatial_radius(sigma: float) -> int:
+def gaussian_radius(sigma: float) -> int:
     """Truncation radius of the spatial Gaussian (4 sigma: weights below exp(-8) are left out)."""
     return max(1, int(math.ceil(4 * sigma)))
 
 
 def _gaussian_1d(sigma: float, device: torch.device) -> torch.Tensor:
-    radius = spatial_radius(sigma)
+    radius = gaussian_radius(sigma)
     x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
     return torch.exp(-x * x / (2 * sigma * sigma))
 
@@ -330,8 +329,8 @@ class _SpatialFilter:
     """Exact (4-sigma truncated) Gaussian over positions, zero outside the image, applied to
     point-major values [H * W, L] (the lattice's layout): the values are viewed as a
     channels-last [1, L, H, W] image and filtered by two depthwise convolutions. On this
-    2-core CPU that is 13 ms for 21 labels at 513 x 513, against 180 ms for the same
-    separable filter on [L, 1, H, W] planes plus the two transposes per iteration."""
+    2-core CPU that is 8 ms for 21 labels at 513 x 513, against 233 ms for the same
+    separable filter on [L, 1, H, W] planes plus the two transposes per iteration (median of 10)."""
 
     def __init__(self, sigma: float, h: int, w: int, labels: int, device: torch.device) -> None:
         k = _gaussian_1d(sigma, device)

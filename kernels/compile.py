@@ -148,23 +148,19 @@ def _tap_conv_specs(dtypes: Iterable[str]) -> list[KernelSpec]:
     return specs
 
 
-def _crf_specs(dtypes: Iterable[str]) -> list[KernelSpec]:
-    """The CRF kernels are fp32 whatever the network's dtype; the step is compiled for 21
-    labels (VOC, padded to 32)."""
+def _fp32_specs(entries, int_pointer: Callable[[str], bool], float_args: tuple[str, ...]) -> list[KernelSpec]:
+    """Compile specs of fp32 kernels, one per autotune config. ``entries``: (name, @triton.jit
+    function, configs, extra constexprs); pointers are ``*fp32`` unless ``int_pointer(name)``,
+    ``float_args`` are fp32 scalars, every other argument i32; all pointers 16-byte aligned."""
     from triton.runtime.jit import JITFunction
 
-    from . import crf
-
     specs = []
-    for name, fn, configs, extra in [("crf.step[21 labels]", crf._crf_step_kernel, crf.autotune_configs(),
-                                      {"L_PAD": 32}),
-                                     ("crf.norm", crf._crf_norm_kernel, crf.norm_configs(), {})]:
-        if not isinstance(fn, JITFunction):
+    for name, fn, configs, extra in entries:
+        if not isinstance(fn, JITFunction):  # decorated under TRITON_INTERPRET=1
             fn = JITFunction(fn.fn)
         sig = {a: "i32" for a in fn.arg_names}
-        sig.update({a: "*i32" if a.startswith(("bil_d", "sp_d")) else "*fp32" for a in fn.arg_names
-                    if a.endswith("_ptr")})
-        sig.update({a: "fp32" for a in fn.arg_names if a in ("w1", "w2", "inv2_alpha", "inv2_beta", "inv2_gamma")})
+        sig.update({a: "*i32" if int_pointer(a) else "*fp32" for a in fn.arg_names if a.endswith("_ptr")})
+        sig.update({a: "fp32" for a in fn.arg_names if a in float_args})
         aligned = tuple(a for a in fn.arg_names if a.endswith("_ptr"))
         for cfg in configs:
             c = {**extra, **cfg.kwargs}
@@ -172,34 +168,29 @@ def _crf_specs(dtypes: Iterable[str]) -> list[KernelSpec]:
             s.update({k: "constexpr" for k in c})
             specs.append(KernelSpec(name, "fp32", dict(cfg.kwargs), cfg.num_warps, cfg.num_stages, fn, s, c, aligned))
     return specs
+
+
+def _crf_specs(dtypes: Iterable[str]) -> list[KernelSpec]:
+    """The window CRF kernels are fp32 whatever the network's dtype; the step is compiled for
+    21 labels (VOC, padded to 32)."""
+    from . import crf
+
+    return _fp32_specs([("crf.step[21 labels]", crf._crf_step_kernel, crf.autotune_configs(), {"L_PAD": 32}),
+                        ("crf.norm", crf._crf_norm_kernel, crf.norm_configs(), {})],
+                       lambda a: a.startswith(("bil_d", "sp_d")), ("w1", "w2", "inv2_alpha", "inv2_beta", "inv2_gamma"))
 
 
 def _lattice_specs(dtypes: Iterable[str]) -> list[KernelSpec]:
     """The lattice CRF kernels (fp32), compiled for 21 labels (padded to 32) and the 5-D
     position + colour lattice (6 simplex corners); the step with messages and splat, as
     every iteration but the last runs it."""
-    from triton.runtime.jit import JITFunction
-
     from . import lattice
 
-    specs = []
-    for name, fn, configs, extra in [
-            ("crf.lattice_step[21 labels]", lattice._lattice_step_kernel, lattice.step_configs(),
-             {"L_PAD": 32, "D1": 6, "MESSAGES": True, "SPLAT": True}),
-            ("crf.lattice_blur[21 labels]", lattice._lattice_blur_kernel, lattice.blur_configs(), {"L_PAD": 32})]:
-        if not isinstance(fn, JITFunction):
-            fn = JITFunction(fn.fn)
-        sig = {a: "i32" for a in fn.arg_names}
-        sig.update({a: "*i32" if a in ("corner_ptr", "plus_ptr", "minus_ptr") else "*fp32" for a in fn.arg_names
-                    if a.endswith("_ptr")})
-        sig.update({a: "fp32" for a in fn.arg_names if a in ("w1_alpha", "w2")})
-        aligned = tuple(a for a in fn.arg_names if a.endswith("_ptr"))
-        for cfg in configs:
-            c = {**extra, **cfg.kwargs}
-            s = dict(sig)
-            s.update({k: "constexpr" for k in c})
-            specs.append(KernelSpec(name, "fp32", dict(cfg.kwargs), cfg.num_warps, cfg.num_stages, fn, s, c, aligned))
-    return specs
+    return _fp32_specs([("crf.lattice_step[21 labels]", lattice._lattice_step_kernel, lattice.step_configs(),
+                         {"L_PAD": 32, "D1": 6, "MESSAGES": True, "SPLAT": True}),
+                        ("crf.lattice_blur[21 labels]", lattice._lattice_blur_kernel, lattice.blur_configs(),
+                         {"L_PAD": 32})],
+                       lambda a: a in ("corner_ptr", "plus_ptr", "minus_ptr"), ("w1_alpha", "w2"))
 
 
 #: Kernel name -> function giving its compile specs for some dtypes.
