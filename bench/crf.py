@@ -39,10 +39,10 @@ def run_crf_bench(segmenter, dataset, methods: Iterable[str], params, *, device:
     ``estimate_lattice``: also give the Triton lattice's roofline estimate for each speed
     image, from its real lattice size (for machines where that kernel cannot be timed)."""
     from deeplab_edge.crf import PermutohedralLattice, dense_crf, lattice_features, with_overrides
-
-    from .kernels import lattice_estimate
     from deeplab_edge.data.preprocess import Preprocess
     from deeplab_edge.metrics import ConfusionMatrix
+
+    from .kernels import lattice_estimate
 
     methods = list(methods)
     unknown = [m for m in methods if m not in CRF_METHODS]

@@ -652,7 +652,8 @@ def doctor_cmd(as_json: bool) -> None:
     import importlib.util
     import shutil
 
-    info["power_telemetry"] = ("jetson-stats" if importlib.util.find_spec("jtop") else
+    # bench uses jetson-stats when its service answers, else tegrastats
+    info["power_telemetry"] = ("jetson-stats (installed)" if importlib.util.find_spec("jtop") else
                                "tegrastats" if shutil.which("tegrastats") else None)
     run, skipped = select_backends("all", resolve_device("auto"))
     info["backends"] = {b.name: {"ok": True} for b in run}

@@ -212,7 +212,7 @@ def test_engine_builds_and_matches_onnx_runtime(shared, imported, tmp_path):
     assert np.isfinite(ev["--engine"])
 
 
-def test_doctor_reports_this_machine(monkeypatch):
+def test_doctor_reports_this_machine():
     """doctor --json against what this process can see for itself: torch's version and CUDA,
     the ONNX Runtime providers, TensorRT backends refused with the reason, and no power
     telemetry off a Jetson."""
