@@ -649,12 +649,11 @@ def doctor_cmd(as_json: bool) -> None:
         info["onnxruntime_providers"] = ort.get_available_providers()
     except ImportError:
         info["onnxruntime_providers"] = None
-    import importlib.util
-    import shutil
+    from .bench.power import JtopSampler, TegrastatsSampler
 
     # bench uses jetson-stats when its service answers, else tegrastats
-    info["power_telemetry"] = ("jetson-stats (installed)" if importlib.util.find_spec("jtop") else
-                               "tegrastats" if shutil.which("tegrastats") else None)
+    info["power_telemetry"] = ("jetson-stats (installed)" if JtopSampler().available else
+                               "tegrastats" if TegrastatsSampler().available else None)
     run, skipped = select_backends("all", resolve_device("auto"))
     info["backends"] = {b.name: {"ok": True} for b in run}
     info["backends"].update({s["backend"]: {"ok": False, "reason": s["reason"]} for s in skipped})
@@ -970,7 +969,7 @@ def crf_bench(weights, data, methods, preset, iterations, num_images, speed_imag
     wanted = _choices(methods, list(CRF_METHODS), "CRF method")
     dev = resolve_device(device)
     skipped = {}
-    for m in (m for m in wanted if m in TRITON_METHODS):
+    if any(m in TRITON_METHODS for m in wanted):  # one check for both Triton methods: same device, same answer
         from .errors import KernelUnavailableError
         from .kernels.aspp import check_runnable
 
@@ -979,7 +978,7 @@ def crf_bench(weights, data, methods, preset, iterations, num_images, speed_imag
         try:
             check_runnable(torch.empty(0, device=dev))
         except KernelUnavailableError as e:
-            skipped[m] = str(e)
+            skipped.update({m: str(e) for m in wanted if m in TRITON_METHODS})
     if "pydensecrf" in wanted:
         try:
             import pydensecrf.densecrf  # noqa: F401

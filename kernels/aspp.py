@@ -148,9 +148,6 @@ def _tap_conv_kernel(
 _tap_conv_autotuned = triton.autotune(configs=autotune_configs(), key=["H", "W", "Cin", "Cout"],
                                       prune_configs_by={"early_config_prune": _prune})(_tap_conv_kernel)
 
-#: The @triton.jit functions of this module, for ``deeplab-edge kernels compile``.
-JIT_KERNELS = {"tap_conv": _tap_conv_kernel}
-
 
 # ----------------------------------------------------------------------------- host side
 

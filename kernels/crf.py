@@ -152,9 +152,6 @@ _crf_norm_autotuned = triton.autotune(configs=norm_configs(), key=["H", "W", "n_
 _crf_step_autotuned = triton.autotune(configs=autotune_configs(), key=["H", "W", "L", "n_bil", "n_sp"])(
     _crf_step_kernel)
 
-#: The @triton.jit functions of this module, for ``deeplab-edge kernels compile``.
-JIT_KERNELS = {"crf_step": _crf_step_kernel, "crf_norm": _crf_norm_kernel}
-
 
 # ----------------------------------------------------------------------------- host side
 

@@ -133,9 +133,6 @@ _step_autotuned = triton.autotune(configs=step_configs(), key=["H", "W", "L", "R
                                   reset_to_zero=["splat_ptr"])(_lattice_step_kernel)
 _blur_autotuned = triton.autotune(configs=blur_configs(), key=["M", "L"])(_lattice_blur_kernel)
 
-#: The @triton.jit functions of this module, for ``deeplab-edge kernels compile``.
-JIT_KERNELS = {"lattice_step": _lattice_step_kernel, "lattice_blur": _lattice_blur_kernel}
-
 
 # ----------------------------------------------------------------------------- host side
 
