@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from deeplab_edge.data.io import atomic_path
+from deeplab_edge.outputs import atomic_path, staged_dir
 from deeplab_edge.errors import DeepLabEdgeError
 
 from .harness import device_label, mark_pareto
@@ -109,17 +109,14 @@ def plot(result: dict[str, Any], path: Path, title: str | None = None) -> None:
 
 
 def write_results(result: dict[str, Any], out_dir: Path, tag: str, *, png: bool = True) -> dict[str, str]:
-    """``bench_<tag>.json`` / ``.csv`` / ``.png`` in ``out_dir``, each written atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / f"bench_{tag}.json", "csv": out_dir / f"bench_{tag}.csv"}
-    with atomic_path(paths["json"]) as tmp:
-        tmp.write_text(json.dumps(result, indent=1, default=str))
-    with atomic_path(paths["csv"]) as tmp:
-        tmp.write_text(csv_text(result))
-    if png:
-        paths["png"] = out_dir / f"bench_{tag}.png"
-        plot(result, paths["png"])
-    return {k: str(v) for k, v in paths.items()}
+    """``bench_<tag>.json`` / ``.csv`` / ``.png`` in ``out_dir``: all of them land together or none does."""
+    names = {"json": f"bench_{tag}.json", "csv": f"bench_{tag}.csv"} | ({"png": f"bench_{tag}.png"} if png else {})
+    with staged_dir(out_dir) as stage:
+        (stage / names["json"]).write_text(json.dumps(result, indent=1, default=str))
+        (stage / names["csv"]).write_text(csv_text(result))
+        if png:
+            plot(result, stage / names["png"])
+    return {k: str(out_dir / v) for k, v in names.items()}
 
 
 def load_result(path: Path) -> dict[str, Any]:
@@ -135,7 +132,33 @@ def load_result(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("rows"), list):
         raise DeepLabEdgeError(f"{path}: not a `deeplab-edge bench` result (format {FORMAT}); pass the "
                                "bench_<tag>.json it wrote")
+    problem = _row_problem(doc)
+    if problem:
+        raise DeepLabEdgeError(f"{path}: a malformed bench result ({problem}); regenerate it with "
+                               "`deeplab-edge bench -o DIR`")
     return doc
+
+
+# What merging and the table read of each row: field -> accepted types (None where the value may be null).
+_ROW_FIELDS = {"backend": (str,), "crf": (str,), "miou": (int, float, type(None)), "latency_ms": (int, float, type(None)),
+               "batches": (list,), "memory": (dict,), "file_mb": (int, float)}
+_BATCH_FIELDS = {"batch": (int,), "p50_ms": (int, float, type(None))}
+
+
+def _row_problem(doc: dict[str, Any]) -> str | None:
+    """The first thing in a result document that the merge or the table could not read, or None."""
+    if not isinstance(doc.get("environment"), dict):
+        return "no environment"
+    for i, r in enumerate(doc["rows"]):
+        if not isinstance(r, dict):
+            return f"row {i} is a {type(r).__name__}, not an object"
+        for key, types in _ROW_FIELDS.items():
+            if not isinstance(r.get(key), types) or isinstance(r.get(key), bool):
+                return f"row {i}: {key!r} missing or of the wrong type"
+        for b in r["batches"]:
+            if not isinstance(b, dict) or any(not isinstance(b.get(k), t) for k, t in _BATCH_FIELDS.items()):
+                return f"row {i}: a batch entry without 'batch' and 'p50_ms'"
+    return None
 
 
 def merge(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:

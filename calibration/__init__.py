@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from deeplab_edge.data.io import atomic_path
+from deeplab_edge.outputs import staged_dir
 from deeplab_edge.data.preprocess import Preprocess
 from deeplab_edge.errors import CalibrationError
 
@@ -55,23 +55,31 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
     split; when there are none, the calibration images are reused, with a warning."""
     import onnx
 
-    from deeplab_edge.export import read_metadata
+    from deeplab_edge.export import load_onnx, read_metadata
 
     if method not in METHODS:
         raise CalibrationError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if not 0 < percentile <= 100:
         raise CalibrationError(f"--percentile must be in (0, 100], got {percentile}")
+    if num < 1 or keep_float_top < 0 or (sensitivity_num is not None and sensitivity_num < 1):
+        raise CalibrationError(f"expected num >= 1, keep_float_top >= 0 and sensitivity_num >= 1, got {num}, "
+                               f"{keep_float_top} and {sensitivity_num}: calibrating on no images gives all-zero "
+                               "scales")
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-    if not onnx_path.is_file():
-        raise CalibrationError(f"{onnx_path}: ONNX model not found; export one with `deeplab-edge export`")
-    model = onnx.load(str(onnx_path))
+    model = load_onnx(onnx_path, load_external_data=True)
     meta = read_metadata(model)
     if "preprocess" not in meta or not conv_nodes(model):
         raise CalibrationError(f"{onnx_path}: not a deeplab-edge DeepLab export (no metadata or no Conv); "
                                "export it with `deeplab-edge export`")
+    quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv") for n in model.graph.node)
+    if quantized or meta.get("precision") not in (None, "fp32"):
+        raise CalibrationError(f"{onnx_path}: not an FP32 export (precision {meta.get('precision')!r}"
+                               f"{', already quantized' if quantized else ''}); calibrate the FP32 model from "
+                               "`deeplab-edge export` (or a bundle's NAME_fp32.onnx)")
     unknown = set(keep_float) - {n.name for n in conv_nodes(model)}
     if unknown:
-        raise CalibrationError(f"--keep-float names unknown Conv nodes {sorted(unknown)[:3]}")
+        raise CalibrationError(f"--keep-float-layer names unknown Conv nodes {sorted(unknown)[:3]}; see ranges.json or "
+                               "sensitivity.json for the names")
     inputs = calibration_inputs(data, Preprocess.from_dict(meta["preprocess"]), num)
     names = activation_tensors(model)
     tick = progress("collect", 2 * len(inputs)) if progress else None
@@ -97,7 +105,8 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
                               "pass --sensitivity-data", stacklevel=2)
         held = held.subset(sensitivity_num)
         if not held.has_labels:
-            raise CalibrationError(f"{held.root}: sensitivity analysis needs labelled images (VOC/Cityscapes/CamVid)")
+            raise CalibrationError(f"{held.root}: has no labels for the sensitivity analysis; pass --sensitivity-data with a "
+                               "labelled VOC/Cityscapes/CamVid folder")
         tick = progress("sensitivity", len(conv_nodes(model))) if progress else None
         ranking = layer_sensitivity(model, amax, held, sensitivity_mode, tick)
         keep_float = tuple(keep_float) + tuple(r["layer"] for r in ranking["layers"][:keep_float_top]
@@ -106,34 +115,32 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
     # Tensors produced by Convs kept in float leave the cache, so TensorRT keeps them in float too.
     float_outputs = {o for n in model.graph.node if n.name in keep_float for o in n.output}
     scales = {n: a / 127.0 for n, a in amax.items() if a > 0 and n not in float_outputs}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cache = write_trt_cache(out_dir / "calibration.cache", scales, trt_version=trt_version)
     qdq = insert_qdq(model, amax, frozenset(keep_float))
     _set_precision(qdq, "int8-qdq-tensorrt", method)
-    qdq_path = out_dir / "model_qdq.onnx"
-    with atomic_path(qdq_path) as tmp:
-        onnx.save(qdq, str(tmp))
+    # the source as the user will find it: its name alone when it lands in the output folder too
+    source = onnx_path.name if onnx_path.parent.resolve() == out_dir.resolve() else str(onnx_path)
     ranges = {"method": method, "percentile": percentile if method == "percentile" else None,
-              "images": len(inputs), "source": str(onnx_path), "keep_float": list(keep_float),
+              "images": len(inputs), "source": source, "keep_float": list(keep_float),
               "tensors": {n: {"max_abs": stats[n][1], "amax": amax[n], "scale": amax[n] / 127.0} for n in names}}
-    ranges_path = out_dir / "ranges.json"
-    with atomic_path(ranges_path) as tmp:
-        tmp.write_text(json.dumps(ranges, indent=1))
-    report = {"cache": str(cache), "qdq_onnx": str(qdq_path), "ranges": str(ranges_path), "images": len(inputs),
-              "tensors": len(scales), "quantized_convs": len(conv_nodes(model)) - len(keep_float), "method": method}
-    if ranking is not None:
-        sens_path = out_dir / "sensitivity.json"
-        with atomic_path(sens_path) as tmp:
-            tmp.write_text(json.dumps(ranking, indent=1))
-        report["sensitivity"] = str(sens_path)
-        report["sensitivity_mode"] = ranking["mode"]
-        report["sensitivity_fp32_miou"] = ranking["fp32_miou"]
-        report["sensitivity_int8_miou"] = ranking["int8_miou"]
-        report["sensitivity_top"] = ranking["layers"][:10]
-        report["keep_float"] = list(keep_float)
-    if cpu_int8:
-        from .cpu_int8 import quantize_cpu_int8
+    report = {"cache": str(out_dir / "calibration.cache"), "qdq_onnx": str(out_dir / "model_qdq.onnx"),
+              "ranges": str(out_dir / "ranges.json"), "images": len(inputs), "tensors": len(scales),
+              "quantized_convs": len(conv_nodes(model)) - len(keep_float), "method": method}
+    # all files land together or none does (an interrupted run leaves no partial set)
+    with staged_dir(out_dir) as stage:
+        write_trt_cache(stage / "calibration.cache", scales, trt_version=trt_version)
+        onnx.save(qdq, str(stage / "model_qdq.onnx"))
+        (stage / "ranges.json").write_text(json.dumps(ranges, indent=1))
+        if ranking is not None:
+            (stage / "sensitivity.json").write_text(json.dumps(ranking, indent=1))
+            report["sensitivity"] = str(out_dir / "sensitivity.json")
+            report["sensitivity_mode"] = ranking["mode"]
+            report["sensitivity_fp32_miou"] = ranking["fp32_miou"]
+            report["sensitivity_int8_miou"] = ranking["int8_miou"]
+            report["sensitivity_top"] = ranking["layers"][:10]
+            report["keep_float"] = list(keep_float)
+        if cpu_int8:
+            from .cpu_int8 import quantize_cpu_int8
 
-        cpu_path = quantize_cpu_int8(onnx_path, out_dir / "model_cpu_int8.onnx", inputs)
-        report["cpu_int8_onnx"] = str(cpu_path)
+            quantize_cpu_int8(onnx_path, stage / "model_cpu_int8.onnx", inputs)
+            report["cpu_int8_onnx"] = str(out_dir / "model_cpu_int8.onnx")
     return report

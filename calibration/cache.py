@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from deeplab_edge.data.io import atomic_path
+from deeplab_edge.outputs import atomic_path
 from deeplab_edge.errors import CalibrationError
 
 __all__ = ["write_trt_cache", "read_trt_cache", "trt_version_code"]
@@ -49,10 +49,11 @@ def read_trt_cache(path: str | Path) -> tuple[str, dict[str, float]]:
     """(header, name -> scale) of a TensorRT calibration cache."""
     path = Path(path)
     if not path.is_file():
-        raise CalibrationError(f"{path}: calibration cache not found")
+        raise CalibrationError(f"{path}: calibration cache not found; make one with `deeplab-edge calibrate`")
     text = path.read_bytes().decode("ascii", errors="strict").splitlines()
     if not text or not text[0].startswith("TRT-"):
-        raise CalibrationError(f"{path}: not a TensorRT calibration cache (no 'TRT-...' header)")
+        raise CalibrationError(f"{path}: not a TensorRT calibration cache (no 'TRT-...' header); pass the calibration.cache of "
+                               "`deeplab-edge calibrate`")
     scales = {}
     for ln in text[1:]:
         if not ln.strip():
@@ -61,7 +62,7 @@ def read_trt_cache(path: str | Path) -> tuple[str, dict[str, float]]:
         try:
             scales[name] = struct.unpack(">f", bytes.fromhex(hexval.strip()))[0]
         except ValueError as e:
-            raise CalibrationError(f"{path}: bad cache line {ln!r}") from e
+            raise CalibrationError(f"{path}: bad cache line {ln!r}; regenerate it with `deeplab-edge calibrate`") from e
     return text[0], scales
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from deeplab_edge.data.io import atomic_path
+from deeplab_edge.outputs import atomic_path
 
 __all__ = ["quantize_cpu_int8"]
 

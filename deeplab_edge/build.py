@@ -14,7 +14,7 @@ Files, named after the engine (``-o out/NAME.engine``), all in the engine's fold
 ========================  ===============================================================
 
 Everything is staged in a temporary folder and moved into place only when every step
-passed, so a failed build leaves no partial files.
+passed, so a failed build leaves no partial files (and no folder it created).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +29,8 @@ from typing import Any, Callable
 from .engine import (Shapes, build_command, build_engine, build_script, file_entry, manifest_path, new_manifest,
                      parse_shapes, tensorrt_unavailable, this_machine, trtexec_command)
 from .errors import DeepLabEdgeError
+from .export import read_metadata
+from .outputs import check_output_file, staged_dir
 
 __all__ = ["build"]
 
@@ -45,11 +46,12 @@ def build(*, output: Path, weights: Path | None = None, onnx: Path | None = None
     if output.suffix in ("", ".onnx", ".json"):
         raise DeepLabEdgeError(f"-o {output}: give the engine's file name, e.g. -o out/model.engine")
     if (weights is None) == (onnx is None):
-        raise DeepLabEdgeError("give exactly one of --weights FILE (checkpoint) or --onnx FILE (FP32 export)")
+        raise DeepLabEdgeError(f"{'no model' if weights is onnx is None else 'both --weights and --onnx'} given; "
+                               "pass exactly one of --weights FILE (checkpoint) or --onnx FILE (FP32 export)")
     for p, what in ((weights, "checkpoint"), (onnx, "ONNX model"), (calib_cache, "calibration cache"),
                     (qdq, "QDQ ONNX model")):
         if p is not None and not Path(p).is_file():
-            raise DeepLabEdgeError(f"{p}: {what} not found")
+            raise DeepLabEdgeError(f"{p}: {what} not found; check the path")
     sources = [s for s in (calib_data, calib_cache, qdq) if s is not None]
     if int8 and not sources:
         raise DeepLabEdgeError("--int8 needs calibration: --calib-data DIR (calibrate here), --calib-cache FILE or "
@@ -65,37 +67,22 @@ def build(*, output: Path, weights: Path | None = None, onnx: Path | None = None
     if workspace_mb is not None and workspace_mb < 1:
         raise DeepLabEdgeError(f"--workspace must be >= 1 MB, got {workspace_mb}")
 
+    if calib_num < 1 or keep_float_top < 0 or (dla_core is not None and dla_core < 0):
+        raise DeepLabEdgeError(f"expected --calib-num >= 1, --keep-float >= 0 and --dla >= 0, got {calib_num}, "
+                               f"{keep_float_top} and {dla_core}")
+    check_output_file(output, "-o", "model.engine")
+
     name = output.stem
-    dest = output.parent if str(output.parent) else Path(".")
-    dest.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{name}.build-", dir=dest))
-    try:
+    dest = output.parent
+    with staged_dir(dest) as stage:
         files = _build_in(stage, name, output, weights=weights, onnx=onnx, data=data, int8=int8, fp16=fp16,
                           calib_data=calib_data, calib_cache=calib_cache, qdq=qdq, calib_method=calib_method,
                           calib_num=calib_num, keep_float_top=keep_float_top, int8_route=int8_route,
                           shapes=shapes, dla_core=dla_core, gpu_fallback=gpu_fallback, workspace_mb=workspace_mb,
                           timing_cache=timing_cache, log=log)
         manifest = files.pop("_manifest")
-        moved = {}
-        for key, p in files.items():
-            target = dest / p.name
-            os.replace(p, target)
-            moved[key] = str(target)
-        manifest["files"] = moved
-        return manifest
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def read_metadata(path: Path) -> dict[str, Any]:
-    """deeplab-edge's metadata of an ONNX file; a file that is not ONNX is a one-line error."""
-    from .export import read_metadata as read
-
-    try:
-        return read(path)
-    except Exception as e:  # protobuf's DecodeError, onnx's errors: not an ONNX file
-        raise DeepLabEdgeError(f"{path}: not an ONNX model ({str(e).splitlines()[0][:120]}); pass a file from "
-                               "`deeplab-edge export` or `deeplab-edge calibrate`") from None
+    manifest["files"] = {key: str(dest / p.name) for key, p in files.items()}
+    return manifest
 
 
 def _build_in(stage: Path, name: str, output: Path, *, weights, onnx, data, int8, fp16, calib_data, calib_cache, qdq,

@@ -13,14 +13,16 @@ given), the class count read from the classifier.
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .data.datasets import VOC_CLASSES
-from .data.io import atomic_path
+from .outputs import atomic_path
 from .data.preprocess import IMAGENET
 from .errors import CheckpointError
 from .models import MODELS, DeepLab, get_model
@@ -54,8 +56,11 @@ def save_checkpoint(model: DeepLab, meta: dict[str, Any], path: str | Path) -> P
     payload = {"format": FORMAT, "config": dict(model.config),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": dict(meta)}
     path = Path(path)
+    # serialised in memory first: torch.save reports a full disk as an opaque RuntimeError, a file write as OSError
+    buf = io.BytesIO()
+    torch.save(payload, buf)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buf.getbuffer())
     return path
 
 
@@ -91,14 +96,27 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, map_location: 
         raise CheckpointError(f"{path}: checkpoint not found; create one with `deeplab-edge import` or pass a .pt/.pth")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a loadable PyTorch checkpoint ({first[:160]}); "
-                              "pass a deeplab-edge .pt or a torchvision state dict") from e
+    except OSError:
+        raise  # permissions and the like: the CLI names them
+    except pickle.UnpicklingError as e:
+        if zipfile.is_zipfile(path):  # a real torch file whose pickle holds more than tensors and containers
+            raise CheckpointError(f"{path}: holds Python objects besides tensors, refused because loading them "
+                                  "could run code; re-save it as a state dict (torch.save(model.state_dict(), "
+                                  "path)) where you trust the file") from e
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable contents); pass a deeplab-edge .pt "
+                              "or a torchvision state dict") from e
+    except Exception as e:  # torch raises KeyError, EOFError, RuntimeError... on files that are not checkpoints
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__} while reading it); pass a "
+                              "deeplab-edge .pt or a torchvision state dict") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict; save model.state_dict()")
     if obj.get("format") == FORMAT:
-        config, sd, meta = dict(obj["config"]), obj["state_dict"], dict(obj.get("meta") or {})
+        config, sd = obj.get("config"), obj.get("state_dict")
+        if not isinstance(config, dict) or not isinstance(sd, dict):
+            raise CheckpointError(f"{path}: a {FORMAT} checkpoint without its "
+                                  f"{'config' if not isinstance(config, dict) else 'state_dict'} dict; write "
+                                  "checkpoints with deeplab_edge.checkpoint.save_checkpoint")
+        config, meta = dict(config), dict(obj.get("meta") or {})
         if arch is not None and arch != config.get("arch"):
             raise CheckpointError(f"{path}: checkpoint is a {config.get('arch')}, not a {arch}; drop --arch or "
                                   "pass the matching checkpoint")
@@ -126,7 +144,7 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, map_location: 
     try:
         model = get_model(name, **config)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot build {name} from the checkpoint's config ({e})") from e
+        raise CheckpointError(f"{path}: cannot build {name} from the checkpoint's config ({e}); re-save it with this version") from e
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
@@ -136,7 +154,7 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, map_location: 
         shape = [k for k in ours if k in sd and tuple(sd[k].shape) != tuple(ours[k].shape)]
         detail = "; ".join(f"{label} {len(ks)} (e.g. {ks[0]})" for label, ks in
                            (("missing", missing), ("unexpected", unexpected), ("wrong shape", shape)) if ks)
-        raise CheckpointError(f"{path}: weights do not fit {name} with {config.get('num_classes')} classes "
+        raise CheckpointError(f"{path}: weights do not fit {name} with {model.num_classes} classes "
                               f"({detail}); pass the matching --arch or checkpoint") from e
     meta.setdefault("sha256", file_sha256(path))
     return LoadedModel(model.eval(), meta, path)

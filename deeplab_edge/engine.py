@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .checkpoint import file_sha256
-from .data.io import atomic_path
+from .outputs import atomic_path
 from .data.preprocess import Preprocess
 from .errors import DeepLabEdgeError, EngineError
 
@@ -71,8 +71,15 @@ def _shape(text: str, what: str) -> tuple[int, ...]:
         dims = tuple(int(v) for v in text.lower().split("x"))
     except ValueError:
         raise DeepLabEdgeError(f"--shapes: {what} shape {text!r} is not NxCxHxW (e.g. 1x3x513x513)") from None
-    if len(dims) != 4 or min(dims) < 1 or dims[1] != 3:
-        raise DeepLabEdgeError(f"--shapes: {what} shape {text!r} must be NxCxHxW with C = 3 (e.g. 1x3x513x513)")
+    if len(dims) != 4:
+        raise DeepLabEdgeError(f"--shapes: {what} shape {text!r} has {len(dims)} dimensions; give NxCxHxW (e.g. "
+                               "1x3x513x513)")
+    if min(dims) < 1:
+        raise DeepLabEdgeError(f"--shapes: {what} shape {text!r} has a dimension below 1; every one of N, C, H, W "
+                               "must be >= 1 (e.g. 1x3x513x513)")
+    if dims[1] != 3:
+        raise DeepLabEdgeError(f"--shapes: {what} shape {text!r} has C = {dims[1]}; the models need C = 3 "
+                               "(RGB), e.g. 1x3x513x513")
     return dims
 
 

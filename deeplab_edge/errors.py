@@ -35,3 +35,7 @@ class KernelUnavailableError(DeepLabEdgeError):
 
 class ExportError(DeepLabEdgeError):
     """An export failed its checks (ONNX checker, parity with PyTorch)."""
+
+
+class OutputError(DeepLabEdgeError):
+    """An output path cannot be written (a folder where a file is needed, no permission...)."""

@@ -27,11 +27,11 @@ import torch
 
 from . import __version__
 from .checkpoint import LoadedModel
-from .data.io import atomic_path
+from .outputs import atomic_path
 from .data.preprocess import Preprocess
 from .errors import ExportError
 
-__all__ = ["export_onnx", "ExportReport", "read_metadata", "MIN_OPSET"]
+__all__ = ["export_onnx", "ExportReport", "read_metadata", "load_onnx", "MIN_OPSET"]
 
 MIN_OPSET = 17
 DYNAMIC_CHOICES = ("batch", "hw")
@@ -54,12 +54,24 @@ class ExportReport:
         return asdict(self)
 
 
-def read_metadata(model_or_path) -> dict[str, Any]:
-    """deeplab-edge's metadata_props of an ONNX model, JSON values decoded."""
+def load_onnx(path: str | Path, load_external_data: bool = False):
+    """``onnx.load`` with a missing file or a file that is not ONNX as a one-line error."""
     import onnx
 
-    m = onnx.load(str(model_or_path), load_external_data=False) if isinstance(model_or_path, (str, Path)) \
-        else model_or_path
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: ONNX model not found; create one with `deeplab-edge export`")
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except Exception as e:  # protobuf's DecodeError, onnx's errors: not an ONNX file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ExportError(f"{path}: not an ONNX model ({first[:120]}); pass a file from `deeplab-edge export`, "
+                          "`calibrate` or `build`") from None
+
+
+def read_metadata(model_or_path) -> dict[str, Any]:
+    """deeplab-edge's metadata_props of an ONNX model (or file), JSON values decoded."""
+    m = load_onnx(model_or_path) if isinstance(model_or_path, (str, Path)) else model_or_path
     out = {}
     for p in m.metadata_props:
         if p.key.startswith("deeplab_edge."):

@@ -205,6 +205,9 @@ def evaluate(segmenter: Segmenter, dataset: SegmentationDataset, *, batch_size: 
             per_image.append(row)
             if on_image is not None:
                 on_image(sid)
+    if not cm.mat.any():
+        raise DataError(f"{dataset.root}: every label pixel of the {len(per_image)} images is 'ignore' (255 or the "
+                        "dataset's void); nothing to score, so check the label files or --dataset")
     result = cm.compute()
     result.update({"images": len(per_image), "per_image": per_image,
                    "timing": segmenter.timing.as_dict(len(per_image)),

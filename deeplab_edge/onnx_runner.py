@@ -37,7 +37,8 @@ class OnnxRunner:
         except DeepLabEdgeError:
             raise
         except Exception as e:
-            raise DeepLabEdgeError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:160]})") from e
+            raise DeepLabEdgeError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:160]}); pass a file "
+                                   "from `deeplab-edge export` or `calibrate`") from e
         if "num_classes" not in meta or "preprocess" not in meta:
             raise DeepLabEdgeError(f"{path}: no deeplab-edge metadata (classes, preprocessing); export it with "
                                    "`deeplab-edge export`")

@@ -17,11 +17,15 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, DeepLabEdgeError
+from .outputs import nearest_existing
 
 __all__ = ["segment_stream", "open_capture"]
 
 
 def _cv2():
+    # ffmpeg writes its own complaints ("moov atom not found") straight to stderr; our errors say it in one
+    # line. Set OPENCV_FFMPEG_LOGLEVEL yourself to see them.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     try:
         import cv2
     except ImportError as e:
@@ -35,7 +39,8 @@ def open_capture(source: str | int):
     cap = cv2.VideoCapture(source)
     if not cap.isOpened():
         what = f"camera {source}" if isinstance(source, int) else f"{source}"
-        raise DataError(f"{what}: cannot be opened as a video (unsupported codec, or no such camera)")
+        raise DataError(f"{what}: cannot be opened as a video (unsupported codec, or no such camera); convert "
+                        "it to H.264 MP4 (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4) or check the camera index")
     return cap
 
 
@@ -53,9 +58,9 @@ def segment_stream(segmenter, source: str | int, output: Path, *, alpha: float =
     fps_in = cap.get(cv2.CAP_PROP_FPS) or 25.0
     name = f"camera{source}" if isinstance(source, int) else Path(source).stem
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     final = output / f"{name}_overlay.mp4"
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".mp4", dir=output)
+    # written beside the closest existing folder (OpenCV needs the .mp4 suffix); -o is made only for the result
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".mp4", dir=nearest_existing(output))
     os.close(fd)
     palette = voc_palette()
     classes = classes or [f"class_{i}" for i in range(segmenter.num_classes)]
@@ -81,7 +86,7 @@ def segment_stream(segmenter, source: str | int, output: Path, *, alpha: float =
             if writer is None:
                 writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (rgb.shape[1], rgb.shape[0]))
                 if not writer.isOpened():
-                    raise DeepLabEdgeError(f"{final}: OpenCV cannot write MPEG-4 video here")
+                    raise DeepLabEdgeError(f"{final}: OpenCV cannot write MPEG-4 video here; install opencv-python-headless from PyPI")
             writer.write(np.ascontiguousarray(overlay(rgb, labels, palette, alpha)[..., ::-1]))
             counts = np.bincount(labels.ravel(), minlength=segmenter.num_classes)
             per_frame.append({classes[c]: float(counts[c] / labels.size) for c in np.nonzero(counts)[0]})
@@ -91,9 +96,10 @@ def segment_stream(segmenter, source: str | int, output: Path, *, alpha: float =
                 status.update(f"frame {frames}: {fps:.1f} FPS, model {model_ms[-1]:.1f} ms")
         wall = time.perf_counter() - t0
         if frames == 0:
-            raise DataError(f"{source}: no frames could be read")
+            raise DataError(f"{source}: no frames could be read; check that the file plays or the camera is free")
         writer.release()
         writer = None
+        output.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, final)
     finally:
         if status is not None:

@@ -421,7 +421,18 @@ def build_model(p: Parsed) -> DeepLab:
 
 
 def read_labels(path: str | Path, num_classes: int) -> list[str]:
-    lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    """Class names, one per line (the first ``num_classes`` non-empty lines)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImportModelError(f"--labels {path}: file not found; give a text file with one class name per line")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ImportModelError(f"--labels {path}: not a UTF-8 text file; give a text file with one class name per "
+                               "line") from None
+    if "\x00" in text:
+        raise ImportModelError(f"--labels {path}: a binary file; give a text file with one class name per line")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if len(lines) < num_classes:
         raise ImportModelError(f"{path}: {len(lines)} class names for a {num_classes}-class model; "
                                "give one name per line")
@@ -436,6 +447,8 @@ def preprocess_of(p: Parsed) -> dict[str, Any]:
 
 def import_tflite(path: str | Path, labels: str | Path | None = None) -> tuple[DeepLab, dict[str, Any]]:
     """Convert a TFLite DeepLab-v3 MobileNetV2 into a model and its checkpoint metadata."""
+    if labels is not None and not Path(labels).is_file():  # before the work
+        read_labels(labels, 0)
     g = TFLiteGraph(path)
     p = parse(g)
     model = build_model(p)

@@ -2,9 +2,9 @@
 
 from .datasets import (CamVid, Cityscapes, ImageFolder, SegmentationDataset, VOCSegmentation, open_dataset,
                        voc_palette)
-from .io import atomic_path, load_image, load_label, save_png
+from .io import load_image, load_label, save_png
 from .preprocess import IMAGENET, Geometry, Preprocess
 
 __all__ = ["CamVid", "Cityscapes", "ImageFolder", "SegmentationDataset", "VOCSegmentation", "open_dataset",
-           "voc_palette", "atomic_path", "load_image", "load_label", "save_png", "IMAGENET", "Geometry",
+           "voc_palette", "load_image", "load_label", "save_png", "IMAGENET", "Geometry",
            "Preprocess"]

@@ -6,6 +6,7 @@ labels use 255 for "ignore" whatever the dataset's own void value is.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -100,13 +101,28 @@ class SegmentationDataset:
             if label.shape != image.shape[:2]:
                 raise DataError(f"{s.label}: label is {label.shape[1]}x{label.shape[0]} but its image is "
                                 f"{image.shape[1]}x{image.shape[0]}; labels must match their images")
+            self._check_values(label, s.label)
         return s.id, image, label
+
+    def _check_values(self, label: np.ndarray, path: Path) -> None:
+        """Every label value is a class index or the ignore value: anything else would be dropped from
+        the metrics without a word (or trained on as a class that does not exist)."""
+        bad = ((label >= self.num_classes) & (label != IGNORE)) | (label < 0)
+        if bad.any():
+            values = np.unique(label[bad])
+            shown = ", ".join(str(int(v)) for v in values[:5]) + (", ..." if values.size > 5 else "")
+            raise DataError(f"{path}: label value {shown} outside the {self.num_classes} {self.kind} classes "
+                            f"(0-{self.num_classes - 1}, {IGNORE} = ignore); fix the label file or pick the "
+                            "matching --dataset")
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
         for i in range(len(self)):
             yield self.load(i)
 
     def subset(self, n: int | None) -> "SegmentationDataset":
+        """The first ``n`` samples (all of them for None)."""
+        if n is not None and n < 1:
+            raise DataError(f"asked for {n} images; give a number of images >= 1")
         if n is None or n >= len(self.samples):
             return self
         out = object.__new__(type(self))
@@ -159,7 +175,8 @@ class VOCSegmentation(SegmentationDataset):
         for sid in _read_ids(split_file):
             img = _find_image(base / "JPEGImages", sid)
             if img is None:
-                raise DataError(f"{base / 'JPEGImages'}: no image for id {sid!r} listed in {split_file.name}")
+                raise DataError(f"{base / 'JPEGImages'}: no image for id {sid!r} listed in {split_file.name}; add the image or "
+                                "remove the id from the split file")
             lab = base / "SegmentationClass" / f"{sid}.png"
             samples.append(Sample(sid, img, lab if lab.is_file() else None))
         super().__init__(base, samples, list(VOC_CLASSES), voc_palette())
@@ -205,7 +222,8 @@ class CamVid(SegmentationDataset):
         root = Path(root)
         dirs = self.find_dirs(root, split)
         if dirs is None:
-            raise DataError(f"{root}: not a CamVid folder (no {split}/ + {split}annot/ or images/ + labels/)")
+            raise DataError(f"{root}: not a CamVid folder (no {split}/ + {split}annot/ or images/ + labels/); pass the folder "
+                            "that holds them")
         img_dir, lab_dir = dirs
         split_file = root / f"{split}.txt"
         if split_file.is_file():
@@ -216,7 +234,7 @@ class CamVid(SegmentationDataset):
         for sid in ids:
             img = _find_image(img_dir, sid)
             if img is None:
-                raise DataError(f"{img_dir}: no image for id {sid!r}")
+                raise DataError(f"{img_dir}: no image for id {sid!r}; add it or remove the id from {split}.txt")
             lab = lab_dir / f"{sid}.png"
             samples.append(Sample(sid, img, lab if lab.is_file() else None))
         lut = np.arange(256, dtype=np.uint8)
@@ -241,13 +259,25 @@ class ImageFolder(SegmentationDataset):
             elif p.is_file():
                 files.append(p)
             else:
-                raise DataError(f"{p}: no such file or folder")
+                raise DataError(f"{p}: no such file or folder; check the path")
+        files = list(dict.fromkeys(f.resolve() for f in files))  # a file named twice is one image
         root = items[0] if items else Path(".")
-        names = [f.stem for f in files]
-        ids = [str(f.relative_to(root)) if root.is_dir() else f.stem for f in files] if len(set(names)) != len(
-            names) else names
-        super().__init__(root, [Sample(i, f, None) for i, f in zip(ids, files)], classes or list(VOC_CLASSES),
-                         voc_palette())
+        super().__init__(root, [Sample(i, f, None) for i, f in zip(self.unique_ids(files), files)],
+                         classes or list(VOC_CLASSES), voc_palette())
+
+    @staticmethod
+    def unique_ids(files: Sequence[Path]) -> list[str]:
+        """One distinct id per file: the file name's stem, or where stems repeat (a/x.png and b/x.png,
+        x.png and x.jpg) the path below the files' common folder, then with the suffix kept."""
+        ids = [f.stem for f in files]
+        if len(set(ids)) == len(ids):
+            return ids
+        base = Path(os.path.commonpath([str(f.parent) for f in files]))
+        rel = [f.relative_to(base) for f in files]
+        ids = [r.with_suffix("").as_posix() for r in rel]
+        if len(set(ids)) == len(ids):
+            return ids
+        return [f"{r.with_suffix('').as_posix()}_{r.suffix.lstrip('.')}" for r in rel]
 
 
 DATASET_KINDS = ("auto", "voc", "cityscapes", "camvid", "folder")

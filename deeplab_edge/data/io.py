@@ -1,9 +1,7 @@
-"""Reading images and label maps, and writing files atomically."""
+"""Reading images and label maps, and writing label maps as PNG."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -12,6 +10,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
+from ..outputs import atomic_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -42,24 +41,6 @@ def load_label(path: str | Path) -> np.ndarray:
             raise DataError(f"{path}: label PNG has mode {im.mode}; expected class indices ('P' or 'L'), "
                             "not colours — convert colour labels to index PNGs first")
         return np.asarray(im, dtype=np.int64).astype(np.uint8 if im.mode in ("P", "L") else np.int64)
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix + ".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_png(array: np.ndarray, path: str | Path, palette: np.ndarray | None = None) -> None:

@@ -1,0 +1,105 @@
+"""Output paths: checked before any work starts, written all-or-nothing.
+
+Every command that writes files checks its output paths first (:func:`check_output_file`,
+:func:`check_output_dir`), so a wrong ``-o`` fails in a second instead of after minutes
+of work. Files are then written under a temporary name in a folder that already exists
+and renamed into place only when complete (:func:`atomic_path`, :func:`staged_dir`):
+a failed or interrupted run leaves neither a partial file nor a folder it created.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .errors import OutputError
+
+__all__ = ["check_output_file", "check_output_dir", "atomic_path", "staged_dir", "nearest_existing"]
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself if it exists, else its closest existing ancestor."""
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _check_creatable(path: Path, option: str) -> None:
+    """The folders that would be created for ``path`` can be: the closest existing one is a writable folder."""
+    anc = nearest_existing(path)
+    if not anc.is_dir():
+        raise OutputError(f"{option} {path}: {anc} is a file, not a folder; choose another output path")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {path}: cannot write in {anc} (permission denied or read-only); choose a "
+                          "folder you can write to")
+
+
+def check_output_file(path: str | Path, option: str = "-o", example: str = "result.json") -> Path:
+    """Check that ``path`` can be written as a file; nothing is created."""
+    if not str(path).strip():  # before Path(), which reads "" as the current folder
+        raise OutputError(f"{option}: an empty path was given; name the file to write")
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{option} {path}: is a folder; give a file name, e.g. {path / example}")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"{option} {path}: exists and is not a regular file; choose another file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputError(f"{option} {path}: the file is read-only; choose another file name")
+    _check_creatable(path.parent, option)
+    return path
+
+
+def check_output_dir(path: str | Path, option: str = "-o") -> Path:
+    """Check that ``path`` can be (or already is) a folder we write into; nothing is created."""
+    if not str(path).strip():
+        raise OutputError(f"{option}: an empty path was given; name the output folder")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path}: is a file, not a folder; give a folder (it is created if missing)")
+    _check_creatable(path, option)
+    return path
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary file path; on success it is renamed onto ``path``.
+
+    The temporary file lives in the closest folder that already exists, and missing parent
+    folders are made only at the rename: a failure (or Ctrl-C / SIGTERM, which the CLI turns
+    into exceptions) leaves nothing behind."""
+    path = Path(path)
+    where = nearest_existing(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=where)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextmanager
+def staged_dir(dest: str | Path) -> Iterator[Path]:
+    """Yield an empty staging folder; on success its files are moved into ``dest`` (made if missing).
+
+    For commands that write several files which only make sense together (calibration, a
+    build bundle): either all of them land in ``dest`` or none does."""
+    dest = Path(dest)
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name or 'out'}.partial-", dir=nearest_existing(dest)))
+    try:
+        yield stage
+        dest.mkdir(parents=True, exist_ok=True)
+        for p in sorted(stage.iterdir()):
+            os.replace(p, dest / p.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
