@@ -301,7 +301,7 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
 
     batches = sorted(set(batches))
     if not backends:
-        raise DeepLabEdgeError("no backend can run on this machine with these options (see the skipped list)")
+        raise DeepLabEdgeError("no backend given to run; pass backends from select_backends()")
     if warmup < 0 or iters < 1:
         raise DeepLabEdgeError(f"--warmup must be >= 0 and --iters >= 1, got {warmup} and {iters}")
     dev = resolve_device(device)
@@ -312,8 +312,8 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
         raise DeepLabEdgeError(f"the model predicts {loaded.model.num_classes} classes but {dataset.kind} has "
                                f"{dataset.num_classes}; use a model trained for this dataset")
     if not dataset.has_labels:
-        raise DeepLabEdgeError(f"{dataset.root}: bench measures mIoU and needs labelled images (VOC, Cityscapes, "
-                               "CamVid layout)")
+        raise DeepLabEdgeError(f"{dataset.root}: has no labels, and bench measures mIoU; pass a labelled VOC, Cityscapes "
+                               "or CamVid folder")
     work.mkdir(parents=True, exist_ok=True)
     art = build_artifacts(loaded, weights, dataset, work, backends, batches=batches, calib_data=calib_data,
                           calib_num=calib_num, calib_method=calib_method, log=log)
@@ -333,7 +333,8 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
             skipped_crf.append({"crf": m, "reason": str(e)})
     crfs = ["none", *stages] if "none" in crf_methods else list(stages)
     if not crfs:
-        raise DeepLabEdgeError("no CRF option can run here (see the skipped list); add --crf none")
+        raise DeepLabEdgeError("no CRF option can run here (" + "; ".join(f"{s['crf']}: {s['reason']}"
+                                                                     for s in skipped_crf) + "); add --crf none")
 
     n_cls = loaded.model.num_classes
     classes = loaded.classes

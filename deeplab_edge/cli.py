@@ -7,15 +7,19 @@ fix, and exit code 2 (``--verbose`` shows the traceback).
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import DeepLabEdgeError
@@ -25,18 +29,113 @@ console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)
 
 
+# Numeric option types: a value outside the range is a one-line error when it is parsed, and
+# `--help` shows the range.
+COUNT = click.IntRange(min=1)            # images, iterations, batch sizes, threads...
+NONNEG = click.IntRange(min=0)           # warm-up calls, layers kept in float, DLA core...
+SIDE = click.IntRange(32, 4096)          # an input side in pixels (4096 x 4096 logits: ~1.4 GB for 21 classes)
+THREADS = click.IntRange(1, 1024)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that staged outputs are cleaned up as on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise Terminated()
+
+
+def _os_error_line(e: OSError) -> str | None:
+    """One line for the OS errors a user can fix (disk full, permissions, read-only); None for others."""
+    where = e.filename or "the output"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{where}: no space left on the device; free some space or write to another disk (nothing was kept)"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{where}: {e.strerror.lower()}; choose a path you can read or write"
+    if e.errno == errno.ENAMETOOLONG:
+        return f"{where}: file name too long; choose a shorter path"
+    if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
+        return f"{where}: {e.strerror.lower()}; check the path"
+    return None
+
+
 class _Group(click.Group):
+    """The command group: turns every user error into one red line and exit code 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        prev = None
+        if threading.current_thread() is threading.main_thread():
+            prev = signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            try:
+                rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            except click.exceptions.NoArgsIsHelpError as e:
+                e.show()
+                rv = e.exit_code
+            except click.ClickException as e:  # click's usage errors: one line instead of its usage block
+                hint = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) is not None else ""
+                console.print(f"[bold red]error:[/] {escape(e.format_message())}{hint}", highlight=False, soft_wrap=True,
+                              markup=True)
+                rv = e.exit_code
+            except click.Abort:
+                console.print("[yellow]interrupted[/]")
+                rv = 130
+        finally:
+            if prev is not None:
+                signal.signal(signal.SIGTERM, prev)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except DeepLabEdgeError as e:
+        except (DeepLabEdgeError, OSError) as e:
+            line = str(e) if isinstance(e, DeepLabEdgeError) else _os_error_line(e)
+            if line is None:
+                raise
             if ctx.obj and ctx.obj.get("verbose"):
                 console.print_exception()
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
             ctx.exit(2)
+        except Terminated:
+            console.print("[yellow]terminated[/]")
+            ctx.exit(143)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]")
             ctx.exit(130)
+
+
+def _check_output(kind: str, example: str = "result.json"):
+    """A click callback checking an output path when it is parsed (before any work)."""
+    from .outputs import check_output_dir, check_output_file
+
+    def check(ctx, param, value):
+        if value is None:
+            return None
+        opt = param.opts[-1] if param.opts else param.name
+        try:
+            return check_output_file(value, opt, example) if kind == "file" else check_output_dir(value, opt)
+        except DeepLabEdgeError as e:
+            raise click.BadParameter(str(e).removeprefix(f"{opt} "), ctx, param) from None
+    return check
+
+
+def _check_tag(ctx, param, value):
+    """A --tag names files: letters, digits, '.', '_' and '-' only (no folders, no spaces)."""
+    import re
+
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", value):
+        raise click.BadParameter(f"{value!r} has characters other than letters, digits, '.', '_' and '-'; choose "
+                                 "a plain name such as orin-maxn", ctx, param)
+    return value
+
+
+def output_option(kind: str, help: str, *, required: bool = False, example: str = "result.json",
+                  names: tuple[str, ...] = ("-o", "--output"), dest: str | None = None):
+    """``-o/--output`` as a file or a folder, checked as soon as it is parsed."""
+    decls = list(names) + ([dest] if dest else [])
+    return click.option(*decls, type=click.Path(), required=required, help=help, callback=_check_output(kind, example))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -62,7 +161,7 @@ def _print_json(obj: Any) -> None:
 
 
 def _write_json(obj: Any, path: Path) -> None:
-    from .data.io import atomic_path
+    from .outputs import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=str))
@@ -92,7 +191,7 @@ def _pct(v: float | None) -> str:
 # ----------------------------------------------------------------------------- models
 
 @main.command("models")
-@click.option("--size", default=513, show_default=True, help="Input side (square) for the GFLOPs column.")
+@click.option("--size", default=513, type=SIDE, show_default=True, help="Input side (square) for the GFLOPs column.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def models_cmd(size: int, as_json: bool) -> None:
     """List the model architectures with parameters and GFLOPs, computed from the models.
@@ -131,7 +230,7 @@ def models_cmd(size: int, as_json: bool) -> None:
 
 @main.command("import")
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Checkpoint to write (.pt).")
+@output_option("file", "Checkpoint to write (.pt).", required=True, example="model.pt")
 @click.option("--labels", type=click.Path(path_type=Path), help="Class names, one per line (default: VOC's 21).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def import_cmd(source: Path, output: Path, labels: Path | None, as_json: bool) -> None:
@@ -180,7 +279,7 @@ def _model_options(f):
     f = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")(f)
     f = click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
                      show_default=True, help="Model dtype (PyTorch backend).")(f)
-    f = click.option("--input-size", type=int, help="Override the checkpoint's input side (resize long side + pad).")(f)
+    f = click.option("--input-size", type=SIDE, help="Override the checkpoint's input side (resize long side + pad).")(f)
     f = click.option("--crf", "crf_method",
                      type=click.Choice(["none", "pydensecrf", "torch", "triton", "window", "triton-window"]),
                      default="none", show_default=True,
@@ -191,7 +290,7 @@ def _model_options(f):
     f = click.option("--crf-preset", type=click.Choice(["deeplab-v2", "deeplab-v1"]), default="deeplab-v2",
                      show_default=True, help="CRF parameters: DeepLab-v2's VOC values (w1 4, theta_alpha 67, "
                                              "theta_beta 3, w2 3, theta_gamma 1) or DeepLab-v1's.")(f)
-    f = click.option("--crf-iterations", type=int, help="Mean-field iterations (default: the preset's, 10).")(f)
+    f = click.option("--crf-iterations", type=NONNEG, help="Mean-field iterations (default: the preset's, 10).")(f)
     f = click.option("--backend", type=click.Choice(["torch", "triton"]), default="torch", show_default=True,
                      help="PyTorch model as is, or with its ASPP head swapped for the fused Triton kernels "
                           "(needs a CUDA GPU; TRITON_INTERPRET=1 runs them slowly on the CPU).")(f)
@@ -202,14 +301,12 @@ def _crf_stage(method: str, preset: str, iterations: int | None, device: str):
     """The --crf options as a Segmenter post-processing stage (None for --crf none)."""
     if method == "none":
         if iterations is not None:
-            raise DeepLabEdgeError("--crf-iterations needs a CRF: add --crf torch (or pydensecrf, triton, window, "
+            raise DeepLabEdgeError("--crf-iterations needs a CRF; add --crf torch (or pydensecrf, triton, window, "
                                    "triton-window)")
         return None
     from .crf import DEVICE_METHODS, PRESETS, CRFStage, with_overrides
     from .inference import resolve_device
 
-    if iterations is not None and iterations < 0:
-        raise DeepLabEdgeError(f"--crf-iterations must be >= 0, got {iterations}")
     params = with_overrides(PRESETS[preset], iterations=iterations)
     dev = resolve_device(device) if method in DEVICE_METHODS else "cpu"
     return CRFStage(method, params, dev)
@@ -223,7 +320,8 @@ def _segmenter(weights: Path | None, tflite: Path | None, onnx_path: Path | None
     from .inference import Segmenter, TorchRunner, resolve_device
 
     if sum(p is not None for p in (weights, tflite, onnx_path, engine)) != 1:
-        raise DeepLabEdgeError("give exactly one of --weights FILE, --onnx FILE, --tflite FILE or --engine FILE")
+        raise DeepLabEdgeError(f"{'no model' if weights is tflite is onnx_path is engine is None else 'several models'}"
+                               " given; pass exactly one of --weights FILE, --onnx FILE, --tflite FILE or --engine FILE")
     stage = _crf_stage(*crf, device)
     crf_info = {"crf": crf[0]} if stage is None else {"crf": crf[0], "crf_params": stage.params.as_dict()}
     if engine is not None:
@@ -295,11 +393,11 @@ def _segmenter(weights: Path | None, tflite: Path | None, onnx_path: Path | None
 @click.option("--dataset", "kind", type=click.Choice(["auto", "voc", "cityscapes", "camvid"]), default="auto",
               show_default=True, help="Dataset layout.")
 @click.option("--split", default="val", show_default=True, help="Split name (ImageSets/Segmentation/<split>.txt...).")
-@click.option("--num-images", type=int, help="Evaluate only the first N images.")
-@click.option("--batch-size", default=1, show_default=True, help="Images per forward pass.")
+@click.option("--num-images", type=COUNT, help="Evaluate only the first N images.")
+@click.option("--batch-size", default=1, type=COUNT, show_default=True, help="Images per forward pass.")
 @click.option("--reference", "reference_dir", type=click.Path(path_type=Path),
               help="Folder of <id>.png label maps (e.g. another runtime's predictions): report pixel agreement.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the full results as JSON here.")
+@output_option("file", "Write the full results as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
 def eval_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, input_size, backend, crf_method, crf_preset,
              crf_iterations, data, kind, split, num_images, batch_size, reference_dir, output, as_json) -> None:
@@ -311,10 +409,8 @@ def eval_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, i
     from .data.datasets import open_dataset
     from .inference import evaluate
 
-    if batch_size < 1:
-        raise DeepLabEdgeError(f"--batch-size must be >= 1, got {batch_size}")
     if reference_dir is not None and not Path(reference_dir).is_dir():
-        raise DeepLabEdgeError(f"{reference_dir}: reference folder not found")
+        raise DeepLabEdgeError(f"{reference_dir}: reference folder not found; pass a folder of <id>.png label maps")
     segmenter, classes, info = _segmenter(weights, tflite, onnx_path, arch, device, precision, input_size,
                                           backend=backend, crf=(crf_method, crf_preset, crf_iterations),
                                           engine=engine_path)
@@ -362,10 +458,10 @@ def eval_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, i
 @_model_options
 @click.argument("inputs", nargs=-1, type=click.Path())
 @click.option("--video", type=click.Path(path_type=Path), help="Segment every frame of a video file instead.")
-@click.option("--camera", type=int, help="Segment a live camera (OpenCV index, e.g. 0) instead.")
-@click.option("--max-frames", type=int, help="With --video/--camera: stop after N frames.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--alpha", default=0.5, show_default=True, help="Overlay opacity of the colour mask.")
+@click.option("--camera", type=NONNEG, help="Segment a live camera (OpenCV index, e.g. 0) instead.")
+@click.option("--max-frames", type=COUNT, help="With --video/--camera: stop after N frames.")
+@output_option("dir", "Output folder (created if missing).", required=True)
+@click.option("--alpha", default=0.5, type=click.FloatRange(0, 1), show_default=True, help="Overlay opacity of the colour mask.")
 @click.option("--json", "as_json", is_flag=True, help="Print per-image class fractions as JSON.")
 def predict_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, input_size, backend, crf_method,
                 crf_preset, crf_iterations, inputs, video, camera, max_frames, output, alpha, as_json) -> None:
@@ -380,14 +476,11 @@ def predict_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision
     from .data.io import save_png
     from .visualize import overlay
 
-    if not 0.0 <= alpha <= 1.0:
-        raise DeepLabEdgeError(f"--alpha must be in [0, 1], got {alpha}")
     if sum(bool(x) for x in (inputs, video is not None, camera is not None)) != 1:
-        raise DeepLabEdgeError("give images (files or folders), or --video FILE, or --camera N")
-    if max_frames is not None and max_frames < 1:
-        raise DeepLabEdgeError(f"--max-frames must be >= 1, got {max_frames}")
+        raise DeepLabEdgeError(f"{'nothing' if not (inputs or video or camera is not None) else 'several sources'} to "
+                               "segment; give image files or folders, or --video FILE, or --camera N (one of them)")
     if video is not None and not Path(video).is_file():
-        raise DeepLabEdgeError(f"{video}: video file not found")
+        raise DeepLabEdgeError(f"{video}: video file not found; check the path")
     segmenter, classes, info = _segmenter(weights, tflite, onnx_path, arch, device, precision, input_size,
                                           backend=backend, crf=(crf_method, crf_preset, crf_iterations),
                                           engine=engine_path)
@@ -403,15 +496,19 @@ def predict_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision
                       f"(model {res['model_ms_p50']:.1f} ms median per frame)")
         return
     ds = ImageFolder(list(inputs))
+    stems = {s.id: s.id.replace("/", "_") for s in ds.samples}
+    if len(set(stems.values())) != len(stems):
+        same = [i for i in stems if list(stems.values()).count(stems[i]) > 1][:2]
+        raise DeepLabEdgeError(f"inputs {same[0]!r} and {same[1]!r} would both be written as "
+                               f"{stems[same[0]]}_mask.png; rename one or predict them into different -o folders")
     classes = classes or [f"class_{i}" for i in range(segmenter.num_classes)]
     palette = voc_palette()
     results = []
-    output.mkdir(parents=True, exist_ok=True)
     with _progress() as prog:
         task = prog.add_task("predict", total=len(ds))
         for sid, image, _ in ds:
             labels = segmenter.predict(image)
-            stem = sid.replace("/", "_").rsplit(".", 1)[0]
+            stem = stems[sid]
             mask_path, over_path = output / f"{stem}_mask.png", output / f"{stem}_overlay.png"
             save_png(labels, mask_path, palette)
             save_png(overlay(image, labels, palette, alpha), over_path)
@@ -436,13 +533,14 @@ def predict_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision
 @main.command("export")
 @click.option("--weights", type=click.Path(path_type=Path), required=True, help="Checkpoint (.pt/.pth).")
 @click.option("--arch", help="Architecture of a plain state dict (guessed from its keys if omitted).")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="ONNX file to write.")
+@output_option("file", "ONNX file to write.", required=True, example="model.onnx")
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Images for the parity check (dataset folder, image folder or file).")
-@click.option("--parity-images", default=4, show_default=True, help="How many images the parity check uses.")
-@click.option("--opset", default=17, show_default=True, help="ONNX opset (17 or newer).")
+@click.option("--parity-images", default=4, type=COUNT, show_default=True, help="How many images the parity check uses.")
+@click.option("--opset", default=17, type=click.IntRange(17, 20), show_default=True,
+              help="ONNX opset (17 to 20: the newest PyTorch's TorchScript-based exporter writes).")
 @click.option("--dynamic", default="", help="Dynamic axes, comma separated: batch, hw.")
-@click.option("--input-size", type=int, help="Input side (default: the checkpoint's preprocessing).")
+@click.option("--input-size", type=SIDE, help="Input side (default: the checkpoint's preprocessing).")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
               help="PyTorch's TorchScript-based exporter (fast) or the torch.export-based one.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim.")
@@ -457,7 +555,7 @@ def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input
     from .export import export_onnx
 
     loaded = load_checkpoint(weights, arch=arch)
-    ds = open_dataset(data).subset(max(1, parity_images))
+    ds = open_dataset(data).subset(parity_images)
     images = [ds.load(i)[1] for i in range(len(ds))]
     dyn = [d.strip() for d in dynamic.split(",") if d.strip()]
     with console.status("exporting..."):
@@ -480,24 +578,24 @@ def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), help="An FP32 ONNX from `deeplab-edge export`.")
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Calibration images: a dataset folder (VOC/Cityscapes/CamVid) or a plain image folder.")
-@click.option("--num", default=256, show_default=True,
+@click.option("--num", default=256, type=COUNT, show_default=True,
               help="Images to use (the first N in sorted order; fewer are used, with a warning, if fewer exist).")
 @click.option("--method", type=click.Choice(["entropy", "minmax", "percentile", "mse"]), default="entropy",
               show_default=True, help="How activation ranges are chosen from the histograms.")
-@click.option("--percentile", default=99.99, show_default=True, help="Percentile for --method percentile.")
-@click.option("--keep-float", "keep_float_top", default=0, show_default=True,
+@click.option("--percentile", default=99.99, type=click.FloatRange(50, 100, min_open=True), show_default=True, help="Percentile for --method percentile.")
+@click.option("--keep-float", "keep_float_top", default=0, type=NONNEG, show_default=True,
               help="Leave the K most sensitive Convs in float (runs the sensitivity analysis).")
 @click.option("--keep-float-layer", "keep_float", multiple=True, help="A Conv node name to leave in float (repeatable).")
 @click.option("--sensitivity", is_flag=True, help="Rank every Conv by the mIoU cost of quantizing it alone.")
 @click.option("--sensitivity-data", type=click.Path(path_type=Path),
               help="Labelled held-out data for the sensitivity analysis (default: --data beyond the first --num).")
-@click.option("--sensitivity-num", type=int, help="Images of the held-out split to use.")
+@click.option("--sensitivity-num", type=COUNT, help="Images of the held-out split to use.")
 @click.option("--sensitivity-mode", type=click.Choice(["float-one", "quantize-one"]), default="float-one",
               show_default=True, help="Score each Conv by the mIoU regained when only it stays float, or lost "
               "when only it is quantized.")
 @click.option("--trt-version", default="8.6.1", show_default=True, help="TensorRT version named in the cache header.")
 @click.option("--no-cpu-int8", is_flag=True, help="Skip the ONNX Runtime CPU INT8 model.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@output_option("dir", "Output folder (created if missing; all files land together or none does).", required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def calibrate_cmd(weights, onnx_path, data, num, method, percentile, keep_float_top, keep_float, sensitivity,
                   sensitivity_data, sensitivity_num, sensitivity_mode, trt_version, no_cpu_int8, output,
@@ -516,32 +614,36 @@ def calibrate_cmd(weights, onnx_path, data, num, method, percentile, keep_float_
     import warnings
 
     from .calibration import calibrate
+    from .outputs import staged_dir
 
     if (weights is None) == (onnx_path is None):
-        raise DeepLabEdgeError("give exactly one of --weights FILE or --onnx FILE")
-    if num < 1:
-        raise DeepLabEdgeError(f"--num must be >= 1, got {num}")
-    if weights is not None:
-        from .checkpoint import load_checkpoint
-        from .data.datasets import open_dataset
-        from .export import export_onnx
-
-        loaded = load_checkpoint(weights)
-        ds = open_dataset(data).subset(4)
-        onnx_path = output / "model_fp32.onnx"
-        with console.status("exporting FP32 ONNX..."):
-            export_onnx(loaded, onnx_path, [ds.load(i)[1] for i in range(len(ds))])
-    with _progress() as prog, warnings.catch_warnings(record=True) as caught:
+        raise DeepLabEdgeError(f"{'no model' if weights is onnx_path is None else 'both --weights and --onnx'} given; "
+                               "pass exactly one of --weights FILE or --onnx FILE")
+    # with --weights the export lands in OUTPUT too: stage it with the calibration, all or nothing
+    with staged_dir(output) as stage, _progress() as prog, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        if weights is not None:
+            from .checkpoint import load_checkpoint
+            from .data.datasets import open_dataset
+            from .export import export_onnx
+
+            loaded = load_checkpoint(weights)
+            ds = open_dataset(data).subset(4)
+            onnx_path = stage / "model_fp32.onnx"
+            with console.status("exporting FP32 ONNX..."):
+                export_onnx(loaded, onnx_path, [ds.load(i)[1] for i in range(len(ds))])
 
         def progress(desc: str, total: int):
             task = prog.add_task(desc, total=total)
             return lambda: prog.advance(task)
 
-        rep = calibrate(onnx_path, data, output, num=num, method=method, percentile=percentile,
+        rep = calibrate(onnx_path, data, stage, num=num, method=method, percentile=percentile,
                         keep_float=tuple(keep_float), trt_version=trt_version, cpu_int8=not no_cpu_int8,
                         keep_float_top=keep_float_top, sensitivity=sensitivity, sensitivity_data=sensitivity_data,
                         sensitivity_num=sensitivity_num, sensitivity_mode=sensitivity_mode, progress=progress)
+    # the report names the files where they landed
+    rep = {k: str(output / Path(v).name) if isinstance(v, str) and Path(v).parent == stage else v
+           for k, v in rep.items()}
     for w in caught:
         if "calibrating on all" in str(w.message) or "not held out" in str(w.message):
             console.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
@@ -580,18 +682,19 @@ def calibrate_cmd(weights, onnx_path, data, num, method, percentile, keep_float_
 @click.option("--qdq", type=click.Path(path_type=Path), help="A TensorRT QDQ model from `deeplab-edge calibrate`.")
 @click.option("--calib-method", type=click.Choice(["entropy", "minmax", "percentile", "mse"]), default="entropy",
               show_default=True, help="With --calib-data.")
-@click.option("--calib-num", default=256, show_default=True, help="With --calib-data: images (at most).")
-@click.option("--keep-float", "keep_float_top", default=0, show_default=True,
+@click.option("--calib-num", default=256, type=COUNT, show_default=True, help="With --calib-data: images (at most).")
+@click.option("--keep-float", "keep_float_top", default=0, type=NONNEG, show_default=True,
               help="With --calib-data: leave the K most sensitive Convs in float (sensitivity analysis).")
 @click.option("--int8-route", type=click.Choice(["qdq", "cache"]), default="qdq", show_default=True,
               help="Explicit quantization from the QDQ model (TensorRT 8.5+, the only one in 11) or the "
                    "calibration cache through an IInt8EntropyCalibrator2 (TensorRT 8.5-10, deprecated in 10.1).")
 @click.option("--shapes", help="Optimization profile min,opt,max as NxCxHxW each (default: 1x3xHxW of the model).")
-@click.option("--dla", "dla_core", type=int, help="Build for DLA core N (Jetson Xavier/Orin).")
+@click.option("--dla", "dla_core", type=NONNEG, help="Build for DLA core N (Jetson Xavier/Orin).")
 @click.option("--allow-gpu-fallback", is_flag=True, help="With --dla: run layers DLA cannot on the GPU.")
-@click.option("--workspace", "workspace_mb", type=int, help="Builder workspace limit, MB.")
+@click.option("--workspace", "workspace_mb", type=COUNT, help="Builder workspace limit, MB.")
 @click.option("--timing-cache", type=click.Path(path_type=Path), help="Read and update this timing cache.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Engine file, e.g. out/model.engine.")
+@output_option("file", "Engine file, e.g. out/model.engine (the bundle goes beside it).", required=True,
+               example="model.engine")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def build_cmd(weights, onnx_path, data, int8, fp16, calib_data, calib_cache, qdq, calib_method, calib_num,
               keep_float_top, int8_route, shapes, dla_core, allow_gpu_fallback, workspace_mb, timing_cache, output,
@@ -694,10 +797,10 @@ def doctor_cmd(as_json: bool) -> None:
 @main.command("compare")
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Labelled dataset folder.")
-@click.option("--num-images", type=int, help="Evaluate only the first N images.")
-@click.option("--warmup", default=2, show_default=True, help="Untimed forward passes per model first.")
-@click.option("--threads", type=int, help="Intra-op threads for PyTorch and ONNX Runtime (default: all cores).")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the results as JSON here.")
+@click.option("--num-images", type=COUNT, help="Evaluate only the first N images.")
+@click.option("--warmup", default=2, type=NONNEG, show_default=True, help="Untimed forward passes per model first.")
+@click.option("--threads", type=THREADS, help="Intra-op threads for PyTorch and ONNX Runtime (default: all cores).")
+@output_option("file", "Write the results as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def compare_cmd(models, data, num_images, warmup, threads, output, as_json) -> None:
     """Accuracy against speed of several models on the same images, in one run.
@@ -732,9 +835,10 @@ def compare_cmd(models, data, num_images, warmup, threads, output, as_json) -> N
             seg, _, info = _segmenter(path, None, None, None, "auto", "fp32", None)
             kind, backend = "fp32", f"torch ({info['device']})"
         if ds.num_classes != seg.num_classes:
-            raise DeepLabEdgeError(f"{path}: predicts {seg.num_classes} classes, the data has {ds.num_classes}")
+            raise DeepLabEdgeError(f"{path}: predicts {seg.num_classes} classes, the data has {ds.num_classes}; compare models trained "
+                                   "for this dataset")
         image = ds.load(0)[1]
-        for _ in range(max(0, warmup)):
+        for _ in range(warmup):
             seg.predict(image)
         with _progress() as prog:
             task = prog.add_task(path.name, total=len(ds))
@@ -775,9 +879,10 @@ def _int_list(value: str, what: str) -> list[int]:
     try:
         out = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise DeepLabEdgeError(f"{what} must be comma-separated integers, got {value!r}") from None
+        raise DeepLabEdgeError(f"{what} {value!r} is not a list of integers; give comma-separated integers >= 1, "
+                               "e.g. 1,8") from None
     if not out or min(out) < 1:
-        raise DeepLabEdgeError(f"{what} must be positive integers, got {value!r}")
+        raise DeepLabEdgeError(f"{what} {value!r} has a value below 1; give comma-separated integers >= 1, e.g. 1,8")
     return out
 
 
@@ -799,13 +904,12 @@ def kernels_group() -> None:
 @click.option("--arch", "archs", default="87,90", show_default=True,
               help="Compute capabilities: 87 (Jetson Orin), 90 (H100).")
 @click.option("--dtype", "dtypes", default="fp16,bf16,fp32", show_default=True, help="Input dtypes.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the results as JSON here.")
+@output_option("file", "Write the results as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def kernels_compile(archs, dtypes, output, as_json) -> None:
     """Compile every kernel in every autotune config to a cubin for each GPU architecture,
     on this machine (Triton's bundled ptxas), and report registers, spills, shared memory
     and occupancy per config. Exits 1 when a config spills or does not fit shared memory."""
-    from rich.markup import escape
 
     from .bench.env import environment
     from .kernels.compile import ARCHS, compile_all, kernel_specs
@@ -851,11 +955,11 @@ def kernels_compile(archs, dtypes, output, as_json) -> None:
 @click.option("--dtype", "dtypes", default="fp16,fp32", show_default=True, help="Dtypes (fp16, bf16, fp32).")
 @click.option("--providers", default="torch,compile,triton", show_default=True,
               help="What to time on a GPU: torch (eager, cuDNN), compile (torch.compile), triton (fused kernels).")
-@click.option("--warmup", default=10, show_default=True, help="Untimed runs before timing (GPU).")
-@click.option("--iters", default=50, show_default=True, help="Timed runs; the median is reported (GPU).")
+@click.option("--warmup", default=10, type=NONNEG, show_default=True, help="Untimed runs before timing (GPU).")
+@click.option("--iters", default=50, type=COUNT, show_default=True, help="Timed runs; the median is reported (GPU).")
 @click.option("--no-compile-check", is_flag=True, help="Skip compiling the kernels for sm_87/sm_90 (occupancy).")
-@click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="Write the results (with the machine's metadata) as JSON here, e.g. bench/results/.")
+@output_option("file", "Write the results (with the machine's metadata) as JSON to this file, e.g. "
+                       "bench/results/kernels_bench_<machine>.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def kernels_bench(shapes, batches, dtypes, providers, warmup, iters, no_compile_check, output, as_json) -> None:
     """Fused ASPP against eager PyTorch and torch.compile on DeepLab's real head shapes.
@@ -872,8 +976,6 @@ def kernels_bench(shapes, batches, dtypes, providers, warmup, iters, no_compile_
     bs = _int_list(batches, "--batch")
     dts = _choices(dtypes, ["fp16", "bf16", "fp32"], "dtype")
     provs = _choices(providers, list(kb.PROVIDERS), "provider")
-    if warmup < 0 or iters < 1:
-        raise DeepLabEdgeError(f"--warmup must be >= 0 and --iters >= 1, got {warmup} and {iters}")
     compiled = None
     if not no_compile_check:
         from .kernels.compile import compile_all, kernel_specs
@@ -948,13 +1050,13 @@ def crf_group() -> None:
 @click.option("--methods", default="pydensecrf,torch,triton,window,triton-window", show_default=True,
               help="CRF implementations, run side by side; those that cannot run here are listed as skipped.")
 @click.option("--preset", type=click.Choice(["deeplab-v2", "deeplab-v1"]), default="deeplab-v2", show_default=True)
-@click.option("--iterations", type=int, help="Mean-field iterations (default: the preset's, 10).")
-@click.option("--num-images", type=int, help="Use only the first N images.")
-@click.option("--speed-images", default=2, show_default=True,
+@click.option("--iterations", type=NONNEG, help="Mean-field iterations (default: the preset's, 10).")
+@click.option("--num-images", type=COUNT, help="Use only the first N images.")
+@click.option("--speed-images", default=2, type=NONNEG, show_default=True,
               help="Images also timed at --size x --size (with and without label pruning).")
-@click.option("--size", default=513, show_default=True, help="Side of the reference-speed inputs.")
+@click.option("--size", default=513, type=SIDE, show_default=True, help="Side of the reference-speed inputs.")
 @click.option("--device", default="auto", show_default=True, help="Device of the network and the torch/triton CRFs.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the results as JSON here.")
+@output_option("file", "Write the results as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def crf_bench(weights, data, methods, preset, iterations, num_images, speed_images, size, device, output,
               as_json) -> None:
@@ -986,9 +1088,8 @@ def crf_bench(weights, data, methods, preset, iterations, num_images, speed_imag
             skipped["pydensecrf"] = "pydensecrf is not installed (pip install pydensecrf2)"
     run_methods = [m for m in wanted if m not in skipped]
     if not run_methods:
-        raise DeepLabEdgeError(f"no CRF method can run here: {skipped}")
-    if iterations is not None and iterations < 0:
-        raise DeepLabEdgeError(f"--iterations must be >= 0, got {iterations}")
+        raise DeepLabEdgeError("no CRF method can run here (" + "; ".join(f"{m}: {r}" for m, r in skipped.items()) +
+                               "); pick others with --methods")
     params = with_overrides(PRESETS[preset], iterations=iterations)
     segmenter, _, info = _segmenter(weights, None, None, None, str(dev), "fp32", None)
     ds = open_dataset(data, "auto", "val").subset(num_images)
@@ -1032,7 +1133,8 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
     for v in values:
         prec, sep, path = v.partition("=")
         if not sep or prec not in ("fp32", "fp16", "int8") or not path:
-            raise DeepLabEdgeError(f"--engine expects PRECISION=FILE with PRECISION fp32, fp16 or int8, got {v!r}")
+            raise DeepLabEdgeError(f"--engine {v!r} is not PRECISION=FILE; give fp32, fp16 or int8 and the engine, "
+                                   "e.g. --engine int8=model.engine")
         if not Path(path).is_file():
             raise DeepLabEdgeError(f"--engine {v}: engine file not found; build one with `deeplab-edge build`")
         engines[prec] = Path(path)
@@ -1046,7 +1148,7 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--dataset", "kind", type=click.Choice(["auto", "voc", "cityscapes", "camvid"]), default="auto",
               show_default=True, help="Dataset layout.")
 @click.option("--split", default="val", show_default=True, help="Split name.")
-@click.option("--num-images", type=int, help="Use only the first N images.")
+@click.option("--num-images", type=COUNT, help="Use only the first N images.")
 @click.option("--backends", default="auto", show_default=True,
               help="auto (what runs well here), all, or a comma-separated list of: " + ", ".join(
                   ["torch-fp32", "torch-fp16", "torch-bf16", "compile-fp32", "compile-fp16", "triton-fp32",
@@ -1059,22 +1161,22 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
               show_default=True, help="CRF parameters.")
 @click.option("--batch", "batches", default="1", show_default=True,
               help="Batch sizes of the latency pass (comma-separated); 1 is always included.")
-@click.option("--iters", default=30, show_default=True, help="Timed calls per backend and batch size.")
-@click.option("--warmup", default=5, show_default=True, help="Untimed calls before them.")
+@click.option("--iters", default=30, type=COUNT, show_default=True, help="Timed calls per backend and batch size.")
+@click.option("--warmup", default=5, type=NONNEG, show_default=True, help="Untimed calls before them.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (PyTorch backends).")
-@click.option("--threads", type=int, help="Intra-op threads for PyTorch and ONNX Runtime (default: all cores).")
+@click.option("--threads", type=THREADS, help="Intra-op threads for PyTorch and ONNX Runtime (default: all cores).")
 @click.option("--calib-data", type=click.Path(path_type=Path),
               help="Images to calibrate the INT8 models on (default: the benchmark's own images, flagged).")
-@click.option("--calib-num", default=256, show_default=True, help="Calibration images (at most).")
+@click.option("--calib-num", default=256, type=COUNT, show_default=True, help="Calibration images (at most).")
 @click.option("--calib-method", type=click.Choice(["entropy", "minmax", "percentile", "mse"]), default="entropy",
               show_default=True, help="Activation ranges of the TensorRT QDQ model and cache.")
 @click.option("--engine", "engine_files", multiple=True,
               help="A TensorRT engine for the trt-* backends, as PRECISION=FILE (repeatable).")
-@click.option("--artifacts", type=click.Path(path_type=Path),
-              help="Keep the ONNX / INT8 models here and reuse them next time (default: a temporary folder).")
-@click.option("--tag", help="Name of the result files (default: from this machine's GPU or CPU).")
-@click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="Folder for bench_<tag>.json, .csv and .png (e.g. bench/results/).")
+@output_option("dir", "Keep the ONNX / INT8 models in this folder and reuse them next time (default: a "
+                      "temporary folder).", names=("--artifacts",))
+@click.option("--tag", callback=_check_tag,
+              help="Name of the result files: letters, digits, '.', '_', '-' (default: from this machine's GPU or CPU).")
+@output_option("dir", "Folder for bench_<tag>.json, .csv and .png (e.g. bench/results/).")
 @click.option("--no-plot", is_flag=True, help="Skip the PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result document as JSON instead of tables.")
 @click.pass_context
@@ -1115,10 +1217,12 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
     bs = sorted(set(_int_list(batches, "--batch")) | {1})
     crfs = _choices(crf_methods, list(CRF_CHOICES), "CRF option")
     engines = _engine_map(engine_files)
-    if calib_num < 1:
-        raise DeepLabEdgeError(f"--calib-num must be >= 1, got {calib_num}")
     dev = resolve_device(device)
     chosen, skipped = select_backends(backends, dev)
+    if not chosen:
+        raise DeepLabEdgeError("no backend can run on this machine with these options: " + "; ".join(
+            f"{s['backend']} ({s['reason']})" for s in skipped) + "; pick others with --backends (see "
+            "`deeplab-edge doctor`)")
     ds = open_dataset(data, kind, split).subset(num_images)
     if len(ds) == 0:
         raise DeepLabEdgeError(f"{data}: no images; pass a labelled dataset folder")
@@ -1202,8 +1306,8 @@ def _bench_table(result: dict[str, Any], title: str) -> None:
 
 @bench_group.command("compare")
 @click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--tag", default="compare", show_default=True, help="Name of the merged files.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Folder for the merged JSON, CSV and PNG.")
+@click.option("--tag", default="compare", show_default=True, callback=_check_tag, help="Name of the merged files.")
+@output_option("dir", "Folder for the merged JSON, CSV and PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Print the merged document as JSON.")
 def bench_compare(results, tag, output, as_json) -> None:
     """Merge result files from several machines (e.g. a desktop GPU and a Jetson Orin)
