@@ -117,15 +117,61 @@ def fp32_onnx(shared, imported, tmp_path_factory):
     return path
 
 
-def _miou(onnx_path, shared):
-    res = CliRunner().invoke(main, ["eval", "--onnx", str(onnx_path), "--data", str(shared["voc"]), "--json"])
-    assert res.exit_code == 0, res.output
-    return json.loads(res.output)
+def _segmenter(onnx_path):
+    from deeplab_edge.inference import Segmenter
+    from deeplab_edge.onnx_runner import OnnxRunner
+
+    r = OnnxRunner(onnx_path)
+    return Segmenter(r, r.preprocess, r.num_classes)
+
+
+def _agreement(a_path, b_path, images):
+    """Per-image share of pixels on which two models predict the same class."""
+    a, b = _segmenter(a_path), _segmenter(b_path)
+    return np.array([(a.predict(im) == b.predict(im)).mean() for im in images])
+
+
+def _qdq_activation_errors(qdq_path, x):
+    """For every activation QuantizeLinear -> DequantizeLinear pair of the QDQ model, run on ``x`` with
+    ONNX Runtime (graph optimisations off): max |DQ(Q(t)) - clip(t)| / scale, where t is the float tensor
+    fed to QuantizeLinear and clip() the int8 range [-128, 127] * scale."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    m = onnx.load(str(qdq_path))
+    init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    consumers = {}
+    for n in m.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    pairs = []
+    for q in (n for n in m.graph.node if n.op_type == "QuantizeLinear"):
+        (dq,) = consumers[q.output[0]]
+        assert dq.op_type == "DequantizeLinear" and init[q.input[1]].size == 1  # per-tensor activations
+        assert not init[q.input[2]].any()  # symmetric: zero point 0
+        pairs.append((q.input[0], dq.output[0], float(init[q.input[1]])))
+    have = {o.name for o in m.graph.output}
+    for name in {t for p in pairs for t in p[:2]} - have:
+        m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    vals = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x[None].numpy()})))
+    return {t: float(np.abs(vals[d] - np.clip(vals[t], -128 * s, 127 * s)).max() / s) for t, d, s in pairs}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["minmax", "entropy"])
 def test_calibrated_models_on_real_voc(shared, fp32_onnx, tmp_path, method):
+    """What the arithmetic guarantees on any x86-64 CPU (AVX2, AVX-512, VNNI, AMX alike): the cache and
+    QDQ placement, every quantized activation within half a step of its float value, and pixel agreement
+    with FP32 over whole images. mIoU on 9 images is printed, not asserted: a few boundary pixels of a
+    small class move it by points between instruction sets (issue 14)."""
+    from deeplab_edge.data import open_dataset
+    from deeplab_edge.data.preprocess import Preprocess
+    from deeplab_edge.export import read_metadata
+
     with pytest.warns(UserWarning, match="calibrating on all 9"):
         rep = calibrate(fp32_onnx, shared["voc"], tmp_path / "a", num=16, method=method,
                         cpu_int8=method == "minmax")
@@ -146,15 +192,23 @@ def test_calibrated_models_on_real_voc(shared, fp32_onnx, tmp_path, method):
     assert convs and all(producers[c.input[0]].op_type == "DequantizeLinear" and
                          producers[c.input[1]].op_type == "DequantizeLinear" for c in convs)
     assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) <= len(convs)
-    fp32 = _miou(fp32_onnx, shared)["miou"]
-    qdq = _miou(rep["qdq_onnx"], shared)
-    assert qdq["model"]["ort_graph_optimizations"] is False  # exact fake-quant emulation
-    print(f"{method}: FP32 {fp32:.4f}, TensorRT-QDQ (emulated) {qdq['miou']:.4f}")
-    assert fp32 - qdq["miou"] < 0.01  # issue 6: within 1.0 point of FP32
+
+    ds = open_dataset(shared["voc"])
+    images = [ds.load(i)[1] for i in range(len(ds))]
+    # per-tensor bound from the scales: round-to-nearest is off by at most half a step (fp32 slack 1e-3)
+    x = Preprocess.from_dict(read_metadata(fp32_onnx)["preprocess"])(images[0])[0]
+    errors = _qdq_activation_errors(rep["qdq_onnx"], x)
+    assert len(errors) >= len(convs) // 2 and max(errors.values()) <= 0.5 + 1e-3, errors
+
+    # the INT8 models against FP32, over whole images (measured on an AMD EPYC, AVX2: per image >= 97.9%,
+    # all pixels >= 99.0%; the CPU INT8 model on an AVX-512/VNNI/AMX Xeon: 98.3-99.8% per image)
+    assert _segmenter(rep["qdq_onnx"]).runner.optimize is False  # eval emulates it as exact fake-quant arithmetic
+    models = {"qdq": rep["qdq_onnx"]} | ({"cpu": rep["cpu_int8_onnx"]} if method == "minmax" else {})
+    for kind, path in models.items():
+        agree = _agreement(fp32_onnx, path, images)
+        print(f"{method} {kind}: pixel agreement with FP32 per image {np.round(100 * agree, 2)}")
+        assert agree.min() >= 0.96 and agree.mean() >= 0.98, (kind, agree)
     if method == "minmax":
-        cpu = _miou(rep["cpu_int8_onnx"], shared)
-        print(f"CPU INT8 {cpu['miou']:.4f}")
-        assert fp32 - cpu["miou"] < 0.025
         # deterministic: the same inputs and method give byte-identical files
         rep2 = calibrate(fp32_onnx, shared["voc"], tmp_path / "b", num=16, method=method, cpu_int8=True)
         for key in ("cache", "qdq_onnx", "cpu_int8_onnx"):
