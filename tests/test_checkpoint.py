@@ -45,7 +45,7 @@ def test_wrong_class_count_in_deeplab_edge_checkpoint(tmp_path):
 
 def test_garbage_and_missing(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"\x00" * 100)
-    with pytest.raises(CheckpointError, match="not a loadable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
         load_checkpoint(tmp_path / "x.pt")
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nope.pt")

@@ -1,0 +1,364 @@
+"""Bad input, every command: exit code 2, one line naming the problem and the fix, no traceback, and
+nothing new or changed where the outputs would go (issue 14).
+
+Each row of CASES is independent: a command line (``{ckpt}`` the real imported checkpoint, ``{voc}``
+the real VOC samples, ``{w}`` a folder of prepared inputs and output locations) and a piece of
+text the error line must contain. The folder is snapshotted before and after each case."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from deeplab_edge.cli import main
+from deeplab_edge.models import get_model
+
+CASES = [
+    # 1. silent success on bad input: counts and label values
+    ("build-calib-num-0", "build --weights {ckpt} --int8 --calib-data {voc} --calib-num 0 -o {w}/out/m.engine",
+     "--calib-num"),
+    ("eval-voc-label-value-50", "eval --weights {ckpt} --data {w}/voc_bad", "label value 50"),
+    ("eval-all-labels-ignore", "eval --weights {ckpt} --data {w}/voc_void", "ignore"),
+    ("eval-camvid-label-value-12", "eval --weights {w}/camvid11.pth --data {w}/camvid_bad", "label value 12"),
+    ("eval-num-images-negative", "eval --weights {ckpt} --data {voc} --num-images -1", "--num-images"),
+    ("eval-num-images-0", "eval --weights {ckpt} --data {voc} --num-images 0", "--num-images"),
+    ("export-parity-images-0", "export --weights {ckpt} --data {voc} -o {w}/out/m.onnx --parity-images 0",
+     "--parity-images"),
+    ("export-parity-images-negative", "export --weights {ckpt} --data {voc} -o {w}/out/m.onnx --parity-images -3",
+     "--parity-images"),
+    ("calibrate-keep-float-negative", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c --keep-float -1",
+     "--keep-float"),
+    ("calibrate-num-0", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c --num 0", "--num"),
+    ("calibrate-sensitivity-num-0",
+     "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c --sensitivity --sensitivity-num 0",
+     "--sensitivity-num"),
+    ("calibrate-percentile-0", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c --percentile 0",
+     "--percentile"),
+    ("calibrate-percentile-101", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c --percentile 101",
+     "--percentile"),
+    ("crf-bench-speed-images-negative", "crf bench --weights {ckpt} --data {voc} --speed-images -1",
+     "--speed-images"),
+    ("compare-threads-0", "compare {ckpt} --data {voc} --threads 0", "--threads"),
+    ("build-dla-negative", "build --weights {ckpt} --data {voc} --fp16 --dla -1 -o {w}/out/m.engine", "--dla"),
+    ("build-workspace-0", "build --weights {ckpt} --data {voc} --workspace 0 -o {w}/out/m.engine", "--workspace"),
+    ("eval-batch-size-0", "eval --weights {ckpt} --data {voc} --batch-size 0", "--batch-size"),
+    ("eval-crf-iterations-negative", "eval --weights {ckpt} --data {voc} --crf torch --crf-iterations -1",
+     "--crf-iterations"),
+    ("eval-crf-iterations-without-crf", "eval --weights {ckpt} --data {voc} --crf-iterations 3", "needs a CRF"),
+    ("predict-alpha-above-1", "predict --weights {ckpt} {img} -o {w}/out/p --alpha 1.5", "--alpha"),
+    ("predict-max-frames-0", "predict --weights {ckpt} --video {w}/clip.mp4 --max-frames 0 -o {w}/out/p",
+     "--max-frames"),
+    ("predict-camera-negative", "predict --weights {ckpt} --camera -1 -o {w}/out/p", "--camera"),
+    ("bench-iters-0", "bench --weights {ckpt} --data {voc} --iters 0", "--iters"),
+    ("bench-warmup-negative", "bench --weights {ckpt} --data {voc} --warmup -1", "--warmup"),
+    ("bench-calib-num-0", "bench --weights {ckpt} --data {voc} --calib-num 0", "--calib-num"),
+    ("bench-threads-0", "bench --weights {ckpt} --data {voc} --threads 0", "--threads"),
+    ("kernels-bench-iters-0", "kernels bench --iters 0", "--iters"),
+    ("compare-warmup-negative", "compare {ckpt} --data {voc} --warmup -1", "--warmup"),
+    ("bench-tag-with-a-folder", "bench --weights {ckpt} --data {voc} -o {w}/out --tag ../../x", "--tag"),
+    ("bench-compare-tag-with-space", "bench compare {w}/bad_rows.json --tag 'a b' -o {w}/out", "--tag"),
+    ("predict-video-unreadable", "predict --weights {ckpt} --video {w}/clip.mp4 -o {w}/out/p", "clip.mp4"),
+    # 2. output paths checked before the work
+    ("import-o-is-folder", "import {tflite} -o {w}/adir", "is a folder"),
+    ("import-o-under-a-file", "import {tflite} -o {w}/afile/m.pt", "is a file, not a folder"),
+    ("import-o-empty", "import {tflite} -o ''", "empty path"),
+    ("eval-o-is-folder", "eval --weights {ckpt} --data {voc} -o {w}/adir", "is a folder"),
+    ("eval-o-under-a-file", "eval --weights {ckpt} --data {voc} -o {w}/afile/r.json", "is a file, not a folder"),
+    ("predict-o-is-file", "predict --weights {ckpt} {img} -o {w}/afile", "is a file, not a folder"),
+    ("export-o-is-folder", "export --weights {ckpt} --data {voc} -o {w}/adir", "is a folder"),
+    ("export-o-under-a-file", "export --weights {ckpt} --data {voc} -o {w}/afile/x/m.onnx", "is a file, not a folder"),
+    ("calibrate-o-is-file", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/afile", "is a file, not a folder"),
+    ("build-o-under-a-file", "build --weights {ckpt} --data {voc} -o {w}/afile/m.engine", "is a file, not a folder"),
+    ("build-o-is-folder", "build --weights {ckpt} --data {voc} -o {w}/adir", "is a folder"),
+    ("bench-o-is-file", "bench --weights {ckpt} --data {voc} -o {w}/afile", "is a file, not a folder"),
+    ("bench-artifacts-is-file", "bench --weights {ckpt} --data {voc} --artifacts {w}/afile", "is a file, not a folder"),
+    ("bench-compare-o-is-file", "bench compare {w}/bad_rows.json {w}/bad_rows.json -o {w}/afile",
+     "is a file, not a folder"),
+    ("kernels-compile-o-is-folder", "kernels compile -o {w}/adir", "is a folder"),
+    ("crf-bench-o-is-folder", "crf bench --weights {ckpt} --data {voc} -o {w}/adir", "is a folder"),
+    ("compare-o-under-a-file", "compare {ckpt} --data {voc} -o {w}/afile/c.json", "is a file, not a folder"),
+    # 3. numbers without bounds
+    ("eval-input-size-0", "eval --weights {ckpt} --data {voc} --input-size 0", "--input-size"),
+    ("eval-input-size-negative", "eval --weights {ckpt} --data {voc} --input-size -5", "--input-size"),
+    ("eval-input-size-huge", "eval --weights {ckpt} --data {voc} --input-size 100000", "--input-size"),
+    ("predict-input-size-10", "predict --weights {ckpt} {img} -o {w}/out/p --input-size 10", "--input-size"),
+    ("models-size-0", "models --size 0", "--size"),
+    ("crf-bench-size-0", "crf bench --weights {ckpt} --data {voc} --size 0", "--size"),
+    ("compare-threads-negative", "compare {ckpt} --data {voc} --threads -2", "--threads"),
+    ("export-opset-99", "export --weights {ckpt} --data {voc} -o {w}/out/m.onnx --opset 99", "--opset"),
+    ("export-opset-12", "export --weights {ckpt} --data {voc} -o {w}/out/m.onnx --opset 12", "--opset"),
+    ("kernels-bench-batch-0", "kernels bench --batch 0", "--batch"),
+    ("bench-batch-negative", "bench --weights {ckpt} --data {voc} --batch -1", "--batch"),
+    ("build-shapes-zero", "build --onnx {w}/tiny_fp32.onnx --shapes 1x3x0x0 -o {w}/out/m.engine", "below 1"),
+    ("build-shapes-four-channels", "build --onnx {w}/tiny_fp32.onnx --shapes 1x4x32x32 -o {w}/out/m.engine",
+     "C = 4"),
+    # 4. corrupt files never reach the libraries
+    ("eval-text-as-pt", "eval --weights {w}/text.pt --data {voc}", "not a PyTorch checkpoint"),
+    ("info-text-as-pt", "info {w}/text.pt", "not a PyTorch checkpoint"),
+    ("info-empty-pt", "info {w}/empty.pt", "not a PyTorch checkpoint"),
+    ("info-random-bytes-pt", "info {w}/random.pt", "not a PyTorch checkpoint"),
+    ("info-unsafe-pickle", "info {w}/unsafe.pt", "could run code"),
+    ("info-list-pt", "info {w}/list.pt", "holds a list"),
+    ("info-checkpoint-without-config", "info {w}/noconfig.pt", "without its config"),
+    ("export-empty-pt", "export --weights {w}/empty.pt --data {voc} -o {w}/out/m.onnx", "not a PyTorch checkpoint"),
+    ("calibrate-random-onnx", "calibrate --onnx {w}/random.onnx --data {voc} -o {w}/out/c", "not an ONNX model"),
+    ("eval-random-onnx", "eval --onnx {w}/random.onnx --data {voc}", "ONNX model"),
+    ("build-random-onnx", "build --onnx {w}/random.onnx -o {w}/out/m.engine", "not an ONNX model"),
+    ("eval-text-as-tflite", "eval --tflite {w}/text.tflite --data {voc}", "not a TFLite flatbuffer"),
+    ("import-text-as-tflite", "import {w}/text.tflite -o {w}/out/m.pt", "not a TFLite flatbuffer"),
+    ("import-labels-missing", "import {tflite} -o {w}/out/m.pt --labels {w}/nolabels.txt", "file not found"),
+    ("import-labels-binary", "import {tflite} -o {w}/out/m.pt --labels {w}/random.pt", "--labels"),
+    ("import-labels-too-few", "import {tflite} -o {w}/out/m.pt --labels {w}/labels3.txt", "3 class names"),
+    ("bench-compare-malformed-rows", "bench compare {w}/bad_rows.json {w}/bad_rows.json", "malformed"),
+    ("bench-compare-not-json", "bench compare {w}/text.pt {w}/text.pt", "not JSON"),
+    ("eval-engine-without-manifest", "eval --engine {w}/random.engine --data {voc}", "manifest"),
+    ("eval-corrupt-image", "predict --weights {ckpt} {w}/broken.jpg -o {w}/out/p", "cannot read the image"),
+    # 6. clear messages
+    ("calibrate-a-qdq-model", "calibrate --onnx {w}/tiny_qdq.onnx --data {voc} -o {w}/out/c", "not an FP32 export"),
+    ("build-weights-and-onnx", "build --weights {ckpt} --onnx {w}/tiny_fp32.onnx -o {w}/out/m.engine",
+     "exactly one of"),
+    ("bench-engine-without-tensorrt",
+     "bench --weights {ckpt} --data {voc} --backends trt-int8 --engine int8={w}/random.engine", "trt-int8"),
+    ("bench-engine-bad-precision", "bench --weights {ckpt} --data {voc} --engine int4={w}/random.engine",
+     "PRECISION=FILE"),
+    # and the rest a new user types
+    ("eval-unknown-device", "eval --weights {ckpt} --data {voc} --device tpu", "unknown device"),
+    ("eval-missing-split", "eval --weights {ckpt} --data {voc} --split nope", "split file not found"),
+    ("eval-missing-data", "eval --weights {ckpt} --data {w}/nodata", "no such file"),
+    ("eval-missing-weights", "eval --weights {w}/none.pt --data {voc}", "not found"),
+    ("eval-no-model", "eval --data {voc}", "exactly one of"),
+    ("eval-missing-reference", "eval --weights {ckpt} --data {voc} --reference {w}/noref", "reference folder"),
+    ("eval-plain-folder", "eval --weights {ckpt} --data {w}/adir", "no images"),
+    ("predict-no-inputs", "predict --weights {ckpt} -o {w}/out/p", "nothing to segment"),
+    ("predict-missing-video", "predict --weights {ckpt} --video {w}/none.mp4 -o {w}/out/p", "video file not found"),
+    ("bench-unknown-backend", "bench --weights {ckpt} --data {voc} --backends tpu-int8", "unknown backend"),
+    ("bench-unknown-crf", "bench --weights {ckpt} --data {voc} --crf magic", "unknown CRF option"),
+    ("bench-missing-weights", "bench --data {voc}", "needs --weights"),
+    ("kernels-compile-unknown-arch", "kernels compile --arch 75", "unknown architecture"),
+    ("crf-bench-unknown-method", "crf bench --weights {ckpt} --data {voc} --methods magic", "unknown CRF method"),
+    ("unknown-option", "eval --weights {ckpt} --data {voc} --frobnicate", "--frobnicate"),
+    ("missing-required-option", "export --weights {ckpt} -o {w}/out/m.onnx", "--data"),
+]
+
+
+def _tiny_onnx(path: Path, qdq: bool) -> None:
+    """A one-Conv ONNX with deeplab-edge's metadata: an FP32 export, or its QDQ version."""
+    from deeplab_edge.calibration import insert_qdq
+
+    conv = torch.nn.Conv2d(3, 2, 1).eval()
+    torch.onnx.export(conv, (torch.zeros(1, 3, 32, 32),), str(path), input_names=["input"], output_names=["logits"],
+                      dynamo=False, opset_version=17)
+    m = onnx.load(str(path))
+    if qdq:
+        m = insert_qdq(m, {"input": 1.0})
+    meta = {"preprocess": {"size": 32, "resize": "long_side", "pad": True, "mean": [0.5] * 3, "std": [0.5] * 3},
+            "num_classes": 2, "precision": "int8-qdq-tensorrt" if qdq else "fp32"}
+    for k, v in meta.items():
+        e = m.metadata_props.add()
+        e.key, e.value = f"deeplab_edge.{k}", json.dumps(v)
+    onnx.save(m, str(path))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, shared):
+    """The prepared bad inputs (built once; each case works on a fresh copy)."""
+    from deeplab_edge.bench.report import FORMAT
+
+    w = tmp_path_factory.mktemp("bad_inputs")
+    (w / "adir").mkdir()
+    (w / "afile").write_text("a file where a folder is expected\n")
+    (w / "text.pt").write_text("hello\nthis is text, not a checkpoint\n")
+    (w / "empty.pt").write_bytes(b"")
+    rng = np.random.default_rng(0)
+    for name in ("random.pt", "random.onnx", "random.engine"):
+        (w / name).write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    (w / "text.tflite").write_text("not a flatbuffer\n")
+    (w / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (w / "labels3.txt").write_text("a\nb\nc\n")
+    (w / "clip.mp4").write_bytes(b"\x00" * 16)
+
+    class Unsafe:
+        def __reduce__(self):
+            return (os.getcwd, ())
+
+    torch.save({"x": Unsafe()}, w / "unsafe.pt")
+    torch.save([1, 2, 3], w / "list.pt")
+    torch.save({"format": "deeplab-edge/1", "state_dict": {}}, w / "noconfig.pt")
+    torch.save(get_model("deeplabv3_mobilenet_v2", num_classes=11).state_dict(), w / "camvid11.pth")
+    (w / "bad_rows.json").write_text(json.dumps({"format": FORMAT, "environment": {}, "rows": [1, 2]}))
+    _tiny_onnx(w / "tiny_fp32.onnx", qdq=False)
+    _tiny_onnx(w / "tiny_qdq.onnx", qdq=True)
+    # a VOC folder whose one label has a value (50) that is no VOC class
+    voc = w / "voc_bad"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True)
+    shutil.copy(shared["voc"] / "JPEGImages" / "0.png", voc / "JPEGImages" / "0.png")
+    lab = np.asarray(Image.open(shared["voc"] / "SegmentationClass" / "0.png")).copy()
+    lab[:10, :10] = 50
+    Image.fromarray(lab, mode="L").save(voc / "SegmentationClass" / "0.png")
+    (voc / "ImageSets/Segmentation/val.txt").write_text("0\n")
+    # the same image with every label pixel void (255)
+    void = w / "voc_void"
+    shutil.copytree(voc, void)
+    Image.fromarray(np.full_like(lab, 255), mode="L").save(void / "SegmentationClass" / "0.png")
+    # a CamVid folder (images/ + labels/) whose label has 12 (classes 0-10, void 11)
+    cv = w / "camvid_bad"
+    (cv / "images").mkdir(parents=True)
+    (cv / "labels").mkdir()
+    Image.fromarray(rng.integers(0, 256, (33, 41, 3), dtype=np.uint8)).save(cv / "images" / "f1.png")
+    lab = rng.integers(0, 12, (33, 41), dtype=np.uint8)
+    lab[0, 0] = 12
+    Image.fromarray(lab, mode="L").save(cv / "labels" / "f1.png")
+    return w
+
+
+def _snapshot(root: Path) -> dict[str, tuple]:
+    snap = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        snap[str(p.relative_to(root))] = ("dir",) if p.is_dir() else (st.st_size, st.st_mtime_ns)
+    return snap
+
+
+def assert_one_line_error(res, pattern: str) -> str:
+    assert "Traceback" not in res.output, res.output
+    assert res.exit_code == 2, (res.exit_code, res.output)
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
+    assert pattern.lower() in lines[0].lower(), res.output
+    return lines[0]
+
+
+def test_at_least_60_cases_over_every_command():
+    assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
+    commands = {c[1].split()[0] for c in CASES}
+    assert commands >= {"import", "eval", "predict", "export", "calibrate", "build", "bench", "compare", "info",
+                        "models", "kernels", "crf"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(case, inputs, shared, imported, tmp_path):
+    name, template, pattern = case
+    w = tmp_path / "w"
+    shutil.copytree(inputs, w, symlinks=True)
+    import shlex
+
+    argv = shlex.split(template.format(ckpt=imported[0], voc=shared["voc"], tflite=shared["tflite"], w=w,
+                                       img=shared["voc"] / "JPEGImages" / "0.png"))
+    before = _snapshot(w)
+    res = CliRunner().invoke(main, argv, prog_name="deeplab-edge", catch_exceptions=False)
+    line = assert_one_line_error(res, pattern)
+    assert ";" in line or "(see `deeplab-edge" in line, f"no fix named: {line}"  # the problem; then the fix
+    assert _snapshot(w) == before, f"{name}: files changed"
+
+
+def test_read_only_output_folder(tmp_path, imported):
+    if os.geteuid() == 0:
+        pytest.skip("running as root: a read-only folder is writable for root, nothing to refuse")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        res = CliRunner().invoke(main, ["info", str(imported[0]), "--json"])  # sanity: the checkpoint loads
+        assert res.exit_code == 0
+        res = CliRunner().invoke(main, ["import", "x.tflite", "-o", str(ro / "m.pt")], catch_exceptions=False)
+        assert_one_line_error(res, "cannot write in")
+        assert not list(ro.iterdir())
+    finally:
+        ro.chmod(0o755)
+
+
+def test_disk_full_is_one_line_and_leaves_nothing(tmp_path, shared):
+    """A real full disk: a 64 KiB tmpfs (needs root and mount rights; skipped elsewhere, with the reason)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip() or r.returncode}): no full disk to test")
+    try:
+        res = CliRunner().invoke(main, ["import", str(shared["tflite"]), "-o", str(mnt / "sub" / "m.pt")],
+                                 catch_exceptions=False)
+        assert_one_line_error(res, "no space left on the device")
+        assert not list(mnt.iterdir())  # no partial file, no temp file, no folder
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def _run_and_terminate(argv: list[str], cwd: Path, ready, timeout: float = 120.0, sig=signal.SIGTERM):
+    """Run the CLI in a child process, send ``sig`` once ``ready()`` is true, return (rc, output)."""
+    code = "import sys; from deeplab_edge.cli import main; sys.argv[0] = 'deeplab-edge'; main()"
+    p = subprocess.Popen([sys.executable, "-c", code, *argv], cwd=cwd, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    t0 = time.monotonic()
+    while not ready() and p.poll() is None and time.monotonic() - t0 < timeout:
+        time.sleep(0.02)
+    assert p.poll() is None, f"finished before it could be interrupted: {p.communicate()[0]}"
+    p.send_signal(sig)
+    out = p.communicate(timeout=60)[0]
+    return p.returncode, out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")],
+                         ids=["sigterm", "ctrl-c"])
+def test_signal_during_calibrate_leaves_nothing(tmp_path, shared, imported, sig, code, word):
+    """calibrate is all-or-nothing: stopped while it works, no cache/QDQ/CPU model and no output folder."""
+    from deeplab_edge.checkpoint import load_checkpoint
+    from deeplab_edge.data import open_dataset
+    from deeplab_edge.export import export_onnx
+
+    fp32 = tmp_path / "m.onnx"
+    export_onnx(load_checkpoint(imported[0]), fp32, [open_dataset(shared["voc"]).load(0)[1]])
+    work = tmp_path / "work"
+    work.mkdir()
+    rc, out = _run_and_terminate(["calibrate", "--onnx", str(fp32), "--data", str(shared["voc"]), "-o", "int8"],
+                                 work, lambda: any(work.glob(".int8.partial-*")), sig=sig)
+    assert rc == code and word in out and "Traceback" not in out, out
+    assert not list(work.iterdir()), list(work.iterdir())
+
+
+@pytest.mark.slow
+def test_sigterm_during_export_leaves_no_temp_file(tmp_path, shared, imported):
+    work = tmp_path / "work"
+    work.mkdir()
+    rc, out = _run_and_terminate(["export", "--weights", str(imported[0]), "--data", str(shared["voc"]), "-o",
+                                  "sub/m.onnx"], work, lambda: any(work.glob(".m.onnx.*")))
+    assert rc == 143 and "Traceback" not in out, out
+    assert not list(work.iterdir()), list(work.iterdir())
+
+
+def test_predict_same_file_names_in_two_folders(tmp_path, shared, imported):
+    """a/x.png and b/x.png are two images: both results are kept, each the model's own prediction."""
+    from deeplab_edge.checkpoint import load_checkpoint
+    from deeplab_edge.data.preprocess import Preprocess
+
+    imgs = shared["voc"] / "JPEGImages"
+    for sub, src in (("a", "0.png"), ("b", "8.png")):
+        (tmp_path / sub).mkdir()
+        shutil.copy(imgs / src, tmp_path / sub / "x.png")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["predict", "--weights", str(imported[0]), str(tmp_path / "a" / "x.png"),
+                                    str(tmp_path / "b"), "-o", str(out), "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    masks = {p.name for p in out.glob("*_mask.png")}
+    assert masks == {"a_x_mask.png", "b_x_mask.png"}, masks
+    loaded = load_checkpoint(imported[0])
+    pre = Preprocess.from_dict(loaded.meta["preprocess"])
+    for sub, src in (("a", "0.png"), ("b", "8.png")):
+        image = np.asarray(Image.open(imgs / src).convert("RGB"))
+        x, geom = pre(image)
+        with torch.no_grad():
+            direct = Preprocess.restore_labels(loaded.model(x[None])[0].argmax(0).to(torch.uint8).numpy(), geom)
+        got = np.asarray(Image.open(out / f"{sub}_x_mask.png"))
+        assert (got == direct).mean() > 0.999, sub
