@@ -74,7 +74,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     into exceptions) leaves nothing behind."""
     path = Path(path)
     where = nearest_existing(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=where)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=where)
+    except OSError as e:  # name the file the user asked for, not our temporary one
+        raise OSError(e.errno, e.strerror, str(path)) from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -95,7 +98,10 @@ def staged_dir(dest: str | Path) -> Iterator[Path]:
     For commands that write several files which only make sense together (calibration, a
     build bundle): either all of them land in ``dest`` or none does."""
     dest = Path(dest)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name or 'out'}.partial-", dir=nearest_existing(dest)))
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=f".{dest.name or 'out'}.partial-", dir=nearest_existing(dest)))
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(dest)) from None
     try:
         yield stage
         dest.mkdir(parents=True, exist_ok=True)
