@@ -62,6 +62,8 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in [
     Backend("triton-fp16", "triton", "fp16", "PyTorch with the fused Triton ASPP, half precision"),
     Backend("ort-fp32", "ort", "fp32", "ONNX Runtime, FP32 export"),
     Backend("ort-int8", "ort", "int8", "ONNX Runtime CPU INT8 (u8 activations, s8 per-channel weights)"),
+    Backend("litert-int8", "litert", "int8", "LiteRT (XNNPACK) running a quantized .tflite model (--tflite): "
+                                             "Google's own runtime for its models"),
     Backend("qdq-int8", "qdq", "int8", "TensorRT QDQ model (s8), exact fake-quant emulation in ONNX Runtime: "
                                        "accuracy of the INT8 engine, not its speed"),
     Backend("trt-fp32", "trt", "fp32", "TensorRT engine, FP32"),
@@ -88,15 +90,17 @@ def _cannot_run(b: Backend, device: torch.device) -> str | None:
 
     cuda = device.type == "cuda"
     if b.family == "triton":
-        if importlib.util.find_spec("triton") is None:
-            return "triton is not installed (pip install triton)"
-        if not cuda:
-            return "the fused Triton kernels need a CUDA GPU (without one they run only in Triton's interpreter, " \
-                   "far too slow to time)"
+        from deeplab_edge.kernels.device import triton_unavailable
+
+        return triton_unavailable(device, timing=True)
     if b.family in ("torch", "compile") and b.precision == "fp16" and not cuda:
         return "PyTorch has no fp16 convolutions on the CPU; needs a CUDA GPU"
     if b.family == "compile" and not cuda and not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
         return "torch.compile on the CPU needs a C++ compiler (g++ or clang++) on PATH"
+    if b.family == "litert" and importlib.util.find_spec("ai_edge_litert") is None:
+        return "ai-edge-litert is not installed (pip install 'deeplab-edge[litert]')"
+    if b.family == "litert" and device.type == "cuda":
+        return "LiteRT runs on the CPU; a GPU run would time it beside GPU backends"
     if b.family in ("ort", "qdq") and importlib.util.find_spec("onnxruntime") is None:
         return "onnxruntime is not installed (pip install 'deeplab-edge[onnx]')"
     if b.family == "trt":
@@ -122,9 +126,11 @@ def _not_by_default(b: Backend, device: torch.device) -> str | None:
     return None
 
 
-def select_backends(requested: str, device: torch.device) -> tuple[list[Backend], list[dict[str, str]]]:
+def select_backends(requested: str, device: torch.device, *, tflite: bool = False
+                    ) -> tuple[list[Backend], list[dict[str, str]]]:
     """Backends to run and the ones left out, each with its reason. ``requested``: ``auto`` (what
-    this machine runs well), ``all``, or a comma-separated list of names."""
+    this machine runs well), ``all``, or a comma-separated list of names; ``tflite``: a .tflite
+    model was given (the LiteRT backend runs it)."""
     if requested in ("auto", "all"):
         names = list(BACKENDS)
     else:
@@ -137,6 +143,8 @@ def select_backends(requested: str, device: torch.device) -> tuple[list[Backend]
     for n in dict.fromkeys(names):
         b = BACKENDS[n]
         reason = _cannot_run(b, device) or (_not_by_default(b, device) if requested == "auto" else None)
+        if not reason and b.family == "litert" and not tflite:
+            reason = "no .tflite model given; pass --tflite FILE (e.g. the file the checkpoint was imported from)"
         if reason:
             skipped.append({"backend": n, "reason": reason})
         else:
@@ -237,39 +245,32 @@ def _dynamic_batch(path: Path) -> bool:
 # ----------------------------------------------------------------------------- runners
 
 def _make_runner(b: Backend, weights: Path, arch: str | None, device: torch.device, art: dict[str, Any],
-                 threads: int | None, engines: dict[str, Path]):
-    """(runner, file the model came from, extra info) for backend ``b``."""
+                 threads: int | None, engines: dict[str, Path], tflite: Path | None = None):
+    """(runner, file the model came from, extra info) for backend ``b``, through the runtime's one factory."""
+    from deeplab_edge.runtime import open_runner
+
     if b.family in ("torch", "compile", "triton"):
-        from deeplab_edge.checkpoint import load_checkpoint
-        from deeplab_edge.inference import TorchRunner
-
-        model = load_checkpoint(weights, arch=arch).model
-        if b.family == "triton":
-            from deeplab_edge.kernels import fuse_aspp
-
-            model = fuse_aspp(model)
-        runner = TorchRunner(model, device, b.precision)
-        if b.family == "compile":
-            runner.model = torch.compile(runner.model)
-        return runner, weights, {}
-    if b.family in ("ort", "qdq"):
-        from deeplab_edge.onnx_runner import OnnxRunner
-
+        path, kw = weights, {"backend": b.family, "precision": b.precision, "device": device, "arch": arch}
+    elif b.family in ("ort", "qdq"):
         path = Path(art["onnx_fp32"]["path"]) if b.name == "ort-fp32" else Path(
             art["calibration"]["cpu_int8_onnx" if b.family == "ort" else "qdq_onnx"])
-        runner = OnnxRunner(path, threads=threads)
-        return runner, path, {"provider": runner.session.get_providers()[0],
-                              "ort_graph_optimizations": runner.optimize}
-    if b.family == "trt":
-        from deeplab_edge.engine import EngineRunner
-
+        kw = {"backend": "onnxruntime"}
+    elif b.family == "litert":
+        if tflite is None:
+            raise DeepLabEdgeError(f"{b.name}: no .tflite model; pass --tflite FILE (e.g. the file the checkpoint "
+                                   "was imported from)")
+        path, kw = tflite, {"backend": "litert"}
+    elif b.family == "trt":
         path = engines.get(b.precision)
         if path is None:
             raise DeepLabEdgeError(f"{b.name}: no engine; pass --engine {b.precision}=FILE (build one with "
                                    f"`deeplab-edge build`)")
-        runner = EngineRunner(path)
-        return runner, path, {"engine": str(path)}
-    raise AssertionError(b.family)
+        kw = {"backend": "tensorrt"}
+    else:
+        raise AssertionError(b.family)
+    runner = open_runner(path, threads=threads, **kw)
+    keep = ("provider", "ort_graph_optimizations", "engine")
+    return runner, path, {k: v for k, v in runner.info.items() if k in keep}
 
 
 def _sync(runner) -> None:
@@ -290,14 +291,25 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
               batches: Iterable[int] = (1,), warmup: int = 5, iters: int = 30, device: str = "auto",
               arch: str | None = None, threads: int | None = None, work: Path, calib_data: Path | None = None,
               calib_num: int = 256, calib_method: str = "entropy", engines: dict[str, Path] | None = None,
-              power: Any = None, progress: Callable[[str, int], Callable[[str], None]] | None = None,
+              tflite: Path | None = None, power: Any = None, skipped: list[dict[str, str]] | None = None,
+              settings: dict[str, Any] | None = None,
+              progress: Callable[[str, int], Callable[[str], None]] | None = None,
               log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Run the matrix; returns the result document (rows, skipped, artefacts)."""
+    """Run the matrix; returns the complete result document (what ``bench -o`` writes and
+    :func:`~deeplab_edge.bench.report.load_result` reads): the format, the machine, the data and
+    settings, the rows, what was skipped (``skipped``: backends left out before the run) and the
+    artefacts."""
+    from deeplab_edge.bench.env import environment
+
+    from .report import FORMAT
+
     from deeplab_edge.checkpoint import load_checkpoint
     from deeplab_edge.crf import PRESETS, CRFStage
     from deeplab_edge.data.preprocess import Preprocess
-    from deeplab_edge.inference import argmax_labels, resolve_device
+    from deeplab_edge.inference import argmax_labels
+    from deeplab_edge.kernels.device import triton_unavailable
     from deeplab_edge.metrics import ConfusionMatrix
+    from deeplab_edge.runtime import resolve_device
 
     batches = sorted(set(batches))
     if not backends:
@@ -323,9 +335,9 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
     for m in crf_methods:
         if m == "none":
             continue
-        if m in TRITON_METHODS and dev.type != "cuda":
-            skipped_crf.append({"crf": m, "reason": "the Triton CRF kernels need a CUDA GPU (without one they run only "
-                                                    "in Triton's interpreter, far too slow to time)"})
+        reason = triton_unavailable(dev, timing=True) if m in TRITON_METHODS else None
+        if reason:
+            skipped_crf.append({"crf": m, "reason": reason})
             continue
         try:
             stages[m] = CRFStage(m, params, "cpu" if m == "pydensecrf" else dev)
@@ -339,7 +351,7 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
     n_cls = loaded.model.num_classes
     classes = loaded.classes
     rows: list[dict[str, Any]] = []
-    skipped = []
+    skipped = list(skipped or [])
     for b in backends:
         peak_rss_reset()
         rss0 = _status_mb("VmRSS")
@@ -347,12 +359,15 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
         try:
-            runner, source, extra = _make_runner(b, weights, arch, dev, art, threads, engines or {})
+            runner, source, extra = _make_runner(b, weights, arch, dev, art, threads, engines or {}, tflite)
         except DeepLabEdgeError as e:
             skipped.append({"backend": b.name, "reason": str(e)})
             continue
-        # exported models carry the checkpoint's preprocessing in their metadata
-        pre = getattr(runner, "preprocess", None) or Preprocess.from_dict(loaded.meta.get("preprocess") or {})
+        pre = runner.preprocess  # the checkpoint's, or what the exported file carries
+        if runner.num_classes != n_cls:
+            skipped.append({"backend": b.name, "reason": f"{source}: predicts {runner.num_classes} classes, the "
+                                                         f"checkpoint {n_cls}; give the matching model"})
+            continue
 
         # first call: compilation, engine set-up, lazy initialisation — reported, never timed as latency
         x0 = pre(dataset.load(0)[1])[0][None]
@@ -444,8 +459,14 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
         r["speedup"] = (base["latency_ms"] / r["latency_ms"]
                         if r["latency_is_speed"] and r["latency_ms"] and base["latency_ms"] else None)
     mark_pareto(rows)
-    return {"baseline": {"backend": base["backend"], "crf": base["crf"]}, "rows": rows,
-            "skipped": skipped, "skipped_crf": skipped_crf, "artifacts": art}
+    return {"format": FORMAT, "environment": environment(), "data": str(dataset.root), "dataset": dataset.kind,
+            "split": (settings or {}).get("split"), "images": len(dataset), "weights": str(weights), "device": str(dev),
+            "settings": {"backends": [b.name for b in backends], "crf": list(crf_methods), "crf_preset": crf_preset,
+                         "batches": batches, "iters": iters, "warmup": warmup,
+                         "threads": threads or torch.get_num_threads(), "calib_method": calib_method,
+                         **(settings or {})},
+            "power": getattr(power, "source", None), "baseline": {"backend": base["backend"], "crf": base["crf"]},
+            "rows": rows, "skipped": skipped, "skipped_crf": skipped_crf, "artifacts": art}
 
 
 def mark_pareto(rows: list[dict[str, Any]], key: str = "pareto") -> None:

@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from deeplab_edge.runtime.pytorch import DTYPES
+
 from .stats import percentile, time_calls
 
 __all__ = ["SHAPES", "PROVIDERS", "DEVICES", "HeadShape", "analyse", "build_head", "crf_estimate", "eager_traffic",
@@ -68,7 +70,6 @@ DEVICES = {
                simt_fp32_tflops=5.3),
 }
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # ATen ops that only change a tensor's metadata or allocate: no kernel launch, no memory traffic.
 _NO_WORK_OPS = {"view", "_unsafe_view", "expand", "t", "detach", "permute", "as_strided", "alias", "reshape",
@@ -138,8 +139,8 @@ def _flops(shape: HeadShape, batch: int) -> int:
 
 def eager_traffic(shape: HeadShape, batch: int, dtype: str) -> dict[str, Any]:
     """Launches and bytes of eager PyTorch, recorded from the real module on the meta device."""
-    head = build_head(shape).to("meta", _DTYPES[dtype])
-    x = torch.empty(batch, shape.cin, shape.height, shape.width, device="meta", dtype=_DTYPES[dtype])
+    head = build_head(shape).to("meta", DTYPES[dtype])
+    x = torch.empty(batch, shape.cin, shape.height, shape.width, device="meta", dtype=DTYPES[dtype])
     return _count_ops(lambda: head(x))
 
 
@@ -149,7 +150,7 @@ def fused_traffic(shape: HeadShape, batch: int, dtype: str) -> dict[str, Any]:
     (v3) is counted op by op like eager PyTorch."""
     from deeplab_edge.kernels.aspp import FusedASPP, TapTable, _specs
 
-    elt = _DTYPES[dtype].itemsize
+    elt = DTYPES[dtype].itemsize
     b, c, h, w = batch, shape.cin, shape.height, shape.width
     x_bytes = b * c * h * w * elt
     pad16 = shape.cout + (-shape.cout % 16)
@@ -167,8 +168,8 @@ def fused_traffic(shape: HeadShape, batch: int, dtype: str) -> dict[str, Any]:
     out = b * shape.cout * h * w * elt
     branches = x_bytes + w_branch + feats + 4 * groups * shape.cout + 4 * 4 * taps.num_taps
     projection = feats + w_proj + out + 4 * b * shape.cout + 4 * 4
-    fused = FusedASPP(build_head(shape)).to("meta", _DTYPES[dtype])
-    xm = torch.empty(b, c, h, w, device="meta", dtype=_DTYPES[dtype])
+    fused = FusedASPP(build_head(shape)).to("meta", DTYPES[dtype])
+    xm = torch.empty(b, c, h, w, device="meta", dtype=DTYPES[dtype])
     pool = _count_ops(lambda: fused.image_bias(xm))
     return {"launches": 2 + pool["launches"], "bytes": branches + projection + pool["bytes"],
             "ops": ["triton:aspp_branches", *pool["ops"], "triton:projection"], "taps": taps.num_taps,
@@ -306,7 +307,7 @@ def run(shapes: Iterable[str | HeadShape], batches: Iterable[int], dtypes: Itera
         for batch in batches:
             flops = _flops(shape, batch)
             for dtype in dtypes:
-                dt = _DTYPES[dtype]
+                dt = DTYPES[dtype]
                 head = build_head(shape).to(dev, dt).to(memory_format=torch.channels_last)
                 x = torch.randn(batch, shape.cin, shape.height, shape.width, device=dev, dtype=dt)
                 x = x.contiguous(memory_format=torch.channels_last)

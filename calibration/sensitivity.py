@@ -27,7 +27,7 @@ __all__ = ["layer_sensitivity"]
 def _miou(model, dataset: SegmentationDataset, work: Path, tag: str) -> float:
     import onnx
 
-    from deeplab_edge.onnx_runner import OnnxRunner
+    from deeplab_edge.runtime.onnx import OnnxRunner
 
     path = work / f"{tag}.onnx"
     onnx.save(model, str(path))

@@ -305,7 +305,7 @@ def _crf_stage(method: str, preset: str, iterations: int | None, device: str):
                                    "triton-window)")
         return None
     from .crf import DEVICE_METHODS, PRESETS, CRFStage, with_overrides
-    from .inference import resolve_device
+    from .runtime import resolve_device
 
     params = with_overrides(PRESETS[preset], iterations=iterations)
     dev = resolve_device(device) if method in DEVICE_METHODS else "cpu"
@@ -315,73 +315,27 @@ def _crf_stage(method: str, preset: str, iterations: int | None, device: str):
 def _segmenter(weights: Path | None, tflite: Path | None, onnx_path: Path | None, arch: str | None, device: str,
                precision: str, input_size: int | None, threads: int | None = None, backend: str = "torch",
                crf: tuple[str, str, int | None] = ("none", "deeplab-v2", None), engine: Path | None = None):
-    from .checkpoint import load_checkpoint
-    from .data.preprocess import Preprocess
-    from .inference import Segmenter, TorchRunner, resolve_device
+    """(Segmenter, class names or None, info) for the model options of eval / predict / compare."""
+    from .inference import Segmenter
+    from .runtime import open_runner
 
-    if sum(p is not None for p in (weights, tflite, onnx_path, engine)) != 1:
-        raise DeepLabEdgeError(f"{'no model' if weights is tflite is onnx_path is engine is None else 'several models'}"
-                               " given; pass exactly one of --weights FILE, --onnx FILE, --tflite FILE or --engine FILE")
+    given = [(p, b) for p, b in ((weights, backend), (onnx_path, "onnxruntime"), (tflite, "litert"),
+                                 (engine, "tensorrt")) if p is not None]
+    if len(given) != 1:
+        raise DeepLabEdgeError(f"{'no model' if not given else 'several models'} given; pass exactly one of "
+                               "--weights FILE, --onnx FILE, --tflite FILE or --engine FILE")
+    if backend != "torch" and weights is None:
+        raise DeepLabEdgeError(f"--backend {backend} runs a PyTorch checkpoint; use it with --weights, not "
+                               "--onnx/--tflite/--engine")
     stage = _crf_stage(*crf, device)
-    crf_info = {"crf": crf[0]} if stage is None else {"crf": crf[0], "crf_params": stage.params.as_dict()}
-    if engine is not None:
-        from .engine import EngineRunner
-
-        if input_size is not None or backend != "torch" or precision != "fp32":
-            raise DeepLabEdgeError("an engine's input size and precision are fixed when it is built: drop "
-                                   "--input-size / --backend / --precision")
-        runner = EngineRunner(engine)
-        m = runner.manifest
-        info = {"engine": str(engine), "arch": m.get("arch"), "tensorrt": m.get("tensorrt"),
-                "gpu": (m.get("gpu") or {}).get("name"), "precision": m.get("precision"), "device": "cuda", **crf_info}
-        return Segmenter(runner, runner.preprocess, runner.num_classes, stage), runner.classes or None, info
-    if backend == "triton":
-        if weights is None:
-            raise DeepLabEdgeError("--backend triton runs a PyTorch checkpoint: use it with --weights, not "
-                                   "--onnx/--tflite")
-        from .kernels.aspp import check_runnable
-
-        import torch
-
-        check_runnable(torch.empty(0, device=resolve_device(device)))
-    if onnx_path is not None:
-        from .onnx_runner import OnnxRunner
-
-        if input_size is not None:
-            raise DeepLabEdgeError("--input-size cannot change an exported model's preprocessing; re-export it")
-        runner = OnnxRunner(onnx_path, threads=threads)
-        info = {"onnx": str(onnx_path), "arch": runner.meta.get("arch"), "provider": runner.session.get_providers()[0],
-                "precision": runner.meta.get("precision"), "ort_graph_optimizations": runner.optimize, **crf_info}
-        return Segmenter(runner, runner.preprocess, runner.num_classes, stage), runner.classes or None, info
-    if tflite is not None:
-        from .tflite_runner import TFLiteRunner
-
-        if input_size is not None:
-            raise DeepLabEdgeError("--input-size cannot change a TFLite model's fixed input; drop it")
-        runner = TFLiteRunner(tflite, num_threads=threads)
-        return Segmenter(runner, runner.preprocess, runner.num_classes, stage), None, {"tflite": str(tflite), **crf_info}
-    loaded = load_checkpoint(weights, arch=arch)
-    pre = loaded.meta.get("preprocess") or {}
-    if input_size is not None:
-        pre = {**pre, "size": input_size, "resize": "long_side", "pad": True}
-        stride = loaded.model.config.get("output_stride", 16)
-        if (loaded.meta.get("source") or {}).get("format") == "tflite" and (input_size - 1) % stride:
-            console.print(f"[yellow]warning:[/] --input-size {input_size} is not k x {stride} + 1: TF's SAME "
-                          "padding of the imported weights differs from PyTorch's there (e.g. use "
-                          f"{((input_size - 1) // stride) * stride + 1})", highlight=False)
-    preprocess = Preprocess.from_dict(pre)
-    model = loaded.model
-    if backend == "triton":
-        from .kernels import fuse_aspp
-
-        try:
-            model = fuse_aspp(model)
-        except ValueError as e:
-            raise DeepLabEdgeError(f"--backend triton: {e}") from e
-    runner = TorchRunner(model, resolve_device(device), precision)
-    info = {"weights": str(weights), "arch": loaded.model.config["arch"], "device": str(runner.device),
-            "precision": precision, "backend": backend, "sha256": loaded.meta.get("sha256"), **crf_info}
-    return Segmenter(runner, preprocess, loaded.model.num_classes, stage), loaded.classes, info
+    path, be = given[0]
+    runner = open_runner(path, backend=be, precision=precision, device=device, threads=threads, arch=arch,
+                         input_size=input_size)
+    for w in runner.info.get("warnings") or []:
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+    info = {k: v for k, v in runner.info.items() if k != "warnings"}
+    info.update({"crf": crf[0]} if stage is None else {"crf": crf[0], "crf_params": stage.params.as_dict()})
+    return Segmenter(runner, runner.preprocess, runner.num_classes, stage), runner.classes or None, info
 
 
 # ----------------------------------------------------------------------------- eval
@@ -739,7 +693,7 @@ def doctor_cmd(as_json: bool) -> None:
 
     from .bench.env import environment
     from .bench.harness import BACKENDS, select_backends
-    from .inference import resolve_device
+    from .runtime import resolve_device
 
     env = environment()
     info: dict[str, Any] = {"environment": env,
@@ -813,27 +767,25 @@ def compare_cmd(models, data, num_images, warmup, threads, output, as_json) -> N
     import torch
 
     from .data.datasets import open_dataset
-    from .inference import evaluate
+    from .inference import Segmenter, evaluate
+    from .runtime import backend_for, open_runner
 
     if threads:
         torch.set_num_threads(threads)
     ds = open_dataset(data).subset(num_images)
     rows = []
     for path in models:
-        suffix = path.suffix.lower()
-        if suffix == ".onnx":
-            seg, _, info = _segmenter(None, None, path, None, "cpu", "fp32", None, threads)
-            kind = info.get("precision") or "fp32"
-            method = (seg.runner.meta.get("calibration") or {}).get("method")
-            if method:
-                kind += f" ({method})"
-            backend = "onnxruntime" + ("" if info.get("ort_graph_optimizations", True) else " (QDQ emulated)")
-        elif suffix == ".tflite":
-            seg, _, info = _segmenter(None, path, None, None, "cpu", "fp32", None, threads)
-            kind, backend = "uint8" if "quant" in path.name else "tflite", "litert"
-        else:
-            seg, _, info = _segmenter(path, None, None, None, "auto", "fp32", None)
-            kind, backend = "fp32", f"torch ({info['device']})"
+        runner = open_runner(path, device="auto" if backend_for(path) == "torch" else "cpu", threads=threads)
+        seg, info = Segmenter(runner, runner.preprocess, runner.num_classes), runner.info
+        kind = info.get("precision") or "fp32"
+        method = (info.get("calibration") or {}).get("method")
+        if method:
+            kind += f" ({method})"
+        backend = info["backend"]
+        if backend == "torch":
+            backend += f" ({info['device']})"
+        elif backend == "onnxruntime" and not info.get("ort_graph_optimizations", True):
+            backend += " (QDQ emulated)"
         if ds.num_classes != seg.num_classes:
             raise DeepLabEdgeError(f"{path}: predicts {seg.num_classes} classes, the data has {ds.num_classes}; compare models trained "
                                    "for this dataset")
@@ -1066,21 +1018,17 @@ def crf_bench(weights, data, methods, preset, iterations, num_images, speed_imag
     from .bench.env import environment
     from .crf import PRESETS, TRITON_METHODS, with_overrides
     from .data.datasets import open_dataset
-    from .inference import resolve_device
+    from .runtime import resolve_device
 
     wanted = _choices(methods, list(CRF_METHODS), "CRF method")
     dev = resolve_device(device)
     skipped = {}
     if any(m in TRITON_METHODS for m in wanted):  # one check for both Triton methods: same device, same answer
-        from .errors import KernelUnavailableError
-        from .kernels.aspp import check_runnable
+        from .kernels.device import triton_unavailable
 
-        import torch
-
-        try:
-            check_runnable(torch.empty(0, device=dev))
-        except KernelUnavailableError as e:
-            skipped.update({m: str(e) for m in wanted if m in TRITON_METHODS})
+        reason = triton_unavailable(dev)
+        if reason:
+            skipped.update({m: reason for m in wanted if m in TRITON_METHODS})
     if "pydensecrf" in wanted:
         try:
             import pydensecrf.densecrf  # noqa: F401
@@ -1152,7 +1100,7 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--backends", default="auto", show_default=True,
               help="auto (what runs well here), all, or a comma-separated list of: " + ", ".join(
                   ["torch-fp32", "torch-fp16", "torch-bf16", "compile-fp32", "compile-fp16", "triton-fp32",
-                   "triton-fp16", "ort-fp32", "ort-int8", "qdq-int8", "trt-fp32", "trt-fp16", "trt-int8"]) +
+                   "triton-fp16", "ort-fp32", "ort-int8", "litert-int8", "qdq-int8", "trt-fp32", "trt-fp16", "trt-int8"]) +
                    ". Those that cannot run are listed as skipped, with the reason.")
 @click.option("--crf", "crf_methods", default="none,torch", show_default=True,
               help="CRF options crossed with every backend: none, pydensecrf, torch, triton, window, "
@@ -1172,6 +1120,9 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
               show_default=True, help="Activation ranges of the TensorRT QDQ model and cache.")
 @click.option("--engine", "engine_files", multiple=True,
               help="A TensorRT engine for the trt-* backends, as PRECISION=FILE (repeatable).")
+@click.option("--tflite", type=click.Path(path_type=Path),
+              help="A .tflite model for the litert-int8 backend (LiteRT, XNNPACK), e.g. the file the checkpoint was "
+                   "imported from: Google's own runtime beside the others.")
 @output_option("dir", "Keep the ONNX / INT8 models in this folder and reuse them next time (default: a "
                       "temporary folder).", names=("--artifacts",))
 @click.option("--tag", callback=_check_tag,
@@ -1181,8 +1132,8 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--json", "as_json", is_flag=True, help="Print the result document as JSON instead of tables.")
 @click.pass_context
 def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf_methods, crf_preset, batches, iters,
-                warmup, device, threads, calib_data, calib_num, calib_method, engine_files, artifacts, tag, output,
-                no_plot, as_json) -> None:
+                warmup, device, threads, calib_data, calib_num, calib_method, engine_files, tflite, artifacts, tag,
+                output, no_plot, as_json) -> None:
     """Accuracy against speed of every backend x CRF option on this machine, in one run.
 
     \b
@@ -1203,30 +1154,28 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
 
     import torch
 
-    from .bench.env import environment
     from .bench.harness import CRF_CHOICES, default_tag, device_label, run_bench, select_backends
     from .bench.power import power_sampler
-    from .bench.report import FORMAT, write_results
+    from .bench.report import write_results
     from .data.datasets import open_dataset
-    from .inference import resolve_device
+    from .runtime import resolve_device
 
     if weights is None or data is None:
         raise DeepLabEdgeError("bench needs --weights FILE and --data DIR (see `deeplab-edge bench --help`)")
     if not Path(weights).is_file():
         raise DeepLabEdgeError(f"{weights}: checkpoint not found; create one with `deeplab-edge import` or pass a .pt")
+    if tflite is not None and not Path(tflite).is_file():
+        raise DeepLabEdgeError(f"--tflite {tflite}: file not found; check the path")
     bs = sorted(set(_int_list(batches, "--batch")) | {1})
     crfs = _choices(crf_methods, list(CRF_CHOICES), "CRF option")
     engines = _engine_map(engine_files)
     dev = resolve_device(device)
-    chosen, skipped = select_backends(backends, dev)
+    chosen, skipped = select_backends(backends, dev, tflite=tflite is not None)
     if not chosen:
         raise DeepLabEdgeError("no backend can run on this machine with these options: " + "; ".join(
             f"{s['backend']} ({s['reason']})" for s in skipped) + "; pick others with --backends (see "
             "`deeplab-edge doctor`)")
     ds = open_dataset(data, kind, split).subset(num_images)
-    if len(ds) == 0:
-        raise DeepLabEdgeError(f"{data}: no images; pass a labelled dataset folder")
-    env = environment()
     sampler = power_sampler()
     with tempfile.TemporaryDirectory(prefix="deeplab-edge-bench-") as tmp, _progress() as prog:
         state: dict[str, Any] = {}
@@ -1237,18 +1186,13 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
             state["task"] = prog.add_task(desc, total=total)
             return lambda _item: prog.advance(state["task"])
 
-        res = run_bench(Path(weights), ds, backends=chosen, crf_methods=crfs, crf_preset=crf_preset, batches=bs,
-                        warmup=warmup, iters=iters, device=device, arch=arch, threads=threads,
-                        work=Path(artifacts) if artifacts else Path(tmp), calib_data=calib_data, calib_num=calib_num,
-                        calib_method=calib_method, engines=engines, power=sampler, progress=progress,
-                        log=lambda s: console.print(f"[dim]{s}[/]", highlight=False))
-    result = {"format": FORMAT, "environment": env, "data": str(data), "dataset": ds.kind, "split": split,
-              "images": len(ds), "weights": str(weights), "device": str(dev),
-              "settings": {"backends": backends, "crf": crfs, "crf_preset": crf_preset, "batches": bs, "iters": iters,
-                           "warmup": warmup, "threads": threads or torch.get_num_threads(),
-                           "calib_method": calib_method},
-              "power": (sampler.source if sampler else None), **res}
-    result["skipped"] = skipped + result["skipped"]
+        result = run_bench(Path(weights), ds, backends=chosen, crf_methods=crfs, crf_preset=crf_preset, batches=bs,
+                           warmup=warmup, iters=iters, device=device, arch=arch, threads=threads,
+                           work=Path(artifacts) if artifacts else Path(tmp), calib_data=calib_data,
+                           calib_num=calib_num, calib_method=calib_method, engines=engines, tflite=tflite,
+                           power=sampler, skipped=skipped, settings={"split": split, "requested": backends},
+                           progress=progress, log=lambda s: console.print(f"[dim]{s}[/]", highlight=False))
+    env = result["environment"]
     files = write_results(result, Path(output), tag or default_tag(env), png=not no_plot) if output else {}
     result_files = {"files": files} if files else {}
     if as_json:

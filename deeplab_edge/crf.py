@@ -404,9 +404,12 @@ class CRFStage:
             raise ValueError(f"expected method in {METHODS}, got {method!r}")
         self.method, self.params, self.device = method, params, torch.device(device)
         if method in TRITON_METHODS:
-            from .kernels.aspp import check_runnable
+            from .errors import KernelUnavailableError
+            from .kernels.device import triton_unavailable
 
-            check_runnable(torch.empty(0, device=self.device))
+            reason = triton_unavailable(self.device)
+            if reason:
+                raise KernelUnavailableError(reason)
         if method == "pydensecrf":
             try:
                 import pydensecrf.densecrf  # noqa: F401

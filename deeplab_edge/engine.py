@@ -1,7 +1,7 @@
 """TensorRT engines: the deployment manifest, version/GPU compatibility, the generated build
 script, and the thin TensorRT code that builds and runs an engine.
 
-Everything but :func:`build_engine` and :class:`EngineRunner` runs without TensorRT (and is
+Everything but :func:`build_engine` (and :class:`deeplab_edge.runtime.tensorrt.EngineRunner`) runs without TensorRT (and is
 tested here); those two call TensorRT's Python API and need it and a CUDA GPU:
 
 * INT8 routes. **Explicit quantization** (the QDQ ONNX from ``deeplab-edge calibrate``) is the
@@ -28,17 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .checkpoint import file_sha256
 from .outputs import atomic_path
-from .data.preprocess import Preprocess
 from .errors import DeepLabEdgeError, EngineError
 
 __all__ = ["MANIFEST_FORMAT", "Shapes", "parse_shapes", "manifest_path", "read_manifest", "this_machine",
            "check_compatibility", "trtexec_command", "build_command", "build_script", "trt_major",
-           "build_engine", "EngineRunner", "MIN_TRT", "tensorrt_unavailable"]
+           "build_engine", "MIN_TRT", "tensorrt_unavailable", "import_tensorrt"]
 
 MANIFEST_FORMAT = "deeplab-edge-engine/1"
 MIN_TRT = (8, 5)
@@ -305,7 +303,8 @@ def tensorrt_unavailable() -> str | None:
     return None
 
 
-def _trt():
+def import_tensorrt():
+    """The tensorrt module, or an EngineError saying why it cannot be used here."""
     reason = tensorrt_unavailable()
     if reason:
         raise EngineError(reason)
@@ -323,7 +322,7 @@ def build_engine(*, onnx: Path, engine: Path, shapes: Shapes, fp16: bool, int8: 
     """Build and serialize an engine with TensorRT's Python API; returns build facts."""
     import time
 
-    trt = _trt()
+    trt = import_tensorrt()
     major = trt_major(trt.__version__)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -403,61 +402,6 @@ def _cache_calibrator(trt, cache: Path | None):
             return None
 
     return CacheCalibrator()
-
-
-class EngineRunner:
-    """A serialized TensorRT engine as a runner: float32 NCHW batch -> NCHW logits (torch CUDA).
-
-    The manifest beside the engine (``<engine>.json``) gives the preprocessing and classes and
-    is checked against this machine before TensorRT deserializes the engine."""
-
-    def __init__(self, path: str | Path) -> None:
-        path = Path(path)
-        if not path.is_file():
-            raise EngineError(f"{path}: engine not found; build one with `deeplab-edge build`")
-        self.manifest = read_manifest(manifest_path(path))
-        if (self.manifest.get("engine") or {}).get("sha256") not in (None, file_sha256(path)):
-            raise EngineError(f"{path}: the engine does not match its manifest (sha256); rebuild both with "
-                              "`deeplab-edge build`")
-        problems = check_compatibility(self.manifest, this_machine())
-        if problems:
-            raise EngineError(f"{path}: cannot run here: {problems[0]}")
-        trt = _trt()
-        self.trt = trt
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
-        if self.engine is None:
-            raise EngineError(f"{path}: TensorRT could not deserialize the engine; rebuild it on this machine")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if n not in inputs]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise EngineError(f"{path}: expected one input and one output tensor, got {inputs} -> {outputs}")
-        self.input_name, self.output_name = inputs[0], outputs[0]
-        self.input_dtype = torch.from_numpy(np.zeros(0, trt.nptype(self.engine.get_tensor_dtype(self.input_name)))).dtype
-        self.output_dtype = torch.from_numpy(np.zeros(0, trt.nptype(self.engine.get_tensor_dtype(self.output_name)))).dtype
-        self.device = torch.device("cuda")
-        self.stream = torch.cuda.Stream()
-        self.preprocess = Preprocess.from_dict(self.manifest["preprocess"])
-        self.num_classes = int(self.manifest["num_classes"])
-        self.classes = list(self.manifest.get("classes") or [])
-
-    def synchronize(self) -> None:
-        self.stream.synchronize()
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        x = batch.to(self.device, self.input_dtype, non_blocking=True).contiguous()
-        ctx = self.context
-        ctx.set_input_shape(self.input_name, tuple(x.shape))
-        out = torch.empty(tuple(ctx.get_tensor_shape(self.output_name)), dtype=self.output_dtype, device=self.device)
-        ctx.set_tensor_address(self.input_name, x.data_ptr())
-        ctx.set_tensor_address(self.output_name, out.data_ptr())
-        self.stream.wait_stream(torch.cuda.current_stream())
-        if not ctx.execute_async_v3(self.stream.cuda_stream):
-            raise EngineError("TensorRT failed to run the engine (execute_async_v3 returned False)")
-        self.stream.synchronize()
-        return out.float()
 
 
 def new_manifest(**kw: Any) -> dict[str, Any]:

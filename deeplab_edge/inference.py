@@ -1,8 +1,7 @@
 """Running a segmentation model on images, and evaluating it on a dataset.
 
-A *runner* is any callable mapping a float32 NCHW batch (already normalised) to NCHW
-logits at the same height and width; :class:`TorchRunner` wraps a PyTorch model, other
-backends (ONNX Runtime, TensorRT, TFLite) provide their own. :class:`Segmenter` puts the
+A *runner* (:mod:`deeplab_edge.runtime`) maps a float32 NCHW batch (already normalised) to
+NCHW logits at the same height and width, whatever the backend. :class:`Segmenter` puts the
 shared :class:`~deeplab_edge.data.Preprocess` in front and maps results back to the
 original image. Time is measured separately for preprocessing, the model and
 postprocessing, so harness overhead is never reported as model latency.
@@ -24,21 +23,7 @@ from .data.preprocess import Geometry, Preprocess
 from .errors import DataError, DeepLabEdgeError
 from .metrics import ConfusionMatrix
 
-__all__ = ["TorchRunner", "Segmenter", "evaluate", "resolve_device", "DTYPES", "argmax_labels"]
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DeepLabEdgeError(f"device {name!r} asked for, but this PyTorch has no CUDA GPU; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise DeepLabEdgeError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from e
-
+__all__ = ["Segmenter", "evaluate", "argmax_labels"]
 
 def argmax_labels(logits: torch.Tensor) -> np.ndarray:
     """Argmax over the classes of (C, H, W) logits as a uint8 (H, W) array, the first maximum on
@@ -55,34 +40,6 @@ def argmax_labels(logits: torch.Tensor) -> np.ndarray:
         best = torch.where(better, logits[c], best)
         idx[better] = c
     return idx.numpy()
-
-
-class TorchRunner:
-    """A PyTorch model in eval mode on one device and dtype."""
-
-    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", precision: str = "fp32",
-                 channels_last: bool = False) -> None:
-        if precision not in DTYPES:
-            raise ValueError(f"expected precision in {tuple(DTYPES)}, got {precision!r}")
-        self.device = torch.device(device)
-        self.dtype = DTYPES[precision]
-        if self.device.type == "cpu" and self.dtype == torch.float16:
-            raise DeepLabEdgeError("fp16 convolutions are not supported on the CPU; use --precision fp32 or bf16")
-        self.channels_last = channels_last
-        self.model = model.eval().to(self.device, self.dtype)
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-
-    def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        x = batch.to(self.device, self.dtype, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x).float()
 
 
 @dataclass

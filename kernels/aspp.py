@@ -28,7 +28,6 @@ and the kernel benchmark import both from here.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +36,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from ..errors import KernelUnavailableError
+from .device import check_runnable, interpreting
 
 __all__ = ["FusedASPP", "FusedASPPSum", "TapTable", "aspp_sum", "aspp_sum_reference", "aspp_branches", "fuse_aspp",
            "aspp_branches_reference", "autotune_configs", "INTERPRET_CONFIG", "pack_weights", "tap_conv"]
@@ -150,23 +149,6 @@ _tap_conv_autotuned = triton.autotune(configs=autotune_configs(), key=["H", "W",
 
 
 # ----------------------------------------------------------------------------- host side
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def check_runnable(x: torch.Tensor) -> None:
-    """Raise :class:`KernelUnavailableError` unless the kernels can run on ``x``'s device."""
-    if interpreting():
-        if x.device.type != "cpu":
-            raise KernelUnavailableError(f"TRITON_INTERPRET=1 runs the kernels on CPU tensors, got {x.device}; "
-                                         "unset it to compile for the GPU")
-        return
-    if x.device.type != "cuda":
-        raise KernelUnavailableError(
-            f"the Triton kernels need a CUDA GPU (the input is on {x.device}); use --device cuda on a GPU machine, "
-            "the torch backend, or TRITON_INTERPRET=1 to run them (slowly) on the CPU for testing")
-
 
 @dataclass(frozen=True)
 class TapTable:

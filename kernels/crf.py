@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .aspp import check_runnable, interpreting
+from .device import check_runnable, interpreting
 
 __all__ = ["crf_step", "crf_step_reference", "crf_window", "window_norms", "window_norms_triton", "window_taps",
            "autotune_configs",

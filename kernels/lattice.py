@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .aspp import check_runnable, interpreting
+from .device import check_runnable, interpreting
 
 __all__ = ["crf_lattice", "lattice_step", "step_configs", "blur_configs", "INTERPRET_STEP", "INTERPRET_BLUR"]
 

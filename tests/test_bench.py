@@ -165,14 +165,16 @@ def test_l4t_release_and_power_mode():
 
 @pytest.fixture(scope="module")
 def bench_run(shared, imported, tmp_path_factory):
-    """One small real bench: 2 VOC images, PyTorch + ONNX Runtime + the emulated QDQ model, CRF off/torch."""
+    """One small real bench: 2 VOC images, PyTorch + ONNX Runtime + LiteRT (Google's .tflite) + the emulated QDQ
+    model, CRF off/torch; the artefacts are kept to check cells against `eval`."""
     out = tmp_path_factory.mktemp("bench")
     ckpt = imported[0]
     res = CliRunner().invoke(main, ["bench", "--weights", str(ckpt), "--data", str(shared["voc"]), "--num-images", "2",
-                                    "--backends", "torch-fp32,ort-fp32,qdq-int8,trt-fp16,triton-fp16",
+                                    "--backends", "torch-fp32,ort-fp32,litert-int8,qdq-int8,trt-fp16,triton-fp16",
+                                    "--tflite", str(shared["tflite"]),
                                     "--crf", "none,torch,triton", "--batch", "1,2", "--iters", "2", "--warmup", "1",
                                     "--calib-num", "2", "--calib-method", "minmax", "--tag", "a", "-o", str(out),
-                                    "--json"])
+                                    "--artifacts", str(out / "artifacts"), "--json"])
     assert res.exit_code == 0, res.output
     return out, json.loads(res.stdout), ckpt
 
@@ -184,7 +186,7 @@ def test_bench_writes_json_csv_png(bench_run):
     env = on_disk["environment"]
     assert env["cpu"] and env["versions"]["torch"] and env["date"] and "git_commit" in env
     cells = {(r["backend"], r["crf"]) for r in doc["rows"]}
-    assert cells == {(b, c) for b in ("torch-fp32", "ort-fp32", "qdq-int8") for c in ("none", "torch")}
+    assert cells == {(b, c) for b in ("torch-fp32", "ort-fp32", "litert-int8", "qdq-int8") for c in ("none", "torch")}
     skipped = {s["backend"]: s["reason"] for s in doc["skipped"]}
     assert set(skipped) == {"trt-fp16", "triton-fp16"} and all(skipped.values())
     assert [s["crf"] for s in doc["skipped_crf"]] == ["triton"]
@@ -223,6 +225,13 @@ def test_bench_miou_matches_eval(bench_run, shared):
         ev = json.loads(res.stdout)
         assert by[("torch-fp32", crf)]["miou"] == pytest.approx(ev["miou"], abs=1e-9)
         assert by[("torch-fp32", crf)]["class_iou"] == dict(zip(ev["classes"], ev["class_iou"]))
+    # LiteRT and the emulated QDQ model through `eval` (Segmenter + evaluate, not the bench's loop): the same mIoU
+    for backend, flag, path in (("litert-int8", "--tflite", shared["tflite"]),
+                                ("qdq-int8", "--onnx", doc["artifacts"]["calibration"]["qdq_onnx"])):
+        res = CliRunner().invoke(main, ["eval", flag, str(path), "--data", str(shared["voc"]), "--num-images", "2",
+                                        "--json"])
+        assert res.exit_code == 0, res.output
+        assert by[(backend, "none")]["miou"] == pytest.approx(json.loads(res.stdout)["miou"], abs=1e-9), backend
     # ONNX Runtime runs the same network: same mIoU to a hair; the emulated INT8 model within 2 points
     assert by[("ort-fp32", "none")]["miou"] == pytest.approx(by[("torch-fp32", "none")]["miou"], abs=2e-3)
     assert abs(by[("qdq-int8", "none")]["miou_delta_points"]) < 2.0
@@ -243,7 +252,7 @@ def test_bench_compare_merges_two_machines(bench_run, shared, tmp_path):
     assert res.exit_code == 0, res.output
     merged = json.loads(res.stdout)
     b = json.loads((tmp_path / "bench_b.json").read_text())
-    assert len(merged["rows"]) == len(doc["rows"]) + len(b["rows"]) == 7
+    assert len(merged["rows"]) == len(doc["rows"]) + len(b["rows"]) == 9  # 4 backends x 2 CRF options + 1
     assert len({r["device"] for r in merged["rows"]}) == 2  # same CPU twice: told apart by file name
     assert merged["same_data"]
     speed = [r for r in merged["rows"] if r["latency_is_speed"]]
@@ -274,3 +283,18 @@ def test_bench_kernels_is_the_kernel_benchmark():
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["analytic"][0]["shape"] == "v3-mobilenetv2-os16"
+
+
+def test_run_bench_returns_the_document_load_result_reads(shared, imported, tmp_path):
+    """A Python caller of run_bench + write_results gets the file `bench compare` reads (the CLI adds nothing)."""
+    from deeplab_edge.bench.harness import run_bench
+    from deeplab_edge.bench.report import load_result, write_results
+    from deeplab_edge.data import open_dataset
+
+    run, skipped = select_backends("torch-fp32,trt-int8", torch.device("cpu"))
+    doc = run_bench(imported[0], open_dataset(shared["voc"]).subset(1), backends=run, crf_methods=["none"],
+                    warmup=0, iters=1, device="cpu", work=tmp_path / "work", skipped=skipped)
+    files = write_results(doc, tmp_path / "out", "py", png=False)
+    back = load_result(files["json"])
+    assert back["rows"] == json.loads(json.dumps(doc["rows"], default=str)) and back["images"] == 1
+    assert back["environment"]["cpu"] and [s["backend"] for s in back["skipped"]] == ["trt-int8"]

@@ -119,7 +119,7 @@ def fp32_onnx(shared, imported, tmp_path_factory):
 
 def _segmenter(onnx_path):
     from deeplab_edge.inference import Segmenter
-    from deeplab_edge.onnx_runner import OnnxRunner
+    from deeplab_edge.runtime.onnx import OnnxRunner
 
     r = OnnxRunner(onnx_path)
     return Segmenter(r, r.preprocess, r.num_classes)

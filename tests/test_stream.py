@@ -28,7 +28,8 @@ def voc_video(shared, tmp_path_factory):
 
 def test_predict_video_frames_match_the_model(voc_video, imported, tmp_path):
     from deeplab_edge.data.preprocess import Preprocess
-    from deeplab_edge.inference import Segmenter, TorchRunner
+    from deeplab_edge.inference import Segmenter
+    from deeplab_edge.runtime.pytorch import TorchRunner
 
     r = CliRunner().invoke(main, ["predict", "--weights", str(imported[0]), "--device", "cpu", "--video",
                                   str(voc_video), "-o", str(tmp_path), "--json"])

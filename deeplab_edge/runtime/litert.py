@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.preprocess import Preprocess
-from .errors import DeepLabEdgeError
-from .tflite_import import TFLiteGraph, parse, preprocess_of
+from ..data.preprocess import Preprocess
+from ..errors import DeepLabEdgeError
+from ..tflite_import import TFLiteGraph, parse, preprocess_of
 
 __all__ = ["TFLiteRunner"]
 
@@ -34,6 +34,12 @@ class TFLiteRunner:
         self.interp.allocate_tensors()
         self.inp = self.interp.get_input_details()[0]
         self.out = self.interp.get_output_details()[0]
+        self.classes: list[str] = []  # a .tflite file carries no class names
+        self.info = {"backend": "litert", "tflite": str(path), "precision": np.dtype(self.inp["dtype"]).name,
+                     "device": "cpu"}
+
+    def synchronize(self) -> None:
+        """The interpreter's invoke() returns when its outputs are ready."""
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.preprocess.mean).view(1, 3, 1, 1)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.preprocess import Preprocess
-from .errors import DeepLabEdgeError
+from ..data.preprocess import Preprocess
+from ..errors import DeepLabEdgeError
 
 __all__ = ["OnnxRunner"]
 
@@ -26,7 +26,7 @@ class OnnxRunner:
             import onnxruntime  # noqa: F401
         except ImportError as e:
             raise DeepLabEdgeError("running .onnx models needs onnxruntime; pip install onnxruntime") from e
-        from .export import ort_session, read_metadata
+        from ..export import ort_session, read_metadata
 
         try:
             meta = read_metadata(path)
@@ -50,6 +50,12 @@ class OnnxRunner:
         self.input_name = inp.name
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        self.info = {"backend": "onnxruntime", "onnx": str(path), "arch": meta.get("arch"),
+                     "provider": self.session.get_providers()[0], "precision": meta.get("precision"),
+                     "ort_graph_optimizations": self.optimize, "calibration": meta.get("calibration")}
+
+    def synchronize(self) -> None:
+        """ONNX Runtime's run() returns when its outputs are ready."""
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.float().numpy().astype(self.input_dtype)

@@ -1,0 +1,55 @@
+"""Where the Triton kernels can run: the one answer to "can Triton run here?".
+
+Every caller asks :func:`triton_unavailable` (the CLI, the benchmarks, the CRF stage) and every
+kernel wrapper calls :func:`check_runnable` on its input, so the rules live in one place:
+
+* Triton must be installed;
+* under ``TRITON_INTERPRET=1`` the kernels run in Triton's interpreter on CPU tensors (tests),
+  correct but far too slow to time;
+* otherwise they are compiled for a CUDA GPU and need CUDA tensors.
+
+Nothing here imports Triton, so asking is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+from ..errors import KernelUnavailableError
+
+__all__ = ["interpreting", "triton_unavailable", "check_runnable"]
+
+
+def interpreting() -> bool:
+    """True under ``TRITON_INTERPRET=1`` (the kernels run in Triton's interpreter, on CPU tensors)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_unavailable(device: str | torch.device, *, timing: bool = False) -> str | None:
+    """Why the Triton kernels cannot run on ``device`` (None when they can). With ``timing``, the
+    interpreter does not count: it computes the right answer, but its times mean nothing."""
+    device = torch.device(device)
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install triton)"
+    if interpreting():
+        if device.type != "cpu":
+            return (f"TRITON_INTERPRET=1 runs the kernels on CPU tensors, got {device}; unset it to compile them "
+                    "for the GPU")
+        if timing:
+            return ("TRITON_INTERPRET=1 runs the kernels in Triton's interpreter, far too slow to time; unset it on "
+                    "a CUDA GPU")
+        return None
+    if device.type != "cuda":
+        return (f"the Triton kernels need a CUDA GPU (the input is on {device}); use --device cuda on a GPU machine, "
+                "the torch backend, or TRITON_INTERPRET=1 to run them (slowly) on the CPU for testing")
+    return None
+
+
+def check_runnable(x: torch.Tensor) -> None:
+    """Raise :class:`KernelUnavailableError` unless the kernels can run on ``x``'s device."""
+    reason = triton_unavailable(x.device)
+    if reason:
+        raise KernelUnavailableError(reason)
