@@ -63,10 +63,16 @@ class Segmenter:
 
     ``crf``: an optional post-processing stage called with (uint8 image, logits [C, H, W]
     at the image's size) that returns the label map (e.g. :class:`deeplab_edge.crf.CRFStage`);
-    its time is reported apart from the model's."""
+    its time is reported apart from the model's. ``preprocess`` and ``num_classes`` default to the
+    runner's own (every runner of :func:`deeplab_edge.runtime.open_runner` carries them)."""
 
-    def __init__(self, runner: Callable[[torch.Tensor], torch.Tensor], preprocess: Preprocess,
-                 num_classes: int, crf: Callable[[np.ndarray, torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(self, runner: Callable[[torch.Tensor], torch.Tensor], preprocess: Preprocess | None = None,
+                 num_classes: int | None = None,
+                 crf: Callable[[np.ndarray, torch.Tensor], torch.Tensor] | None = None) -> None:
+        preprocess = preprocess or getattr(runner, "preprocess", None)
+        num_classes = num_classes or getattr(runner, "num_classes", None)
+        if preprocess is None or num_classes is None:
+            raise ValueError("expected preprocess and num_classes, or a runner that carries them (open_runner's do)")
         self.runner, self.preprocess, self.num_classes = runner, preprocess, num_classes
         self.crf = crf
         self.timing = Timing()

@@ -1,0 +1,110 @@
+"""The ``deeplab-edge`` command group and its error handling.
+
+Logs and progress go to stderr (one rich console); results go to stdout as a rich table,
+or as JSON with ``--json``. Bad input ends with one red line naming the problem and the
+fix, and exit code 2 (``--verbose`` shows the traceback); Ctrl-C exits 130 and SIGTERM 143,
+after the staged outputs are cleaned up.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+import sys
+import threading
+from typing import Any
+
+import click
+from rich.markup import escape
+
+from ..errors import DeepLabEdgeError
+from .common import console
+
+__all__ = ["main"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that staged outputs are cleaned up as on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise Terminated()
+
+
+def _os_error_line(e: OSError) -> str | None:
+    """One line for the OS errors a user can fix (disk full, permissions, read-only); None for others."""
+    where = e.filename or "the output"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{where}: no space left on the device; free some space or write to another disk (nothing was kept)"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{where}: {e.strerror.lower()}; choose a path you can read or write"
+    if e.errno == errno.ENAMETOOLONG:
+        return f"{where}: file name too long; choose a shorter path"
+    if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
+        return f"{where}: {e.strerror.lower()}; check the path"
+    return None
+
+
+class _Group(click.Group):
+    """The command group: turns every user error into one red line and exit code 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        prev = None
+        if threading.current_thread() is threading.main_thread():
+            prev = signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            try:
+                rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            except click.exceptions.NoArgsIsHelpError as e:
+                e.show()
+                rv = e.exit_code
+            except click.ClickException as e:  # click's usage errors: one line instead of its usage block
+                hint = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) is not None else ""
+                console.print(f"[bold red]error:[/] {escape(e.format_message())}{hint}", highlight=False, soft_wrap=True,
+                              markup=True)
+                rv = e.exit_code
+            except click.Abort:
+                console.print("[yellow]interrupted[/]")
+                rv = 130
+        finally:
+            if prev is not None:
+                signal.signal(signal.SIGTERM, prev)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (DeepLabEdgeError, OSError) as e:
+            line = str(e) if isinstance(e, DeepLabEdgeError) else _os_error_line(e)
+            if line is None:
+                raise
+            if ctx.obj and ctx.obj.get("verbose"):
+                console.print_exception()
+            console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+            ctx.exit(2)
+        except Terminated:
+            console.print("[yellow]terminated[/]")
+            ctx.exit(143)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]")
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="deeplab-edge")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """DeepLab from a PyTorch model to fast, measured inference on GPUs and Jetson.
+
+    \b
+    Typical flow:
+      deeplab-edge models
+      deeplab-edge import ../shared/models/deeplabv3_mnv2_pascal_quant.tflite -o mnv2_voc.pt
+      deeplab-edge eval --weights mnv2_voc.pt --data ../shared/data/voc2012_samples
+      deeplab-edge predict --weights mnv2_voc.pt image.jpg -o out/
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose

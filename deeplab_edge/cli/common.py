@@ -1,0 +1,114 @@
+"""What every command module shares: the two consoles, JSON output, progress bars, and the
+option types that check their values when parsed (numbers in range, output paths writable)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from ..errors import DeepLabEdgeError
+
+__all__ = ["console", "out", "print_json", "emit", "progress_bar", "pct", "COUNT", "NONNEG", "SIDE", "THREADS",
+           "output_option", "check_tag", "int_list", "choices"]
+
+console = Console(stderr=True)
+# Results: wide enough for the tables when stdout is a pipe or a file.
+out = Console(width=None if sys.stdout.isatty() else 160)
+
+# Numeric option types: a value outside the range is a one-line error when it is parsed, and
+# `--help` shows the range.
+COUNT = click.IntRange(min=1)            # images, iterations, batch sizes, threads...
+NONNEG = click.IntRange(min=0)           # warm-up calls, layers kept in float, DLA core...
+SIDE = click.IntRange(32, 4096)          # an input side in pixels (4096 x 4096 logits: ~1.4 GB for 21 classes)
+THREADS = click.IntRange(1, 1024)
+
+
+def check_output(kind: str, example: str = "result.json"):
+    """A click callback checking an output path when it is parsed (before any work)."""
+    from ..outputs import check_output_dir, check_output_file
+
+    def check(ctx, param, value):
+        if value is None:
+            return None
+        opt = param.opts[-1] if param.opts else param.name
+        try:
+            return check_output_file(value, opt, example) if kind == "file" else check_output_dir(value, opt)
+        except DeepLabEdgeError as e:
+            raise click.BadParameter(str(e).removeprefix(f"{opt} "), ctx, param) from None
+    return check
+
+
+def check_tag(ctx, param, value):
+    """A --tag names files: letters, digits, '.', '_' and '-' only (no folders, no spaces)."""
+    import re
+
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", value):
+        raise click.BadParameter(f"{value!r} has characters other than letters, digits, '.', '_' and '-'; choose "
+                                 "a plain name such as orin-maxn", ctx, param)
+    return value
+
+
+def output_option(kind: str, help: str, *, required: bool = False, example: str = "result.json",
+                  names: tuple[str, ...] = ("-o", "--output"), dest: str | None = None):
+    """``-o/--output`` as a file or a folder, checked as soon as it is parsed."""
+    decls = list(names) + ([dest] if dest else [])
+    return click.option(*decls, type=click.Path(), required=required, help=help, callback=check_output(kind, example))
+
+
+def print_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def write_json(obj: Any, path: Path) -> None:
+    from ..outputs import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str))
+
+
+def emit(result: Any, output: Path | None, as_json: bool) -> bool:
+    """Write ``result`` to ``output`` (if given) and print it as JSON (if asked); True when printed."""
+    if output:
+        write_json(result, output)
+    if as_json:
+        print_json(result)
+    return as_json
+
+
+def progress_bar():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, transient=True)
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
+
+
+
+def int_list(value: str, what: str) -> list[int]:
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise DeepLabEdgeError(f"{what} {value!r} is not a list of integers; give comma-separated integers >= 1, "
+                               "e.g. 1,8") from None
+    if not out or min(out) < 1:
+        raise DeepLabEdgeError(f"{what} {value!r} has a value below 1; give comma-separated integers >= 1, e.g. 1,8")
+    return out
+
+
+def choices(value: str, allowed, what: str) -> list[str]:
+    out = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in out if v not in allowed]
+    if bad or not out:
+        raise DeepLabEdgeError(f"unknown {what} {', '.join(bad) if bad else repr(value)}; "
+                               f"choose from {', '.join(allowed)}")
+    return out

@@ -1,0 +1,210 @@
+"""``export``, ``calibrate`` and ``build``: ONNX, INT8 calibration and the TensorRT engine or its bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ..errors import DeepLabEdgeError
+from .app import main
+from .common import (COUNT, NONNEG, SIDE, console, out, output_option, pct,
+                     print_json, progress_bar)
+
+# ----------------------------------------------------------------------------- export
+
+@main.command("export")
+@click.option("--weights", type=click.Path(path_type=Path), required=True, help="Checkpoint (.pt/.pth).")
+@click.option("--arch", help="Architecture of a plain state dict (guessed from its keys if omitted).")
+@output_option("file", "ONNX file to write.", required=True, example="model.onnx")
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Images for the parity check (dataset folder, image folder or file).")
+@click.option("--parity-images", default=4, type=COUNT, show_default=True, help="How many images the parity check uses.")
+@click.option("--opset", default=17, type=click.IntRange(17, 20), show_default=True,
+              help="ONNX opset (17 to 20: the newest PyTorch's TorchScript-based exporter writes).")
+@click.option("--dynamic", default="", help="Dynamic axes, comma separated: batch, hw.")
+@click.option("--input-size", type=SIDE, help="Input side (default: the checkpoint's preprocessing).")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
+              help="PyTorch's TorchScript-based exporter (fast) or the torch.export-based one.")
+@click.option("--no-simplify", is_flag=True, help="Skip onnxslim.")
+@click.option("--fp16", is_flag=True, help="Export in float16 (weights, input, output); parity still against fp32.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input_size, exporter, no_simplify,
+               fp16, as_json) -> None:
+    """Export a checkpoint to ONNX: checker-clean, simplified, with deeplab-edge metadata, and
+    checked against PyTorch with ONNX Runtime on real images (fails below 99.9% argmax agreement)."""
+    from ..checkpoint import load_checkpoint
+    from ..data.datasets import open_dataset
+    from ..export import export_onnx
+
+    loaded = load_checkpoint(weights, arch=arch)
+    ds = open_dataset(data).subset(parity_images)
+    images = [ds.load(i)[1] for i in range(len(ds))]
+    dyn = [d.strip() for d in dynamic.split(",") if d.strip()]
+    with console.status("exporting..."):
+        rep = export_onnx(loaded, output, images, input_size=input_size, opset=opset, dynamic=dyn,
+                          exporter=exporter, simplify=not no_simplify, fp16=fp16)
+    if as_json:
+        print_json(rep.as_dict())
+        return
+    steps = ", ".join(f"{k} {v:.1f}s" for k, v in rep.steps_s.items())
+    out.print(f"[green]wrote[/] {rep.path} ({rep.bytes / 1e6:.1f} MB, opset {rep.opset}, input "
+              f"{'x'.join(map(str, rep.input_shape))}, {rep.nodes_exported} -> {rep.nodes_final} nodes; {steps})\n"
+              f"parity on {rep.parity['images']} real images ({rep.parity['provider']}): argmax agreement "
+              f"{100 * rep.parity['agreement']:.3f}%, max |logit diff| {rep.parity['max_abs_diff']:.2e}")
+
+# ----------------------------------------------------------------------------- calibrate
+
+@main.command("calibrate")
+@click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint: exported to OUT/model_fp32.onnx first.")
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), help="An FP32 ONNX from `deeplab-edge export`.")
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Calibration images: a dataset folder (VOC/Cityscapes/CamVid) or a plain image folder.")
+@click.option("--num", default=256, type=COUNT, show_default=True,
+              help="Images to use (the first N in sorted order; fewer are used, with a warning, if fewer exist).")
+@click.option("--method", type=click.Choice(["entropy", "minmax", "percentile", "mse"]), default="entropy",
+              show_default=True, help="How activation ranges are chosen from the histograms.")
+@click.option("--percentile", default=99.99, type=click.FloatRange(50, 100, min_open=True), show_default=True, help="Percentile for --method percentile.")
+@click.option("--keep-float", "keep_float_top", default=0, type=NONNEG, show_default=True,
+              help="Leave the K most sensitive Convs in float (runs the sensitivity analysis).")
+@click.option("--keep-float-layer", "keep_float", multiple=True, help="A Conv node name to leave in float (repeatable).")
+@click.option("--sensitivity", is_flag=True, help="Rank every Conv by the mIoU cost of quantizing it alone.")
+@click.option("--sensitivity-data", type=click.Path(path_type=Path),
+              help="Labelled held-out data for the sensitivity analysis (default: --data beyond the first --num).")
+@click.option("--sensitivity-num", type=COUNT, help="Images of the held-out split to use.")
+@click.option("--sensitivity-mode", type=click.Choice(["float-one", "quantize-one"]), default="float-one",
+              show_default=True, help="Score each Conv by the mIoU regained when only it stays float, or lost "
+              "when only it is quantized.")
+@click.option("--trt-version", default="8.6.1", show_default=True, help="TensorRT version named in the cache header.")
+@click.option("--no-cpu-int8", is_flag=True, help="Skip the ONNX Runtime CPU INT8 model.")
+@output_option("dir", "Output folder (created if missing; all files land together or none does).", required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def calibrate_cmd(weights, onnx_path, data, num, method, percentile, keep_float_top, keep_float, sensitivity,
+                  sensitivity_data, sensitivity_num, sensitivity_mode, trt_version, no_cpu_int8, output,
+                  as_json) -> None:
+    """INT8 post-training calibration on real images.
+
+    \b
+    Writes to OUTPUT/:
+      calibration.cache     TensorRT calibration cache (TensorRT 8.5-10, trtexec --calib)
+      model_qdq.onnx        TensorRT QDQ model (symmetric s8; TensorRT 10+/11); `eval --onnx`
+                            measures it by exact fake-quant emulation
+      model_cpu_int8.onnx   ONNX Runtime CPU INT8 model (u8 activations, s8 weights)
+      ranges.json           every tensor's max|x| and chosen threshold
+      sensitivity.json      with --sensitivity or --keep-float K: Convs ranked by mIoU cost
+    Same inputs and method give byte-identical files."""
+    import warnings
+
+    from ..calibration import calibrate
+    from ..outputs import staged_dir
+
+    if (weights is None) == (onnx_path is None):
+        raise DeepLabEdgeError(f"{'no model' if weights is onnx_path is None else 'both --weights and --onnx'} given; "
+                               "pass exactly one of --weights FILE or --onnx FILE")
+    # with --weights the export lands in OUTPUT too: stage it with the calibration, all or nothing
+    with staged_dir(output) as stage, progress_bar() as prog, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if weights is not None:
+            from ..checkpoint import load_checkpoint
+            from ..data.datasets import open_dataset
+            from ..export import export_onnx
+
+            loaded = load_checkpoint(weights)
+            ds = open_dataset(data).subset(4)
+            onnx_path = stage / "model_fp32.onnx"
+            with console.status("exporting FP32 ONNX..."):
+                export_onnx(loaded, onnx_path, [ds.load(i)[1] for i in range(len(ds))])
+
+        def progress(desc: str, total: int):
+            task = prog.add_task(desc, total=total)
+            return lambda: prog.advance(task)
+
+        rep = calibrate(onnx_path, data, stage, num=num, method=method, percentile=percentile,
+                        keep_float=tuple(keep_float), trt_version=trt_version, cpu_int8=not no_cpu_int8,
+                        keep_float_top=keep_float_top, sensitivity=sensitivity, sensitivity_data=sensitivity_data,
+                        sensitivity_num=sensitivity_num, sensitivity_mode=sensitivity_mode, progress=progress)
+    # the report names the files where they landed
+    rep = {k: str(output / Path(v).name) if isinstance(v, str) and Path(v).parent == stage else v
+           for k, v in rep.items()}
+    for w in caught:
+        if "calibrating on all" in str(w.message) or "not held out" in str(w.message):
+            console.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
+    if as_json:
+        print_json(rep)
+        return
+    if "sensitivity_top" in rep:
+        gain = rep["sensitivity_mode"] == "float-one"
+        t = Table(title=f"most sensitive Convs ({rep['sensitivity_mode']}; FP32 mIoU "
+                        f"{pct(rep['sensitivity_fp32_miou'])}%, all-INT8 {pct(rep['sensitivity_int8_miou'])}%)")
+        t.add_column("rank", justify="right")
+        t.add_column("Conv")
+        t.add_column("mIoU %", justify="right")
+        t.add_column("gain if float (points)" if gain else "cost if quantized (points)", justify="right")
+        for i, r in enumerate(rep["sensitivity_top"], 1):
+            t.add_row(str(i), r["layer"], pct(r["miou"]), f"{100 * r['score']:.2f}")
+        out.print(t)
+    out.print(f"[green]calibrated[/] {rep['images']} images, method {rep['method']}: {rep['tensors']} tensor scales, "
+              f"{rep['quantized_convs']} Convs quantized")
+    for key in ("cache", "qdq_onnx", "cpu_int8_onnx", "ranges"):
+        if key in rep:
+            out.print(f"  {key:14s} {rep[key]}")
+
+# ----------------------------------------------------------------------------- build
+
+@main.command("build")
+@click.option("--weights", type=click.Path(path_type=Path), help="deeplab-edge checkpoint: exported to ONNX first.")
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path),
+              help="Or an FP32 ONNX from `deeplab-edge export` (e.g. a bundle's NAME_fp32.onnx).")
+@click.option("--data", type=click.Path(path_type=Path), help="Real images for the export's parity check.")
+@click.option("--int8", is_flag=True, help="INT8 engine (needs --calib-data, --calib-cache or --qdq).")
+@click.option("--fp16", is_flag=True, help="FP16 for the layers not in INT8 (or an FP16 engine without --int8).")
+@click.option("--calib-data", type=click.Path(path_type=Path), help="Calibrate here on these images.")
+@click.option("--calib-cache", type=click.Path(path_type=Path), help="A TensorRT calibration cache (TensorRT 8.5-10).")
+@click.option("--qdq", type=click.Path(path_type=Path), help="A TensorRT QDQ model from `deeplab-edge calibrate`.")
+@click.option("--calib-method", type=click.Choice(["entropy", "minmax", "percentile", "mse"]), default="entropy",
+              show_default=True, help="With --calib-data.")
+@click.option("--calib-num", default=256, type=COUNT, show_default=True, help="With --calib-data: images (at most).")
+@click.option("--keep-float", "keep_float_top", default=0, type=NONNEG, show_default=True,
+              help="With --calib-data: leave the K most sensitive Convs in float (sensitivity analysis).")
+@click.option("--int8-route", type=click.Choice(["qdq", "cache"]), default="qdq", show_default=True,
+              help="Explicit quantization from the QDQ model (TensorRT 8.5+, the only one in 11) or the "
+                   "calibration cache through an IInt8EntropyCalibrator2 (TensorRT 8.5-10, deprecated in 10.1).")
+@click.option("--shapes", help="Optimization profile min,opt,max as NxCxHxW each (default: 1x3xHxW of the model).")
+@click.option("--dla", "dla_core", type=NONNEG, help="Build for DLA core N (Jetson Xavier/Orin).")
+@click.option("--allow-gpu-fallback", is_flag=True, help="With --dla: run layers DLA cannot on the GPU.")
+@click.option("--workspace", "workspace_mb", type=COUNT, help="Builder workspace limit, MB.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), help="Read and update this timing cache.")
+@output_option("file", "Engine file, e.g. out/model.engine (the bundle goes beside it).", required=True,
+               example="model.engine")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def build_cmd(weights, onnx_path, data, int8, fp16, calib_data, calib_cache, qdq, calib_method, calib_num,
+              keep_float_top, int8_route, shapes, dla_core, allow_gpu_fallback, workspace_mb, timing_cache, output,
+              as_json) -> None:
+    """Checkpoint -> ONNX -> INT8 calibration -> TensorRT engine, with a manifest beside it.
+
+    \b
+    Where TensorRT or a CUDA GPU is missing (as on a CPU build machine), it writes the
+    deployment bundle instead and says so: NAME_fp32.onnx, NAME_qdq.onnx, NAME.cache,
+    NAME.engine.json (manifest) and NAME_build_engine.sh, which builds the engine on the
+    target (Jetson or GPU box) with `deeplab-edge build` or `trtexec` and the same flags.
+    \b
+    INT8: explicit quantization from the QDQ model is the default route (TensorRT 11 accepts
+    nothing else); --int8-route cache uses the calibration cache on TensorRT 8.5-10."""
+    from ..build import build
+
+    man = build(output=output, weights=weights, onnx=onnx_path, data=data, int8=int8, fp16=fp16, calib_data=calib_data,
+                calib_cache=calib_cache, qdq=qdq, calib_method=calib_method, calib_num=calib_num,
+                keep_float_top=keep_float_top, int8_route=int8_route, shapes=shapes, dla_core=dla_core,
+                gpu_fallback=allow_gpu_fallback, workspace_mb=workspace_mb, timing_cache=timing_cache,
+                log=lambda s: console.print(f"[dim]{s}[/]", highlight=False))
+    if as_json:
+        print_json(man)
+        return
+    for key, path in man["files"].items():
+        out.print(f"[green]wrote[/] {path} ({Path(path).stat().st_size / 1e6:.2f} MB)  [dim]{key}[/]")
+    if man["engine_built"]:
+        out.print(f"engine built with TensorRT {man['tensorrt']} for {man['gpu']['name']} in {man['build_s']:.0f} s")
+    else:
+        console.print(f"[yellow]the engine itself was not built:[/] {man['not_built_reason']}", highlight=False,
+                      soft_wrap=True)

@@ -1,0 +1,244 @@
+"""``kernels compile`` / ``kernels bench`` (the Triton kernels) and ``crf bench``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import DeepLabEdgeError
+from .app import main
+from .run import model_runner
+from .common import (COUNT, NONNEG, SIDE, choices, console, emit, int_list, out, output_option, pct,
+                     progress_bar)
+
+# ----------------------------------------------------------------------------- kernels
+
+@main.group("kernels")
+def kernels_group() -> None:
+    """Triton kernels: compile them for real GPUs (no GPU needed) and benchmark them."""
+
+
+@kernels_group.command("compile")
+@click.option("--arch", "archs", default="87,90", show_default=True,
+              help="Compute capabilities: 87 (Jetson Orin), 90 (H100).")
+@click.option("--dtype", "dtypes", default="fp16,bf16,fp32", show_default=True, help="Input dtypes.")
+@output_option("file", "Write the results as JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def kernels_compile(archs, dtypes, output, as_json) -> None:
+    """Compile every kernel in every autotune config to a cubin for each GPU architecture,
+    on this machine (Triton's bundled ptxas), and report registers, spills, shared memory
+    and occupancy per config. Exits 1 when a config spills or does not fit shared memory."""
+
+    from ..bench.env import environment
+    from ..kernels.compile import ARCHS, compile_all, kernel_specs
+
+    ccs = [int(a) for a in choices(archs, [str(a) for a in ARCHS], "architecture")]
+    specs = kernel_specs(dtypes=choices(dtypes, ["fp16", "bf16", "fp32"], "dtype"))
+    with progress_bar() as prog:
+        task = prog.add_task("compiling", total=len(specs) * len(ccs))
+
+        def step(spec, cc):
+            prog.update(task, advance=1, description=f"sm_{cc} {spec.kernel} {spec.dtype} {spec.label}")
+
+        results = compile_all(specs, ccs, progress=step)
+    rows = [r.as_dict() for r in results]
+    failed = [r for r in rows if not r["ok"]]
+    result = {"environment": environment(), "archs": {f"sm_{cc}": ARCHS[cc].name for cc in ccs}, "results": rows}
+    if not emit(result, output, as_json):
+        t = Table(title=f"{len(rows)} kernel configs compiled for {', '.join(f'sm_{c}' for c in ccs)}")
+        for col in ("kernel", "dtype", "arch", "blocks", "warps", "stages", "regs", "spill B", "smem KB",
+                    "blocks/SM", "occupancy", "limited by", "ok"):
+            t.add_column(col, justify="left" if col in ("kernel", "limited by") else "right")
+        for r in rows:
+            c = r["config"]
+            t.add_row(escape(r["kernel"]), r["dtype"], r["arch"], " ".join(f"{k[6:]}{v}" for k, v in c.items()),
+                      str(r["num_warps"]), str(r["num_stages"]), str(r["registers"]),
+                      str(r["spill_bytes"] + r["stack_bytes"]), f"{r['shared_bytes'] / 1024:.0f}",
+                      str(r["blocks_per_sm"]), f"{100 * r['occupancy']:.0f}%", r["limited_by"],
+                      "[green]yes[/]" if r["ok"] else f"[red]{r['problem']}[/]")
+        out.print(t)
+    if failed:
+        console.print(f"[red]error:[/] {len(failed)} of {len(rows)} configs spill or exceed shared memory "
+                      f"(first: {escape(failed[0]['kernel'])} {failed[0]['dtype']} {failed[0]['arch']} {failed[0]['config']}: "
+                      f"{failed[0]['problem']}); shrink those tiles or stages in the kernel's config table",
+                      highlight=False)
+        sys.exit(1)
+
+
+@kernels_group.command("bench")
+@click.option("--shape", "shapes", default="all", show_default=True,
+              help="Head shapes (comma-separated) or 'all': v2-resnet101-os8, v3-resnet101-os16, v3-resnet101-os8, "
+                   "v3-mobilenetv2-os16.")
+@click.option("--batch", "batches", default="1,8", show_default=True, help="Batch sizes.")
+@click.option("--dtype", "dtypes", default="fp16,fp32", show_default=True, help="Dtypes (fp16, bf16, fp32).")
+@click.option("--providers", default="torch,compile,triton", show_default=True,
+              help="What to time on a GPU: torch (eager, cuDNN), compile (torch.compile), triton (fused kernels).")
+@click.option("--warmup", default=10, type=NONNEG, show_default=True, help="Untimed runs before timing (GPU).")
+@click.option("--iters", default=50, type=COUNT, show_default=True, help="Timed runs; the median is reported (GPU).")
+@click.option("--no-compile-check", is_flag=True, help="Skip compiling the kernels for sm_87/sm_90 (occupancy).")
+@output_option("file", "Write the results (with the machine's metadata) as JSON to this file, e.g. "
+                       "bench/results/kernels_bench_<machine>.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def kernels_bench(shapes, batches, dtypes, providers, warmup, iters, no_compile_check, output, as_json) -> None:
+    """Fused ASPP against eager PyTorch and torch.compile on DeepLab's real head shapes.
+
+    On a CUDA GPU: median time (CUDA events), TFLOP/s, GB/s, fraction of the roofline and
+    speed-up against eager PyTorch, measured side by side. Without one: FLOPs, launches and
+    bytes of each path, and roofline estimates for sm_87 / sm_90 (labelled estimates)."""
+    import torch
+
+    from ..bench import kernels as kb
+    from ..bench.env import environment
+
+    names = list(kb.SHAPES) if shapes == "all" else choices(shapes, list(kb.SHAPES), "shape")
+    bs = int_list(batches, "--batch")
+    dts = choices(dtypes, ["fp16", "bf16", "fp32"], "dtype")
+    provs = choices(providers, list(kb.PROVIDERS), "provider")
+    compiled = None
+    if not no_compile_check:
+        from ..kernels.compile import compile_all, kernel_specs
+
+        with console.status("compiling the kernels for sm_87 and sm_90"):
+            compiled = [r.as_dict() for r in compile_all(kernel_specs(dtypes=dts))]
+    with console.status("counting FLOPs, launches and bytes"):
+        analytic = kb.analyse(names, bs, dts, compiled)
+    result: dict[str, Any] = {"environment": environment(), "analytic": analytic, "crf_analytic": kb.crf_estimate(),
+                              "crf_lattice_analytic": kb.lattice_estimate(), "timings": None}
+    if torch.cuda.is_available():
+        with progress_bar() as prog:
+            task = prog.add_task("timing", total=len(names) * len(bs) * len(dts) * len(provs))
+            result["timings"] = kb.run(names, bs, dts, provs, warmup, iters,
+                                       progress=lambda d: prog.update(task, advance=1, description=d))
+    else:
+        result["timing_skipped"] = "no CUDA GPU on this machine: GPU times are roofline estimates, not measurements"
+    if emit(result, output, as_json):
+        return
+    t = Table(title="Fused ASPP vs eager PyTorch: work per forward pass (exact counts)")
+    for col in ("shape", "batch", "dtype", "GFLOP", "eager launches", "eager MB", "fused launches", "fused MB",
+                "H100 est. µs", "Orin est. µs", "bound", "occupancy H100/Orin"):
+        t.add_column(col, justify="left" if col == "shape" else "right", no_wrap=col == "shape")
+    for r in analytic:
+        e90, e87 = r["estimates"]["sm_90"], r["estimates"]["sm_87"]
+        t.add_row(r["shape"], str(r["batch"]), r["dtype"], f"{r['gflops']:.1f}", str(r["eager_launches"]),
+                  f"{r['eager_mb']:.1f}", str(r["fused_launches"]), f"{r['fused_mb']:.1f}",
+                  f"{1e3 * e90['roofline_ms_fused']:.0f}", f"{1e3 * e87['roofline_ms_fused']:.0f}", e90["bound"],
+                  "/".join(f"{100 * e['best_occupancy']:.0f}%" if "best_occupancy" in e else "-" for e in (e90, e87)))
+    out.print(t)
+    ce, cl = result["crf_analytic"], result["crf_lattice_analytic"]
+    out.print(f"CRF lattice in Triton (--crf triton; {cl['height']}x{cl['width']}, {cl['labels']} labels, "
+              f"{cl['iterations']} iterations, assuming {cl['vertices']} lattice vertices = one per pixel: the real "
+              f"count depends on the image, see `crf bench`): {cl['gflops']:.1f} GFLOP, {cl['mb']:.0f} MB, "
+              f"{cl['launches']} launches -> est. {cl['estimates']['sm_90']['roofline_ms']:.2f} ms on H100, "
+              f"{cl['estimates']['sm_87']['roofline_ms']:.1f} ms on Orin per image")
+    out.print(f"CRF window in Triton (--crf triton-window; {ce['height']}x{ce['width']}, {ce['labels']} labels, "
+              f"{ce['iterations']} iterations, {ce['bilateral_taps']}+{ce['spatial_taps']} taps): {ce['gflops']:.1f} "
+              f"GFLOP, {ce['mb']:.0f} MB, {ce['iterations'] + 1} launches -> est. "
+              f"{ce['estimates']['sm_90']['roofline_ms']:.2f} ms on H100, {ce['estimates']['sm_87']['roofline_ms']:.1f} ms "
+              "on Orin per image")
+    out.print("[dim]est. = roofline lower bound of the fused path from datasheet peaks (dense tensor-core FLOP/s, "
+              "DRAM bandwidth): an estimate, not a measurement. Occupancy: best autotune config, from its compiled "
+              "registers and shared memory.[/]")
+    if result["timings"]:
+        t = Table(title=f"Measured on {result['environment']['gpu']['name']} (median of {iters}, CUDA events)")
+        for col in ("shape", "batch", "dtype", "provider", "ms", "p10-p90", "TFLOP/s", "GB/s", "% roofline",
+                    "vs torch"):
+            t.add_column(col, justify="left" if col in ("shape", "provider") else "right", no_wrap=col == "shape")
+        for r in result["timings"]:
+            t.add_row(r["shape"], str(r["batch"]), r["dtype"], r["provider"], f"{r['median_ms']:.3f}",
+                      f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}", f"{r['tflops']:.1f}", f"{r['gbs']:.0f}",
+                      f"{100 * r.get('fraction_of_roofline', float('nan')):.0f}",
+                      f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "-")
+        out.print(t)
+    else:
+        console.print(f"[yellow]note:[/] {result['timing_skipped']}", highlight=False)
+
+# ----------------------------------------------------------------------------- crf
+
+@main.group("crf")
+def crf_group() -> None:
+    """Dense CRF (Krähenbühl & Koltun 2011) as DeepLab uses it: benchmark its implementations.
+
+    To post-process predictions, use --crf on eval and predict."""
+
+
+@crf_group.command("bench")
+@click.option("--weights", type=click.Path(path_type=Path), required=True, help="deeplab-edge checkpoint (.pt).")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Labelled dataset folder (VOC, ...).")
+@click.option("--methods", default="pydensecrf,torch,triton,window,triton-window", show_default=True,
+              help="CRF implementations, run side by side; those that cannot run here are listed as skipped.")
+@click.option("--preset", type=click.Choice(["deeplab-v2", "deeplab-v1"]), default="deeplab-v2", show_default=True)
+@click.option("--iterations", type=NONNEG, help="Mean-field iterations (default: the preset's, 10).")
+@click.option("--num-images", type=COUNT, help="Use only the first N images.")
+@click.option("--speed-images", default=2, type=NONNEG, show_default=True,
+              help="Images also timed at --size x --size (with and without label pruning).")
+@click.option("--size", default=513, type=SIDE, show_default=True, help="Side of the reference-speed inputs.")
+@click.option("--device", default="auto", show_default=True, help="Device of the network and the torch/triton CRFs.")
+@output_option("file", "Write the results as JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def crf_bench(weights, data, methods, preset, iterations, num_images, speed_images, size, device, output,
+              as_json) -> None:
+    """Time per image and mIoU gain of pydensecrf, the lattice in PyTorch and in Triton, and
+    the window approximation in PyTorch and in Triton, on the same network outputs in one run."""
+    from ..bench.crf import CRF_METHODS, run_crf_bench
+    from ..bench.env import environment
+    from ..crf import PRESETS, TRITON_METHODS, with_overrides
+    from ..data.datasets import open_dataset
+    from ..runtime import resolve_device
+
+    wanted = choices(methods, list(CRF_METHODS), "CRF method")
+    dev = resolve_device(device)
+    skipped = {}
+    if any(m in TRITON_METHODS for m in wanted):  # one check for both Triton methods: same device, same answer
+        from ..kernels.device import triton_unavailable
+
+        reason = triton_unavailable(dev)
+        if reason:
+            skipped.update({m: reason for m in wanted if m in TRITON_METHODS})
+    if "pydensecrf" in wanted:
+        try:
+            import pydensecrf.densecrf  # noqa: F401
+        except ImportError:
+            skipped["pydensecrf"] = "pydensecrf is not installed (pip install pydensecrf2)"
+    run_methods = [m for m in wanted if m not in skipped]
+    if not run_methods:
+        raise DeepLabEdgeError("no CRF method can run here (" + "; ".join(f"{m}: {r}" for m, r in skipped.items()) +
+                               "); pick others with --methods")
+    params = with_overrides(PRESETS[preset], iterations=iterations)
+    segmenter, _, info = model_runner(weights, None, None, None, str(dev), "fp32", None)
+    ds = open_dataset(data, "auto", "val").subset(num_images)
+    if ds.kind == "folder":
+        raise DeepLabEdgeError(f"{data}: no labelled dataset found; the CRF benchmark needs labels")
+    with progress_bar() as prog:
+        task = prog.add_task("crf", total=len(ds) * len(run_methods))
+        res = run_crf_bench(segmenter, ds, run_methods, params, device=dev, size=size, speed_images=speed_images,
+                            estimate_lattice="triton" in skipped,
+                            progress=lambda d: prog.update(task, advance=1, description=d))
+    res.update({"environment": environment(), "model": info, "data": str(data),
+                "skipped": [{"method": m, "reason": r} for m, r in skipped.items()]})
+    if emit(res, output, as_json):
+        return
+    t = Table(title=f"Dense CRF on {res['images']} images of {data} ({params.iterations} iterations, preset {preset})")
+    for col in ("method", "device", "mIoU %", "gain (points)", "% of pydensecrf gain", "s / image",
+                f"s @ {size}² ", f"s @ {size}² all labels", "vs pydensecrf"):
+        t.add_column(col, justify="left" if col in ("method", "device") else "right")
+    for r in res["rows"]:
+        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+        t.add_row(r["method"], r.get("device", "-"), pct(r["miou"]), f"{r['gain_points']:+.2f}",
+                  fmt(None if r.get("fraction_of_pydensecrf_gain") is None else 100 * r["fraction_of_pydensecrf_gain"],
+                      ".0f"),
+                  fmt(r.get("s_per_image_native"), ".3f"), fmt(r.get(f"s_per_image_{size}x{size}"), ".3f"),
+                  fmt(r.get(f"s_per_image_{size}x{size}_all_labels"), ".3f"),
+                  fmt(r.get("speedup_vs_pydensecrf"), ".2f") + ("x" if r.get("speedup_vs_pydensecrf") else ""))
+    out.print(t)
+    for m, reason in skipped.items():
+        console.print(f"[yellow]skipped {m}:[/] {reason}", highlight=False)
+    est = res.get("triton_lattice_estimate")
+    if est:
+        out.print(f"triton (lattice) estimate, not a measurement: {est['mean_ms']['sm_90']:.2f} ms per image on H100, "
+                  f"{est['mean_ms']['sm_87']:.1f} ms on Orin (roofline lower bound at {size}x{size}, from the "
+                  f"{len(est['images'])} timed images' real lattice sizes)")
