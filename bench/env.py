@@ -68,7 +68,7 @@ def environment() -> dict[str, Any]:
         env["gpu"] = {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
                       "sm_count": props.multi_processor_count, "memory_gib": props.total_memory / 2**30,
                       "cuda": torch.version.cuda, "driver": _driver()}
-    from .power import jetson_info
+    from deeplab_edge.jetson import jetson_info
 
     env["jetson"] = jetson_info()
     return env

@@ -140,7 +140,7 @@ def this_machine() -> dict[str, Any]:
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         info["gpu"] = {"name": p.name, "compute_capability": f"{p.major}.{p.minor}"}
-    from .bench.power import jetson_info
+    from .jetson import jetson_info
 
     info["jetson"] = jetson_info()
     return info

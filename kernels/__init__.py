@@ -2,9 +2,9 @@
 
 * :mod:`~deeplab_edge.kernels.aspp` — fused ASPP (DeepLab-v2 sum, DeepLab-v3 branches and
   projection), :func:`fuse_aspp` to swap them into a model, and the PyTorch references.
-* :mod:`~deeplab_edge.kernels.lattice` — the permutohedral-lattice dense CRF (``--crf triton``:
+* :mod:`~deeplab_edge.kernels.crf_lattice` — the permutohedral-lattice dense CRF (``--crf triton``:
   the PyTorch lattice's math, one fused launch per mean-field iteration plus one per blur axis).
-* :mod:`~deeplab_edge.kernels.crf` — the truncated-window dense CRF (``--crf triton-window``:
+* :mod:`~deeplab_edge.kernels.crf_window` — the truncated-window dense CRF (``--crf triton-window``:
   one launch per iteration) and its PyTorch reference.
 * :mod:`~deeplab_edge.kernels.compile` — compile every kernel config for sm_87 / sm_90 on
   a machine without a GPU and read registers, spills, shared memory and occupancy.

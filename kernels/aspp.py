@@ -39,7 +39,7 @@ from torch import nn
 from .device import check_runnable, interpreting
 
 __all__ = ["FusedASPP", "FusedASPPSum", "TapTable", "aspp_sum", "aspp_sum_reference", "aspp_branches", "fuse_aspp",
-           "aspp_branches_reference", "autotune_configs", "INTERPRET_CONFIG", "pack_weights", "tap_conv"]
+           "aspp_branches_reference", "autotune_configs", "INTERPRET_CONFIG", "pack_weights", "tap_conv", "branch_specs"]
 
 
 # ----------------------------------------------------------------------------- configs
@@ -276,7 +276,8 @@ def pack_weights(weights: list[torch.Tensor]) -> torch.Tensor:
     return F.pad(taps, (0, -cout % 16)).contiguous()
 
 
-def _specs(rates: tuple[int, ...], with_1x1: bool) -> tuple[tuple[int, int], ...]:
+def branch_specs(rates: tuple[int, ...], with_1x1: bool) -> tuple[tuple[int, int], ...]:
+    """(kernel size, rate) of each ASPP branch: the 1x1 branch (v3) first, then a 3x3 per atrous rate."""
     return ((1, 1),) * with_1x1 + tuple((3, r) for r in rates)
 
 
@@ -285,7 +286,7 @@ def aspp_sum(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rates: t
 
     ``weight``: packed [4 * 9, Cin, classes] (see :func:`pack_weights`); ``bias``: [classes], already summed."""
     _check_input(x)
-    taps = _tap_table(_specs(rates, False), x.shape[2], x.shape[3], x.device, True)
+    taps = _tap_table(branch_specs(rates, False), x.shape[2], x.shape[3], x.device, True)
     return tap_conv(x, weight, bias.reshape(1, -1), taps, bias.numel(), relu=False)
 
 
@@ -294,7 +295,7 @@ def aspp_branches(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, rat
     """DeepLab-v3 ASPP branches in one launch: ``cat([relu(conv1x1), relu(conv3x3_r) ...])``,
     each group writing its channel slice. ``weight``: packed [1 + 9 * len(rates), Cin, channels]."""
     _check_input(x)
-    taps = _tap_table(_specs(rates, True), x.shape[2], x.shape[3], x.device, False)
+    taps = _tap_table(branch_specs(rates, True), x.shape[2], x.shape[3], x.device, False)
     return tap_conv(x, weight, bias.reshape(1, -1), taps, channels, relu=True)
 
 

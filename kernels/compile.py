@@ -173,7 +173,7 @@ def _fp32_specs(entries, int_pointer: Callable[[str], bool], float_args: tuple[s
 def _crf_specs(dtypes: Iterable[str]) -> list[KernelSpec]:
     """The window CRF kernels are fp32 whatever the network's dtype; the step is compiled for
     21 labels (VOC, padded to 32)."""
-    from . import crf
+    from . import crf_window as crf
 
     return _fp32_specs([("crf.step[21 labels]", crf._crf_step_kernel, crf.autotune_configs(), {"L_PAD": 32}),
                         ("crf.norm", crf._crf_norm_kernel, crf.norm_configs(), {})],
@@ -184,7 +184,7 @@ def _lattice_specs(dtypes: Iterable[str]) -> list[KernelSpec]:
     """The lattice CRF kernels (fp32), compiled for 21 labels (padded to 32) and the 5-D
     position + colour lattice (6 simplex corners); the step with messages and splat, as
     every iteration but the last runs it."""
-    from . import lattice
+    from . import crf_lattice as lattice
 
     return _fp32_specs([("crf.lattice_step[21 labels]", lattice._lattice_step_kernel, lattice.step_configs(),
                          {"L_PAD": 32, "D1": 6, "MESSAGES": True, "SPLAT": True}),

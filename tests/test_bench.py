@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from deeplab_edge import jetson
 from deeplab_edge.bench import power
 from deeplab_edge.bench.harness import select_backends
 from deeplab_edge.bench.report import merge
@@ -155,10 +156,10 @@ def test_no_power_sampler_off_a_jetson():
 
 def test_l4t_release_and_power_mode():
     # /etc/nv_tegra_release's first line and `nvpmodel -q` output, as on JetPack 5.1.2 (L4T 35.4.1)
-    assert power.parse_l4t_release("# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, "
+    assert jetson.parse_l4t_release("# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, "
                                    "DATE: Tue Aug  1 19:57:35 UTC 2023") == "35.4.1"
-    assert power.parse_nvpmodel("NV Power Mode: MAXN\n0\n") == "MAXN (0)"
-    assert power.parse_nvpmodel("nothing here") is None
+    assert jetson.parse_nvpmodel("NV Power Mode: MAXN\n0\n") == "MAXN (0)"
+    assert jetson.parse_nvpmodel("nothing here") is None
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from deeplab_edge.crf import PRESETS, CRFParams, PermutohedralLattice, dense_crf, lattice_step_reference
+from deeplab_edge.crf import (PRESETS, CRFParams, PermutohedralLattice, dense_crf, lattice_setup,
+                              lattice_step_reference)
 from deeplab_edge.errors import DataError
-from deeplab_edge.kernels import crf as K
-from deeplab_edge.kernels import lattice as KL
+from deeplab_edge.kernels import crf_window as K
+from deeplab_edge.kernels import crf_lattice as KL
 from deeplab_edge.metrics import ConfusionMatrix
 
 
@@ -90,7 +91,7 @@ def test_triton_lattice_step_matches_pytorch_on_real_crop(voc_logits, labels):
     unary = -torch.log_softmax(lg[:labels].float(), 0)
     q = torch.softmax(-unary + 2.0 * torch.randn(unary.shape, generator=torch.Generator().manual_seed(1)), 0)
     ref = lattice_step_reference(image, unary, q, p)
-    got = KL.lattice_step(image, unary, q, p)
+    got = KL.lattice_step(lattice_setup(image, p), unary, q, p)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
     assert torch.allclose(got.sum(0), torch.ones(1), atol=1e-5)
     if labels > 1:  # the messages changed the marginals: a step that ignored them could not pass

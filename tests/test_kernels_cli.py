@@ -38,7 +38,7 @@ def test_every_kernel_config_compiles_for_orin_and_h100_without_spills(tmp_path)
     res = CliRunner().invoke(main, ["kernels", "compile", "--arch", "90", "--dtype", "fp16"])
     assert res.exit_code == 2 and "env -u TRITON_INTERPRET" in res.output
     rows = json.loads(out.read_text())["results"]
-    from deeplab_edge.kernels import crf, lattice
+    from deeplab_edge.kernels import crf_lattice as lattice, crf_window as crf
     from deeplab_edge.kernels.aspp import autotune_configs
 
     aspp = [r for r in rows if r["kernel"].startswith("aspp.")]
@@ -87,7 +87,7 @@ def test_lattice_estimate_scales_with_the_lattice_size():
     """Each extra lattice vertex costs, per iteration, 21 fp32 values read (V), written and
     zeroed (S) by the step, and read + written by each of the 6 blur passes with its two
     int32 neighbour indices: 10 x (3 x 84 + 6 x (2 x 84 + 8)) bytes."""
-    from deeplab_edge.bench.kernels import lattice_estimate
+    from deeplab_edge.bench.kernel_bench import lattice_estimate
 
     small, big = lattice_estimate(vertices=10_000), lattice_estimate(vertices=110_000)
     assert (big["mb"] - small["mb"]) * 1e6 == pytest.approx(100_000 * 10 * (3 * 84 + 6 * (2 * 84 + 8)))
@@ -131,7 +131,7 @@ def test_eval_backend_triton_matches_torch_on_voc(shared, imported):
 def test_timing_harness_runs_side_by_side_on_cpu():
     """The GPU benchmark's loop, exercised on the CPU with a tiny head (interpreter): rows,
     percentiles, the fused output checked against eager PyTorch. CPU times mean nothing."""
-    from deeplab_edge.bench.kernels import HeadShape, run
+    from deeplab_edge.bench.kernel_bench import HeadShape, run
 
     tiny = HeadShape("tiny-v3", "v3", 24, 9, 11, (2, 4), 32)
     rows = run([tiny], [2], ["fp32"], ["torch", "triton"], warmup=1, iters=3, device="cpu")

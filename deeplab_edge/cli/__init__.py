@@ -3,15 +3,15 @@ calling one library function and printing the result.
 
 * :mod:`.app` — the group, one-line errors, Ctrl-C / SIGTERM;
 * :mod:`.common` — consoles, JSON output, progress bars, checked option types;
-* :mod:`.models` — ``models``, ``import``, ``info``;
-* :mod:`.run` — ``eval``, ``predict``, ``compare``;
-* :mod:`.deploy` — ``export``, ``calibrate``, ``build``;
-* :mod:`.doctor` — ``doctor``;
-* :mod:`.kernels` — ``kernels compile/bench``, ``crf bench``;
-* :mod:`.bench` — ``bench``, ``bench compare``, ``bench kernels``.
+* :mod:`.models_cmd` — ``models``, ``import``, ``info``;
+* :mod:`.run_cmd` — ``eval``, ``predict``, ``compare``;
+* :mod:`.deploy_cmd` — ``export``, ``calibrate``, ``build``;
+* :mod:`.doctor_cmd` — ``doctor``;
+* :mod:`.kernels_cmd` — ``kernels compile/bench``, ``crf bench``;
+* :mod:`.bench_cmd` — ``bench``, ``bench compare``, ``bench kernels``.
 """
 
-from . import bench, deploy, doctor, kernels, models, run  # noqa: F401  (each registers its commands)
+from . import bench_cmd, deploy_cmd, doctor_cmd, kernels_cmd, models_cmd, run_cmd  # noqa: F401  (each registers its commands)
 from .app import main
 
 __all__ = ["main"]

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .kernels import kernels_bench
+from .kernels_cmd import kernels_bench
 from .common import (COUNT, NONNEG, THREADS, choices, console, int_list, out, output_option, pct,
                      print_json, progress_bar, check_tag)
 

@@ -137,12 +137,15 @@ _blur_autotuned = triton.autotune(configs=blur_configs(), key=["M", "L"])(_latti
 # ----------------------------------------------------------------------------- host side
 
 class _Launcher:
-    """The lattice of one image in the layouts the kernels read, and their launches."""
+    """The lattice of one image in the layouts the kernels read, and their launches.
 
-    def __init__(self, lattice, bil_norm: torch.Tensor, sp_norm: torch.Tensor, h: int, w: int, labels: int,
-                 params) -> None:
-        from deeplab_edge.crf import _gaussian_1d
+    ``setup``: what :func:`deeplab_edge.crf.lattice_setup` builds for the image (the lattice with
+    ``offset``, ``bary``, ``neighbours``, ``num_vertices`` and ``alpha``; the normalisers
+    ``bil_norm`` and ``sp_norm``; the spatial Gaussian's taps ``gauss``); ``params``: the CRF
+    weights ``w1`` and ``w2``. Nothing here imports the CRF package."""
 
+    def __init__(self, setup, h: int, w: int, labels: int, params) -> None:
+        lattice = setup.lattice
         if labels > 256:
             raise ValueError(f"expected at most 256 labels, got {labels}")
         self.h, self.w, self.labels, self.m = h, w, labels, lattice.num_vertices
@@ -150,9 +153,9 @@ class _Launcher:
         self.corner = lattice.offset.t().to(torch.int32).contiguous()  # [D1, N]
         self.bary = lattice.bary.t().float().contiguous()  # [D1, N]
         self.neighbours = lattice.neighbours.to(torch.int32).contiguous()  # [D1, 2, M]
-        self.nb = bil_norm.reshape(-1).float().contiguous()
-        self.ns = sp_norm.reshape(-1).float().contiguous()
-        self.gauss = _gaussian_1d(params.theta_gamma, self.nb.device).contiguous()
+        self.nb = setup.bil_norm.reshape(-1).float().contiguous()
+        self.ns = setup.sp_norm.reshape(-1).float().contiguous()
+        self.gauss = setup.gauss.float().contiguous()
         self.scalars = (h, w, labels, self.gauss.numel() // 2, float(params.w1 * lattice.alpha), float(params.w2))
         self.l_pad = max(16, triton.next_power_of_2(labels))
 
@@ -179,15 +182,12 @@ class _Launcher:
         return src
 
 
-def lattice_step(image: torch.Tensor, unary: torch.Tensor, q: torch.Tensor, params) -> torch.Tensor:
+def lattice_step(setup, unary: torch.Tensor, q: torch.Tensor, params) -> torch.Tensor:
     """One mean-field update from marginals ``q`` [L, H, W] (splat, blur, then the fused
-    step); ``image``: uint8 [H, W, 3] on the same device. For testing against PyTorch."""
-    from deeplab_edge.crf import lattice_setup
-
+    step) on the image's ``setup`` (see :class:`_Launcher`). For testing against PyTorch."""
     check_runnable(q)
     labels, h, w = q.shape
-    lattice, bil_norm, sp_norm = lattice_setup(image, params)
-    run = _Launcher(lattice, bil_norm, sp_norm, h, w, labels, params)
+    run = _Launcher(setup, h, w, labels, params)
     q, unary = q.float().reshape(labels, -1).contiguous(), unary.float().reshape(labels, -1).contiguous()
     bufs = [torch.zeros(run.m + 1, labels, device=q.device) for _ in range(3)]
     # the splat of q alone: a step without messages on -log q reproduces q and splats it
@@ -199,15 +199,13 @@ def lattice_step(image: torch.Tensor, unary: torch.Tensor, q: torch.Tensor, para
     return out.reshape(labels, h, w)
 
 
-def crf_lattice(image: torch.Tensor, unary: torch.Tensor, params) -> torch.Tensor:
-    """All iterations of the lattice mean-field. ``image``: uint8 [H, W, 3]; ``unary``:
-    [L, H, W] -log P, on one CUDA device (or CPU tensors under ``TRITON_INTERPRET=1``)."""
-    from deeplab_edge.crf import lattice_setup
-
+def crf_lattice(setup, unary: torch.Tensor, params) -> torch.Tensor:
+    """All ``params.iterations`` of the lattice mean-field on the image's ``setup`` (see
+    :class:`_Launcher`); ``unary``: [L, H, W] -log P, on one CUDA device (or CPU tensors under
+    ``TRITON_INTERPRET=1``)."""
     check_runnable(unary)
     labels, h, w = unary.shape
-    lattice, bil_norm, sp_norm = lattice_setup(image, params)
-    run = _Launcher(lattice, bil_norm, sp_norm, h, w, labels, params)
+    run = _Launcher(setup, h, w, labels, params)
     u = unary.float().reshape(labels, -1).contiguous()
     q, spare = torch.empty_like(u), torch.empty_like(u)
     splat, a, b = (torch.zeros(run.m + 1, labels, device=u.device) for _ in range(3))

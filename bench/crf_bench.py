@@ -42,7 +42,7 @@ def run_crf_bench(segmenter, dataset, methods: Iterable[str], params, *, device:
     from deeplab_edge.data.preprocess import Preprocess
     from deeplab_edge.metrics import ConfusionMatrix
 
-    from .kernels import lattice_estimate
+    from .kernel_bench import lattice_estimate
 
     methods = list(methods)
     unknown = [m for m in methods if m not in CRF_METHODS]

@@ -174,28 +174,29 @@ def window_taps(params, height: int, width: int) -> dict[str, tuple[tuple[float,
             "spatial": _taps(params.spatial_radius, 0, 1, height, width)}
 
 
-def _shift(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """t[..., y + dy, x + dx], zero outside."""
-    h, w = t.shape[-2:]
-    out = torch.zeros_like(t)
-    ys, yd = slice(max(dy, 0), h + min(dy, 0)), slice(max(-dy, 0), h + min(-dy, 0))
-    xs, xd = slice(max(dx, 0), w + min(dx, 0)), slice(max(-dx, 0), w + min(-dx, 0))
-    out[..., yd, xd] = t[..., ys, xs]
-    return out
+def _overlap(n: int, d: int) -> tuple[slice, slice]:
+    """(destination i, source i + d) index ranges along an axis of length n where both are inside."""
+    return slice(max(-d, 0), n + min(-d, 0)), slice(max(d, 0), n + min(d, 0))
 
 
 def _messages(image: torch.Tensor, values: torch.Tensor, taps, inv2_pos: float, inv2_col: float | None
               ) -> torch.Tensor:
-    """sum over offsets d of k(i, i + d) values(i + d), k computed from position (and colour)."""
+    """sum over offsets d of k(i, i + d) values(i + d), k computed from position (and colour);
+    neighbours outside the image contribute nothing. Each tap adds into the overlap of the image
+    with its shifted copy, on views: no zero-padded copy per tap."""
     h, w = image.shape[-2:]
-    inside = torch.ones(1, h, w, device=image.device)
     out = torch.zeros_like(values)
     for dy, dx, weight in zip(*taps):
         dy, dx = int(dy), int(dx)
-        k = weight * math.exp(-(dy * dy + dx * dx) * inv2_pos) * _shift(inside, dy, dx)
+        if abs(dy) >= h or abs(dx) >= w:
+            continue
+        (yd, ys), (xd, xs) = _overlap(h, dy), _overlap(w, dx)
+        k = weight * math.exp(-(dy * dy + dx * dx) * inv2_pos)
         if inv2_col is not None:
-            k = k * torch.exp(-((image - _shift(image, dy, dx)) ** 2).sum(0, keepdim=True) * inv2_col)
-        out += k * _shift(values, dy, dx)
+            diff = image[..., yd, xd] - image[..., ys, xs]
+            out[..., yd, xd] += (k * torch.exp(-(diff * diff).sum(0, keepdim=True) * inv2_col)) * values[..., ys, xs]
+        else:
+            out[..., yd, xd] += k * values[..., ys, xs]
     return out
 
 

@@ -148,19 +148,19 @@ def fused_traffic(shape: HeadShape, batch: int, dtype: str) -> dict[str, Any]:
     """Launches and compulsory bytes of the fused path: each Triton kernel reads its input,
     weights, bias and tap table once and writes its output once; the image-pooling bias
     (v3) is counted op by op like eager PyTorch."""
-    from deeplab_edge.kernels.aspp import FusedASPP, TapTable, _specs
+    from deeplab_edge.kernels.aspp import FusedASPP, TapTable, branch_specs
 
     elt = DTYPES[dtype].itemsize
     b, c, h, w = batch, shape.cin, shape.height, shape.width
     x_bytes = b * c * h * w * elt
     pad16 = shape.cout + (-shape.cout % 16)
     if shape.kind == "v2":
-        taps = TapTable.build(list(_specs(shape.rates, False)), h, w, torch.device("cpu"), sum_groups=True)
+        taps = TapTable.build(list(branch_specs(shape.rates, False)), h, w, torch.device("cpu"), sum_groups=True)
         w_bytes = 9 * len(shape.rates) * c * pad16 * elt
         out = b * shape.cout * h * w * elt
         return {"launches": 1, "bytes": x_bytes + w_bytes + out + 4 * shape.cout + 4 * 4 * taps.num_taps,
                 "ops": ["triton:aspp_sum"], "taps": taps.num_taps}
-    taps = TapTable.build(list(_specs(shape.rates, True)), h, w, torch.device("cpu"))
+    taps = TapTable.build(list(branch_specs(shape.rates, True)), h, w, torch.device("cpu"))
     groups = 1 + len(shape.rates)
     feats = b * groups * shape.cout * h * w * elt
     w_branch = (1 + 9 * len(shape.rates)) * c * pad16 * elt
@@ -182,7 +182,7 @@ def crf_estimate(height: int = 513, width: int = 513, labels: int = 21, params: 
     """FLOPs and compulsory bytes of the Triton window CRF (``--crf triton-window``: norm pass + ``iterations`` steps) and its
     roofline time per image on each device (CUDA-core fp32; exp counted as one op)."""
     from deeplab_edge.crf import CRFParams
-    from deeplab_edge.kernels.crf import window_taps
+    from deeplab_edge.kernels.crf_window import window_taps
 
     p = params or CRFParams()
     taps = window_taps(p, height, width)

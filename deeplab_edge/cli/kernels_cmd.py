@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .run import model_runner
+from .run_cmd import model_runner
 from .common import (COUNT, NONNEG, SIDE, choices, console, emit, int_list, out, output_option, pct,
                      progress_bar)
 
@@ -92,7 +92,7 @@ def kernels_bench(shapes, batches, dtypes, providers, warmup, iters, no_compile_
     bytes of each path, and roofline estimates for sm_87 / sm_90 (labelled estimates)."""
     import torch
 
-    from ..bench import kernels as kb
+    from ..bench import kernel_bench as kb
     from ..bench.env import environment
 
     names = list(kb.SHAPES) if shapes == "all" else choices(shapes, list(kb.SHAPES), "shape")
@@ -184,7 +184,7 @@ def crf_bench(weights, data, methods, preset, iterations, num_images, speed_imag
               as_json) -> None:
     """Time per image and mIoU gain of pydensecrf, the lattice in PyTorch and in Triton, and
     the window approximation in PyTorch and in Triton, on the same network outputs in one run."""
-    from ..bench.crf import CRF_METHODS, run_crf_bench
+    from ..bench.crf_bench import CRF_METHODS, run_crf_bench
     from ..bench.env import environment
     from ..crf import PRESETS, TRITON_METHODS, with_overrides
     from ..data.datasets import open_dataset

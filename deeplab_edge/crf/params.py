@@ -1,0 +1,75 @@
+"""The dense CRF's parameters (named as in the DeepLab paper), presets and methods."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+
+__all__ = ["CRFParams", "PRESETS", "METHODS", "DEVICE_METHODS", "TRITON_METHODS", "with_overrides",
+           "gaussian_radius", "gaussian_1d"]
+
+METHODS = ("pydensecrf", "torch", "triton", "window", "triton-window")
+#: The methods that run on the CRF's device (pydensecrf always runs on the CPU).
+DEVICE_METHODS = ("torch", "triton", "window", "triton-window")
+#: The methods that need a CUDA GPU (or Triton's interpreter).
+TRITON_METHODS = ("triton", "triton-window")
+
+
+@dataclass(frozen=True)
+class CRFParams:
+    """Parameters named as in the DeepLab paper (Chen et al., TPAMI 2018, Sec. 3.3).
+
+    Defaults: DeepLab-v2's released VOC configuration. ``near_radius``, ``window_radius``,
+    ``dilation`` and ``spatial_radius`` only apply to the ``window`` / ``triton-window`` approximation."""
+
+    w1: float = 4.0  # bilateral (appearance) kernel weight
+    theta_alpha: float = 67.0  # bilateral kernel: position scale (pixels)
+    theta_beta: float = 3.0  # bilateral kernel: colour scale (0-255 RGB)
+    w2: float = 3.0  # spatial (smoothness) kernel weight
+    theta_gamma: float = 1.0  # spatial kernel: position scale (pixels)
+    iterations: int = 10
+    near_radius: int = 2  # bilateral: every offset within this (dense 5 x 5)
+    window_radius: int = 6  # bilateral: then samples every `dilation` px out to window_radius * dilation
+    dilation: int = 16
+    spatial_radius: int = 2
+    # every method but pydensecrf: labels whose probability stays below this at every pixel
+    # keep their input probability and are left out of the mean-field (0 keeps all).
+    label_threshold: float = 1e-3
+
+    def __post_init__(self) -> None:
+        for name in ("theta_alpha", "theta_beta", "theta_gamma"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"expected {name} > 0, got {getattr(self, name)}")
+        if min(self.iterations, self.near_radius, self.window_radius, self.spatial_radius) < 0 or self.dilation < 1:
+            raise ValueError(f"expected iterations and radii >= 0 and dilation >= 1, got {self}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PRESETS = {
+    # DeepLab-v2 (Chen et al. 2018), released VOC CRF configuration.
+    "deeplab-v2": CRFParams(),
+    # DeepLab-v1 (Chen et al., ICLR 2015) MATLAB values.
+    "deeplab-v1": CRFParams(w1=4.0, theta_alpha=121.0, theta_beta=5.0, w2=3.0, theta_gamma=3.0),
+}
+
+
+def with_overrides(params: CRFParams, **kw: Any) -> CRFParams:
+    """``params`` with the given (non-None) fields replaced."""
+    return replace(params, **{k: v for k, v in kw.items() if v is not None})
+
+
+def gaussian_radius(sigma: float) -> int:
+    """Truncation radius of the spatial Gaussian (4 sigma: weights below exp(-8) are left out)."""
+    return max(1, int(math.ceil(4 * sigma)))
+
+
+def gaussian_1d(sigma: float, device: torch.device) -> torch.Tensor:
+    """The spatial Gaussian's 1-D taps exp(-x^2 / 2 sigma^2), x = -r..r (r = gaussian_radius(sigma))."""
+    radius = gaussian_radius(sigma)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    return torch.exp(-x * x / (2 * sigma * sigma))
