@@ -305,10 +305,8 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
 
     from deeplab_edge.checkpoint import load_checkpoint
     from deeplab_edge.crf import PRESETS, CRFStage
-    from deeplab_edge.data.preprocess import Preprocess
-    from deeplab_edge.inference import argmax_labels
+    from deeplab_edge.inference import Segmenter, evaluate
     from deeplab_edge.kernels.device import triton_unavailable
-    from deeplab_edge.metrics import ConfusionMatrix
     from deeplab_edge.runtime import resolve_device
 
     batches = sorted(set(batches))
@@ -376,37 +374,11 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
         _sync(runner)
         first_call_s = time.perf_counter() - t
 
-        cms = {c: ConfusionMatrix(n_cls) for c in crfs}
-        times: dict[str, list[float]] = {"load": [], "preprocess": [], "model": [], "postprocess": [],
-                                         "restore_logits": []}
-        crf_ms: dict[str, list[float]] = {c: [] for c in stages}
+        # accuracy pass: the one evaluation loop (eval's), every CRF option on the same network outputs
+        seg = Segmenter(runner)
         tick = progress(f"{b.name}: accuracy", len(dataset)) if progress else None
-        for i in range(len(dataset)):
-            t0 = time.perf_counter()
-            sid, image, label = dataset.load(i)
-            t1 = time.perf_counter()
-            x, geom = pre(image)
-            t2 = time.perf_counter()
-            logits = runner(x[None])[0]
-            _sync(runner)
-            t3 = time.perf_counter()
-            pred = Preprocess.restore_labels(argmax_labels(logits), geom)
-            t4 = time.perf_counter()
-            for key, a, z in (("load", t0, t1), ("preprocess", t1, t2), ("model", t2, t3), ("postprocess", t3, t4)):
-                times[key].append(1e3 * (z - a))
-            if "none" in cms:
-                cms["none"].update(pred, label)
-            if stages:
-                t5 = time.perf_counter()
-                full = Preprocess.restore_logits(logits.float(), geom)
-                times["restore_logits"].append(1e3 * (time.perf_counter() - t5))
-                for m, stage in stages.items():
-                    t6 = time.perf_counter()
-                    q = stage(image, full).to(torch.uint8).cpu().numpy()
-                    crf_ms[m].append(1e3 * (time.perf_counter() - t6))
-                    cms[m].update(q, label)
-            if tick:
-                tick(sid)
+        ev = evaluate(seg, dataset, on_image=tick, options={c: stages.get(c) for c in crfs})
+        samples = ev["samples_ms"]
 
         latency = []
         for bs in batches:
@@ -432,17 +404,18 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
         if dev.type == "cuda" and b.family in ("torch", "compile", "triton"):
             mem["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
         model_p50 = latency[0]["p50_ms"] if latency[0]["batch"] == 1 else None
-        harness = {k: _ms_summary(v) for k, v in times.items() if k != "model" and v}
+        harness = {k: _ms_summary(samples.get(k, [])) for k in ("load", "preprocess", "postprocess", "restore_logits")
+                   if samples.get(k)}
         for c in crfs:
-            res = cms[c].compute()
-            c_ms = _ms_summary(crf_ms[c]) if c != "none" else None
+            res = ev["options"][c]
+            c_ms = _ms_summary(samples[f"crf:{c}"]) if c != "none" else None
             row = {"backend": b.name, "family": b.family, "precision": b.precision, "description": b.description,
                    "crf": c, "miou": res["miou"], "pixel_acc": res["pixel_acc"], "mean_acc": res["mean_acc"],
                    "class_iou": dict(zip(classes, res["class_iou"])), "images": len(dataset),
                    "model_ms_p50": model_p50, "crf_ms": c_ms,
                    "latency_ms": (model_p50 + (c_ms["p50"] if c_ms else 0.0)) if model_p50 is not None else None,
                    "latency_is_speed": b.family != "qdq",
-                   "batches": latency, "accuracy_pass_model_ms": _ms_summary(times["model"]),
+                   "batches": latency, "accuracy_pass_model_ms": _ms_summary(samples["model"]),
                    "harness_ms": harness, "first_call_s": first_call_s, "memory": mem,
                    "file": str(source), "file_mb": Path(source).stat().st_size / 1e6, **extra}
             if c != "none":

@@ -49,6 +49,11 @@ class Timing:
     postprocess: float = 0.0
     crf: float = 0.0
     model_calls: list[float] = field(default_factory=list)
+    #: per image, in ms: load, preprocess, postprocess, restore_logits and crf:<option> (for medians)
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, key: str, seconds: float) -> None:
+        self.samples.setdefault(key, []).append(1e3 * seconds)
 
     def as_dict(self, images: int) -> dict[str, Any]:
         calls = np.asarray(self.model_calls) * 1e3
@@ -93,41 +98,57 @@ class Segmenter:
 
     def logits_batch(self, images: list[np.ndarray]) -> list[tuple[torch.Tensor, Geometry]]:
         """Logits (C, h, w) at the model's input resolution, with the geometry to restore them."""
-        t0 = time.perf_counter()
-        prepared = [self.preprocess(im) for im in images]
+        prepared = []
+        for im in images:
+            t0 = time.perf_counter()
+            prepared.append(self.preprocess(im))
+            self.timing.preprocess += (dt := time.perf_counter() - t0)
+            self.timing.add("preprocess", dt)
         shapes = {tuple(x.shape) for x, _ in prepared}
-        self.timing.preprocess += time.perf_counter() - t0
         if len(shapes) == 1:
             out = self._run(torch.stack([x for x, _ in prepared]))
             return [(out[i], g) for i, (_, g) in enumerate(prepared)]
         return [(self._run(x[None])[0], g) for x, g in prepared]
 
+    def postprocess(self, image: np.ndarray, logits: torch.Tensor, geom: Geometry,
+                    options: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Label maps at the image's size from one image's logits, for each option: None is the
+        plain argmax, a CRF stage runs on the logits restored to the image's size (restored once
+        for all the stages)."""
+        out, full = {}, None
+        for name, stage in options.items():
+            t0 = time.perf_counter()
+            if stage is None:
+                out[name] = Preprocess.restore_labels(argmax_labels(logits), geom)
+                self.timing.postprocess += (dt := time.perf_counter() - t0)
+                self.timing.add("postprocess", dt)
+                continue
+            if full is None:
+                full = Preprocess.restore_logits(logits.float(), geom)
+                self.timing.postprocess += (dt := time.perf_counter() - t0)
+                self.timing.add("restore_logits", dt)
+                t0 = time.perf_counter()
+            out[name] = stage(image, full).to(torch.uint8).cpu().numpy()
+            self.timing.crf += (dt := time.perf_counter() - t0)
+            self.timing.add(f"crf:{name}", dt)
+        return out
+
     def predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Label maps (H, W) uint8 at each image's original size."""
         results = self.logits_batch(images)
-        if self.crf is not None:
-            labels = []
-            for image, (lg, g) in zip(images, results):
-                t0 = time.perf_counter()
-                full = Preprocess.restore_logits(lg.float(), g)
-                self.timing.postprocess += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                labels.append(self.crf(image, full).to(torch.uint8).cpu().numpy())
-                self.timing.crf += time.perf_counter() - t0
-            return labels
-        t0 = time.perf_counter()
-        labels = [Preprocess.restore_labels(argmax_labels(lg), g) for lg, g in results]
-        self.timing.postprocess += time.perf_counter() - t0
-        return labels
+        return [self.postprocess(image, lg, g, {"": self.crf})[""] for image, (lg, g) in zip(images, results)]
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         return self.predict_batch([image])[0]
 
 
-def _batches(dataset: SegmentationDataset, batch_size: int) -> Iterable[list[tuple[str, np.ndarray, Any]]]:
+def _batches(dataset: SegmentationDataset, batch_size: int, timing: Timing
+             ) -> Iterable[list[tuple[str, np.ndarray, Any]]]:
     batch = []
-    for item in dataset:
-        batch.append(item)
+    for i in range(len(dataset)):
+        t0 = time.perf_counter()
+        batch.append(dataset.load(i))
+        timing.add("load", time.perf_counter() - t0)
         if len(batch) == batch_size:
             yield batch
             batch = []
@@ -136,21 +157,39 @@ def _batches(dataset: SegmentationDataset, batch_size: int) -> Iterable[list[tup
 
 
 def evaluate(segmenter: Segmenter, dataset: SegmentationDataset, *, batch_size: int = 1,
-             reference_dir: str | None = None, on_image: Callable[[str], None] | None = None) -> dict[str, Any]:
+             reference_dir: str | None = None, on_image: Callable[[str], None] | None = None,
+             options: dict[str, Any] | None = None) -> dict[str, Any]:
     """mIoU, per-class IoU, pixel accuracy and per-image numbers of ``segmenter`` on ``dataset``.
 
     With ``reference_dir`` (a folder of ``<id>.png`` label maps, e.g. another runtime's
     predictions) the pixel agreement with those maps is reported too.
+
+    ``options`` scores several post-processing options on the same network outputs, as
+    ``{name: CRF stage, or None for the plain argmax}`` (``bench``'s cells); without it the
+    segmenter's own ``crf`` is the one option. The top-level numbers are the first option's;
+    with ``options``, every option's are under ``options`` and the per-image times (ms) under
+    ``samples_ms``.
     """
     if not dataset.has_labels:
         raise DataError(f"{dataset.root}: some images have no label file; eval needs labels (use predict instead)")
-    cm = ConfusionMatrix(segmenter.num_classes)
+    opts = dict(options) if options is not None else {"": segmenter.crf}
+    if not opts:
+        raise ValueError("expected at least one post-processing option, got none")
+    first = next(iter(opts))
+    cms = {name: ConfusionMatrix(segmenter.num_classes) for name in opts}
+    cm = cms[first]
     per_image, agree_num, agree_den = [], 0, 0
     segmenter.timing = Timing()
     t_start = time.perf_counter()
-    for batch in _batches(dataset, batch_size):
-        preds = segmenter.predict_batch([im for _, im, _ in batch])
-        for (sid, _, label), pred in zip(batch, preds):
+    for batch in _batches(dataset, batch_size, segmenter.timing):
+        images = [im for _, im, _ in batch]
+        logits = segmenter.logits_batch(images)
+        for (sid, image, label), (lg, g) in zip(batch, logits):
+            preds = segmenter.postprocess(image, lg, g, opts)
+            for name, p in preds.items():
+                if name != first:
+                    cms[name].update(p, label)
+            pred = preds[first]
             own = ConfusionMatrix.summarize(cm.update(pred, label))
             row = {"id": sid, "miou": own["miou"], "pixel_acc": own["pixel_acc"]}
             if reference_dir is not None:
@@ -177,4 +216,7 @@ def evaluate(segmenter: Segmenter, dataset: SegmentationDataset, *, batch_size: 
                    "wall_s": time.perf_counter() - t_start})
     if reference_dir is not None:
         result["reference_agreement"] = agree_num / agree_den if agree_den else None
+    if options is not None:
+        result["options"] = {name: c.compute() for name, c in cms.items()}
+        result["samples_ms"] = {**segmenter.timing.samples, "model": [1e3 * t for t in segmenter.timing.model_calls]}
     return result
