@@ -211,7 +211,7 @@ def evaluate(segmenter: Segmenter, dataset: SegmentationDataset, *, batch_size: 
         raise DataError(f"{dataset.root}: every label pixel of the {len(per_image)} images is 'ignore' (255 or the "
                         "dataset's void); nothing to score, so check the label files or --dataset")
     result = cm.compute()
-    result.update({"images": len(per_image), "per_image": per_image,
+    result.update({"images": len(per_image), "per_image": per_image, "confusion": cm.mat.tolist(),
                    "timing": segmenter.timing.as_dict(len(per_image)),
                    "wall_s": time.perf_counter() - t_start})
     if reference_dir is not None:

@@ -1,0 +1,87 @@
+"""``train``: fine-tune DeepLab on a labelled dataset, on one process or many (torchrun)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from .app import main
+from .common import COUNT, NONNEG, console, out, output_option, pct, print_json, progress_bar
+
+
+@main.command("train")
+@click.option("--data", required=True, type=click.Path(), help="Labelled training data (VOC, Cityscapes, CamVid).")
+@click.option("--split", default="train", show_default=True, help="Training split.")
+@click.option("--val-data", type=click.Path(), help="Labelled validation data (mIoU per class every --val-every).")
+@click.option("--val-split", default="val", show_default=True, help="Validation split.")
+@click.option("--dataset", "kind", type=click.Choice(["auto", "voc", "cityscapes", "camvid"]), default="auto",
+              show_default=True, help="Dataset layout.")
+@click.option("--weights", type=click.Path(), help="Start from this checkpoint; another class count gets a new "
+                                                     "classifier, the rest is kept.")
+@click.option("--arch", help="Or train this architecture from scratch (see `deeplab-edge models`).")
+@click.option("--epochs", default=30, type=COUNT, show_default=True)
+@click.option("--batch-size", default=8, type=COUNT, show_default=True,
+              help="Global batch: split over the processes under torchrun.")
+@click.option("--crop", default=321, type=click.IntRange(33, 2049), show_default=True, help="Square training crop.")
+@click.option("--lr", default=0.01, type=click.FloatRange(0, 10, min_open=True), show_default=True,
+              help="Base learning rate of the poly schedule.")
+@click.option("--momentum", default=0.9, type=click.FloatRange(0, 1, max_open=True), show_default=True)
+@click.option("--weight-decay", default=4e-5, type=click.FloatRange(0, 1), show_default=True)
+@click.option("--scale", default=(0.5, 2.0), type=(click.FloatRange(0.05, 8), click.FloatRange(0.05, 8)),
+              show_default=True, help="Random scale range MIN MAX.")
+@click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
+@click.option("--freeze-bn", is_flag=True, help="Keep batch-norm statistics and parameters fixed.")
+@click.option("--sync-bn", is_flag=True, help="Under torchrun: SyncBatchNorm across processes (GPUs).")
+@click.option("--class-weights", type=click.Choice(["none", "median-frequency"]), default="none", show_default=True,
+              help="Weight the loss per class (median frequency balancing, as SegNet on CamVid).")
+@click.option("--val-every", default=1, type=COUNT, show_default=True, help="Validate every N epochs.")
+@click.option("--seed", default=0, type=NONNEG, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--max-steps", type=COUNT, help="Stop after N optimizer steps (a smoke run).")
+@click.option("--resume", is_flag=True, help="Continue the run in -o exactly (weights, optimizer, schedule, order).")
+@output_option("dir", "Run folder: best.pt, last.pt, train_state.pt, train_record.json/.csv, train_curve.png.",
+               required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the training record as JSON.")
+def train_cmd(data, split, val_data, val_split, kind, weights, arch, epochs, batch_size, crop, lr, momentum,
+              weight_decay, scale, no_flip, freeze_bn, sync_bn, class_weights, val_every, seed, device, max_steps,
+              resume, output, as_json) -> None:
+    """Fine-tune DeepLab on your data (the paper's recipe: SGD momentum 0.9, poly learning rate,
+    random scale 0.5-2.0, crop padded with the ignore label, flip), on a CPU or GPU.
+
+    \b
+    Many processes or machines: the same command under torchrun (PyTorch DDP: gloo on CPUs,
+    NCCL on GPUs), e.g.
+      torchrun --nproc-per-node 2 -m deeplab_edge.cli train --data D --batch-size 8 -o run/
+    Only rank 0 writes files; validation is sharded and its confusion matrix summed."""
+    from ..bench.env import environment
+    from ..train import TrainConfig, train
+
+    if scale[0] > scale[1]:
+        raise click.BadParameter(f"{scale[0]} > {scale[1]}; give MIN MAX", param_hint="--scale")
+    cfg = TrainConfig(data=str(data), output=str(output), weights=weights, arch=arch, dataset=kind, split=split,
+                      val_data=val_data, val_split=val_split, epochs=epochs, batch_size=batch_size, crop=crop, lr=lr,
+                      momentum=momentum, weight_decay=weight_decay, scale_min=scale[0], scale_max=scale[1],
+                      flip=not no_flip, freeze_bn=freeze_bn, sync_bn=sync_bn, class_weights=class_weights,
+                      val_every=val_every, seed=seed, device=device, max_steps=max_steps, resume=resume,
+                      extra={"environment": environment()})
+    main_rank = os.environ.get("RANK", "0") == "0"
+    with progress_bar() as prog:
+        task = prog.add_task("train", total=None) if main_rank else None
+
+        def progress(p):
+            prog.update(task, total=p["steps"], completed=p["step"],
+                        description=f"epoch {p['epoch']}/{p['epochs']} loss {p['loss']:.3f} lr {p['lr']:.2e} "
+                                    f"{p['images_per_s']:.1f} img/s")
+
+        record = train(cfg, progress=progress if main_rank else None,
+                       log=lambda s: console.print(f"[dim]{s}[/]", highlight=False))
+    if not main_rank:
+        return
+    if as_json:
+        print_json(record)
+        return
+    best = record["best"]
+    out.print(f"[green]trained[/] {len(record['epochs'])} epochs on {record['images']} images "
+              f"({record['world_size']} process{'es' if record['world_size'] > 1 else ''}) -> {output}"
+              + (f"; best val mIoU {pct(best['val_miou'])}% at epoch {best['epoch']} (best.pt)" if best else ""))

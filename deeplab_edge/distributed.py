@@ -1,0 +1,72 @@
+"""One process or many: what ``torchrun`` sets, and the few collective steps training and eval need.
+
+Under ``torchrun`` (PyTorch's launcher: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``...)
+the process group is PyTorch's own (gloo on CPUs, NCCL on GPUs); multi-node runs use torchrun's
+rendezvous options. Without it everything here is a no-op, so the same code runs on one process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["DistInfo", "init", "shutdown", "all_reduce_sum"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Only this process writes files and prints results."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def init(device: torch.device, timeout_s: int = 600) -> DistInfo:
+    """Join torchrun's process group when launched by it (gloo on CPUs, NCCL on CUDA GPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    import torch.distributed as tdist
+
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not tdist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(info.local_rank)
+        tdist.init_process_group(backend, timeout=dt.timedelta(seconds=timeout_s))
+    return info
+
+
+def shutdown() -> None:
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+def all_reduce_sum(x: np.ndarray | torch.Tensor | float, info: DistInfo, device: torch.device | None = None):
+    """The sum over all processes (the value itself on one process), same type as given."""
+    if not info.distributed:
+        return x
+    import torch.distributed as tdist
+
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).clone()
+    # gloo reduces int64 and float64 exactly; NCCL needs the tensor on the process's GPU
+    t = t.to(device) if device is not None and device.type == "cuda" else t
+    tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+    if isinstance(x, torch.Tensor):
+        return t
+    out = t.cpu().numpy()
+    return out if isinstance(x, np.ndarray) else out.item()

@@ -1,0 +1,391 @@
+"""Fine-tune DeepLab on a labelled dataset, on one process or many (``torchrun``, PyTorch DDP).
+
+The recipe is the paper's (Chen et al., TPAMI 2018, Sec. 4.1): SGD with momentum 0.9, the "poly"
+learning rate ``lr * (1 - step / steps) ** 0.9`` per step, weight decay, random scale 0.5-2.0,
+random crop padded with the ignore label, horizontal flip, batch norm trained or frozen; optional
+median-frequency class weights (as SegNet trained CamVid). Validation every ``val_every`` epochs
+keeps the best checkpoint; ``resume`` continues exactly: the weights, the optimizer, the schedule
+and the data order (each sample's augmentation is drawn from (seed, epoch, index), so there is no
+random state to restore beyond PyTorch's own).
+
+Under torchrun every process takes its share of each global batch (``DistributedSampler``), the
+loss is normalised by the labelled pixels of the whole global batch, so the gradients DDP
+averages equal one process's on that batch; validation is sharded and its confusion matrix summed
+over processes; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import distributed
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data.datasets import IGNORE, SegmentationDataset, open_dataset
+from .data.preprocess import Preprocess
+from .errors import DataError, DeepLabEdgeError
+from .inference import Segmenter, evaluate
+from .metrics import ConfusionMatrix
+from .models import MODELS, get_model
+from .outputs import atomic_path
+from .runtime import resolve_device
+from .runtime.pytorch import TorchRunner
+
+__all__ = ["TrainConfig", "train", "augment", "median_frequency_weights", "evaluate_sharded"]
+
+STATE = "train_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    output: str
+    weights: str | None = None  # start from this checkpoint (a different class count gets a new classifier)
+    arch: str | None = None  # or from scratch with this architecture
+    dataset: str = "auto"
+    split: str = "train"
+    val_data: str | None = None
+    val_split: str = "val"
+    epochs: int = 30
+    batch_size: int = 8  # global: split over the processes under torchrun
+    crop: int = 321
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    poly_power: float = 0.9
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    flip: bool = True
+    freeze_bn: bool = False
+    sync_bn: bool = False
+    class_weights: str = "none"  # or "median-frequency"
+    val_every: int = 1
+    seed: int = 0
+    device: str = "auto"
+    max_steps: int | None = None  # stop early (tests, smoke runs)
+    resume: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- data
+
+def augment(image: np.ndarray, label: np.ndarray, crop: int, scale: tuple[float, float], flip: bool,
+            rng: np.random.Generator, pad_pixel: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Random scale (image bilinear, label nearest), pad to ``crop`` (image with ``pad_pixel``, the
+    normalisation mean; label with the ignore value), random ``crop`` x ``crop`` window, random flip."""
+    s = rng.uniform(*scale)
+    h, w = label.shape
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    img = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+    lab = np.asarray(Image.fromarray(label).resize((nw, nh), Image.NEAREST))
+    ph, pw = max(crop - nh, 0), max(crop - nw, 0)
+    if ph or pw:
+        img = np.concatenate([img, np.broadcast_to(np.asarray(pad_pixel, np.uint8), (ph, nw, 3))], 0) if ph else img
+        img = np.concatenate([img, np.broadcast_to(np.asarray(pad_pixel, np.uint8), (nh + ph, pw, 3))], 1) \
+            if pw else img
+        lab = np.pad(lab, ((0, ph), (0, pw)), constant_values=IGNORE)
+    y = int(rng.integers(0, img.shape[0] - crop + 1))
+    x = int(rng.integers(0, img.shape[1] - crop + 1))
+    img, lab = img[y:y + crop, x:x + crop], lab[y:y + crop, x:x + crop]
+    if flip and rng.random() < 0.5:
+        img, lab = img[:, ::-1], lab[:, ::-1]
+    return np.ascontiguousarray(img), np.ascontiguousarray(lab)
+
+
+class _TrainSet(torch.utils.data.Dataset):
+    def __init__(self, ds: SegmentationDataset, cfg: TrainConfig, pre: Preprocess) -> None:
+        self.ds, self.cfg, self.epoch = ds, cfg, 0
+        self.mean = torch.tensor(pre.mean).view(3, 1, 1)
+        self.std = torch.tensor(pre.std).view(3, 1, 1)
+        self.pad_pixel = tuple(int(round(m)) for m in pre.mean)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        _, image, label = self.ds.load(i)
+        rng = np.random.default_rng([self.cfg.seed, self.epoch, i])
+        img, lab = augment(image, label, self.cfg.crop, (self.cfg.scale_min, self.cfg.scale_max), self.cfg.flip,
+                           rng, self.pad_pixel)
+        x = (torch.from_numpy(img).permute(2, 0, 1).float() - self.mean) / self.std
+        return x, torch.from_numpy(lab.astype(np.int64))
+
+
+def median_frequency_weights(ds: SegmentationDataset) -> torch.Tensor:
+    """SegNet's class weights: median(freq) / freq_c, freq_c = pixels of c / pixels of the images holding c."""
+    n = ds.num_classes
+    pixels, present = np.zeros(n), np.zeros(n)
+    for i in range(len(ds)):
+        lab = ds.load(i)[2]
+        counts = np.bincount(lab[lab != IGNORE].ravel(), minlength=n)[:n]
+        pixels += counts
+        present += (counts > 0) * lab.size
+    freq = np.where(present > 0, pixels / np.maximum(present, 1), 0)
+    med = np.median(freq[freq > 0])
+    return torch.tensor(np.where(freq > 0, med / np.maximum(freq, 1e-12), 0.0), dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------- model
+
+def _initial_model(cfg: TrainConfig, num_classes: int, classes: list[str]):
+    """(model, meta) from --weights (classifier replaced when the class count differs) or --arch."""
+    if cfg.weights:
+        loaded = load_checkpoint(cfg.weights, arch=cfg.arch)
+        config = dict(loaded.model.config)
+        arch = config.pop("arch")
+        if loaded.model.num_classes == num_classes:
+            return loaded.model, dict(loaded.meta)
+        config["num_classes"] = num_classes
+        model = get_model(arch, **config)
+        own = model.state_dict()
+        keep = {k: v for k, v in loaded.model.state_dict().items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(keep, strict=False)  # everything but the classifier's last layer
+        return model, {**loaded.meta, "classes": classes}
+    if not cfg.arch or cfg.arch not in MODELS:
+        raise DeepLabEdgeError(f"give --weights FILE or --arch NAME (one of {', '.join(MODELS)})")
+    from .data.preprocess import IMAGENET
+
+    return get_model(cfg.arch, num_classes=num_classes), {"classes": classes,
+                                                         "preprocess": {"size": None, "resize": "none",
+                                                                        "pad": False, **IMAGENET}}
+
+
+def _freeze_bn(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+
+def evaluate_sharded(model: torch.nn.Module, ds: SegmentationDataset, pre: Preprocess, device: torch.device,
+                     info: distributed.DistInfo) -> dict[str, Any]:
+    """mIoU of ``model`` on ``ds``, each process taking every world-th image, the confusion
+    matrices summed over processes (equal to one process's)."""
+    shard = ds.subset(None)
+    shard.samples = ds.samples[info.rank::info.world]
+    cm = np.zeros((ds.num_classes, ds.num_classes), np.int64)
+    if shard.samples:
+        was = model.training
+        seg = Segmenter(TorchRunner(model, device), pre, ds.num_classes)
+        cm = np.asarray(evaluate(seg, shard)["confusion"], np.int64)
+        model.train(was)
+    cm = distributed.all_reduce_sum(cm, info, device)
+    return {**ConfusionMatrix.summarize(cm), "confusion": cm.tolist()}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train(cfg: TrainConfig, progress: Callable[[dict[str, Any]], None] | None = None,
+          log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Run the training; returns the record (config, one row per epoch, best validation)."""
+    device = resolve_device(cfg.device)
+    info = distributed.init(device)
+    try:
+        return _train(cfg, device, info, progress, log)
+    finally:
+        distributed.shutdown()
+
+
+def _train(cfg, device, info, progress, log) -> dict[str, Any]:
+    out = Path(cfg.output)
+    ds = open_dataset(cfg.data, cfg.dataset, cfg.split)
+    if ds.kind == "folder" or not ds.has_labels:
+        raise DataError(f"{cfg.data}: no labelled {cfg.split} split found; training needs a VOC, Cityscapes or "
+                        "CamVid folder with labels")
+    val = None
+    if cfg.val_data:
+        val = open_dataset(cfg.val_data, cfg.dataset, cfg.val_split)
+        if val.num_classes != ds.num_classes or not val.has_labels:
+            raise DataError(f"{cfg.val_data}: {val.num_classes} classes{'' if val.has_labels else ', no labels'}, "
+                            f"the training data {ds.num_classes}; validate on labelled data of the same classes")
+    if cfg.batch_size % info.world:
+        raise DeepLabEdgeError(f"--batch-size {cfg.batch_size} is not divisible by the {info.world} processes; "
+                               "give a multiple")
+    local_bs = cfg.batch_size // info.world
+    if len(ds) < cfg.batch_size:
+        raise DataError(f"{cfg.data}: {len(ds)} images, fewer than one batch of {cfg.batch_size}; lower --batch-size")
+
+    torch.manual_seed(cfg.seed)
+    model, meta = _initial_model(cfg, ds.num_classes, ds.classes)
+    pre = Preprocess.from_dict(meta.get("preprocess") or {})
+    eval_pre = Preprocess.from_dict({**(meta.get("preprocess") or {}), "size": None, "resize": "none", "pad": False})
+    if cfg.sync_bn and info.distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters()]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    weights = median_frequency_weights(ds).to(device) if cfg.class_weights == "median-frequency" else None
+
+    train_set = _TrainSet(ds, cfg, pre)
+    sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=info.world, rank=info.rank, shuffle=True,
+                                                  seed=cfg.seed, drop_last=True)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=local_bs, sampler=sampler, drop_last=True)
+    steps_per_epoch = len(loader)
+    total = cfg.epochs * steps_per_epoch
+    record: dict[str, Any] = {"config": asdict(cfg), "world_size": info.world, "steps_per_epoch": steps_per_epoch,
+                              "images": len(ds), "classes": ds.classes, "epochs": [], "best": None}
+    start_epoch, step = 0, 0
+    state_path = out / STATE
+    if cfg.resume:
+        if not state_path.is_file():
+            raise DeepLabEdgeError(f"{state_path}: nothing to resume; train without --resume first")
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        if st["arch"] != model.config["arch"] or st["num_classes"] != ds.num_classes:
+            raise DeepLabEdgeError(f"{state_path}: a {st['arch']} with {st['num_classes']} classes, not a "
+                                   f"{model.config['arch']} with {ds.num_classes}; resume with the same model and data")
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        torch.set_rng_state(st["torch_rng"])
+        start_epoch, step, record = st["epoch"], st["step"], json.loads(st["record"])
+        log(f"resuming at epoch {start_epoch + 1}, step {step}")
+    ddp = model
+    if info.distributed:
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        train_set.epoch = epoch
+        ddp.train()
+        if cfg.freeze_bn:
+            _freeze_bn(model)
+        t0, seen, loss_sum, n_steps = time.perf_counter(), 0, 0.0, 0
+        lr = poly_lr(cfg, min(step, total - 1), total)
+        for x, y in loader:
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
+            lr = poly_lr(cfg, step, total)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            valid = y != IGNORE
+            w_valid = (weights[y.clamp_max(ds.num_classes - 1)] * valid).sum() if weights is not None \
+                else valid.sum()
+            denom = distributed.all_reduce_sum(w_valid.double().detach(), info).clamp_min(1)
+            try:
+                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                    logits = ddp(x)
+                loss = F.cross_entropy(logits.float(), y, weight=weights, ignore_index=IGNORE, reduction="sum")
+                loss = loss * info.world / denom.to(loss)  # DDP averages over processes: the global-batch mean
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            except torch.OutOfMemoryError as e:
+                raise DeepLabEdgeError(f"out of memory at batch {local_bs} x {cfg.crop}^2 per process; lower "
+                                       "--crop or --batch-size") from e
+            step += 1
+            n_steps += 1
+            seen += x.shape[0] * info.world
+            loss_sum += loss.item() / info.world  # this process's share of the global-batch loss
+            if progress and info.is_main:
+                elapsed = time.perf_counter() - t0
+                progress({"epoch": epoch + 1, "epochs": cfg.epochs, "step": step, "steps": total,
+                          "loss": loss_sum / n_steps, "lr": lr, "images_per_s": seen / max(elapsed, 1e-9)})
+        seconds = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "step": step, "lr": lr if n_steps else None, "seconds": seconds,
+               "loss": float(distributed.all_reduce_sum(loss_sum, info)) / max(n_steps, 1),
+               "images_per_s": seen / max(seconds, 1e-9)}
+        if val is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+            res = evaluate_sharded(model, val, eval_pre, device, info)
+            row.update(val_miou=res["miou"], val_pixel_acc=res["pixel_acc"],
+                       val_class_iou=dict(zip(ds.classes, res["class_iou"])))
+            if record["best"] is None or res["miou"] > record["best"]["val_miou"]:
+                record["best"] = {"epoch": epoch + 1, "val_miou": res["miou"]}
+                if info.is_main:
+                    _save_model(model, meta, eval_pre, cfg, record, out / "best.pt")
+        record["epochs"].append(row)
+        if info.is_main:
+            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}"
+                + (f", val mIoU {100 * row['val_miou']:.2f}%" if "val_miou" in row else ""))
+            _save_model(model, meta, eval_pre, cfg, record, out / "last.pt")
+            _save_state(model, opt, epoch + 1, step, record, out / STATE)
+            write_record(record, out)
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+    return record
+
+
+def _save_model(model, meta, eval_pre: Preprocess, cfg: TrainConfig, record: dict[str, Any], path: Path) -> None:
+    m = model.module if hasattr(model, "module") else model
+    if any(isinstance(x, torch.nn.SyncBatchNorm) for x in m.modules()):  # checkpoints hold plain BatchNorm
+        config = dict(m.config)
+        plain = get_model(config.pop("arch"), **config)
+        plain.load_state_dict(m.state_dict())  # SyncBatchNorm's parameters and buffers are BatchNorm's
+        m = plain
+    meta = {**meta, "preprocess": asdict(eval_pre),
+            "source": {"format": "train", "data": cfg.data, "split": cfg.split, "init": cfg.weights or cfg.arch,
+                       "epochs": len(record["epochs"]), "best": record["best"]}}
+    meta.pop("sha256", None)
+    save_checkpoint(m, meta, path)
+
+
+def _save_state(model, opt, epoch: int, step: int, record: dict[str, Any], path: Path) -> None:
+    m = model.module if hasattr(model, "module") else model
+    state = {"arch": m.config["arch"], "num_classes": m.num_classes, "model": m.state_dict(),
+             "optimizer": opt.state_dict(), "epoch": epoch, "step": step, "torch_rng": torch.get_rng_state(),
+             "record": json.dumps(record, default=str)}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def write_record(record: dict[str, Any], out: Path) -> dict[str, str]:
+    """train_record.json, train_record.csv (one row per epoch) and train_curve.png (loss and val mIoU)."""
+    import csv
+    import io
+
+    files = {"json": out / "train_record.json", "csv": out / "train_record.csv"}
+    with atomic_path(files["json"]) as tmp:
+        tmp.write_text(json.dumps(record, indent=1, default=str))
+    buf = io.StringIO()
+    cols = ["epoch", "step", "loss", "lr", "seconds", "images_per_s", "val_miou", "val_pixel_acc"]
+    wr = csv.DictWriter(buf, cols, extrasaction="ignore")
+    wr.writeheader()
+    wr.writerows(record["epochs"])
+    with atomic_path(files["csv"]) as tmp:
+        tmp.write_text(buf.getvalue())
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {k: str(v) for k, v in files.items()}
+    ep = [r["epoch"] for r in record["epochs"]]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(ep, [r["loss"] for r in record["epochs"]], "o-", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    val = [(r["epoch"], 100 * r["val_miou"]) for r in record["epochs"] if "val_miou" in r]
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*val), "s-", color="tab:green", label="val mIoU")
+        ax2.set_ylabel("val mIoU %")
+    ax.set_title(f"training: {record['config']['data']}")
+    fig.tight_layout()
+    files["png"] = out / "train_curve.png"
+    with atomic_path(files["png"]) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return {k: str(v) for k, v in files.items()}
+
+
+def poly_lr(cfg: TrainConfig, step: int, total: int) -> float:
+    """The learning rate at ``step`` of ``total``: ``lr * (1 - step / total) ** power``."""
+    return cfg.lr * math.pow(1 - step / total, cfg.poly_power)
