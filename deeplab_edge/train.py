@@ -66,6 +66,7 @@ class TrainConfig:
     scale_max: float = 2.0
     flip: bool = True
     freeze_bn: bool = False
+    dropout: float | None = None  # override every Dropout's probability (0 turns dropout off)
     sync_bn: bool = False
     class_weights: str = "none"  # or "median-frequency"
     val_every: int = 1
@@ -159,12 +160,9 @@ def _initial_model(cfg: TrainConfig, num_classes: int, classes: list[str]):
                                                                         "pad": False, **IMAGENET}}
 
 
-def _freeze_bn(model: torch.nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
+def _batch_norms(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d,
+                                                         torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm))]
 
 
 def evaluate_sharded(model: torch.nn.Module, ds: SegmentationDataset, pre: Preprocess, device: torch.device,
@@ -219,12 +217,19 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
     model, meta = _initial_model(cfg, ds.num_classes, ds.classes)
     pre = Preprocess.from_dict(meta.get("preprocess") or {})
     eval_pre = Preprocess.from_dict({**(meta.get("preprocess") or {}), "size": None, "resize": "none", "pad": False})
+    if cfg.dropout is not None:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = cfg.dropout
     if cfg.sync_bn and info.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters()]
+    if cfg.freeze_bn:  # before the optimizer and DDP: frozen parameters are no parameters of theirs
+        for bn in _batch_norms(model):
+            bn.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     weights = median_frequency_weights(ds).to(device) if cfg.class_weights == "median-frequency" else None
 
@@ -261,8 +266,9 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
         sampler.set_epoch(epoch)
         train_set.epoch = epoch
         ddp.train()
-        if cfg.freeze_bn:
-            _freeze_bn(model)
+        if cfg.freeze_bn:  # running statistics stay as they are
+            for bn in _batch_norms(model):
+                bn.eval()
         t0, seen, loss_sum, n_steps = time.perf_counter(), 0, 0.0, 0
         lr = poly_lr(cfg, min(step, total - 1), total)
         for x, y in loader:

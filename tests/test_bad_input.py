@@ -69,6 +69,18 @@ CASES = [
     ("bench-tag-with-a-folder", "bench --weights {ckpt} --data {voc} -o {w}/out --tag ../../x", "--tag"),
     ("bench-compare-tag-with-space", "bench compare {w}/bad_rows.json --tag 'a b' -o {w}/out", "--tag"),
     ("predict-video-unreadable", "predict --weights {ckpt} --video {w}/clip.mp4 -o {w}/out/p", "clip.mp4"),
+    ("train-unlabelled-folder", "train --data {w}/plain --weights {ckpt} -o {w}/out/t", "no labelled"),
+    ("train-classes-differ-from-val", "train --data {w}/camvid_bad --val-data {w}/voc_bad --weights {ckpt} -o {w}/out/t",
+     "same classes"),
+    ("train-resume-nothing", "train --data {voc} --split val --weights {ckpt} --resume --batch-size 1 -o {w}/out/t",
+     "nothing to resume"),
+    ("train-batch-size-0", "train --data {voc} --weights {ckpt} --batch-size 0 -o {w}/out/t", "--batch-size"),
+    ("train-crop-too-small", "train --data {voc} --weights {ckpt} --crop 10 -o {w}/out/t", "--crop"),
+    ("train-scale-reversed", "train --data {voc} --weights {ckpt} --scale 2 1 -o {w}/out/t", "--scale"),
+    ("train-lr-0", "train --data {voc} --weights {ckpt} --lr 0 -o {w}/out/t", "--lr"),
+    ("train-o-is-file", "train --data {voc} --weights {ckpt} -o {w}/afile", "is a file, not a folder"),
+    ("train-batch-larger-than-data", "train --data {voc} --split val --weights {ckpt} --batch-size 16 -o {w}/out/t",
+     "fewer than one batch"),
     # 2. output paths checked before the work
     ("import-o-is-folder", "import {tflite} -o {w}/adir", "is a folder"),
     ("import-o-under-a-file", "import {tflite} -o {w}/afile/m.pt", "is a file, not a folder"),
@@ -208,6 +220,9 @@ def inputs(tmp_path_factory, shared):
     lab[:10, :10] = 50
     Image.fromarray(lab, mode="L").save(voc / "SegmentationClass" / "0.png")
     (voc / "ImageSets/Segmentation/val.txt").write_text("0\n")
+    # an image folder without labels
+    (w / "plain").mkdir()
+    shutil.copy(shared["voc"] / "JPEGImages" / "0.png", w / "plain" / "0.png")
     # the same image with every label pixel void (255)
     void = w / "voc_void"
     shutil.copytree(voc, void)
@@ -244,7 +259,7 @@ def test_at_least_60_cases_over_every_command():
     assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
     commands = {c[1].split()[0] for c in CASES}
     assert commands >= {"import", "eval", "predict", "export", "calibrate", "build", "bench", "compare", "info",
-                        "models", "kernels", "crf"}
+                        "models", "kernels", "crf", "train"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

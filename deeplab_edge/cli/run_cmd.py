@@ -124,10 +124,29 @@ def eval_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, i
         raise DeepLabEdgeError(f"the model predicts {segmenter.num_classes} classes but {ds.kind} has "
                                f"{ds.num_classes}; use a model trained for this dataset")
     classes = classes or ds.classes
+    # under torchrun: every world-th image per process, the confusion matrices summed
+    from .. import distributed
+    from ..runtime import resolve_device
+
+    dinfo = distributed.init(resolve_device(info.get("device", "cpu")))
+    total = len(ds)
+    if dinfo.distributed:
+        ds.samples = ds.samples[dinfo.rank::dinfo.world]
     with progress_bar() as prog:
-        task = prog.add_task(f"eval {ds.kind}/{split}", total=len(ds))
+        task = prog.add_task(f"eval {ds.kind}/{split}", total=len(ds)) if dinfo.is_main else None
         res = evaluate(segmenter, ds, batch_size=batch_size, reference_dir=reference_dir,
-                       on_image=lambda _sid: prog.advance(task))
+                       on_image=lambda _sid: prog.advance(task) if task is not None else None)
+    if dinfo.distributed:
+        import numpy as np
+
+        from ..metrics import ConfusionMatrix
+
+        cm = distributed.all_reduce_sum(np.asarray(res["confusion"], np.int64), dinfo)
+        res.update(ConfusionMatrix.summarize(cm), confusion=cm.tolist(), images=total, processes=dinfo.world,
+                   per_image_note=f"per_image and timing are rank 0's shard ({len(ds)} of {total} images)")
+        distributed.shutdown()
+        if not dinfo.is_main:
+            return
     res = {"model": info, "data": {"path": str(data), "kind": ds.kind, "split": split},
            "classes": classes, **res}
     if emit(res, output, as_json):

@@ -32,6 +32,8 @@ from .common import COUNT, NONNEG, console, out, output_option, pct, print_json,
               show_default=True, help="Random scale range MIN MAX.")
 @click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
 @click.option("--freeze-bn", is_flag=True, help="Keep batch-norm statistics and parameters fixed.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True),
+              help="Override the head's dropout probability (0 turns it off; default: the model's).")
 @click.option("--sync-bn", is_flag=True, help="Under torchrun: SyncBatchNorm across processes (GPUs).")
 @click.option("--class-weights", type=click.Choice(["none", "median-frequency"]), default="none", show_default=True,
               help="Weight the loss per class (median frequency balancing, as SegNet on CamVid).")
@@ -44,7 +46,7 @@ from .common import COUNT, NONNEG, console, out, output_option, pct, print_json,
                required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the training record as JSON.")
 def train_cmd(data, split, val_data, val_split, kind, weights, arch, epochs, batch_size, crop, lr, momentum,
-              weight_decay, scale, no_flip, freeze_bn, sync_bn, class_weights, val_every, seed, device, max_steps,
+              weight_decay, scale, no_flip, freeze_bn, dropout, sync_bn, class_weights, val_every, seed, device, max_steps,
               resume, output, as_json) -> None:
     """Fine-tune DeepLab on your data (the paper's recipe: SGD momentum 0.9, poly learning rate,
     random scale 0.5-2.0, crop padded with the ignore label, flip), on a CPU or GPU.
@@ -62,7 +64,7 @@ def train_cmd(data, split, val_data, val_split, kind, weights, arch, epochs, bat
     cfg = TrainConfig(data=str(data), output=str(output), weights=weights, arch=arch, dataset=kind, split=split,
                       val_data=val_data, val_split=val_split, epochs=epochs, batch_size=batch_size, crop=crop, lr=lr,
                       momentum=momentum, weight_decay=weight_decay, scale_min=scale[0], scale_max=scale[1],
-                      flip=not no_flip, freeze_bn=freeze_bn, sync_bn=sync_bn, class_weights=class_weights,
+                      flip=not no_flip, freeze_bn=freeze_bn, dropout=dropout, sync_bn=sync_bn, class_weights=class_weights,
                       val_every=val_every, seed=seed, device=device, max_steps=max_steps, resume=resume,
                       extra={"environment": environment()})
     main_rank = os.environ.get("RANK", "0") == "0"

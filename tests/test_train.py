@@ -1,0 +1,208 @@
+"""deeplab-edge train: augmentation, schedule, class weights, the classifier swap, exact resume, and
+torchrun (two CPU processes, gloo) against one process. Real CamVid frames, scaled down to 64 x 48."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from deeplab_edge.cli import main
+from deeplab_edge.data import open_dataset
+from deeplab_edge.train import TrainConfig, _initial_model, augment, median_frequency_weights, poly_lr
+
+
+@pytest.fixture(scope="module")
+def camvid_small(shared, tmp_path_factory):
+    """8 CamVid train and 4 val frames (real images and labels), 64 x 48, CamVid layout."""
+    root = tmp_path_factory.mktemp("camvid_small")
+    src_train = shared["camvid"].parent / "camvid_train"
+    for split, src, n in (("train", src_train, 8), ("val", shared["camvid"], 4)):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "labels").mkdir()
+        ids = sorted(p.stem for p in (src / "images").iterdir())[:n]
+        for i in ids:
+            img = next((src / "images").glob(f"{i}.*"))
+            Image.open(img).convert("RGB").resize((64, 48), Image.BILINEAR).save(root / split / "images" / f"{i}.png")
+            Image.open(src / "labels" / f"{i}.png").resize((64, 48), Image.NEAREST).save(root / split / "labels" /
+                                                                                        f"{i}.png")
+    return root
+
+
+def test_augment_pads_with_mean_and_ignore_and_crops_the_image():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    label = rng.integers(0, 11, (20, 30), dtype=np.uint8)
+    # scale 1, crop larger than the image: the image at the top left, the rest padded
+    img, lab = augment(image, label, 40, (1.0, 1.0), False, np.random.default_rng(1), (128, 127, 126))
+    assert img.shape == (40, 40, 3) and lab.shape == (40, 40)
+    assert (img[:20, :30] == image).all() and (lab[:20, :30] == label).all()
+    assert (img[20:] == (128, 127, 126)).all() and (img[:, 30:] == (128, 127, 126)).all()
+    assert (lab[20:] == 255).all() and (lab[:, 30:] == 255).all()
+    # scale 1, smaller crop: a window of the image and the same window of the label (flipped or not)
+    for seed in range(5):
+        img, lab = augment(image, label, 8, (1.0, 1.0), True, np.random.default_rng(seed), (0, 0, 0))
+        found = [(y, x, f) for y in range(13) for x in range(23) for f in (False, True)
+                 if (img == (image[y:y + 8, x:x + 8][:, ::-1] if f else image[y:y + 8, x:x + 8])).all()]
+        assert len(found) == 1, seed
+        y, x, f = found[0]
+        win = label[y:y + 8, x:x + 8]
+        assert (lab == (win[:, ::-1] if f else win)).all()
+
+
+def test_poly_schedule():
+    cfg = TrainConfig(data="", output="", lr=0.01, poly_power=0.9)
+    assert poly_lr(cfg, 0, 100) == 0.01
+    assert poly_lr(cfg, 50, 100) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert poly_lr(cfg, 99, 100) == pytest.approx(0.01 * 0.01 ** 0.9)
+
+
+def test_median_frequency_weights_by_hand(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    labels = [np.array([[0, 0, 1, 11]] * 2, np.uint8), np.array([[0, 2, 2, 2]] * 2, np.uint8)]
+    for i, lab in enumerate(labels):
+        Image.fromarray(np.zeros((2, 4, 3), np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        Image.fromarray(lab, mode="L").save(tmp_path / "labels" / f"{i}.png")
+    w = median_frequency_weights(open_dataset(tmp_path))
+    # freq_c = pixels of c / pixels of the images holding c: class 0 6/16, 1 2/8, 2 6/8 (11 is void)
+    freq = np.array([6 / 16, 2 / 8, 6 / 8])
+    med = np.median(freq)
+    assert w[:3].tolist() == pytest.approx((med / freq).tolist()) and not w[3:].any()
+
+
+def test_new_class_count_replaces_only_the_classifier(imported):
+    loaded_sd = imported[1].state_dict()
+    model, meta = _initial_model(TrainConfig(data="", output="", weights=str(imported[0])), 11, ["c"] * 11)
+    sd = model.state_dict()
+    assert model.num_classes == 11 and meta["classes"] == ["c"] * 11
+    changed = [k for k in sd if sd[k].shape != loaded_sd[k].shape]
+    assert changed and all(k.startswith("classifier.") for k in changed)
+    same = [k for k in sd if k not in changed]
+    assert all(torch.equal(sd[k], loaded_sd[k]) for k in same)
+
+
+@pytest.fixture(scope="module")
+def ckpt11(imported, tmp_path_factory):
+    """The imported VOC model with an 11-class classifier (untrained), evaluating CamVid at its own size."""
+    from deeplab_edge.checkpoint import save_checkpoint
+
+    model, meta = _initial_model(TrainConfig(data="", output="", weights=str(imported[0])), 11, ["c"] * 11)
+    path = tmp_path_factory.mktemp("ckpt11") / "m11.pt"
+    save_checkpoint(model, {**meta, "preprocess": {**meta["preprocess"], "size": None, "resize": "none",
+                                                   "pad": False}}, path)
+    return path
+
+
+def _run(*args):
+    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(camvid_small, imported, tmp_path):
+    common = ["train", "--data", camvid_small / "train", "--weights", imported[0], "--crop", 33, "--batch-size", 4,
+              "--epochs", 2, "--seed", 3]
+    _run(*common, "-o", tmp_path / "a")
+    _run(*common, "--max-steps", 2, "-o", tmp_path / "b")  # 8 images / 4 = 2 steps: the first epoch
+    rec_b = json.loads((tmp_path / "b" / "train_record.json").read_text())
+    assert [r["epoch"] for r in rec_b["epochs"]] == [1]
+    _run(*common, "--resume", "-o", tmp_path / "b")
+    a, b = _weights(tmp_path / "a" / "last.pt"), _weights(tmp_path / "b" / "last.pt")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+    rec_a = json.loads((tmp_path / "a" / "train_record.json").read_text())
+    rec_b = json.loads((tmp_path / "b" / "train_record.json").read_text())
+    assert [r["loss"] for r in rec_b["epochs"]] == pytest.approx([r["loss"] for r in rec_a["epochs"]], abs=1e-6)
+    assert (tmp_path / "a" / "train_curve.png").is_file() and (tmp_path / "a" / "train_record.csv").is_file()
+    # the trained checkpoint is an ordinary one: it evaluates
+    ev = CliRunner().invoke(main, ["eval", "--weights", str(tmp_path / "a" / "last.pt"), "--data",
+                                   str(camvid_small / "val"), "--json"])
+    assert ev.exit_code == 0, ev.output
+    assert 0 <= json.loads(ev.stdout)["miou"] <= 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(args, cwd, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), "-m", "deeplab_edge.cli", *map(str, args)]
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return r, time.monotonic() - t0
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_equal_one_process(camvid_small, imported, tmp_path):
+    """After 3 steps of global batch 4, two gloo processes (2 images each) made the update one process
+    makes. Frozen batch norm and no dropout: both depend on how the batch is split. Tolerance: the
+    difference of the two updates against the update, per tensor at most 1e-2 and over all tensors
+    2e-3 (measured here: at most 1.4e-3 per tensor: fp32 gradients computed and summed in another
+    order, through momentum). A wrong normalisation is off by tens of percent (a missing world-size
+    factor halves every update; per-process loss means weight the images differently)."""
+    args = ["train", "--data", camvid_small / "train", "--weights", imported[0], "--crop", 33, "--batch-size", 4,
+            "--epochs", 2, "--max-steps", 3, "--freeze-bn", "--dropout", 0, "--seed", 5, "--device", "cpu"]
+    r, _ = _torchrun([*args, "-o", tmp_path / "ddp"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _run(*args, "-o", tmp_path / "one")
+    ddp, one = _weights(tmp_path / "ddp" / "last.pt"), _weights(tmp_path / "one" / "last.pt")
+    init = imported[1].state_dict()
+    diff2 = upd2 = 0.0
+    for k in one:
+        if not (k in init and init[k].shape == one[k].shape and one[k].is_floating_point()):
+            continue
+        d_one, d_ddp = one[k] - init[k], ddp[k] - init[k]
+        err, size = float((d_ddp - d_one).norm()), float(d_one.norm())
+        assert err <= 1e-2 * size + 1e-7, (k, err, size)
+        diff2, upd2 = diff2 + err ** 2, upd2 + size ** 2
+    assert upd2 > 1e-6 and diff2 ** 0.5 <= 2e-3 * upd2 ** 0.5, (diff2 ** 0.5, upd2 ** 0.5)
+    rec = json.loads((tmp_path / "ddp" / "train_record.json").read_text())
+    assert rec["world_size"] == 2 and rec["epochs"][-1]["step"] == 3
+
+
+@pytest.mark.slow
+def test_sharded_eval_confusion_matrix_equals_one_process(camvid_small, ckpt11, tmp_path):
+    ckpt = ckpt11
+    r, _ = _torchrun(["eval", "--weights", ckpt, "--data", camvid_small / "val", "--device", "cpu", "--json"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sharded = json.loads(r.stdout)
+    one = json.loads(_run("eval", "--weights", ckpt, "--data", camvid_small / "val", "--device", "cpu",
+                          "--json").stdout)
+    assert sharded["processes"] == 2 and sharded["images"] == one["images"] == 4
+    assert sharded["confusion"] == one["confusion"] and sharded["miou"] == one["miou"]
+
+
+@pytest.mark.slow
+def test_a_failing_rank_ends_the_job_with_its_error(camvid_small, ckpt11, tmp_path):
+    """Rank 1 reads a corrupt image (its shard is every other image) while rank 0 waits in the
+    all-reduce: torchrun ends the job with rank 1's error instead of hanging."""
+    val = tmp_path / "val"
+    import shutil
+
+    shutil.copytree(camvid_small / "val", val)
+    second = sorted((val / "images").iterdir())[1]
+    second.write_bytes(b"not a png")
+    r, seconds = _torchrun(["eval", "--weights", ckpt11, "--data", val, "--device", "cpu", "--dataset", "camvid"],
+                           tmp_path, timeout=240)
+    assert r.returncode != 0
+    assert "cannot read the image" in r.stderr + r.stdout
+    assert seconds < 200
