@@ -291,7 +291,8 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
               batches: Iterable[int] = (1,), warmup: int = 5, iters: int = 30, device: str = "auto",
               arch: str | None = None, threads: int | None = None, work: Path, calib_data: Path | None = None,
               calib_num: int = 256, calib_method: str = "entropy", engines: dict[str, Path] | None = None,
-              tflite: Path | None = None, power: Any = None, skipped: list[dict[str, str]] | None = None,
+              tflite: Path | None = None, scales: tuple[float, ...] = (1.0,), flip: bool = False,
+              power: Any = None, skipped: list[dict[str, str]] | None = None,
               settings: dict[str, Any] | None = None,
               progress: Callable[[str, int], Callable[[str], None]] | None = None,
               log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
@@ -361,6 +362,11 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
         except DeepLabEdgeError as e:
             skipped.append({"backend": b.name, "reason": str(e)})
             continue
+        msc = scales != (1.0,) or flip
+        if msc and b.family not in ("torch", "compile", "triton"):
+            skipped.append({"backend": b.name, "reason": "--scales/--flip run the model at other input sizes; this "
+                                                         "backend's model has a fixed input"})
+            continue
         pre = runner.preprocess  # the checkpoint's, or what the exported file carries
         if runner.num_classes != n_cls:
             skipped.append({"backend": b.name, "reason": f"{source}: predicts {runner.num_classes} classes, the "
@@ -375,7 +381,7 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
         first_call_s = time.perf_counter() - t
 
         # accuracy pass: the one evaluation loop (eval's), every CRF option on the same network outputs
-        seg = Segmenter(runner)
+        seg = Segmenter(runner, scales=scales, flip=flip)
         tick = progress(f"{b.name}: accuracy", len(dataset)) if progress else None
         ev = evaluate(seg, dataset, on_image=tick, options={c: stages.get(c) for c in crfs})
         samples = ev["samples_ms"]
@@ -389,7 +395,7 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
             dev_r = getattr(runner, "device", None)  # PyTorch runners on a GPU: CUDA events
             cuda = dev_r if isinstance(dev_r, torch.device) and dev_r.type == "cuda" else None
             xr = xb.to(cuda) if cuda is not None else xb
-            ms = time_calls(functools.partial(runner, xr), warmup, iters, cuda_device=cuda,
+            ms = time_calls(functools.partial(seg.forward if msc else runner, xr), warmup, iters, cuda_device=cuda,
                             sync=getattr(runner, "synchronize", None))
             summary = latency_summary(ms, bs)
             if sampler is not None:
@@ -437,6 +443,7 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
             "settings": {"backends": [b.name for b in backends], "crf": list(crf_methods), "crf_preset": crf_preset,
                          "batches": batches, "iters": iters, "warmup": warmup,
                          "threads": threads or torch.get_num_threads(), "calib_method": calib_method,
+                         "scales": list(scales), "flip": flip,
                          **(settings or {})},
             "power": getattr(power, "source", None), "baseline": {"backend": base["backend"], "crf": base["crf"]},
             "rows": rows, "skipped": skipped, "skipped_crf": skipped_crf, "artifacts": art}

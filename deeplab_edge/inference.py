@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .data.datasets import SegmentationDataset
 from .data.io import load_label
@@ -73,12 +74,16 @@ class Segmenter:
 
     def __init__(self, runner: Callable[[torch.Tensor], torch.Tensor], preprocess: Preprocess | None = None,
                  num_classes: int | None = None,
-                 crf: Callable[[np.ndarray, torch.Tensor], torch.Tensor] | None = None) -> None:
+                 crf: Callable[[np.ndarray, torch.Tensor], torch.Tensor] | None = None, *,
+                 scales: tuple[float, ...] = (1.0,), flip: bool = False) -> None:
         preprocess = preprocess or getattr(runner, "preprocess", None)
         num_classes = num_classes or getattr(runner, "num_classes", None)
         if preprocess is None or num_classes is None:
             raise ValueError("expected preprocess and num_classes, or a runner that carries them (open_runner's do)")
         self.runner, self.preprocess, self.num_classes = runner, preprocess, num_classes
+        if not scales or min(scales) <= 0:
+            raise ValueError(f"expected positive scales, got {scales}")
+        self.scales, self.flip = tuple(scales), flip
         self.crf = crf
         self.timing = Timing()
 
@@ -106,9 +111,28 @@ class Segmenter:
             self.timing.add("preprocess", dt)
         shapes = {tuple(x.shape) for x, _ in prepared}
         if len(shapes) == 1:
-            out = self._run(torch.stack([x for x, _ in prepared]))
+            out = self.forward(torch.stack([x for x, _ in prepared]))
             return [(out[i], g) for i, (_, g) in enumerate(prepared)]
-        return [(self._run(x[None])[0], g) for x, g in prepared]
+        return [(self.forward(x[None])[0], g) for x, g in prepared]
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits of a preprocessed NCHW batch; with several ``scales`` and/or ``flip`` (DeepLab's
+        multi-scale inputs at test time), the mean of the logits of the batch resized to each scale
+        (bilinear) and of its mirror image, each brought back to the batch's size."""
+        if self.scales == (1.0,) and not self.flip:
+            return self._run(batch)
+        h, w = batch.shape[-2:]
+        total, n = None, 0
+        for s in self.scales:
+            xs = batch if s == 1.0 else F.interpolate(batch, size=(max(1, round(h * s)), max(1, round(w * s))),
+                                                     mode="bilinear", align_corners=False)
+            for mirrored in ((False, True) if self.flip else (False,)):
+                out = self._run(xs.flip(-1) if mirrored else xs)
+                out = out.flip(-1) if mirrored else out
+                if out.shape[-2:] != (h, w):
+                    out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+                total, n = (out if total is None else total + out), n + 1
+        return total / n
 
     def postprocess(self, image: np.ndarray, logits: torch.Tensor, geom: Geometry,
                     options: dict[str, Any]) -> dict[str, np.ndarray]:

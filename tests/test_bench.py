@@ -299,3 +299,19 @@ def test_run_bench_returns_the_document_load_result_reads(shared, imported, tmp_
     back = load_result(files["json"])
     assert back["rows"] == json.loads(json.dumps(doc["rows"], default=str)) and back["images"] == 1
     assert back["environment"]["cpu"] and [s["backend"] for s in back["skipped"]] == ["trt-int8"]
+
+
+def test_bench_multi_scale_cell_equals_eval(shared, imported):
+    """--scales/--flip in bench: the PyTorch cell equals eval with the same options; fixed-input backends are
+    skipped with the reason."""
+    args = ["--data", str(shared["voc"]), "--num-images", "1", "--scales", "0.75,1", "--flip", "--json"]
+    res = CliRunner().invoke(main, ["bench", "--weights", str(imported[0]), "--backends", "torch-fp32,ort-fp32",
+                                    "--crf", "none", "--iters", "1", "--warmup", "0", *args])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    ev = CliRunner().invoke(main, ["eval", "--weights", str(imported[0]), "--device", "cpu", *args])
+    assert ev.exit_code == 0, ev.output
+    assert [r["backend"] for r in doc["rows"]] == ["torch-fp32"]
+    assert doc["rows"][0]["miou"] == pytest.approx(json.loads(ev.stdout)["miou"], abs=1e-9)
+    assert doc["settings"]["scales"] == [0.75, 1.0] and doc["settings"]["flip"] is True
+    assert "fixed input" in {s["backend"]: s["reason"] for s in doc["skipped"]}["ort-fp32"]

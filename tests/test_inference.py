@@ -61,3 +61,30 @@ def test_evaluate_options_equal_direct_confusion_matrices(tmp_path):
     s = res["samples_ms"]
     assert len(s["load"]) == len(s["preprocess"]) == len(s["postprocess"]) == len(s["crf:flip"]) == 3
     assert len(s["model"]) == 3 and len(s["restore_logits"]) == 3
+
+
+def test_multi_scale_and_flip_average_the_models_own_logits(imported, shared):
+    """Segmenter(scales, flip) against the model called directly: the mean over the mirrored and
+    rescaled inputs, each output brought back to the input's size."""
+    import torch.nn.functional as F
+
+    from deeplab_edge.runtime.pytorch import TorchRunner
+
+    model = imported[1].eval()  # the real VOC model: logits that depend on where things are
+    pre = Preprocess.from_dict({"size": None, "resize": "none", "pad": False, "mean": [128.0] * 3, "std": [128.0] * 3})
+    image = np.asarray(Image.open(shared["voc"] / "JPEGImages" / "582.png").convert("RGB"))[200:237, 150:203]
+    x = pre(image)[0][None]
+    with torch.no_grad():
+        plain = model(x)
+        mirrored = model(x.flip(-1)).flip(-1)
+        half = F.interpolate(model(F.interpolate(x, size=(18, 26), mode="bilinear", align_corners=False)),
+                             size=(37, 53), mode="bilinear", align_corners=False)
+    runner = TorchRunner(model, "cpu", preprocess=pre)
+    got = Segmenter(runner, flip=True).forward(x)
+    torch.testing.assert_close(got, (plain + mirrored) / 2, atol=1e-5, rtol=1e-5)
+    got = Segmenter(runner, scales=(0.5, 1.0)).forward(x)
+    torch.testing.assert_close(got, (half + plain) / 2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(Segmenter(runner).forward(x), plain)
+    assert not torch.allclose(plain, mirrored, atol=1e-3)  # flipping changes the logits: the test can tell
+    with pytest.raises(ValueError, match="positive scales"):
+        Segmenter(runner, scales=(0.0,))

@@ -11,6 +11,7 @@ from rich.table import Table
 from ..errors import DeepLabEdgeError
 from .app import main
 from .kernels_cmd import kernels_bench
+from .run_cmd import parse_scales
 from .common import (COUNT, NONNEG, THREADS, choices, console, int_list, out, output_option, pct,
                      print_json, progress_bar, check_tag)
 
@@ -60,6 +61,10 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
               show_default=True, help="Activation ranges of the TensorRT QDQ model and cache.")
 @click.option("--engine", "engine_files", multiple=True,
               help="A TensorRT engine for the trt-* backends, as PRECISION=FILE (repeatable).")
+@click.option("--scales", callback=parse_scales, default="1", show_default=True,
+              help="Test-time input scales for the PyTorch backends, comma-separated: logits averaged over them "
+                   "(latency covers every scale); other backends are skipped.")
+@click.option("--flip", is_flag=True, help="Also average the mirrored image's logits (PyTorch backends).")
 @click.option("--tflite", type=click.Path(path_type=Path),
               help="A .tflite model for the litert-int8 backend (LiteRT, XNNPACK), e.g. the file the checkpoint was "
                    "imported from: Google's own runtime beside the others.")
@@ -72,8 +77,8 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--json", "as_json", is_flag=True, help="Print the result document as JSON instead of tables.")
 @click.pass_context
 def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf_methods, crf_preset, batches, iters,
-                warmup, device, threads, calib_data, calib_num, calib_method, engine_files, tflite, artifacts, tag,
-                output, no_plot, as_json) -> None:
+                warmup, device, threads, calib_data, calib_num, calib_method, engine_files, scales, flip, tflite,
+                artifacts, tag, output, no_plot, as_json) -> None:
     """Accuracy against speed of every backend x CRF option on this machine, in one run.
 
     \b
@@ -129,6 +134,7 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
                            warmup=warmup, iters=iters, device=device, arch=arch, threads=threads,
                            work=Path(artifacts) if artifacts else Path(tmp), calib_data=calib_data,
                            calib_num=calib_num, calib_method=calib_method, engines=engines, tflite=tflite,
+                           scales=scales, flip=flip,
                            power=sampler, skipped=skipped, settings={"split": split, "requested": backends},
                            progress=progress, log=lambda s: console.print(f"[dim]{s}[/]", highlight=False))
     env = result["environment"]

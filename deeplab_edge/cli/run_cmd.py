@@ -43,7 +43,22 @@ def model_options(f):
     f = click.option("--backend", type=click.Choice(["torch", "triton"]), default="torch", show_default=True,
                      help="PyTorch model as is, or with its ASPP head swapped for the fused Triton kernels "
                           "(needs a CUDA GPU; TRITON_INTERPRET=1 runs them slowly on the CPU).")(f)
+    f = click.option("--scales", callback=parse_scales, default="1", show_default=True,
+                     help="Test-time input scales, comma-separated (e.g. 0.5,0.75,1,1.25,1.5,1.75): the logits at "
+                          "each scale are averaged (DeepLab's multi-scale inputs; PyTorch checkpoints only).")(f)
+    f = click.option("--flip", is_flag=True, help="Also average the logits of the mirrored image (PyTorch "
+                                                 "checkpoints only).")(f)
     return f
+
+
+def parse_scales(ctx, param, value: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a list of numbers; give e.g. 0.75,1,1.25", ctx, param) from None
+    if not scales or min(scales) < 0.1 or max(scales) > 4:
+        raise click.BadParameter(f"{value!r} has a scale outside 0.1-4 (or none); give e.g. 0.75,1,1.25", ctx, param)
+    return scales
 
 
 def _crf_stage(method: str, preset: str, iterations: int | None, device: str):
@@ -63,7 +78,8 @@ def _crf_stage(method: str, preset: str, iterations: int | None, device: str):
 
 def model_runner(weights: Path | None, tflite: Path | None, onnx_path: Path | None, arch: str | None, device: str,
                precision: str, input_size: int | None, threads: int | None = None, backend: str = "torch",
-               crf: tuple[str, str, int | None] = ("none", "deeplab-v2", None), engine: Path | None = None):
+               crf: tuple[str, str, int | None] = ("none", "deeplab-v2", None), engine: Path | None = None,
+               scales: tuple[float, ...] = (1.0,), flip: bool = False):
     """(Segmenter, class names or None, info) for the model options of eval / predict / compare."""
     from ..inference import Segmenter
     from ..runtime import open_runner
@@ -84,7 +100,13 @@ def model_runner(weights: Path | None, tflite: Path | None, onnx_path: Path | No
         console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     info = {k: v for k, v in runner.info.items() if k != "warnings"}
     info.update({"crf": crf[0]} if stage is None else {"crf": crf[0], "crf_params": stage.params.as_dict()})
-    return Segmenter(runner, runner.preprocess, runner.num_classes, stage), runner.classes or None, info
+    if (scales != (1.0,) or flip) and runner.info["backend"] not in ("torch", "compile", "triton"):
+        raise DeepLabEdgeError(f"--scales/--flip run the model at other input sizes; a {runner.info['backend']} "
+                               "model's input is fixed, so use its PyTorch checkpoint (--weights)")
+    if scales != (1.0,) or flip:
+        info.update(scales=list(scales), flip=flip)
+    return (Segmenter(runner, runner.preprocess, runner.num_classes, stage, scales=scales, flip=flip),
+            runner.classes or None, info)
 
 # ----------------------------------------------------------------------------- eval
 
@@ -102,7 +124,8 @@ def model_runner(weights: Path | None, tflite: Path | None, onnx_path: Path | No
 @output_option("file", "Write the full results as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
 def eval_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, input_size, backend, crf_method, crf_preset,
-             crf_iterations, data, kind, split, num_images, batch_size, reference_dir, output, as_json) -> None:
+             crf_iterations, scales, flip, data, kind, split, num_images, batch_size, reference_dir, output,
+             as_json) -> None:
     """Evaluate mIoU, per-class IoU and pixel accuracy on a labelled dataset.
 
     mIoU is the mean over classes present in the labels or the predictions (non-empty
@@ -115,7 +138,7 @@ def eval_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, i
         raise DeepLabEdgeError(f"{reference_dir}: reference folder not found; pass a folder of <id>.png label maps")
     segmenter, classes, info = model_runner(weights, tflite, onnx_path, arch, device, precision, input_size,
                                           backend=backend, crf=(crf_method, crf_preset, crf_iterations),
-                                          engine=engine_path)
+                                          engine=engine_path, scales=scales, flip=flip)
     ds = open_dataset(data, kind, split).subset(num_images)
     if ds.kind == "folder":
         raise DeepLabEdgeError(f"{data}: no VOC/Cityscapes/CamVid layout found; eval needs labels "
@@ -184,7 +207,8 @@ def eval_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, i
 @click.option("--alpha", default=0.5, type=click.FloatRange(0, 1), show_default=True, help="Overlay opacity of the colour mask.")
 @click.option("--json", "as_json", is_flag=True, help="Print per-image class fractions as JSON.")
 def predict_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, input_size, backend, crf_method,
-                crf_preset, crf_iterations, inputs, video, camera, max_frames, output, alpha, as_json) -> None:
+                crf_preset, crf_iterations, scales, flip, inputs, video, camera, max_frames, output, alpha,
+                as_json) -> None:
     """Segment images (files or folders): writes <name>_mask.png (palette PNG whose pixel
     values are class indices) and <name>_overlay.png (mask blended over the image).
 
@@ -203,7 +227,7 @@ def predict_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision
         raise DeepLabEdgeError(f"{video}: video file not found; check the path")
     segmenter, classes, info = model_runner(weights, tflite, onnx_path, arch, device, precision, input_size,
                                           backend=backend, crf=(crf_method, crf_preset, crf_iterations),
-                                          engine=engine_path)
+                                          engine=engine_path, scales=scales, flip=flip)
     if video is not None or camera is not None:
         from ..stream import segment_stream
 
