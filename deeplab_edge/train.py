@@ -40,7 +40,7 @@ from .outputs import atomic_path
 from .runtime import resolve_device
 from .runtime.pytorch import TorchRunner
 
-__all__ = ["TrainConfig", "train", "augment", "median_frequency_weights", "evaluate_sharded"]
+__all__ = ["TrainConfig", "train", "augment", "median_frequency_weights", "evaluate_sharded", "folded_batch_norms"]
 
 STATE = "train_state.pt"
 
@@ -165,6 +165,18 @@ def _batch_norms(model: torch.nn.Module) -> list[torch.nn.Module]:
                                                          torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm))]
 
 
+def folded_batch_norms(model: torch.nn.Module) -> bool:
+    """True when every batch norm is an identity carrying a bias (scale 1, running mean 0, variance
+    1 or 1 - eps, never updated, some bias non-zero): the statistics were folded into the convolutions, as in
+    models imported from TFLite. Training such layers from batch statistics changes what the network
+    computes (and eval mode then sees running statistics far from the batches'): freeze them."""
+    bns = _batch_norms(model)
+    return bool(bns) and all(
+        bn.weight is not None and bool((bn.weight == 1).all()) and bool((bn.running_mean == 0).all())
+        and bool(((bn.running_var - 1).abs() <= 1e-3).all()) and int(bn.num_batches_tracked) == 0 for bn in bns) \
+        and any(bool(bn.bias.abs().max() > 0) for bn in bns)
+
+
 def evaluate_sharded(model: torch.nn.Module, ds: SegmentationDataset, pre: Preprocess, device: torch.device,
                      info: distributed.DistInfo) -> dict[str, Any]:
     """mIoU of ``model`` on ``ds``, each process taking every world-th image, the confusion
@@ -226,6 +238,13 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
     model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    if not cfg.freeze_bn and cfg.weights and folded_batch_norms(model):
+        log("the checkpoint's batch norms are folded into its convolutions (e.g. imported from TFLite): "
+            "training them from batch statistics would change the network; freezing them (--freeze-bn)")
+        cfg.freeze_bn = True
+        record_note = "batch norm frozen: folded in the initial checkpoint"
+    else:
+        record_note = None
     if cfg.freeze_bn:  # before the optimizer and DDP: frozen parameters are no parameters of theirs
         for bn in _batch_norms(model):
             bn.requires_grad_(False)
@@ -240,7 +259,8 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
     steps_per_epoch = len(loader)
     total = cfg.epochs * steps_per_epoch
     record: dict[str, Any] = {"config": asdict(cfg), "world_size": info.world, "steps_per_epoch": steps_per_epoch,
-                              "images": len(ds), "classes": ds.classes, "epochs": [], "best": None}
+                              "images": len(ds), "classes": ds.classes, "epochs": [], "best": None,
+                              "notes": [record_note] if record_note else []}
     start_epoch, step = 0, 0
     state_path = out / STATE
     if cfg.resume:

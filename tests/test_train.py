@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,8 @@ from PIL import Image
 
 from deeplab_edge.cli import main
 from deeplab_edge.data import open_dataset
-from deeplab_edge.train import TrainConfig, _initial_model, augment, median_frequency_weights, poly_lr
+from deeplab_edge.train import (TrainConfig, _initial_model, augment, folded_batch_norms,
+                                median_frequency_weights, poly_lr)
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +206,20 @@ def test_a_failing_rank_ends_the_job_with_its_error(camvid_small, ckpt11, tmp_pa
     assert r.returncode != 0
     assert "cannot read the image" in r.stderr + r.stdout
     assert seconds < 200
+
+
+def test_folded_batch_norms_are_recognised(imported):
+    """The TFLite import folds BN into the convolutions (identity BN carrying the bias); a fresh model's BN
+    is an identity without bias; a trained one has statistics."""
+    from deeplab_edge.models import get_model
+
+    assert folded_batch_norms(imported[1])
+    fresh = get_model("deeplabv3_mobilenet_v2", num_classes=11)
+    assert not folded_batch_norms(fresh)
+    fresh.train()
+    fresh(torch.randn(2, 3, 33, 33))  # one batch updates the running statistics
+    with torch.no_grad():
+        for m in fresh.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.bias.add_(0.1)
+    assert not folded_batch_norms(fresh)
