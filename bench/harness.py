@@ -323,8 +323,8 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
         raise DeepLabEdgeError(f"the model predicts {loaded.model.num_classes} classes but {dataset.kind} has "
                                f"{dataset.num_classes}; use a model trained for this dataset")
     if not dataset.has_labels:
-        raise DeepLabEdgeError(f"{dataset.root}: has no labels, and bench measures mIoU; pass a labelled VOC, Cityscapes "
-                               "or CamVid folder")
+        raise DeepLabEdgeError(f"{dataset.root}: has no labels, and bench measures mIoU; pass a labelled VOC, "
+                               "Cityscapes or CamVid folder")
     work.mkdir(parents=True, exist_ok=True)
     art = build_artifacts(loaded, weights, dataset, work, backends, batches=batches, calib_data=calib_data,
                           calib_num=calib_num, calib_method=calib_method, log=log)

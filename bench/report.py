@@ -140,8 +140,8 @@ def load_result(path: Path) -> dict[str, Any]:
 
 
 # What merging and the table read of each row: field -> accepted types (None where the value may be null).
-_ROW_FIELDS = {"backend": (str,), "crf": (str,), "miou": (int, float, type(None)), "latency_ms": (int, float, type(None)),
-               "batches": (list,), "memory": (dict,), "file_mb": (int, float)}
+_ROW_FIELDS = {"backend": (str,), "crf": (str,), "miou": (int, float, type(None)),
+               "latency_ms": (int, float, type(None)), "batches": (list,), "memory": (dict,), "file_mb": (int, float)}
 _BATCH_FIELDS = {"batch": (int,), "p50_ms": (int, float, type(None))}
 
 

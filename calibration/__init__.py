@@ -105,8 +105,8 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
                               "pass --sensitivity-data", stacklevel=2)
         held = held.subset(sensitivity_num)
         if not held.has_labels:
-            raise CalibrationError(f"{held.root}: has no labels for the sensitivity analysis; pass --sensitivity-data with a "
-                               "labelled VOC/Cityscapes/CamVid folder")
+            raise CalibrationError(f"{held.root}: has no labels for the sensitivity analysis; pass "
+                                   "--sensitivity-data with a labelled VOC/Cityscapes/CamVid folder")
         tick = progress("sensitivity", len(conv_nodes(model))) if progress else None
         ranking = layer_sensitivity(model, amax, held, sensitivity_mode, tick)
         keep_float = tuple(keep_float) + tuple(r["layer"] for r in ranking["layers"][:keep_float_top]

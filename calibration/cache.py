@@ -52,8 +52,8 @@ def read_trt_cache(path: str | Path) -> tuple[str, dict[str, float]]:
         raise CalibrationError(f"{path}: calibration cache not found; make one with `deeplab-edge calibrate`")
     text = path.read_bytes().decode("ascii", errors="strict").splitlines()
     if not text or not text[0].startswith("TRT-"):
-        raise CalibrationError(f"{path}: not a TensorRT calibration cache (no 'TRT-...' header); pass the calibration.cache of "
-                               "`deeplab-edge calibrate`")
+        raise CalibrationError(f"{path}: not a TensorRT calibration cache (no 'TRT-...' header); pass the "
+                               "calibration.cache of `deeplab-edge calibrate`")
     scales = {}
     for ln in text[1:]:
         if not ln.strip():

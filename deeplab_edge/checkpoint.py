@@ -144,7 +144,8 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, map_location: 
     try:
         model = get_model(name, **config)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot build {name} from the checkpoint's config ({e}); re-save it with this version") from e
+        raise CheckpointError(f"{path}: cannot build {name} from the checkpoint's config ({e}); re-save it with "
+                              "this version") from e
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:

@@ -1,7 +1,8 @@
 """TensorRT engines: the deployment manifest, version/GPU compatibility, the generated build
 script, and the thin TensorRT code that builds and runs an engine.
 
-Everything but :func:`build_engine` (and :class:`deeplab_edge.runtime.tensorrt.EngineRunner`) runs without TensorRT (and is
+Everything but :func:`build_engine` (and :class:`deeplab_edge.runtime.tensorrt.EngineRunner`) runs
+without TensorRT (and is
 tested here); those two call TensorRT's Python API and need it and a CUDA GPU:
 
 * INT8 routes. **Explicit quantization** (the QDQ ONNX from ``deeplab-edge calibrate``) is the

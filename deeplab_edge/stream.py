@@ -86,7 +86,8 @@ def segment_stream(segmenter, source: str | int, output: Path, *, alpha: float =
             if writer is None:
                 writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (rgb.shape[1], rgb.shape[0]))
                 if not writer.isOpened():
-                    raise DeepLabEdgeError(f"{final}: OpenCV cannot write MPEG-4 video here; install opencv-python-headless from PyPI")
+                    raise DeepLabEdgeError(f"{final}: OpenCV cannot write MPEG-4 video here; install "
+                                           "opencv-python-headless from PyPI")
             writer.write(np.ascontiguousarray(overlay(rgb, labels, palette, alpha)[..., ::-1]))
             counts = np.bincount(labels.ravel(), minlength=segmenter.num_classes)
             per_frame.append({classes[c]: float(counts[c] / labels.size) for c in np.nonzero(counts)[0]})

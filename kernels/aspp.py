@@ -39,7 +39,8 @@ from torch import nn
 from .device import check_runnable, interpreting
 
 __all__ = ["FusedASPP", "FusedASPPSum", "TapTable", "aspp_sum", "aspp_sum_reference", "aspp_branches", "fuse_aspp",
-           "aspp_branches_reference", "autotune_configs", "INTERPRET_CONFIG", "pack_weights", "tap_conv", "branch_specs"]
+           "aspp_branches_reference", "autotune_configs", "INTERPRET_CONFIG", "pack_weights", "tap_conv",
+           "branch_specs"]
 
 
 # ----------------------------------------------------------------------------- configs

@@ -20,7 +20,8 @@ from .common import (COUNT, NONNEG, SIDE, console, out, output_option, pct,
 @output_option("file", "ONNX file to write.", required=True, example="model.onnx")
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Images for the parity check (dataset folder, image folder or file).")
-@click.option("--parity-images", default=4, type=COUNT, show_default=True, help="How many images the parity check uses.")
+@click.option("--parity-images", default=4, type=COUNT, show_default=True,
+              help="How many images the parity check uses.")
 @click.option("--opset", default=17, type=click.IntRange(17, 20), show_default=True,
               help="ONNX opset (17 to 20: the newest PyTorch's TorchScript-based exporter writes).")
 @click.option("--dynamic", default="", help="Dynamic axes, comma separated: batch, hw.")
@@ -65,10 +66,12 @@ def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input
               help="Images to use (the first N in sorted order; fewer are used, with a warning, if fewer exist).")
 @click.option("--method", type=click.Choice(["entropy", "minmax", "percentile", "mse"]), default="entropy",
               show_default=True, help="How activation ranges are chosen from the histograms.")
-@click.option("--percentile", default=99.99, type=click.FloatRange(50, 100, min_open=True), show_default=True, help="Percentile for --method percentile.")
+@click.option("--percentile", default=99.99, type=click.FloatRange(50, 100, min_open=True), show_default=True,
+              help="Percentile for --method percentile.")
 @click.option("--keep-float", "keep_float_top", default=0, type=NONNEG, show_default=True,
               help="Leave the K most sensitive Convs in float (runs the sensitivity analysis).")
-@click.option("--keep-float-layer", "keep_float", multiple=True, help="A Conv node name to leave in float (repeatable).")
+@click.option("--keep-float-layer", "keep_float", multiple=True,
+              help="A Conv node name to leave in float (repeatable).")
 @click.option("--sensitivity", is_flag=True, help="Rank every Conv by the mIoU cost of quantizing it alone.")
 @click.option("--sensitivity-data", type=click.Path(path_type=Path),
               help="Labelled held-out data for the sensitivity analysis (default: --data beyond the first --num).")

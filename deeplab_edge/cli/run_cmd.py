@@ -28,7 +28,8 @@ def model_options(f):
     f = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")(f)
     f = click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
                      show_default=True, help="Model dtype (PyTorch backend).")(f)
-    f = click.option("--input-size", type=SIDE, help="Override the checkpoint's input side (resize long side + pad).")(f)
+    f = click.option("--input-size", type=SIDE,
+                     help="Override the checkpoint's input side (resize long side + pad).")(f)
     f = click.option("--crf", "crf_method",
                      type=click.Choice(["none", "pydensecrf", "torch", "triton", "window", "triton-window"]),
                      default="none", show_default=True,
@@ -204,7 +205,8 @@ def eval_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, i
 @click.option("--camera", type=NONNEG, help="Segment a live camera (OpenCV index, e.g. 0) instead.")
 @click.option("--max-frames", type=COUNT, help="With --video/--camera: stop after N frames.")
 @output_option("dir", "Output folder (created if missing).", required=True)
-@click.option("--alpha", default=0.5, type=click.FloatRange(0, 1), show_default=True, help="Overlay opacity of the colour mask.")
+@click.option("--alpha", default=0.5, type=click.FloatRange(0, 1), show_default=True,
+              help="Overlay opacity of the colour mask.")
 @click.option("--json", "as_json", is_flag=True, help="Print per-image class fractions as JSON.")
 def predict_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, input_size, backend, crf_method,
                 crf_preset, crf_iterations, scales, flip, inputs, video, camera, max_frames, output, alpha,

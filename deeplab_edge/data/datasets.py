@@ -175,8 +175,8 @@ class VOCSegmentation(SegmentationDataset):
         for sid in _read_ids(split_file):
             img = _find_image(base / "JPEGImages", sid)
             if img is None:
-                raise DataError(f"{base / 'JPEGImages'}: no image for id {sid!r} listed in {split_file.name}; add the image or "
-                                "remove the id from the split file")
+                raise DataError(f"{base / 'JPEGImages'}: no image for id {sid!r} listed in {split_file.name}; add "
+                                "the image or remove the id from the split file")
             lab = base / "SegmentationClass" / f"{sid}.png"
             samples.append(Sample(sid, img, lab if lab.is_file() else None))
         super().__init__(base, samples, list(VOC_CLASSES), voc_palette())
@@ -222,8 +222,8 @@ class CamVid(SegmentationDataset):
         root = Path(root)
         dirs = self.find_dirs(root, split)
         if dirs is None:
-            raise DataError(f"{root}: not a CamVid folder (no {split}/ + {split}annot/ or images/ + labels/); pass the folder "
-                            "that holds them")
+            raise DataError(f"{root}: not a CamVid folder (no {split}/ + {split}annot/ or images/ + labels/); "
+                            "pass the folder that holds them")
         img_dir, lab_dir = dirs
         split_file = root / f"{split}.txt"
         if split_file.is_file():

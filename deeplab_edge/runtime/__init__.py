@@ -66,8 +66,9 @@ def backend_for(path: str | Path) -> str:
     return SUFFIXES[suffix]
 
 
-def open_runner(path: str | Path, *, backend: str = "auto", precision: str = "fp32", device: str | torch.device = "auto",
-                threads: int | None = None, arch: str | None = None, input_size: int | None = None) -> Runner:
+def open_runner(path: str | Path, *, backend: str = "auto", precision: str = "fp32",
+                device: str | torch.device = "auto", threads: int | None = None, arch: str | None = None,
+                input_size: int | None = None) -> Runner:
     """A runner for the model file at ``path``.
 
     ``precision`` and ``device`` apply to the PyTorch backends (exported models and engines carry
@@ -123,8 +124,9 @@ def _torch_runner(path: Path, backend: str, precision: str, device, threads, arc
         pre.update(size=input_size, resize="long_side", pad=True)
         stride = loaded.model.config.get("output_stride", 16)
         if (loaded.meta.get("source") or {}).get("format") == "tflite" and (input_size - 1) % stride:
+            good = ((input_size - 1) // stride) * stride + 1
             warnings.append(f"--input-size {input_size} is not k x {stride} + 1: TF's SAME padding of the imported "
-                            f"weights differs from PyTorch's there (e.g. use {((input_size - 1) // stride) * stride + 1})")
+                            f"weights differs from PyTorch's there (e.g. use {good})")
     model = loaded.model
     if backend == "triton":
         from ..kernels import fuse_aspp
