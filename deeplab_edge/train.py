@@ -225,6 +225,9 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
     if len(ds) < cfg.batch_size:
         raise DataError(f"{cfg.data}: {len(ds)} images, fewer than one batch of {cfg.batch_size}; lower --batch-size")
 
+    state_path = out / STATE
+    if cfg.resume and not state_path.is_file():  # every input checked before any work
+        raise DeepLabEdgeError(f"{state_path}: nothing to resume; train without --resume first")
     torch.manual_seed(cfg.seed)
     model, meta = _initial_model(cfg, ds.num_classes, ds.classes)
     pre = Preprocess.from_dict(meta.get("preprocess") or {})
@@ -262,10 +265,7 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
                               "images": len(ds), "classes": ds.classes, "epochs": [], "best": None,
                               "notes": [record_note] if record_note else []}
     start_epoch, step = 0, 0
-    state_path = out / STATE
     if cfg.resume:
-        if not state_path.is_file():
-            raise DeepLabEdgeError(f"{state_path}: nothing to resume; train without --resume first")
         st = torch.load(state_path, map_location="cpu", weights_only=True)
         if st["arch"] != model.config["arch"] or st["num_classes"] != ds.num_classes:
             raise DeepLabEdgeError(f"{state_path}: a {st['arch']} with {st['num_classes']} classes, not a "

@@ -77,7 +77,7 @@ def train_cmd(data, split, val_data, val_split, kind, weights, arch, epochs, bat
                                     f"{p['images_per_s']:.1f} img/s")
 
         record = train(cfg, progress=progress if main_rank else None,
-                       log=lambda s: console.print(f"[dim]{s}[/]", highlight=False))
+                       log=lambda s: console.print(f"[dim]{s}[/]", highlight=False, soft_wrap=True))
     if not main_rank:
         return
     if as_json:
