@@ -223,3 +223,16 @@ def test_folded_batch_norms_are_recognised(imported):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.bias.add_(0.1)
     assert not folded_batch_norms(fresh)
+
+
+@pytest.mark.slow
+def test_resume_with_another_model_is_refused(camvid_small, imported, tmp_path):
+    """A run folder resumed with a different architecture: one line naming both, nothing changed."""
+    common = ["train", "--data", str(camvid_small / "train"), "--crop", "33", "--batch-size", "4", "--epochs", "2"]
+    _run(*common, "--weights", imported[0], "--max-steps", 1, "-o", tmp_path / "r")
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r").iterdir()}
+    res = CliRunner().invoke(main, [*common, "--arch", "deeplabv3plus_mobilenet_v2", "--resume", "-o",
+                                    str(tmp_path / "r")])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "deeplabv3_mobilenet_v2" in res.output and "deeplabv3plus_mobilenet_v2" in res.output
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r").iterdir()} == before
