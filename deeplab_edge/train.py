@@ -274,6 +274,8 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
         opt.load_state_dict(st["optimizer"])
         torch.set_rng_state(st["torch_rng"])
         start_epoch, step, record = st["epoch"], st["step"], json.loads(st["record"])
+        # what this phase ran with: the same settings continue exactly; another --epochs stretches the schedule
+        record.setdefault("resumed", []).append({"at_epoch": start_epoch, "at_step": step, "config": asdict(cfg)})
         log(f"resuming at epoch {start_epoch + 1}, step {step}")
     ddp = model
     if info.distributed:

@@ -127,6 +127,7 @@ def test_resume_continues_exactly(camvid_small, imported, tmp_path):
     rec_a = json.loads((tmp_path / "a" / "train_record.json").read_text())
     rec_b = json.loads((tmp_path / "b" / "train_record.json").read_text())
     assert [r["loss"] for r in rec_b["epochs"]] == pytest.approx([r["loss"] for r in rec_a["epochs"]], abs=1e-6)
+    assert [(r["at_epoch"], r["at_step"]) for r in rec_b["resumed"]] == [(1, 2)] and "resumed" not in rec_a
     assert (tmp_path / "a" / "train_curve.png").is_file() and (tmp_path / "a" / "train_record.csv").is_file()
     # the trained checkpoint is an ordinary one: it evaluates
     ev = CliRunner().invoke(main, ["eval", "--weights", str(tmp_path / "a" / "last.pt"), "--data",
