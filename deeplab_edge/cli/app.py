@@ -45,6 +45,10 @@ def _os_error_line(e: OSError) -> str | None:
     return None
 
 
+# click >= 8.2 raises this for a bare `deeplab-edge` (it shows the help); click 8.1 has no such class
+_NO_ARGS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class _Group(click.Group):
     """The command group: turns every user error into one red line and exit code 2."""
 
@@ -55,13 +59,13 @@ class _Group(click.Group):
         try:
             try:
                 rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-            except click.exceptions.NoArgsIsHelpError as e:
+            except _NO_ARGS_HELP as e:
                 e.show()
                 rv = e.exit_code
             except click.ClickException as e:  # click's usage errors: one line instead of its usage block
                 hint = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) is not None else ""
-                console.print(f"[bold red]error:[/] {escape(e.format_message())}{hint}", highlight=False, soft_wrap=True,
-                              markup=True)
+                console.print(f"[bold red]error:[/] {escape(e.format_message())}{hint}", highlight=False,
+                              soft_wrap=True)
                 rv = e.exit_code
             except click.Abort:
                 console.print("[yellow]interrupted[/]")
