@@ -154,17 +154,22 @@ def _torchrun(args, cwd, timeout=300):
 
 @pytest.mark.slow
 def test_ddp_two_processes_equal_one_process(camvid_small, imported, tmp_path):
-    """After 3 steps of global batch 4, two gloo processes (2 images each) made the update one process
-    makes. Frozen batch norm and no dropout: both depend on how the batch is split. Tolerance: the
-    difference of the two updates against the update, per tensor at most 1e-2 and over all tensors
-    2e-3 (measured here: at most 1.4e-3 per tensor: fp32 gradients computed and summed in another
-    order, through momentum). A wrong normalisation is off by tens of percent (a missing world-size
-    factor halves every update; per-process loss means weight the images differently)."""
+    """One optimizer step of global batch 4: two gloo processes (2 images each) make the update one
+    process makes. Frozen batch norm and no dropout: both depend on how the batch is split. Measured
+    here: the updates differ by 1.2e-6 of their size (fp32 sums in another order); asserted <= 1e-4
+    overall and <= 1e-3 per tensor. A wrong normalisation is off by far more (a missing world-size
+    factor halves the update; per-process loss means weight the images differently). Later steps
+    amplify the fp32 differences (5e-4 after 2 steps, 5e-3 after 3, measured), so one step is compared."""
     args = ["train", "--data", camvid_small / "train", "--weights", imported[0], "--crop", 33, "--batch-size", 4,
-            "--epochs", 2, "--max-steps", 3, "--freeze-bn", "--dropout", 0, "--seed", 5, "--device", "cpu"]
+            "--epochs", 2, "--max-steps", 1, "--freeze-bn", "--dropout", 0, "--seed", 5, "--device", "cpu"]
     r, _ = _torchrun([*args, "-o", tmp_path / "ddp"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    _run(*args, "-o", tmp_path / "one")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun worker (OMP_NUM_THREADS=1): the same kernels on both sides
+    try:
+        _run(*args, "-o", tmp_path / "one")
+    finally:
+        torch.set_num_threads(threads)
     ddp, one = _weights(tmp_path / "ddp" / "last.pt"), _weights(tmp_path / "one" / "last.pt")
     init = imported[1].state_dict()
     diff2 = upd2 = 0.0
@@ -173,11 +178,12 @@ def test_ddp_two_processes_equal_one_process(camvid_small, imported, tmp_path):
             continue
         d_one, d_ddp = one[k] - init[k], ddp[k] - init[k]
         err, size = float((d_ddp - d_one).norm()), float(d_one.norm())
-        assert err <= 1e-2 * size + 1e-7, (k, err, size)
+        assert err <= 1e-3 * size + 1e-9, (k, err, size)
         diff2, upd2 = diff2 + err ** 2, upd2 + size ** 2
-    assert upd2 > 1e-6 and diff2 ** 0.5 <= 2e-3 * upd2 ** 0.5, (diff2 ** 0.5, upd2 ** 0.5)
+    print(f"DDP vs one process: update difference {diff2 ** 0.5 / upd2 ** 0.5:.2e} of the update")
+    assert upd2 > 1e-6 and diff2 ** 0.5 <= 1e-4 * upd2 ** 0.5, (diff2 ** 0.5, upd2 ** 0.5)
     rec = json.loads((tmp_path / "ddp" / "train_record.json").read_text())
-    assert rec["world_size"] == 2 and rec["epochs"][-1]["step"] == 3
+    assert rec["world_size"] == 2 and rec["epochs"][-1]["step"] == 1
 
 
 @pytest.mark.slow
