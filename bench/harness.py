@@ -326,6 +326,16 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
         raise DeepLabEdgeError(f"{dataset.root}: has no labels, and bench measures mIoU; pass a labelled VOC, "
                                "Cityscapes or CamVid folder")
     work.mkdir(parents=True, exist_ok=True)
+    skipped = list(skipped or [])
+    msc = scales != (1.0,) or flip
+    if msc:  # before the artefacts: nothing exported or calibrated for backends that cannot take other sizes
+        fixed = [b for b in backends if b.family not in ("torch", "compile", "triton")]
+        skipped += [{"backend": b.name, "reason": "--scales/--flip run the model at other input sizes; this "
+                                                  "backend's model has a fixed input"} for b in fixed]
+        backends = [b for b in backends if b not in fixed]
+        if not backends:
+            raise DeepLabEdgeError("--scales/--flip need a PyTorch backend (torch-*, compile-*, triton-*); the "
+                                   "selected ones all have fixed inputs")
     art = build_artifacts(loaded, weights, dataset, work, backends, batches=batches, calib_data=calib_data,
                           calib_num=calib_num, calib_method=calib_method, log=log)
 
@@ -350,7 +360,6 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
     n_cls = loaded.model.num_classes
     classes = loaded.classes
     rows: list[dict[str, Any]] = []
-    skipped = list(skipped or [])
     for b in backends:
         peak_rss_reset()
         rss0 = _status_mb("VmRSS")
@@ -361,11 +370,6 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
             runner, source, extra = _make_runner(b, weights, arch, dev, art, threads, engines or {}, tflite)
         except DeepLabEdgeError as e:
             skipped.append({"backend": b.name, "reason": str(e)})
-            continue
-        msc = scales != (1.0,) or flip
-        if msc and b.family not in ("torch", "compile", "triton"):
-            skipped.append({"backend": b.name, "reason": "--scales/--flip run the model at other input sizes; this "
-                                                         "backend's model has a fixed input"})
             continue
         pre = runner.preprocess  # the checkpoint's, or what the exported file carries
         if runner.num_classes != n_cls:
