@@ -7,6 +7,7 @@ rendezvous options. Without it everything here is a no-op, so the same code runs
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import os
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["DistInfo", "init", "shutdown", "all_reduce_sum"]
+__all__ = ["DistInfo", "init", "shutdown", "all_reduce_sum", "evaluate_sharded"]
 
 
 @dataclass(frozen=True)
@@ -70,3 +71,23 @@ def all_reduce_sum(x: np.ndarray | torch.Tensor | float, info: DistInfo, device:
         return t
     out = t.cpu().numpy()
     return out if isinstance(x, np.ndarray) else out.item()
+
+
+def evaluate_sharded(segmenter, dataset, info: DistInfo, device: torch.device | None = None, **kw):
+    """:func:`deeplab_edge.inference.evaluate` with each process taking every world-th image and the
+    confusion matrices summed over processes, so the metrics equal one process's; ``per_image`` and
+    ``timing`` are this process's shard. On one process, plain ``evaluate``."""
+    from .inference import evaluate
+    from .metrics import ConfusionMatrix
+
+    if not info.distributed:
+        return evaluate(segmenter, dataset, **kw)
+    shard = copy.copy(dataset)  # the caller's dataset keeps all its samples
+    shard.samples = dataset.samples[info.rank::info.world]
+    n = segmenter.num_classes
+    res = evaluate(segmenter, shard, **kw) if shard.samples else {"confusion": np.zeros((n, n), np.int64)}
+    cm = all_reduce_sum(np.asarray(res["confusion"], np.int64), info, device)
+    res.update(ConfusionMatrix.summarize(cm), confusion=cm.tolist(), images=len(dataset), processes=info.world,
+               shard_images=len(shard.samples))
+    return res
+

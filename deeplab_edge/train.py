@@ -33,14 +33,13 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data.datasets import IGNORE, SegmentationDataset, open_dataset
 from .data.preprocess import Preprocess
 from .errors import DataError, DeepLabEdgeError
-from .inference import Segmenter, evaluate
-from .metrics import ConfusionMatrix
+from .inference import Segmenter
 from .models import MODELS, get_model
 from .outputs import atomic_path
 from .runtime import resolve_device
 from .runtime.pytorch import TorchRunner
 
-__all__ = ["TrainConfig", "train", "augment", "median_frequency_weights", "evaluate_sharded", "folded_batch_norms"]
+__all__ = ["TrainConfig", "train", "augment", "median_frequency_weights", "folded_batch_norms"]
 
 STATE = "train_state.pt"
 
@@ -177,20 +176,15 @@ def folded_batch_norms(model: torch.nn.Module) -> bool:
         and any(bool(bn.bias.abs().max() > 0) for bn in bns)
 
 
-def evaluate_sharded(model: torch.nn.Module, ds: SegmentationDataset, pre: Preprocess, device: torch.device,
-                     info: distributed.DistInfo) -> dict[str, Any]:
-    """mIoU of ``model`` on ``ds``, each process taking every world-th image, the confusion
-    matrices summed over processes (equal to one process's)."""
-    shard = ds.subset(None)
-    shard.samples = ds.samples[info.rank::info.world]
-    cm = np.zeros((ds.num_classes, ds.num_classes), np.int64)
-    if shard.samples:
-        was = model.training
-        seg = Segmenter(TorchRunner(model, device), pre, ds.num_classes)
-        cm = np.asarray(evaluate(seg, shard)["confusion"], np.int64)
+def _validate(model: torch.nn.Module, ds: SegmentationDataset, pre: Preprocess, device: torch.device,
+              info: distributed.DistInfo) -> dict[str, Any]:
+    """mIoU of ``model`` on ``ds`` (sharded over the processes), the model left in the mode it was in."""
+    was = model.training
+    try:
+        return distributed.evaluate_sharded(Segmenter(TorchRunner(model, device), pre, ds.num_classes), ds, info,
+                                            device)
+    finally:
         model.train(was)
-    cm = distributed.all_reduce_sum(cm, info, device)
-    return {**ConfusionMatrix.summarize(cm), "confusion": cm.tolist()}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -331,7 +325,7 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
                "loss": float(distributed.all_reduce_sum(loss_sum, info)) / max(n_steps, 1),
                "images_per_s": seen / max(seconds, 1e-9)}
         if val is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-            res = evaluate_sharded(model, val, eval_pre, device, info)
+            res = _validate(model, val, eval_pre, device, info)
             row.update(val_miou=res["miou"], val_pixel_acc=res["pixel_acc"],
                        val_class_iou=dict(zip(ds.classes, res["class_iou"])))
             if record["best"] is None or res["miou"] > record["best"]["val_miou"]:

@@ -133,7 +133,6 @@ def eval_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, i
     union), from one confusion matrix over all images; label 255 (and CamVid's void) is
     ignored."""
     from ..data.datasets import open_dataset
-    from ..inference import evaluate
 
     if reference_dir is not None and not Path(reference_dir).is_dir():
         raise DeepLabEdgeError(f"{reference_dir}: reference folder not found; pass a folder of <id>.png label maps")
@@ -152,25 +151,19 @@ def eval_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, i
     from .. import distributed
     from ..runtime import resolve_device
 
-    dinfo = distributed.init(resolve_device(info.get("device", "cpu")))
-    total = len(ds)
-    if dinfo.distributed:
-        ds.samples = ds.samples[dinfo.rank::dinfo.world]
-    with progress_bar() as prog:
-        task = prog.add_task(f"eval {ds.kind}/{split}", total=len(ds)) if dinfo.is_main else None
-        res = evaluate(segmenter, ds, batch_size=batch_size, reference_dir=reference_dir,
-                       on_image=lambda _sid: prog.advance(task) if task is not None else None)
-    if dinfo.distributed:
-        import numpy as np
-
-        from ..metrics import ConfusionMatrix
-
-        cm = distributed.all_reduce_sum(np.asarray(res["confusion"], np.int64), dinfo)
-        res.update(ConfusionMatrix.summarize(cm), confusion=cm.tolist(), images=total, processes=dinfo.world,
-                   per_image_note=f"per_image and timing are rank 0's shard ({len(ds)} of {total} images)")
+    dev = resolve_device(info.get("device", "cpu"))
+    dinfo = distributed.init(dev)
+    try:
+        with progress_bar() as prog:
+            task = prog.add_task(f"eval {ds.kind}/{split}", total=-(-len(ds) // dinfo.world)) if dinfo.is_main \
+                else None
+            res = distributed.evaluate_sharded(segmenter, ds, dinfo, dev, batch_size=batch_size,
+                                               reference_dir=reference_dir,
+                                               on_image=lambda _sid: prog.advance(task) if task is not None else None)
+    finally:
         distributed.shutdown()
-        if not dinfo.is_main:
-            return
+    if not dinfo.is_main:
+        return
     res = {"model": info, "data": {"path": str(data), "kind": ds.kind, "split": split},
            "classes": classes, **res}
     if emit(res, output, as_json):
