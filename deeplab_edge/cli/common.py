@@ -55,10 +55,9 @@ def check_tag(ctx, param, value):
 
 
 def output_option(kind: str, help: str, *, required: bool = False, example: str = "result.json",
-                  names: tuple[str, ...] = ("-o", "--output"), dest: str | None = None):
+                  names: tuple[str, ...] = ("-o", "--output")):
     """``-o/--output`` as a file or a folder, checked as soon as it is parsed."""
-    decls = list(names) + ([dest] if dest else [])
-    return click.option(*decls, type=click.Path(), required=required, help=help, callback=check_output(kind, example))
+    return click.option(*names, type=click.Path(), required=required, help=help, callback=check_output(kind, example))
 
 
 def print_json(obj: Any) -> None:
