@@ -23,6 +23,7 @@ is not INT8 speed, so it is kept off the Pareto front and the plot.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import shutil
 import time
@@ -195,8 +196,9 @@ def build_artifacts(loaded, weights: Path, dataset, work: Path, backends: list[B
 
     fp32 = work / "model_fp32.onnx"
     sha = loaded.meta.get("sha256")
-    if fp32.is_file() and read_metadata(fp32).get("checkpoint_sha256") == sha and sha and \
-            (max(batches) == 1 or _dynamic_batch(fp32)):
+    same = fp32.is_file() and sha and read_metadata(fp32).get("checkpoint_sha256") == sha and \
+        json.dumps(read_metadata(fp32).get("config"), sort_keys=True) == json.dumps(loaded.model.config, sort_keys=True)
+    if same and (max(batches) == 1 or _dynamic_batch(fp32)):  # same weights, same config (e.g. output stride)
         log(f"reusing {fp32}")
         info["onnx_fp32"] = {"path": str(fp32), "reused": True}
     else:
@@ -292,7 +294,7 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
               arch: str | None = None, threads: int | None = None, work: Path, calib_data: Path | None = None,
               calib_num: int = 256, calib_method: str = "entropy", engines: dict[str, Path] | None = None,
               tflite: Path | None = None, scales: tuple[float, ...] = (1.0,), flip: bool = False,
-              power: Any = None, skipped: list[dict[str, str]] | None = None,
+              output_stride: int | None = None, power: Any = None, skipped: list[dict[str, str]] | None = None,
               settings: dict[str, Any] | None = None,
               progress: Callable[[str, int], Callable[[str], None]] | None = None,
               log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
@@ -318,7 +320,7 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
     dev = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
-    loaded = load_checkpoint(weights, arch=arch)
+    loaded = load_checkpoint(weights, arch=arch, output_stride=output_stride)
     if dataset.num_classes != loaded.model.num_classes:
         raise DeepLabEdgeError(f"the model predicts {loaded.model.num_classes} classes but {dataset.kind} has "
                                f"{dataset.num_classes}; use a model trained for this dataset")
@@ -448,7 +450,7 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
                          "batches": batches, "iters": iters, "warmup": warmup,
                          "threads": threads or torch.get_num_threads(), "calib_method": calib_method,
                          "scales": list(scales), "flip": flip,
-                         **(settings or {})},
+                         "output_stride": loaded.model.config.get("output_stride"), **(settings or {})},
             "power": getattr(power, "source", None), "baseline": {"backend": base["backend"], "crf": base["crf"]},
             "rows": rows, "skipped": skipped, "skipped_crf": skipped_crf, "artifacts": art}
 

@@ -25,7 +25,7 @@ from .data.datasets import VOC_CLASSES
 from .outputs import atomic_path
 from .data.preprocess import IMAGENET
 from .errors import CheckpointError
-from .models import MODELS, DeepLab, get_model
+from .models import MODELS, DeepLab, get_model, restride_config
 
 __all__ = ["save_checkpoint", "load_checkpoint", "LoadedModel", "file_sha256"]
 
@@ -89,8 +89,12 @@ def _num_classes(sd: dict[str, torch.Tensor]) -> int | None:
     return None
 
 
-def load_checkpoint(path: str | Path, *, arch: str | None = None, map_location: str = "cpu") -> LoadedModel:
-    """Load a deeplab-edge checkpoint or a plain state dict into a model in eval mode."""
+def load_checkpoint(path: str | Path, *, arch: str | None = None, map_location: str = "cpu",
+                    output_stride: int | None = None) -> LoadedModel:
+    """Load a deeplab-edge checkpoint or a plain state dict into a model in eval mode.
+
+    ``output_stride`` runs the same weights at another output stride (e.g. 8 for a model trained
+    at 16, as DeepLab-v3 evaluates; see ``models.restride_config``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; create one with `deeplab-edge import` or pass a .pt/.pth")
@@ -157,5 +161,13 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, map_location: 
                            (("missing", missing), ("unexpected", unexpected), ("wrong shape", shape)) if ks)
         raise CheckpointError(f"{path}: weights do not fit {name} with {model.num_classes} classes "
                               f"({detail}); pass the matching --arch or checkpoint") from e
+    if output_stride is not None and output_stride != model.config.get("output_stride"):
+        try:
+            config = restride_config(model.config, output_stride)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}; pick another --output-stride") from e
+        restrided = get_model(config.pop("arch"), **config)
+        restrided.load_state_dict(model.state_dict(), strict=True)
+        model = restrided
     meta.setdefault("sha256", file_sha256(path))
     return LoadedModel(model.eval(), meta, path)

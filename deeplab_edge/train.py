@@ -34,7 +34,7 @@ from .data.datasets import IGNORE, SegmentationDataset, open_dataset
 from .data.preprocess import Preprocess
 from .errors import DataError, DeepLabEdgeError
 from .inference import Segmenter
-from .models import MODELS, get_model
+from .models import MODELS, OUTPUT_STRIDES, get_model
 from .outputs import atomic_path
 from .runtime import resolve_device
 from .runtime.pytorch import TorchRunner
@@ -50,6 +50,7 @@ class TrainConfig:
     output: str
     weights: str | None = None  # start from this checkpoint (a different class count gets a new classifier)
     arch: str | None = None  # or from scratch with this architecture
+    output_stride: int | None = None  # another output stride than the checkpoint's (or the builder's default)
     dataset: str = "auto"
     split: str = "train"
     val_data: str | None = None
@@ -139,7 +140,7 @@ def median_frequency_weights(ds: SegmentationDataset) -> torch.Tensor:
 def _initial_model(cfg: TrainConfig, num_classes: int, classes: list[str]):
     """(model, meta) from --weights (classifier replaced when the class count differs) or --arch."""
     if cfg.weights:
-        loaded = load_checkpoint(cfg.weights, arch=cfg.arch)
+        loaded = load_checkpoint(cfg.weights, arch=cfg.arch, output_stride=cfg.output_stride)
         config = dict(loaded.model.config)
         arch = config.pop("arch")
         if loaded.model.num_classes == num_classes:
@@ -154,7 +155,12 @@ def _initial_model(cfg: TrainConfig, num_classes: int, classes: list[str]):
         raise DeepLabEdgeError(f"give --weights FILE or --arch NAME (one of {', '.join(MODELS)})")
     from .data.preprocess import IMAGENET
 
-    return get_model(cfg.arch, num_classes=num_classes), {"classes": classes,
+    stride = {} if cfg.output_stride is None else {"output_stride": cfg.output_stride}
+    if stride and cfg.output_stride not in OUTPUT_STRIDES[cfg.arch]:
+        raise DeepLabEdgeError(f"{cfg.arch} runs at output stride "
+                               f"{' or '.join(map(str, OUTPUT_STRIDES[cfg.arch]))}, not {cfg.output_stride}; "
+                               "pick another --output-stride")
+    return get_model(cfg.arch, num_classes=num_classes, **stride), {"classes": classes,
                                                          "preprocess": {"size": None, "resize": "none",
                                                                         "pad": False, **IMAGENET}}
 

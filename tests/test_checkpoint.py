@@ -64,3 +64,24 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_checkpoint(model, {}, tmp_path / "m.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_output_stride_at_load_equals_the_builder_at_that_stride(tmp_path):
+    """A checkpoint saved at output stride 16, loaded at 8, computes what the builder's own
+    output-stride-8 model computes with the same weights (the builder plans strides itself)."""
+    torch.manual_seed(0)
+    model = get_model("deeplabv3_resnet50", num_classes=3, output_stride=16).eval()
+    path = save_checkpoint(model, {}, tmp_path / "m.pt")
+    loaded = load_checkpoint(path, output_stride=8)
+    assert loaded.model.config["output_stride"] == 8 and loaded.model.config["aspp_rates"] == [12, 24, 36]
+    direct = get_model("deeplabv3_resnet50", num_classes=3, output_stride=8).eval()
+    direct.load_state_dict(model.state_dict())
+    x = torch.randn(1, 3, 65, 65)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), direct(x))
+        assert not torch.allclose(loaded.model(x), model(x), atol=1e-4)
+    assert load_checkpoint(path).model.config["output_stride"] == 16  # the file is unchanged
+    src = get_model("deeplabv3_mobilenet_v3_large", num_classes=3)
+    other = save_checkpoint(src, {}, tmp_path / "v3.pt")
+    with pytest.raises(CheckpointError, match="output stride 16, not 8; pick another --output-stride"):
+        load_checkpoint(other, output_stride=8)

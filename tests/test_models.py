@@ -118,3 +118,74 @@ def test_bad_builder_arguments():
         get_model("deeplabv9")
     with pytest.raises(ValueError, match="at least one ASPP rate"):
         get_model("deeplabv2_resnet101", aspp_rates=())
+
+
+# ----------------------------------------------------------------------------- output stride at load time
+
+@pytest.mark.parametrize("name,old,new", [("deeplabv3_mobilenet_v2", 16, 8), ("deeplabv3_mobilenet_v2", 32, 8),
+                                          ("deeplabv3_resnet50", 16, 8), ("deeplabv2_resnet101", 8, 16)])
+def test_restrided_trunk_is_the_atrous_identity(name, old, new):
+    """The algorithme a trous: a stride-2 layer made stride 1, with every later 3x3 dilated by 2,
+    computes the same values on the even grid. So the restrided trunk's features, subsampled by
+    new/old, equal the original trunk's exactly (up to float summation order). Independent of the
+    planner: it checks what the network computes, not the block table."""
+    from deeplab_edge.models import restride_config
+
+    a = get_model(name, num_classes=5, output_stride=old).eval()
+    g = torch.Generator().manual_seed(0)
+    for m in a.modules():  # weights that keep activations near unit scale through every layer
+        if isinstance(m, torch.nn.Conv2d):
+            fan_in = m.weight[0].numel()
+            m.weight.data = torch.randn(m.weight.shape, generator=g) * (1.0 / fan_in) ** 0.5
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data = 0.5 + torch.rand(m.weight.shape, generator=g)
+            m.bias.data = 0.1 * torch.randn(m.bias.shape, generator=g)
+    config = restride_config(a.config, new)
+    b = get_model(config.pop("arch"), **config).eval()
+    b.load_state_dict(a.state_dict(), strict=True)
+    x = torch.randn(1, 3, 65, 65)
+    with torch.no_grad():
+        fa, fb = a.backbone(x)["out"], b.backbone(x)["out"]
+    assert fa.abs().mean() > 1e-3 and fa.std() > 1e-3  # features that depend on the input
+    fine, coarse = (fb, fa) if new < old else (fa, fb)
+    step = max(old, new) // min(old, new)
+    assert fine.shape[-1] == (coarse.shape[-1] - 1) * step + 1
+    err = (fine[..., ::step, ::step] - coarse).norm() / coarse.norm()
+    assert err < 1e-5, err
+
+
+def test_restride_scales_aspp_rates_as_deeplab_v3():
+    """Chen et al. 2017 (DeepLab-v3), Sec. 4.1: rates (6, 12, 18) at output stride 16 are doubled at 8."""
+    from deeplab_edge.models import restride_config
+
+    cfg = get_model("deeplabv3_resnet50", num_classes=3, output_stride=16).config
+    assert cfg["aspp_rates"] == [6, 12, 18]
+    assert restride_config(cfg, 8)["aspp_rates"] == [12, 24, 36]
+    assert restride_config(restride_config(cfg, 8), 16) == cfg
+
+
+def test_restride_explicit_blocks_match_the_mobilenet_table():
+    """Blocks read from a graph (the TFLite importer's explicit list) restride like the builder's own plan."""
+    from deeplab_edge.models import restride_config
+    from deeplab_edge.models.mobilenet import mobilenet_v2_blocks
+
+    _, b16 = mobilenet_v2_blocks(1.0, 16)
+    cfg = get_model("deeplabv3_mobilenet_v2", num_classes=3, stem=32,
+                    blocks=[[b.cin, b.hidden, b.cout, b.stride, b.dilation] for b in b16]).config
+    _, b8 = mobilenet_v2_blocks(1.0, 8)
+    assert restride_config(cfg, 8)["blocks"] == [[b.cin, b.hidden, b.cout, b.stride, b.dilation] for b in b8]
+    # the stride-2 block at output stride 8 keeps rate 1; rates 2 and then 4 follow (TF's mobilenet plan)
+    assert [(b.stride, b.dilation) for b in b8][6:8] == [(1, 1), (1, 2)]
+    assert [b.dilation for b in b8][-3:] == [4, 4, 4]
+
+
+def test_restride_refusals():
+    from deeplab_edge.models import restride_config
+
+    with pytest.raises(ValueError, match="output stride 16, not 8"):
+        restride_config(get_model("deeplabv3_mobilenet_v3_large", num_classes=3).config, 8)
+    cfg = get_model("deeplabv2_resnet101", num_classes=3).config  # rates 6..24 at output stride 8
+    with pytest.raises(ValueError, match="not 32"):
+        restride_config(cfg, 32)
+    with pytest.raises(ValueError, match="no whole equivalent"):
+        restride_config(dict(cfg, aspp_rates=[3, 5]), 16)

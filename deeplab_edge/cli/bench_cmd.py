@@ -12,8 +12,8 @@ from ..errors import DeepLabEdgeError
 from .app import main
 from .kernels_cmd import kernels_bench
 from .run_cmd import parse_scales
-from .common import (COUNT, NONNEG, THREADS, choices, console, int_list, out, output_option, pct,
-                     print_json, progress_bar, check_tag)
+from .common import (COUNT, NONNEG, THREADS, choices, console, int_list, out, output_option,
+                     output_stride_option, pct, print_json, progress_bar, check_tag)
 
 # ----------------------------------------------------------------------------- bench
 
@@ -65,6 +65,8 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
               help="Test-time input scales for the PyTorch backends, comma-separated: logits averaged over them "
                    "(latency covers every scale); other backends are skipped.")
 @click.option("--flip", is_flag=True, help="Also average the mirrored image's logits (PyTorch backends).")
+@output_stride_option("Run the checkpoint's weights at this output stride on every backend (the ONNX and INT8 "
+                      "models are exported so); 8 is DeepLab-v3's evaluation setting for models trained at 16.")
 @click.option("--tflite", type=click.Path(path_type=Path),
               help="A .tflite model for the litert-int8 backend (LiteRT, XNNPACK), e.g. the file the checkpoint was "
                    "imported from: Google's own runtime beside the others.")
@@ -77,8 +79,8 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--json", "as_json", is_flag=True, help="Print the result document as JSON instead of tables.")
 @click.pass_context
 def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf_methods, crf_preset, batches, iters,
-                warmup, device, threads, calib_data, calib_num, calib_method, engine_files, scales, flip, tflite,
-                artifacts, tag, output, no_plot, as_json) -> None:
+                warmup, device, threads, calib_data, calib_num, calib_method, engine_files, scales, flip, output_stride,
+                tflite, artifacts, tag, output, no_plot, as_json) -> None:
     """Accuracy against speed of every backend x CRF option on this machine, in one run.
 
     \b
@@ -134,7 +136,7 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
                            warmup=warmup, iters=iters, device=device, arch=arch, threads=threads,
                            work=Path(artifacts) if artifacts else Path(tmp), calib_data=calib_data,
                            calib_num=calib_num, calib_method=calib_method, engines=engines, tflite=tflite,
-                           scales=scales, flip=flip,
+                           scales=scales, flip=flip, output_stride=output_stride,
                            power=sampler, skipped=skipped, settings={"split": split, "requested": backends},
                            progress=progress, log=lambda s: console.print(f"[dim]{s}[/]", highlight=False))
     env = result["environment"]

@@ -15,7 +15,7 @@ from rich.console import Console
 from ..errors import DeepLabEdgeError
 
 __all__ = ["console", "out", "print_json", "emit", "progress_bar", "pct", "COUNT", "NONNEG", "SIDE", "THREADS",
-           "output_option", "check_tag", "int_list", "choices"]
+           "output_option", "output_stride_option", "check_tag", "int_list", "choices"]
 
 console = Console(stderr=True)
 # Results: wide enough for the tables when stdout is a pipe or a file.
@@ -58,6 +58,13 @@ def output_option(kind: str, help: str, *, required: bool = False, example: str 
                   names: tuple[str, ...] = ("-o", "--output")):
     """``-o/--output`` as a file or a folder, checked as soon as it is parsed."""
     return click.option(*names, type=click.Path(), required=required, help=help, callback=check_output(kind, example))
+
+
+def output_stride_option(help: str = "Run the checkpoint's weights at this output stride: 8 is DeepLab-v3's "
+                                      "evaluation setting for models trained at 16 (finer, slower); the ASPP "
+                                      "rates scale with it (default: the checkpoint's)."):
+    return click.option("--output-stride", type=click.Choice(["8", "16", "32"]),
+                        callback=lambda ctx, param, v: None if v is None else int(v), help=help)
 
 
 def print_json(obj: Any) -> None:

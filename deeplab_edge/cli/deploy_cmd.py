@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (COUNT, NONNEG, SIDE, console, out, output_option, pct,
+from .common import (COUNT, NONNEG, SIDE, console, out, output_option, output_stride_option, pct,
                      print_json, progress_bar)
 
 # ----------------------------------------------------------------------------- export
@@ -26,20 +26,21 @@ from .common import (COUNT, NONNEG, SIDE, console, out, output_option, pct,
               help="ONNX opset (17 to 20: the newest PyTorch's TorchScript-based exporter writes).")
 @click.option("--dynamic", default="", help="Dynamic axes, comma separated: batch, hw.")
 @click.option("--input-size", type=SIDE, help="Input side (default: the checkpoint's preprocessing).")
+@output_stride_option()
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
               help="PyTorch's TorchScript-based exporter (fast) or the torch.export-based one.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim.")
 @click.option("--fp16", is_flag=True, help="Export in float16 (weights, input, output); parity still against fp32.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input_size, exporter, no_simplify,
-               fp16, as_json) -> None:
+def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input_size, output_stride, exporter,
+               no_simplify, fp16, as_json) -> None:
     """Export a checkpoint to ONNX: checker-clean, simplified, with deeplab-edge metadata, and
     checked against PyTorch with ONNX Runtime on real images (fails below 99.9% argmax agreement)."""
     from ..checkpoint import load_checkpoint
     from ..data.datasets import open_dataset
     from ..export import export_onnx
 
-    loaded = load_checkpoint(weights, arch=arch)
+    loaded = load_checkpoint(weights, arch=arch, output_stride=output_stride)
     ds = open_dataset(data).subset(parity_images)
     images = [ds.load(i)[1] for i in range(len(ds))]
     dyn = [d.strip() for d in dynamic.split(",") if d.strip()]

@@ -10,8 +10,8 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (COUNT, NONNEG, SIDE, THREADS, console, emit, out, output_option, pct,
-                     print_json, progress_bar)
+from .common import (COUNT, NONNEG, SIDE, THREADS, console, emit, out, output_option, output_stride_option,
+                     pct, print_json, progress_bar)
 
 # ----------------------------------------------------------------------------- shared
 
@@ -30,6 +30,7 @@ def model_options(f):
                      show_default=True, help="Model dtype (PyTorch backend).")(f)
     f = click.option("--input-size", type=SIDE,
                      help="Override the checkpoint's input side (resize long side + pad).")(f)
+    f = output_stride_option()(f)
     f = click.option("--crf", "crf_method",
                      type=click.Choice(["none", "pydensecrf", "torch", "triton", "window", "triton-window"]),
                      default="none", show_default=True,
@@ -80,7 +81,7 @@ def _crf_stage(method: str, preset: str, iterations: int | None, device: str):
 def model_runner(weights: Path | None, tflite: Path | None, onnx_path: Path | None, arch: str | None, device: str,
                precision: str, input_size: int | None, threads: int | None = None, backend: str = "torch",
                crf: tuple[str, str, int | None] = ("none", "deeplab-v2", None), engine: Path | None = None,
-               scales: tuple[float, ...] = (1.0,), flip: bool = False):
+               scales: tuple[float, ...] = (1.0,), flip: bool = False, output_stride: int | None = None):
     """(Segmenter, class names or None, info) for the model options of eval / predict / compare."""
     from ..inference import Segmenter
     from ..runtime import open_runner
@@ -96,7 +97,7 @@ def model_runner(weights: Path | None, tflite: Path | None, onnx_path: Path | No
     stage = _crf_stage(*crf, device)
     path, be = given[0]
     runner = open_runner(path, backend=be, precision=precision, device=device, threads=threads, arch=arch,
-                         input_size=input_size)
+                         input_size=input_size, output_stride=output_stride)
     for w in runner.info.get("warnings") or []:
         console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     info = {k: v for k, v in runner.info.items() if k != "warnings"}
@@ -124,9 +125,9 @@ def model_runner(weights: Path | None, tflite: Path | None, onnx_path: Path | No
               help="Folder of <id>.png label maps (e.g. another runtime's predictions): report pixel agreement.")
 @output_option("file", "Write the full results as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
-def eval_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, input_size, backend, crf_method, crf_preset,
-             crf_iterations, scales, flip, data, kind, split, num_images, batch_size, reference_dir, output,
-             as_json) -> None:
+def eval_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, input_size, output_stride, backend,
+             crf_method, crf_preset, crf_iterations, scales, flip, data, kind, split, num_images, batch_size,
+             reference_dir, output, as_json) -> None:
     """Evaluate mIoU, per-class IoU and pixel accuracy on a labelled dataset.
 
     mIoU is the mean over classes present in the labels or the predictions (non-empty
@@ -138,7 +139,8 @@ def eval_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, i
         raise DeepLabEdgeError(f"{reference_dir}: reference folder not found; pass a folder of <id>.png label maps")
     segmenter, classes, info = model_runner(weights, tflite, onnx_path, arch, device, precision, input_size,
                                           backend=backend, crf=(crf_method, crf_preset, crf_iterations),
-                                          engine=engine_path, scales=scales, flip=flip)
+                                          engine=engine_path, scales=scales, flip=flip,
+                                          output_stride=output_stride)
     ds = open_dataset(data, kind, split).subset(num_images)
     if ds.kind == "folder":
         raise DeepLabEdgeError(f"{data}: no VOC/Cityscapes/CamVid layout found; eval needs labels "
@@ -201,8 +203,8 @@ def eval_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, i
 @click.option("--alpha", default=0.5, type=click.FloatRange(0, 1), show_default=True,
               help="Overlay opacity of the colour mask.")
 @click.option("--json", "as_json", is_flag=True, help="Print per-image class fractions as JSON.")
-def predict_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, input_size, backend, crf_method,
-                crf_preset, crf_iterations, scales, flip, inputs, video, camera, max_frames, output, alpha,
+def predict_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, input_size, output_stride, backend,
+                crf_method, crf_preset, crf_iterations, scales, flip, inputs, video, camera, max_frames, output, alpha,
                 as_json) -> None:
     """Segment images (files or folders): writes <name>_mask.png (palette PNG whose pixel
     values are class indices) and <name>_overlay.png (mask blended over the image).
@@ -222,7 +224,8 @@ def predict_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision
         raise DeepLabEdgeError(f"{video}: video file not found; check the path")
     segmenter, classes, info = model_runner(weights, tflite, onnx_path, arch, device, precision, input_size,
                                           backend=backend, crf=(crf_method, crf_preset, crf_iterations),
-                                          engine=engine_path, scales=scales, flip=flip)
+                                          engine=engine_path, scales=scales, flip=flip,
+                                          output_stride=output_stride)
     if video is not None or camera is not None:
         from ..stream import segment_stream
 

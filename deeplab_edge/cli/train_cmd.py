@@ -7,7 +7,7 @@ import os
 import click
 
 from .app import main
-from .common import COUNT, NONNEG, console, out, output_option, pct, print_json, progress_bar
+from .common import COUNT, NONNEG, console, out, output_option, output_stride_option, pct, print_json, progress_bar
 
 
 @main.command("train")
@@ -20,6 +20,9 @@ from .common import COUNT, NONNEG, console, out, output_option, pct, print_json,
 @click.option("--weights", type=click.Path(), help="Start from this checkpoint; another class count gets a new "
                                                      "classifier, the rest is kept.")
 @click.option("--arch", help="Or train this architecture from scratch (see `deeplab-edge models`).")
+@output_stride_option("Train at this output stride: the checkpoint's weights re-planned (8: finer, about 2.5x "
+                      "the compute of 16 for MobileNetV2), or the architecture built so (default: the "
+                      "checkpoint's or the architecture's).")
 @click.option("--epochs", default=30, type=COUNT, show_default=True)
 @click.option("--batch-size", default=8, type=COUNT, show_default=True,
               help="Global batch: split over the processes under torchrun.")
@@ -45,9 +48,9 @@ from .common import COUNT, NONNEG, console, out, output_option, pct, print_json,
 @output_option("dir", "Run folder: best.pt, last.pt, train_state.pt, train_record.json/.csv, train_curve.png.",
                required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the training record as JSON.")
-def train_cmd(data, split, val_data, val_split, kind, weights, arch, epochs, batch_size, crop, lr, momentum,
-              weight_decay, scale, no_flip, freeze_bn, dropout, sync_bn, class_weights, val_every, seed, device, max_steps,
-              resume, output, as_json) -> None:
+def train_cmd(data, split, val_data, val_split, kind, weights, arch, output_stride, epochs, batch_size, crop, lr,
+              momentum, weight_decay, scale, no_flip, freeze_bn, dropout, sync_bn, class_weights, val_every, seed,
+              device, max_steps, resume, output, as_json) -> None:
     """Fine-tune DeepLab on your data (the paper's recipe: SGD momentum 0.9, poly learning rate,
     random scale 0.5-2.0, crop padded with the ignore label, flip), on a CPU or GPU.
 
@@ -61,7 +64,8 @@ def train_cmd(data, split, val_data, val_split, kind, weights, arch, epochs, bat
 
     if scale[0] > scale[1]:
         raise click.BadParameter(f"{scale[0]} > {scale[1]}; give MIN MAX", param_hint="--scale")
-    cfg = TrainConfig(data=str(data), output=str(output), weights=weights, arch=arch, dataset=kind, split=split,
+    cfg = TrainConfig(data=str(data), output=str(output), weights=weights, arch=arch,
+                      output_stride=output_stride, dataset=kind, split=split,
                       val_data=val_data, val_split=val_split, epochs=epochs, batch_size=batch_size, crop=crop, lr=lr,
                       momentum=momentum, weight_decay=weight_decay, scale_min=scale[0], scale_max=scale[1],
                       flip=not no_flip, freeze_bn=freeze_bn, dropout=dropout, sync_bn=sync_bn, class_weights=class_weights,

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import deeplab as _d
-from .deeplab import DeepLab
+from .deeplab import OUTPUT_STRIDES, DeepLab, restride_config
 from .flops import count_flops, count_params
 
-__all__ = ["DeepLab", "ModelInfo", "MODELS", "get_model", "list_models", "count_flops", "count_params"]
+__all__ = ["DeepLab", "OUTPUT_STRIDES", "restride_config", "ModelInfo", "MODELS", "get_model", "list_models",
+           "count_flops", "count_params"]
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ from torch import nn
 
 from .heads import ASPPSum, DeepLabV3Head, DeepLabV3PlusHead, FCNHead
 from .mobilenet import (MobileNetV2Backbone, MobileNetV3Backbone, V2Block, mobilenet_v2_blocks,
-                        mobilenet_v3_large_blocks)
+                        mobilenet_v3_large_blocks, restride_v2_blocks)
 from .resnet import RESNET_LAYERS, ResNetBackbone
 
 __all__ = ["DeepLab", "deeplabv2_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101",
            "deeplabv3_mobilenet_v2", "deeplabv3_mobilenet_v3_large", "deeplabv3plus_resnet50",
-           "deeplabv3plus_resnet101", "deeplabv3plus_mobilenet_v2"]
+           "deeplabv3plus_resnet101", "deeplabv3plus_mobilenet_v2", "restride_config", "OUTPUT_STRIDES"]
 
 
 class DeepLab(nn.Module):
@@ -141,11 +141,11 @@ def deeplabv3_mobilenet_v2(*, num_classes: int = 21, output_stride: int = 16, as
                    align_corners=align_corners, config=config)
 
 
-def deeplabv3_mobilenet_v3_large(*, num_classes: int = 21, aspp_rates=(12, 24, 36), aux_loss: bool = False,
-                                 align_corners: bool = False) -> DeepLab:
-    """DeepLab-v3 on MobileNetV3-Large at output stride 16; keys match torchvision's
+def deeplabv3_mobilenet_v3_large(*, num_classes: int = 21, output_stride: int = 16, aspp_rates=(12, 24, 36),
+                                 aux_loss: bool = False, align_corners: bool = False) -> DeepLab:
+    """DeepLab-v3 on MobileNetV3-Large at output stride 16 (the only one); keys match torchvision's
     ``deeplabv3_mobilenet_v3_large`` (whose head uses rates 12/24/36)."""
-    _check(num_classes, 16, (16,))
+    _check(num_classes, output_stride, (16,))
     trunk = MobileNetV3Backbone(mobilenet_v3_large_blocks(dilated=True))
     rates = tuple(aspp_rates)
     config = dict(arch="deeplabv3_mobilenet_v3_large", num_classes=num_classes, output_stride=16,
@@ -190,3 +190,37 @@ def deeplabv3plus_mobilenet_v2(*, num_classes: int = 21, output_stride: int = 16
     return _v3plus(trunk, dict(arch="deeplabv3plus_mobilenet_v2", num_classes=num_classes,
                                output_stride=output_stride, aspp_rates=list(rates), width_mult=width_mult,
                                align_corners=align_corners))
+
+
+OUTPUT_STRIDES: dict[str, tuple[int, ...]] = {
+    "deeplabv2_resnet101": (8, 16), "deeplabv3_resnet50": (8, 16), "deeplabv3_resnet101": (8, 16),
+    "deeplabv3_mobilenet_v2": (8, 16, 32), "deeplabv3_mobilenet_v3_large": (16,),
+    "deeplabv3plus_resnet50": (8, 16), "deeplabv3plus_resnet101": (8, 16), "deeplabv3plus_mobilenet_v2": (8, 16)}
+
+
+def restride_config(config: dict[str, Any], output_stride: int) -> dict[str, Any]:
+    """A builder config for the same weights run at another output stride.
+
+    The last strides become atrous rates (or the reverse) and the ASPP rates scale with them,
+    as DeepLab-v3 does when it trains at output stride 16 and evaluates at 8 (Chen et al. 2017,
+    Sec. 4.1: rates 6/12/18 become 12/24/36). Every weight keeps its shape."""
+    arch = config.get("arch")
+    allowed = OUTPUT_STRIDES.get(arch)
+    if allowed is None:
+        raise ValueError(f"unknown architecture {arch!r}")
+    if output_stride not in allowed:
+        raise ValueError(f"{arch} runs at output stride {' or '.join(map(str, allowed))}, not {output_stride}")
+    old = int(config.get("output_stride", 16))
+    out = dict(config, output_stride=output_stride)
+    if old == output_stride:
+        return out
+    rates = list(config.get("aspp_rates") or [])
+    scaled = [r * old // output_stride for r in rates]
+    if any(r * old % output_stride or s < 1 for r, s in zip(rates, scaled)):
+        raise ValueError(f"ASPP rates {rates} at output stride {old} have no whole equivalent at {output_stride}")
+    if "aspp_rates" in config:
+        out["aspp_rates"] = scaled
+    if config.get("blocks") is not None:
+        blocks = restride_v2_blocks([V2Block(*b) for b in config["blocks"]], output_stride)
+        out["blocks"] = [[b.cin, b.hidden, b.cout, b.stride, b.dilation] for b in blocks]
+    return out

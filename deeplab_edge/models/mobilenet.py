@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["ConvBNAct", "MobileNetV2Backbone", "MobileNetV3Backbone", "mobilenet_v2_blocks",
+__all__ = ["ConvBNAct", "MobileNetV2Backbone", "MobileNetV3Backbone", "mobilenet_v2_blocks", "restride_v2_blocks",
            "mobilenet_v3_large_blocks", "make_divisible"]
 
 
@@ -99,6 +99,28 @@ def _apply_output_stride(strides: list[int], output_stride: int) -> list[tuple[i
         else:
             out.append((s, rate))
             current *= s
+    return out
+
+
+def restride_v2_blocks(blocks: list[V2Block], output_stride: int) -> list[V2Block]:
+    """The same blocks re-planned for another output stride (same weights, other strides and rates).
+
+    A block whose stride was turned into a rate shows as a rate that doubles after it, so the
+    nominal strides are recovered from the rates, then planned again as ``mobilenet_v2_blocks``
+    does (the stem's stride 2 first)."""
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"expected output_stride in (8, 16, 32), got {output_stride}")
+    nominal = []
+    for i, b in enumerate(blocks):
+        after = blocks[i + 1].dilation if i + 1 < len(blocks) else b.dilation
+        if after % b.dilation:
+            raise ValueError(f"block {i}: rate {b.dilation} then {after} is not a stride plan")
+        nominal.append(b.stride * after // b.dilation)
+    plan = _apply_output_stride([2] + nominal, output_stride)[1:]
+    out = [V2Block(b.cin, b.hidden, b.cout, st, d) for b, (st, d) in zip(blocks, plan)]
+    for i, (old, new) in enumerate(zip(blocks, out)):
+        if (old.stride == 1 and old.cin == old.cout) != (new.stride == 1 and new.cin == new.cout):
+            raise ValueError(f"block {i}: output stride {output_stride} would change its residual connection")
     return out
 
 

@@ -68,13 +68,14 @@ def backend_for(path: str | Path) -> str:
 
 def open_runner(path: str | Path, *, backend: str = "auto", precision: str = "fp32",
                 device: str | torch.device = "auto", threads: int | None = None, arch: str | None = None,
-                input_size: int | None = None) -> Runner:
+                input_size: int | None = None, output_stride: int | None = None) -> Runner:
     """A runner for the model file at ``path``.
 
     ``precision`` and ``device`` apply to the PyTorch backends (exported models and engines carry
     their own); ``threads`` to PyTorch's and ONNX Runtime's intra-op pools and LiteRT;
     ``arch`` names the architecture of a plain state dict; ``input_size`` overrides a checkpoint's
-    input side (resize long side + pad)."""
+    input side (resize long side + pad); ``output_stride`` runs a checkpoint's weights at another
+    output stride (``models.restride_config``)."""
     path = Path(path)
     backend = backend_for(path) if backend == "auto" else backend
     if backend not in BACKENDS:
@@ -89,8 +90,11 @@ def open_runner(path: str | Path, *, backend: str = "auto", precision: str = "fp
                                    "with the size you need")
         if precision != "fp32":
             raise DeepLabEdgeError(f"a {backend} model's precision is fixed when it is made; drop --precision")
+        if output_stride is not None:
+            raise DeepLabEdgeError(f"a {backend} model's output stride is fixed when it is made; export it with "
+                                   "--output-stride instead")
     if backend in _TORCH_FAMILY:
-        return _torch_runner(path, backend, precision, device, threads, arch, input_size)
+        return _torch_runner(path, backend, precision, device, threads, arch, input_size, output_stride)
     if backend == "onnxruntime":
         from .onnx import OnnxRunner
 
@@ -104,7 +108,7 @@ def open_runner(path: str | Path, *, backend: str = "auto", precision: str = "fp
     return EngineRunner(path)
 
 
-def _torch_runner(path: Path, backend: str, precision: str, device, threads, arch, input_size):
+def _torch_runner(path: Path, backend: str, precision: str, device, threads, arch, input_size, output_stride=None):
     from ..checkpoint import load_checkpoint
     from .pytorch import TorchRunner
 
@@ -117,7 +121,7 @@ def _torch_runner(path: Path, backend: str, precision: str, device, threads, arc
             raise DeepLabEdgeError(f"--backend triton: {reason}")
     if threads:
         torch.set_num_threads(threads)
-    loaded = load_checkpoint(path, arch=arch)
+    loaded = load_checkpoint(path, arch=arch, output_stride=output_stride)
     pre = dict(loaded.meta.get("preprocess") or {})
     warnings = []
     if input_size is not None:
@@ -139,5 +143,6 @@ def _torch_runner(path: Path, backend: str, precision: str, device, threads, arc
     if backend == "compile":
         runner.model = torch.compile(runner.model)
     runner.info.update(backend=backend, weights=str(path), arch=loaded.model.config["arch"],
+                       output_stride=loaded.model.config.get("output_stride"),
                        sha256=loaded.meta.get("sha256"), warnings=warnings)
     return runner
