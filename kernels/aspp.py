@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from .device import check_runnable, interpreting
+from .device import bucket, check_runnable, interpreting
 
 __all__ = ["FusedASPP", "FusedASPPSum", "TapTable", "aspp_sum", "aspp_sum_reference", "aspp_branches", "fuse_aspp",
            "aspp_branches_reference", "autotune_configs", "INTERPRET_CONFIG", "pack_weights", "tap_conv",
@@ -95,6 +95,7 @@ def _tap_conv_kernel(
     bias_ptr, stride_bias_b,  # fp32 [B or 1, groups * Cout]; stride 0 shares one row across the batch
     tap_w_ptr, tap_dy_ptr, tap_dx_ptr, group_start_ptr,  # int32; group g owns taps [start[g], start[g + 1])
     H, W, Cin, Cout,
+    HW_BUCKET,  # bucket(H * W): the autotuning key (unused in the body)
     RELU: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -118,23 +119,26 @@ def _tap_conv_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     t_start = tl.load(group_start_ptr + group)
     t_end = tl.load(group_start_ptr + group + 1)
-    for t in range(t_start, t_end):
+    # One loop over (tap, K block) pairs, not a K loop restarted per tap: the software pipeline
+    # (num_stages) then prefetches across tap boundaries instead of draining at each of them.
+    k_steps = tl.cdiv(Cin, BLOCK_K)
+    for it in range(t_start * k_steps, t_end * k_steps):
+        t = it // k_steps
+        k = (it - t * k_steps) * BLOCK_K + offs_k
         w_tap = w_ptr + tl.load(tap_w_ptr + t).to(tl.int64) * stride_wt
         ih = oh + tl.load(tap_dy_ptr + t)
         iw = ow + tl.load(tap_dx_ptr + t)
         inside = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         x_pix = ih * stride_xh + iw * stride_xw
-        for k0 in range(0, Cin, BLOCK_K):
-            k = k0 + offs_k
-            mask_k = k < Cin
-            a = tl.load(x_img + x_pix[:, None] + k[None, :] * stride_xc, mask=inside[:, None] & mask_k[None, :],
-                        other=0.0)
-            w = tl.load(w_tap + k[:, None] * stride_wk + offs_n[None, :], mask=mask_k[:, None] & mask_n[None, :],
-                        other=0.0)
-            if UPCAST:  # bf16 under TRITON_INTERPRET, whose tl.dot mishandles bf16 operands
-                a = a.to(tl.float32)
-                w = w.to(tl.float32)
-            acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+        mask_k = k < Cin
+        a = tl.load(x_img + x_pix[:, None] + k[None, :] * stride_xc, mask=inside[:, None] & mask_k[None, :],
+                    other=0.0)
+        w = tl.load(w_tap + k[:, None] * stride_wk + offs_n[None, :], mask=mask_k[:, None] & mask_n[None, :],
+                    other=0.0)
+        if UPCAST:  # bf16 under TRITON_INTERPRET, whose tl.dot mishandles bf16 operands
+            a = a.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
 
     channel = group * Cout + offs_n
     acc += tl.load(bias_ptr + b * stride_bias_b + channel, mask=mask_n, other=0.0)[None, :]
@@ -145,7 +149,7 @@ def _tap_conv_kernel(
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-_tap_conv_autotuned = triton.autotune(configs=autotune_configs(), key=["H", "W", "Cin", "Cout"],
+_tap_conv_autotuned = triton.autotune(configs=autotune_configs(), key=["HW_BUCKET", "Cin", "Cout"],
                                       prune_configs_by={"early_config_prune": _prune})(_tap_conv_kernel)
 
 
@@ -249,7 +253,7 @@ def tap_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, taps: Ta
         return out
     args = (out, *out.stride(), x, *x.stride(), weight, weight.stride(0), weight.stride(1), bias,
             bias.stride(0) if bias.shape[0] > 1 else 0, taps.tap_w, taps.tap_dy, taps.tap_dx, taps.group_start,
-            h, w, cin, cout)
+            h, w, cin, cout, bucket(h * w))
     precision = _dot_precision(x.dtype)
     if interpreting():
         cfg = INTERPRET_CONFIG

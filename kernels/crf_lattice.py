@@ -31,7 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .device import check_runnable, interpreting
+from .device import bucket, check_runnable, interpreting, label_pad
+from .indexing import check_pixels, plane_offsets, row_offsets
 
 __all__ = ["crf_lattice", "lattice_step", "step_configs", "blur_configs", "INTERPRET_STEP", "INTERPRET_BLUR"]
 
@@ -64,6 +65,7 @@ def _lattice_step_kernel(
     gauss_ptr,  # [2 R + 1] fp32: exp(-t^2 / 2 theta_gamma^2), t = -R..R (the spatial weight is a product)
     H, W, L, R,  # R: spatial window radius
     w1_alpha, w2,  # w1 * alpha (slicing weight), w2
+    HW_BUCKET,  # bucket(H * W): the autotuning key (unused in the body)
     D1: tl.constexpr, L_PAD: tl.constexpr, BLOCK: tl.constexpr, MESSAGES: tl.constexpr, SPLAT: tl.constexpr,
 ):
     hw = H * W
@@ -72,16 +74,18 @@ def _lattice_step_kernel(
     lab = tl.arange(0, L_PAD)
     mask_l = lab < L
     m2 = mask_l[:, None] & mask[None, :]
-    plane = lab[:, None] * hw  # tiles are [labels, pixels], pixels contiguous
+    # int64 offsets wherever a product can pass 2^31: label planes (L x H x W) and lattice rows
+    # (vertices x L); tiles are [labels, pixels], pixels contiguous
+    plane = plane_offsets(L_PAD, hw)
     nb = tl.load(norm_b_ptr + offs, mask=mask, other=0.0)
     # One accumulator for -U + w1 m_bil + w2 m_sp: the per-pixel factors are folded into the weights.
     e = -tl.load(unary_ptr + plane + offs[None, :], mask=m2, other=0.0)
     if MESSAGES:
         scale_b = w1_alpha * nb
         for k in range(D1):
-            v = tl.load(corner_ptr + k * hw + offs, mask=mask, other=0)
+            v = row_offsets(tl.load(corner_ptr + k * hw + offs, mask=mask, other=0), L)
             b = scale_b * tl.load(bary_ptr + k * hw + offs, mask=mask, other=0.0)
-            e += b[None, :] * tl.load(vert_ptr + v[None, :] * L + lab[:, None], mask=m2, other=0.0)
+            e += b[None, :] * tl.load(vert_ptr + v[None, :] + lab[:, None], mask=m2, other=0.0)
         y = offs // W
         x = offs % W
         scale_s = w2 * tl.load(norm_s_ptr + offs, mask=mask, other=0.0)
@@ -105,9 +109,9 @@ def _lattice_step_kernel(
     if SPLAT:
         pn = p * nb[None, :]
         for k in range(D1):
-            v = tl.load(corner_ptr + k * hw + offs, mask=mask, other=0)
+            v = row_offsets(tl.load(corner_ptr + k * hw + offs, mask=mask, other=0), L)
             b = tl.load(bary_ptr + k * hw + offs, mask=mask, other=0.0)
-            tl.atomic_add(splat_ptr + v[None, :] * L + lab[:, None], b[None, :] * pn, mask=m2, sem="relaxed")
+            tl.atomic_add(splat_ptr + v[None, :] + lab[:, None], b[None, :] * pn, mask=m2, sem="relaxed")
 
 
 @triton.jit
@@ -115,23 +119,27 @@ def _lattice_blur_kernel(
     out_ptr, in_ptr,  # [M + 1, L] fp32 (row M is zero in both and never written)
     plus_ptr, minus_ptr,  # [M] int32: neighbour along +e_a / -e_a, M where missing
     M, L,
+    M_BUCKET,  # bucket(M): the autotuning key (unused in the body)
     L_PAD: tl.constexpr, BLOCK: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = rows < M
     lab = tl.arange(0, L_PAD)
     m2 = mask[:, None] & (lab < L)[None, :]
-    up = tl.load(plus_ptr + rows, mask=mask, other=0)
-    down = tl.load(minus_ptr + rows, mask=mask, other=0)
-    c = tl.load(in_ptr + rows[:, None] * L + lab[None, :], mask=m2, other=0.0)
-    a = tl.load(in_ptr + up[:, None] * L + lab[None, :], mask=m2, other=0.0)
-    b = tl.load(in_ptr + down[:, None] * L + lab[None, :], mask=m2, other=0.0)
-    tl.store(out_ptr + rows[:, None] * L + lab[None, :], c + 0.5 * (a + b), mask=m2)
+    up = row_offsets(tl.load(plus_ptr + rows, mask=mask, other=0), L)
+    down = row_offsets(tl.load(minus_ptr + rows, mask=mask, other=0), L)
+    here = row_offsets(rows, L)[:, None] + lab[None, :]  # vertices x L can pass 2^31
+    c = tl.load(in_ptr + here, mask=m2, other=0.0)
+    a = tl.load(in_ptr + up[:, None] + lab[None, :], mask=m2, other=0.0)
+    b = tl.load(in_ptr + down[:, None] + lab[None, :], mask=m2, other=0.0)
+    tl.store(out_ptr + here, c + 0.5 * (a + b), mask=m2)
 
 
-_step_autotuned = triton.autotune(configs=step_configs(), key=["H", "W", "L", "R", "MESSAGES", "SPLAT"],
+# Keyed on size buckets, not on H, W and the vertex count M (which differs for every image): every
+# new key costs configs x (warm-up + repetitions) of tuning.
+_step_autotuned = triton.autotune(configs=step_configs(), key=["HW_BUCKET", "L_PAD", "R", "MESSAGES", "SPLAT"],
                                   reset_to_zero=["splat_ptr"])(_lattice_step_kernel)
-_blur_autotuned = triton.autotune(configs=blur_configs(), key=["M", "L"])(_lattice_blur_kernel)
+_blur_autotuned = triton.autotune(configs=blur_configs(), key=["M_BUCKET", "L_PAD"])(_lattice_blur_kernel)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -156,8 +164,10 @@ class _Launcher:
         self.nb = setup.bil_norm.reshape(-1).float().contiguous()
         self.ns = setup.sp_norm.reshape(-1).float().contiguous()
         self.gauss = setup.gauss.float().contiguous()
-        self.scalars = (h, w, labels, self.gauss.numel() // 2, float(params.w1 * lattice.alpha), float(params.w2))
-        self.l_pad = max(16, triton.next_power_of_2(labels))
+        self.scalars = (h, w, labels, self.gauss.numel() // 2, float(params.w1 * lattice.alpha), float(params.w2),
+                        bucket(h * w))
+        self.l_pad = label_pad(labels)
+        self.device = self.corner.device
 
     def step(self, q_out, q, unary, vert, splat, messages: bool, do_splat: bool) -> None:
         args = (q_out, q, unary, vert, splat, self.corner, self.bary, self.nb, self.ns, self.gauss, *self.scalars)
@@ -166,18 +176,20 @@ class _Launcher:
         if interpreting():
             _lattice_step_kernel[(triton.cdiv(n, INTERPRET_STEP["BLOCK"]),)](*args, **const, **INTERPRET_STEP)
         else:
-            _step_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](*args, **const)
+            with torch.cuda.device(self.device):
+                _step_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](*args, **const)
 
     def blur(self, splat, a, b) -> torch.Tensor:
         """Blur ``splat`` along every lattice axis, ping-ponging between ``a`` and ``b``; returns the result."""
         src, dst = splat, a
         for axis in range(self.d1):
-            args = (dst, src, self.neighbours[axis, 0], self.neighbours[axis, 1], self.m, self.labels)
+            args = (dst, src, self.neighbours[axis, 0], self.neighbours[axis, 1], self.m, self.labels, bucket(self.m))
             if interpreting():
                 _lattice_blur_kernel[(triton.cdiv(self.m, INTERPRET_BLUR["BLOCK"]),)](*args, L_PAD=self.l_pad,
                                                                                       **INTERPRET_BLUR)
             else:
-                _blur_autotuned[lambda meta: (triton.cdiv(self.m, meta["BLOCK"]),)](*args, L_PAD=self.l_pad)
+                with torch.cuda.device(self.device):
+                    _blur_autotuned[lambda meta: (triton.cdiv(self.m, meta["BLOCK"]),)](*args, L_PAD=self.l_pad)
             src, dst = dst, (b if dst is a else a)
         return src
 
@@ -187,6 +199,7 @@ def lattice_step(setup, unary: torch.Tensor, q: torch.Tensor, params) -> torch.T
     step) on the image's ``setup`` (see :class:`_Launcher`). For testing against PyTorch."""
     check_runnable(q)
     labels, h, w = q.shape
+    check_pixels(h, w, setup.lattice.offset.shape[1], "lattice_step")
     run = _Launcher(setup, h, w, labels, params)
     q, unary = q.float().reshape(labels, -1).contiguous(), unary.float().reshape(labels, -1).contiguous()
     bufs = [torch.zeros(run.m + 1, labels, device=q.device) for _ in range(3)]
@@ -205,6 +218,7 @@ def crf_lattice(setup, unary: torch.Tensor, params) -> torch.Tensor:
     ``TRITON_INTERPRET=1``)."""
     check_runnable(unary)
     labels, h, w = unary.shape
+    check_pixels(h, w, setup.lattice.offset.shape[1], "crf_lattice")  # d + 1 corner planes
     run = _Launcher(setup, h, w, labels, params)
     u = unary.float().reshape(labels, -1).contiguous()
     q, spare = torch.empty_like(u), torch.empty_like(u)

@@ -25,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .device import check_runnable, interpreting
+from .device import bucket, check_runnable, interpreting, label_pad
+from .indexing import check_pixels, plane_offsets
 
 __all__ = ["crf_step", "crf_step_reference", "crf_window", "window_norms", "window_norms_triton", "window_taps",
            "autotune_configs",
@@ -84,13 +85,14 @@ def _crf_step_kernel(
     sp_dy_ptr, sp_dx_ptr, n_sp,  # int32 offsets of the spatial window
     H, W, L,
     w1, w2, inv2_alpha, inv2_beta, inv2_gamma,  # 1 / (2 theta^2)
+    HW_BUCKET,  # bucket(H * W): the autotuning key (unused in the body)
     L_PAD: tl.constexpr, BLOCK: tl.constexpr,
 ):
     hw = H * W
     offs, mask, y, x, r_i, g_i, b_i = _pixels(image_ptr, hw, W, BLOCK)
     lab = tl.arange(0, L_PAD)
     mask_l = lab < L
-    plane = lab[:, None] * hw  # label plane offsets [L_PAD, 1]; tiles are [labels, pixels], pixels contiguous
+    plane = plane_offsets(L_PAD, hw)  # int64: tiles are [labels, pixels], pixels contiguous
 
     # Both messages go to one accumulator: the per-pixel factors w * n(i) are folded into the weights.
     scale_b = w1 * tl.load(norm_b_ptr + offs, mask=mask, other=0.0)
@@ -126,6 +128,7 @@ def _crf_norm_kernel(
     image_ptr,  # [3, H, W] fp32
     bil_dy_ptr, bil_dx_ptr, bil_w_ptr, n_bil, sp_dy_ptr, sp_dx_ptr, n_sp,
     H, W, inv2_alpha, inv2_beta, inv2_gamma,
+    HW_BUCKET,  # bucket(H * W): the autotuning key (unused in the body)
     BLOCK: tl.constexpr,
 ):
     hw = H * W
@@ -147,9 +150,11 @@ def norm_configs() -> list[triton.Config]:
     return [triton.Config({"BLOCK": b}, num_warps=w) for b, w in [(128, 4), (256, 4), (512, 8)]]
 
 
-_crf_norm_autotuned = triton.autotune(configs=norm_configs(), key=["H", "W", "n_bil", "n_sp"])(_crf_norm_kernel)
+# Keyed on size buckets, not H and W: every new key costs configs x (warm-up + repetitions) of tuning.
+# The tap counts only change for images smaller than the window.
+_crf_norm_autotuned = triton.autotune(configs=norm_configs(), key=["HW_BUCKET", "n_bil", "n_sp"])(_crf_norm_kernel)
 
-_crf_step_autotuned = triton.autotune(configs=autotune_configs(), key=["H", "W", "L", "n_bil", "n_sp"])(
+_crf_step_autotuned = triton.autotune(configs=autotune_configs(), key=["HW_BUCKET", "L_PAD", "n_bil", "n_sp"])(
     _crf_step_kernel)
 
 
@@ -221,13 +226,14 @@ def _tap_tensors(params, h: int, w: int, dev: torch.device) -> tuple[torch.Tenso
 def window_norms_triton(image: torch.Tensor, params) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`window_norms` in one Triton launch; ``image``: [3, H, W] float."""
     check_runnable(image)
+    h, w = image.shape[-2:]
+    check_pixels(h, w, 3, "window_norms_triton")
     img = image.float().contiguous()
-    h, w = img.shape[-2:]
     bdy, bdx, bw, sdy, sdx = _tap_tensors(params, h, w, img.device)
     nb = torch.empty(h, w, device=img.device)
     ns = torch.empty_like(nb)
     args = (nb, ns, img, bdy, bdx, bw, bdy.numel(), sdy, sdx, sdy.numel(), h, w, 0.5 / params.theta_alpha ** 2,
-            0.5 / params.theta_beta ** 2, 0.5 / params.theta_gamma ** 2)
+            0.5 / params.theta_beta ** 2, 0.5 / params.theta_gamma ** 2, bucket(h * w))
     if interpreting():
         _crf_norm_kernel[(triton.cdiv(h * w, INTERPRET_CONFIG["BLOCK"]),)](*args, **INTERPRET_CONFIG)
     else:
@@ -258,6 +264,7 @@ def crf_step(image: torch.Tensor, unary: torch.Tensor, q: torch.Tensor, norm_b: 
     labels, h, w = q.shape
     if labels > 256:
         raise ValueError(f"expected at most 256 labels, got {labels}")
+    check_pixels(h, w, 3, "crf_step")
     image, unary, q = (t.float().contiguous() for t in (image, unary, q))
     norm_b, norm_s = norm_b.float().contiguous(), norm_s.float().contiguous()
     dev = q.device
@@ -265,8 +272,8 @@ def crf_step(image: torch.Tensor, unary: torch.Tensor, q: torch.Tensor, norm_b: 
     out = torch.empty_like(q) if out is None else out
     args = (out, q, unary, image, norm_b, norm_s, bdy, bdx, bw, bdy.numel(), sdy, sdx, sdy.numel(), h, w, labels,
             float(params.w1), float(params.w2), 0.5 / params.theta_alpha ** 2, 0.5 / params.theta_beta ** 2,
-            0.5 / params.theta_gamma ** 2)
-    l_pad = max(16, triton.next_power_of_2(labels))
+            0.5 / params.theta_gamma ** 2, bucket(h * w))
+    l_pad = label_pad(labels)
     if interpreting():
         grid = (triton.cdiv(h * w, INTERPRET_CONFIG["BLOCK"]),)
         _crf_step_kernel[grid](*args, L_PAD=l_pad, **INTERPRET_CONFIG)

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import KernelUnavailableError
 
-__all__ = ["interpreting", "triton_unavailable", "check_runnable"]
+__all__ = ["interpreting", "triton_unavailable", "check_runnable", "bucket", "label_pad"]
 
 
 def interpreting() -> bool:
@@ -53,3 +53,16 @@ def check_runnable(x: torch.Tensor) -> None:
     reason = triton_unavailable(x.device)
     if reason:
         raise KernelUnavailableError(reason)
+
+
+def bucket(n: int) -> int:
+    """The next power of two >= ``n`` (at least 1): what the autotuners key on instead of exact
+    sizes, so a dataset of varied images tunes a handful of times, not once per image."""
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def label_pad(labels: int) -> int:
+    """Labels padded to a power of two for the CRF tiles (``tl.arange`` needs one), at least 2.
+    No CRF kernel uses ``tl.dot``, so there is no reason for the 16 a dot operand would need:
+    21 labels use 32 lanes, 3 labels (after pruning) 4."""
+    return max(2, bucket(labels))
