@@ -7,13 +7,14 @@ calling one library function and printing the result.
 * :mod:`.run_cmd` — ``eval``, ``predict``, ``compare``;
 * :mod:`.deploy_cmd` — ``export``, ``calibrate``, ``build``;
 * :mod:`.doctor_cmd` — ``doctor``;
-* :mod:`.kernels_cmd` — ``kernels compile/bench``, ``crf bench``;
+* :mod:`.kernels_cmd` — ``kernels compile/check/bench``, ``crf bench``;
 * :mod:`.train_cmd` — ``train`` (one process or torchrun);
-* :mod:`.bench_cmd` — ``bench``, ``bench compare``, ``bench kernels``.
+* :mod:`.bench_cmd` — ``bench``, ``bench compare``, ``bench kernels``;
+* :mod:`.selftest_cmd` — ``selftest --gpu``.
 """
 
 from . import (bench_cmd, deploy_cmd, doctor_cmd, kernels_cmd, models_cmd, run_cmd,  # noqa: F401
-               train_cmd)  # each registers its commands
+               selftest_cmd, train_cmd)  # each registers its commands
 from .app import main
 
 __all__ = ["main"]

@@ -157,6 +157,45 @@ def kernels_bench(shapes, batches, dtypes, providers, warmup, iters, no_compile_
     else:
         console.print(f"[yellow]note:[/] {result['timing_skipped']}", highlight=False)
 
+@kernels_group.command("check")
+@click.option("--device", default="auto", show_default=True,
+              help="cuda, cuda:N or auto; cpu runs them in Triton's interpreter (set TRITON_INTERPRET=1), small sizes.")
+@click.option("--dtype", "dtypes", default="fp32,fp16,bf16", show_default=True, help="ASPP input dtypes.")
+@click.option("--crf-size", type=SIDE, help="Side of the CRF checks (default: 513 on a GPU, 24x32 on the CPU).")
+@output_option("file", "Write the results (with the machine's metadata) as JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def kernels_check(device, dtypes, crf_size, output, as_json) -> None:
+    """Every Triton kernel against its PyTorch reference on this device, for each dtype: the fused
+    ASPP (v2 sum, v3 branches) at DeepLab's four real head shapes, the lattice and window CRF
+    steps at 513 x 513 with 21 labels. Compiled for the GPU, not interpreted. Exits 1 when a
+    kernel is outside its tolerance."""
+    from ..bench.env import environment
+    from ..bench.kernel_check import check_kernels
+    from ..runtime import resolve_device
+
+    dev = resolve_device(device)
+    tiny = dev.type == "cpu"
+    with progress_bar() as prog:
+        task = prog.add_task("checking", total=None)
+        result = check_kernels(dev, choices(dtypes, ["fp32", "fp16", "bf16"], "dtype"), tiny=tiny,
+                               crf_size=(crf_size, crf_size) if crf_size else None,
+                               progress=lambda d: prog.update(task, description=d))
+    result["environment"] = environment()
+    if not emit(result, output, as_json):
+        t = Table(title=f"Triton kernels against PyTorch on {result['device']}"
+                        f"{' (interpreted, small sizes)' if result['interpreted'] else ''}")
+        for col in ("kernel", "shape", "dtype", "max |err|", "of tolerance", "s (incl. compile)", "ok"):
+            t.add_column(col, justify="left" if col in ("kernel", "shape") else "right")
+        for r in result["rows"]:
+            t.add_row(r["kernel"], r["shape"], r["dtype"], f"{r['max_abs_err']:.2e}", f"{100 * r['worst_ratio']:.0f}%",
+                      f"{r['seconds']:.2f}", "[green]yes[/]" if r["ok"] else "[red]NO[/]")
+        out.print(t)
+    if not result["ok"]:
+        bad = next(r for r in result["rows"] if not r["ok"])
+        console.print(f"[red]error:[/] {bad['kernel']} {bad['shape']} {bad['dtype']} is {bad['max_abs_err']:.2e} off "
+                      "its reference, outside the tolerance; report it with this output", highlight=False)
+        sys.exit(1)
+
 # ----------------------------------------------------------------------------- crf
 
 @main.group("crf")
