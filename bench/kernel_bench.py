@@ -221,21 +221,33 @@ def lattice_estimate(height: int = 513, width: int = 513, labels: int = 21, para
     px = height * width
     m = px if vertices is None else int(vertices)
     d1, lab = 6, labels
-    taps = (2 * gaussian_radius(p.theta_gamma) + 1) ** 2
-    step_flops = px * (2 * d1 * lab + taps * (3 + 2 * lab) + 5 * lab + 2 * d1 * lab)
-    step_bytes = px * (3 * 4 * lab + 8 * d1 + 8) + 3 * 4 * m * lab  # + V read, S written, S zeroed
+    from deeplab_edge.kernels.crf_lattice import separable_spatial
+
+    radius = gaussian_radius(p.theta_gamma)
+    side = 2 * radius + 1
+    separable = separable_spatial(radius, lab)
+    if separable:  # a row pass, then the column pass inside the step
+        taps = 2 * side
+        rows_flops, rows_bytes = px * side * (2 + 2 * lab), px * (2 * 4 * lab + 4)  # read Q, n_s; write R
+        step_taps = side
+    else:  # the whole window inside the step
+        taps = step_taps = side * side
+        rows_flops = rows_bytes = 0
+    step_flops = px * (2 * d1 * lab + step_taps * (2 + 2 * lab) + 5 * lab + 2 * d1 * lab)
+    step_bytes = px * (3 * 4 * lab + 8 * d1 + 8) + 3 * 4 * m * lab  # R, U read, Q' written; + V, S, S zeroed
     blur_flops, blur_bytes = d1 * 3 * m * lab, d1 * (2 * 4 * m * lab + 8 * m)
     it = p.iterations
-    flops = it * (step_flops + blur_flops) + px * 5 * lab  # + the first softmax and splat
-    nbytes = it * (step_bytes + blur_bytes) + px * (8 * lab + 8 * d1)
-    launches = 1 + it * (1 + d1) + max(it - 1, 0)  # first softmax/splat; per iteration step + blurs; zeroing
+    flops = it * (rows_flops + step_flops + blur_flops) + px * 5 * lab  # + the first softmax and splat
+    nbytes = it * (rows_bytes + step_bytes + blur_bytes) + px * (8 * lab + 8 * d1)
+    launches = 1 + it * (1 + separable + d1) + max(it - 1, 0)  # first softmax/splat; [rows], step, blurs; zeroing
     est = {}
     for cc, dev in DEVICES.items():
         est[f"sm_{cc}"] = {"device": dev.name, "roofline_ms": 1e3 * max(flops / (dev.simt_fp32_tflops * 1e12),
                                                                           nbytes / (dev.gbs * 1e9)),
                            "label": "estimate (roofline lower bound), not a measurement"}
     return {"height": height, "width": width, "labels": labels, "iterations": it, "vertices": m,
-            "vertices_assumed": vertices is None, "spatial_taps": taps, "gflops": flops / 1e9, "mb": nbytes / 1e6,
+            "vertices_assumed": vertices is None, "spatial_taps": taps, "separable": separable,
+            "gflops": flops / 1e9, "mb": nbytes / 1e6,
             "launches": launches, "estimates": est}
 
 

@@ -92,13 +92,15 @@ def _crf_rows(h: int, w: int, labels: int, dev: torch.device, gen: torch.Generat
     img, unary, q = _crf_inputs(h, w, labels, dev, gen)
     name = f"{h}x{w}x{labels}"
     rows = []
-    p = PRESETS["deeplab-v2"]
-    ref = lattice_step_reference(img, unary, q, p)
-    setup = lattice_setup(img, p)
-    t = time.perf_counter()
-    got = KL.lattice_step(setup, unary, q, p)
-    _sync(dev)
-    rows.append(_row("crf.lattice_step", name, "fp32", got, ref, atol, rtol, time.perf_counter() - t))
+    for preset in ("deeplab-v1", "deeplab-v2"):  # the separable spatial route (v1's large window) and the 2-D one
+        p = PRESETS[preset]
+        ref = lattice_step_reference(img, unary, q, p)
+        setup = lattice_setup(img, p)
+        t = time.perf_counter()
+        got = KL.lattice_step(setup, unary, q, p)
+        _sync(dev)
+        route = "separable" if KL.separable_spatial(setup.gauss.numel() // 2, labels) else "2-D window"
+        rows.append(_row(f"crf.lattice_step ({route})", name, "fp32", got, ref, atol, rtol, time.perf_counter() - t))
     chw = img.permute(2, 0, 1).float().contiguous()
     nb, ns = KW.window_norms(chw, p)
     t = time.perf_counter()

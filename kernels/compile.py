@@ -183,12 +183,17 @@ def _crf_specs(dtypes: Iterable[str]) -> list[KernelSpec]:
 def _lattice_specs(dtypes: Iterable[str]) -> list[KernelSpec]:
     """The lattice CRF kernels (fp32), compiled for 21 labels (padded to 32) and the 5-D
     position + colour lattice (6 simplex corners); the step with messages and splat, as
-    every iteration but the last runs it."""
+    every iteration but the last runs it, with the 2-D spatial window and separable."""
     from . import crf_lattice as lattice
 
     return _fp32_specs([("crf.lattice_step[21 labels]", lattice._lattice_step_kernel, lattice.step_configs(),
-                         {"L_PAD": 32, "D1": 6, "MESSAGES": True, "SPLAT": True}),
+                         {"L_PAD": 32, "D1": 6, "MESSAGES": True, "SPLAT": True, "SEPARABLE": False}),
+                        ("crf.lattice_step[21 labels, separable]", lattice._lattice_step_kernel,
+                         lattice.step_configs(), {"L_PAD": 32, "D1": 6, "MESSAGES": True, "SPLAT": True,
+                                                  "SEPARABLE": True}),
                         ("crf.lattice_blur[21 labels]", lattice._lattice_blur_kernel, lattice.blur_configs(),
+                         {"L_PAD": 32}),
+                        ("crf.spatial_rows[21 labels]", lattice._spatial_rows_kernel, lattice.step_configs(),
                          {"L_PAD": 32})],
                        lambda a: a in ("corner_ptr", "plus_ptr", "minus_ptr"), ("w1_alpha", "w2"))
 

@@ -5,16 +5,20 @@ Per mean-field iteration, for pixel i with simplex corners v_k(i) and barycentri
 
     m_bil(i, l) = n_b(i) * alpha * sum_k b_k(i) V(v_k(i), l)          (slice)
     m_sp(i, l)  = n_s(i) * sum_{|dy|,|dx| <= r} g(dy) g(dx) n_s(j) Q(j, l),  g(t) = exp(-t^2 / 2 theta_gamma^2)
+                = n_s(i) * sum_{|dy| <= r} g(dy) R(i + dy W, l),
+    R(j, l)     = sum_{|dx| <= r} g(dx) n_s(j + dx) Q(j + dx, l)             (the Gaussian is separable)
     Q'(i, l)    = softmax_l(-U(i, l) + w1 m_bil(i, l) + w2 m_sp(i, l))
     S(v_k(i), l) += b_k(i) n_b(i) Q'(i, l)                           (splat, for the next iteration)
 
 then ``V = blur_d(... blur_0(S))`` with ``blur_a(x)_m = x_m + (x_{m + e_a} + x_{m - e_a}) / 2``.
 
-* ``_lattice_step_kernel`` — one launch fuses the slice, the spatial message (the exact
-  Gaussian over a (2r + 1)^2 window, r = ``ceil(4 theta_gamma)``, each tap's weight the
-  product of two entries of the same 1-D table the PyTorch filter convolves with), the Potts
-  compatibility, the unary, the softmax and the splat of the new marginals (atomic adds
-  into the lattice).
+* ``_lattice_step_kernel`` — one launch fuses the slice, the spatial message, the Potts
+  compatibility, the unary, the softmax and the splat of the new marginals (atomic adds into
+  the lattice). The spatial message is the exact Gaussian over r = ``ceil(4 theta_gamma)``
+  (the same 1-D table the PyTorch filter convolves with), either as the whole (2r + 1)^2
+  window in the step, or, where the window is large (:func:`separable_spatial`: DeepLab-v1's
+  625 taps, not DeepLab-v2's 81), as its column pass (2r + 1 taps) over R;
+* ``_spatial_rows_kernel`` — R, the row pass of the separable route (2r + 1 taps).
 * ``_lattice_blur_kernel`` — one launch per lattice axis (d + 1 = 6 for the 5-D
   position + colour features): each axis reads the whole previous one, so they cannot
   share a launch without a grid-wide barrier.
@@ -55,7 +59,8 @@ INTERPRET_BLUR = {"BLOCK": 1024}
 @triton.jit
 def _lattice_step_kernel(
     q_out_ptr,  # [L, N] fp32: the new marginals
-    q_ptr,  # [L, N] fp32: the current marginals (spatial message)
+    q_ptr,  # [L, N] fp32: the current marginals (2-D spatial window)
+    rows_ptr,  # [L, N] fp32: R, their row pass (``_spatial_rows_kernel``; read when SEPARABLE)
     unary_ptr,  # [L, N] fp32: -log P
     vert_ptr,  # [M + 1, L] fp32: blurred lattice values of the current marginals (row M is zero)
     splat_ptr,  # [M + 1, L] fp32, zeroed: the new marginals are splatted here (atomic adds)
@@ -67,6 +72,7 @@ def _lattice_step_kernel(
     w1_alpha, w2,  # w1 * alpha (slicing weight), w2
     HW_BUCKET,  # bucket(H * W): the autotuning key (unused in the body)
     D1: tl.constexpr, L_PAD: tl.constexpr, BLOCK: tl.constexpr, MESSAGES: tl.constexpr, SPLAT: tl.constexpr,
+    SEPARABLE: tl.constexpr,
 ):
     hw = H * W
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -87,20 +93,28 @@ def _lattice_step_kernel(
             b = scale_b * tl.load(bary_ptr + k * hw + offs, mask=mask, other=0.0)
             e += b[None, :] * tl.load(vert_ptr + v[None, :] + lab[:, None], mask=m2, other=0.0)
         y = offs // W
-        x = offs % W
         scale_s = w2 * tl.load(norm_s_ptr + offs, mask=mask, other=0.0)
-        for dy in range(-R, R + 1):
-            yy = y + dy
-            row_in = mask & (yy >= 0) & (yy < H)
-            g_y = tl.load(gauss_ptr + dy + R)
-            for dx in range(-R, R + 1):
-                xx = x + dx
-                inside = row_in & (xx >= 0) & (xx < W)
-                j = yy * W + xx
-                k_sp = (g_y * tl.load(gauss_ptr + dx + R)) * scale_s
-                k_sp = tl.where(inside, k_sp * tl.load(norm_s_ptr + j, mask=inside, other=0.0), 0.0)
-                e += k_sp[None, :] * tl.load(q_ptr + plane + j[None, :], mask=mask_l[:, None] & inside[None, :],
-                                             other=0.0)
+        if SEPARABLE:
+            for dy in range(-R, R + 1):  # the column pass over the rows' sums
+                yy = y + dy
+                inside = mask & (yy >= 0) & (yy < H)
+                k_sp = tl.where(inside, tl.load(gauss_ptr + dy + R) * scale_s, 0.0)
+                e += k_sp[None, :] * tl.load(rows_ptr + plane + (offs + dy * W)[None, :],
+                                             mask=mask_l[:, None] & inside[None, :], other=0.0)
+        else:
+            x = offs % W
+            for dy in range(-R, R + 1):  # the whole (2R + 1)^2 window
+                yy = y + dy
+                row_in = mask & (yy >= 0) & (yy < H)
+                g_y = tl.load(gauss_ptr + dy + R)
+                for dx in range(-R, R + 1):
+                    xx = x + dx
+                    inside = row_in & (xx >= 0) & (xx < W)
+                    j = yy * W + xx
+                    k_sp = (g_y * tl.load(gauss_ptr + dx + R)) * scale_s
+                    k_sp = tl.where(inside, k_sp * tl.load(norm_s_ptr + j, mask=inside, other=0.0), 0.0)
+                    e += k_sp[None, :] * tl.load(q_ptr + plane + j[None, :], mask=mask_l[:, None] & inside[None, :],
+                                                 other=0.0)
     e = tl.where(mask_l[:, None], e, float("-inf"))
     e = e - tl.max(e, 0)[None, :]
     p = tl.exp(e)
@@ -112,6 +126,32 @@ def _lattice_step_kernel(
             v = row_offsets(tl.load(corner_ptr + k * hw + offs, mask=mask, other=0), L)
             b = tl.load(bary_ptr + k * hw + offs, mask=mask, other=0.0)
             tl.atomic_add(splat_ptr + v[None, :] + lab[:, None], b[None, :] * pn, mask=m2, sem="relaxed")
+
+
+@triton.jit
+def _spatial_rows_kernel(
+    rows_ptr,  # [L, N] fp32 out: R(j, l) = sum_dx g(dx) n_s(j + dx) Q(j + dx, l), within the row
+    q_ptr,  # [L, N] fp32: the current marginals
+    norm_s_ptr, gauss_ptr,  # [N], [2 R + 1] fp32
+    H, W, L, R,
+    HW_BUCKET,  # bucket(H * W): the autotuning key (unused in the body)
+    L_PAD: tl.constexpr, BLOCK: tl.constexpr,
+):
+    hw = H * W
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < hw
+    lab = tl.arange(0, L_PAD)
+    mask_l = lab < L
+    plane = plane_offsets(L_PAD, hw)
+    x = offs % W
+    acc = tl.zeros((L_PAD, BLOCK), dtype=tl.float32)
+    for dx in range(-R, R + 1):
+        xx = x + dx
+        inside = mask & (xx >= 0) & (xx < W)
+        j = offs + dx
+        k = tl.load(gauss_ptr + dx + R) * tl.load(norm_s_ptr + j, mask=inside, other=0.0)
+        acc += k[None, :] * tl.load(q_ptr + plane + j[None, :], mask=mask_l[:, None] & inside[None, :], other=0.0)
+    tl.store(rows_ptr + plane + offs[None, :], acc, mask=mask_l[:, None] & mask[None, :])
 
 
 @triton.jit
@@ -137,12 +177,32 @@ def _lattice_blur_kernel(
 
 # Keyed on size buckets, not on H, W and the vertex count M (which differs for every image): every
 # new key costs configs x (warm-up + repetitions) of tuning.
-_step_autotuned = triton.autotune(configs=step_configs(), key=["HW_BUCKET", "L_PAD", "R", "MESSAGES", "SPLAT"],
+_step_autotuned = triton.autotune(configs=step_configs(),
+                                  key=["HW_BUCKET", "L_PAD", "R", "MESSAGES", "SPLAT", "SEPARABLE"],
                                   reset_to_zero=["splat_ptr"])(_lattice_step_kernel)
 _blur_autotuned = triton.autotune(configs=blur_configs(), key=["M_BUCKET", "L_PAD"])(_lattice_blur_kernel)
+_rows_autotuned = triton.autotune(configs=step_configs(), key=["HW_BUCKET", "L_PAD", "R"])(_spatial_rows_kernel)
 
 
 # ----------------------------------------------------------------------------- host side
+
+#: Ridge point (FLOP per DRAM byte, fp32 CUDA cores) of the targets, rounded: H100 SXM ~67 TFLOP/s
+#: over 3.35 TB/s = 20; Jetson AGX Orin ~5.3 TFLOP/s over 204 GB/s = 26. Datasheet figures.
+RIDGE_FLOP_PER_BYTE = 24
+
+
+def separable_spatial(radius: int, labels: int) -> bool:
+    """Whether the spatial message should take the separable route (a row pass, then 2R + 1 taps
+    in the step) rather than the (2R + 1)^2 window in the step: the row pass costs one more write
+    and read of the [L, N] marginals (8 L + 4 bytes per pixel) and saves
+    ((2R + 1)^2 - 2 (2R + 1)) taps of 2 + 2 L FLOPs per pixel. Separable where that saving per
+    extra byte exceeds the ridge point, i.e. where the window's FLOPs would bind: DeepLab-v1's
+    theta_gamma = 3 (R = 12, 625 taps; 147 FLOP/B with 21 labels), not DeepLab-v2's theta_gamma
+    = 1 (R = 4, 81 taps; 16 FLOP/B). A roofline argument, to be checked on a GPU."""
+    side = 2 * radius + 1
+    saved = (side * side - 2 * side) * (2 + 2 * labels)
+    return saved > RIDGE_FLOP_PER_BYTE * (8 * labels + 4)
+
 
 class _Launcher:
     """The lattice of one image in the layouts the kernels read, and their launches.
@@ -168,10 +228,27 @@ class _Launcher:
                         bucket(h * w))
         self.l_pad = label_pad(labels)
         self.device = self.corner.device
+        self.separable = separable_spatial(self.gauss.numel() // 2, labels)
 
-    def step(self, q_out, q, unary, vert, splat, messages: bool, do_splat: bool) -> None:
-        args = (q_out, q, unary, vert, splat, self.corner, self.bary, self.nb, self.ns, self.gauss, *self.scalars)
-        const = {"D1": self.d1, "L_PAD": self.l_pad, "MESSAGES": messages, "SPLAT": do_splat}
+    def rows(self, out, q) -> torch.Tensor:
+        """The spatial message's row pass of ``q`` into ``out``."""
+        h, w, labels, r = self.scalars[:4]
+        args = (out, q, self.ns, self.gauss, h, w, labels, r, self.scalars[-1])
+        n = self.h * self.w
+        if interpreting():
+            _spatial_rows_kernel[(triton.cdiv(n, INTERPRET_STEP["BLOCK"]),)](*args, L_PAD=self.l_pad,
+                                                                             **INTERPRET_STEP)
+        else:
+            with torch.cuda.device(self.device):
+                _rows_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](*args, L_PAD=self.l_pad)
+        return out
+
+    def step(self, q_out, q, rows, unary, vert, splat, messages: bool, do_splat: bool) -> None:
+        """The fused step from marginals ``q``; ``rows``: their row pass (read when ``self.separable``)."""
+        args = (q_out, q, rows, unary, vert, splat, self.corner, self.bary, self.nb, self.ns, self.gauss,
+                *self.scalars)
+        const = {"D1": self.d1, "L_PAD": self.l_pad, "MESSAGES": messages, "SPLAT": do_splat,
+                 "SEPARABLE": self.separable}
         n = self.h * self.w
         if interpreting():
             _lattice_step_kernel[(triton.cdiv(n, INTERPRET_STEP["BLOCK"]),)](*args, **const, **INTERPRET_STEP)
@@ -205,10 +282,11 @@ def lattice_step(setup, unary: torch.Tensor, q: torch.Tensor, params) -> torch.T
     bufs = [torch.zeros(run.m + 1, labels, device=q.device) for _ in range(3)]
     # the splat of q alone: a step without messages on -log q reproduces q and splats it
     seed = torch.empty_like(q)
-    run.step(seed, q, -torch.log(q.clamp_min(1e-30)), bufs[0], bufs[0], messages=False, do_splat=True)
+    run.step(seed, q, seed, -torch.log(q.clamp_min(1e-30)), bufs[0], bufs[0], messages=False, do_splat=True)
     vert = run.blur(bufs[0], bufs[1], bufs[2])
     out = torch.empty_like(q)
-    run.step(out, q, unary, vert, bufs[0], messages=True, do_splat=False)
+    rows = run.rows(torch.empty_like(q), q) if run.separable else q
+    run.step(out, q, rows, unary, vert, bufs[0], messages=True, do_splat=False)
     return out.reshape(labels, h, w)
 
 
@@ -222,13 +300,16 @@ def crf_lattice(setup, unary: torch.Tensor, params) -> torch.Tensor:
     run = _Launcher(setup, h, w, labels, params)
     u = unary.float().reshape(labels, -1).contiguous()
     q, spare = torch.empty_like(u), torch.empty_like(u)
+    rows = torch.empty_like(u) if run.separable else q
     splat, a, b = (torch.zeros(run.m + 1, labels, device=u.device) for _ in range(3))
     iters = params.iterations
-    run.step(q, q, u, splat, splat, messages=False, do_splat=iters > 0)  # Q0 = softmax(-U), splatted
+    run.step(q, q, q, u, splat, splat, messages=False, do_splat=iters > 0)  # Q0 = softmax(-U), splatted
     for t in range(iters):
         vert = run.blur(splat, a, b)
+        if run.separable:
+            run.rows(rows, q)
         if t + 1 < iters:
             splat.zero_()
-        run.step(spare, q, u, vert, splat, messages=True, do_splat=t + 1 < iters)
+        run.step(spare, q, rows, u, vert, splat, messages=True, do_splat=t + 1 < iters)
         q, spare = spare, q
     return q.reshape(labels, h, w)

@@ -46,10 +46,12 @@ def test_every_kernel_config_compiles_for_orin_and_h100_without_spills(tmp_path)
     # every config of each (dtype class, width) for each dtype and arch: 2 archs x 3 dtypes x both variants
     per_dtype = len(autotune_configs("fp16", 256)) + len(autotune_configs("fp16", 21))
     assert len(aspp) == 2 * (2 * per_dtype + len(autotune_configs("fp32", 256)) + len(autotune_configs("fp32", 21)))
-    crf_configs = (len(crf.autotune_configs()) + len(crf.norm_configs()) + len(lattice.step_configs())
+    crf_configs = (len(crf.autotune_configs()) + len(crf.norm_configs()) + 3 * len(lattice.step_configs())
                    + len(lattice.blur_configs()))
     assert len(crf_rows) == 2 * crf_configs and len(rows) == len(aspp) + len(crf_rows)
-    assert {r["kernel"] for r in crf_rows} >= {"crf.lattice_step[21 labels]", "crf.lattice_blur[21 labels]"}
+    assert {r["kernel"] for r in crf_rows} >= {"crf.lattice_step[21 labels]", "crf.lattice_blur[21 labels]",
+                                               "crf.lattice_step[21 labels, separable]",
+                                               "crf.spatial_rows[21 labels]"}
     assert {r["arch"] for r in rows} == {"sm_87", "sm_90"}
     for r in rows:
         limit = ARCHS[int(r["arch"][3:])].smem_per_block
@@ -81,6 +83,7 @@ def test_kernel_bench_counts_without_a_gpu():
     lat = data["crf_lattice_analytic"]
     # first softmax + splat, then per iteration one fused step and 6 blur passes, 9 zeroings of the splat buffer
     assert lat["launches"] == 1 + 10 * (1 + 6) + 9 and lat["vertices_assumed"] and lat["vertices"] == 513 * 513
+    assert lat["spatial_taps"] == 81 and not lat["separable"]  # theta_gamma 1: radius 4, the 2-D window
 
 
 def test_lattice_estimate_scales_with_the_lattice_size():

@@ -68,7 +68,7 @@ def launches(monkeypatch):
     rec = Launches()
     monkeypatch.setattr(torch.cuda, "device", rec.device)
     for mod, names in ((aspp, ["_tap_conv_autotuned"]), (crf_window, ["_crf_norm_autotuned", "_crf_step_autotuned"]),
-                       (crf_lattice, ["_step_autotuned", "_blur_autotuned"])):
+                       (crf_lattice, ["_step_autotuned", "_blur_autotuned", "_rows_autotuned"])):
         monkeypatch.setattr(mod, "interpreting", lambda: False)
         for name in names:
             monkeypatch.setattr(mod, name, rec.kernel(name, getattr(mod, name)))
@@ -80,7 +80,7 @@ def launches(monkeypatch):
 def test_autotuners_key_on_buckets_not_exact_sizes():
     exact = {"H", "W", "M", "L"}
     for tuner in (aspp._tap_conv_autotuned, crf_window._crf_norm_autotuned, crf_window._crf_step_autotuned,
-                  crf_lattice._step_autotuned, crf_lattice._blur_autotuned):
+                  crf_lattice._step_autotuned, crf_lattice._blur_autotuned, crf_lattice._rows_autotuned):
         assert not exact & set(tuner.keys), tuner.keys
     assert [bucket(n) for n in (1, 2, 3, 172800, 262144, 262145)] == [1, 2, 4, 262144, 262144, 524288]
     assert [label_pad(n) for n in (1, 2, 3, 4, 5, 11, 21, 256)] == [2, 2, 4, 4, 8, 16, 32, 256]
@@ -172,15 +172,14 @@ def test_every_gpu_launch_runs_under_its_tensors_device(launches):
     from deeplab_edge.crf import PRESETS, dense_crf
     from deeplab_edge.models.heads import ASPP, ASPPSum
 
-    params = PRESETS["deeplab-v2"]
     image = (np.arange(24 * 32 * 3) % 251).astype(np.uint8).reshape(24, 32, 3)
-    for method in ("triton", "triton-window"):
-        dense_crf(image, torch.randn(5, 24, 32), params, method=method, device="cpu")
+    for method, preset in (("triton", "deeplab-v2"), ("triton", "deeplab-v1"), ("triton-window", "deeplab-v2")):
+        dense_crf(image, torch.randn(5, 24, 32), PRESETS[preset], method=method, device="cpu")
     aspp.FusedASPP(ASPP(16, (1, 2), 8).eval())(torch.randn(1, 16, 9, 9))
     aspp.FusedASPPSum(ASPPSum(16, 4, (1, 2)).eval())(torch.randn(1, 16, 9, 9))
     kernels = {c["kernel"] for c in launches.calls}
     assert kernels == {"_tap_conv_autotuned", "_crf_norm_autotuned", "_crf_step_autotuned", "_step_autotuned",
-                       "_blur_autotuned"}
+                       "_blur_autotuned", "_rows_autotuned"}
     for c in launches.calls:
         assert c["guard"] is not None, f"{c['kernel']} launched without torch.cuda.device"
         assert c["devices"] == {c["guard"]}, c
@@ -212,7 +211,7 @@ def test_no_launch_site_outside_a_device_guard():
                     ok = True
                 child, up = up, parents.get(up)
             assert ok, f"{path.name}:{node.lineno}: {node.func.value.id} launches outside a device guard"
-    assert sites >= 10  # 5 autotuned launches and their 5 interpreter twins
+    assert sites >= 12  # 6 autotuned launches and their 6 interpreter twins
 
 
 # ----------------------------------------------------------------------------- 3. index width

@@ -74,7 +74,7 @@ def test_runner_runs_real_steps_records_failures_and_keeps_to_the_budget(tmp_pat
              Step("sleeps", ["kernels", "check", "--device", "cpu", "--dtype", "fp32"], 1)]
     res = run_plan(steps[:2], out, budget_s=300)
     first, second = res["steps"]
-    assert first["status"] == "ok" and first["result"]["ok"] and len(first["result"]["rows"]) == 6
+    assert first["status"] == "ok" and first["result"]["ok"] and len(first["result"]["rows"]) == 7
     assert second["status"] == "exit 2" and "checkpoint not found" in second["log"]
     assert res["ok"] is False and res["environment"]["git_commit"]
     late = run_plan(steps[2:], out, budget_s=4)
