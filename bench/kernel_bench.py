@@ -240,6 +240,9 @@ def lattice_estimate(height: int = 513, width: int = 513, labels: int = 21, para
     flops = it * (rows_flops + step_flops + blur_flops) + px * 5 * lab  # + the first softmax and splat
     nbytes = it * (rows_bytes + step_bytes + blur_bytes) + px * (8 * lab + 8 * d1)
     launches = 1 + it * (1 + separable + d1) + max(it - 1, 0)  # first softmax/splat; [rows], step, blurs; zeroing
+    # the spatial message's neighbour loads (L values per tap and pixel) through L1/L2: not DRAM
+    # traffic, so not in the roofline above, but what the 2-D window's (2r + 1)^2 taps cost on chip
+    gather_mb = it * px * taps * lab * 4 / 1e6
     est = {}
     for cc, dev in DEVICES.items():
         est[f"sm_{cc}"] = {"device": dev.name, "roofline_ms": 1e3 * max(flops / (dev.simt_fp32_tflops * 1e12),
@@ -247,7 +250,7 @@ def lattice_estimate(height: int = 513, width: int = 513, labels: int = 21, para
                            "label": "estimate (roofline lower bound), not a measurement"}
     return {"height": height, "width": width, "labels": labels, "iterations": it, "vertices": m,
             "vertices_assumed": vertices is None, "spatial_taps": taps, "separable": separable,
-            "gflops": flops / 1e9, "mb": nbytes / 1e6,
+            "gflops": flops / 1e9, "mb": nbytes / 1e6, "spatial_gather_mb": gather_mb,
             "launches": launches, "estimates": est}
 
 

@@ -193,12 +193,13 @@ RIDGE_FLOP_PER_BYTE = 24
 
 def separable_spatial(radius: int, labels: int) -> bool:
     """Whether the spatial message should take the separable route (a row pass, then 2R + 1 taps
-    in the step) rather than the (2R + 1)^2 window in the step: the row pass costs one more write
-    and read of the [L, N] marginals (8 L + 4 bytes per pixel) and saves
-    ((2R + 1)^2 - 2 (2R + 1)) taps of 2 + 2 L FLOPs per pixel. Separable where that saving per
-    extra byte exceeds the ridge point, i.e. where the window's FLOPs would bind: DeepLab-v1's
-    theta_gamma = 3 (R = 12, 625 taps; 147 FLOP/B with 21 labels), not DeepLab-v2's theta_gamma
-    = 1 (R = 4, 81 taps; 16 FLOP/B). A roofline argument, to be checked on a GPU."""
+    in the step) rather than the (2R + 1)^2 window in the step. The row pass costs one more write
+    and read of the [L, N] marginals in DRAM (8 L + 4 bytes per pixel); it saves
+    ((2R + 1)^2 - 2 (2R + 1)) taps per pixel, each 2 + 2 L FLOPs and a gather of L values through
+    L1/L2 (on-chip traffic that a DRAM roofline does not see). Separable where the saved work per
+    extra DRAM byte exceeds the ridge point: DeepLab-v1's theta_gamma = 3 (R = 12, 625 taps;
+    147 FLOP/B with 21 labels), not DeepLab-v2's theta_gamma = 1 (R = 4, 81 taps; 16 FLOP/B).
+    A heuristic from datasheet figures, to be checked by timing both on a GPU."""
     side = 2 * radius + 1
     saved = (side * side - 2 * side) * (2 + 2 * labels)
     return saved > RIDGE_FLOP_PER_BYTE * (8 * labels + 4)
