@@ -231,9 +231,21 @@ def build_artifacts(loaded, weights: Path, dataset, work: Path, backends: list[B
                                    "warnings": [str(w.message) for w in caught]}
         info["calibration"].update({"method": calib_method, "data": str(src), "qdq_onnx": str(qdq),
                                     "cpu_int8_onnx": str(cpu), "cache": str(work / "calibration.cache")})
-        if calib_data is None:
-            info["calibration"]["note"] = ("calibrated on the benchmark's own images (no --calib-data): the INT8 "
-                                           "accuracy is optimistic by however much calibration overfits")
+        from deeplab_edge.data.datasets import open_dataset
+        from deeplab_edge.data.overlap import shared_images
+
+        calib_images = [smp.image for smp in open_dataset(src).subset(calib_num).samples]
+        shared = shared_images(calib_images, [smp.image for smp in dataset.samples])
+        info["calibration"]["overlap_images"] = len(shared)
+        info["calibration"]["held_out"] = not shared
+        if shared:
+            why = ("no --calib-data: calibrated on the benchmark's own images" if calib_data is None else
+                   f"{len(shared)} of the {len(calib_images)} calibration images are also evaluated "
+                   f"(e.g. {shared[0][1].name})")
+            info["calibration"]["note"] = (f"{why}: the INT8 accuracy is not held out and is optimistic by however "
+                                           "much calibration overfits; pass --calib-data with other images (e.g. the "
+                                           "train split)")
+            log(f"WARNING: {info['calibration']['note']}")
     return info
 
 

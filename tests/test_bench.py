@@ -210,6 +210,9 @@ def test_bench_writes_json_csv_png(bench_run):
             assert r["latency_ms"] == pytest.approx(expect)
         else:
             assert r["backend"] == "qdq-int8" and not r["pareto"]
+    # no --calib-data: the 2 calibration images are the 2 evaluated ones, and the document says so
+    cal = doc["artifacts"]["calibration"]
+    assert cal["overlap_images"] == 2 and cal["held_out"] is False and "not held out" in cal["note"]
     # the Pareto flags are the front of the measured rows
     speed = [r for r in doc["rows"] if r["latency_is_speed"]]
     assert [r["pareto"] for r in speed] == pareto_front([(r["latency_ms"], r["miou"]) for r in speed])
@@ -315,3 +318,16 @@ def test_bench_multi_scale_cell_equals_eval(shared, imported):
     assert doc["rows"][0]["miou"] == pytest.approx(json.loads(ev.stdout)["miou"], abs=1e-9)
     assert doc["settings"]["scales"] == [0.75, 1.0] and doc["settings"]["flip"] is True
     assert "fixed input" in {s["backend"]: s["reason"] for s in doc["skipped"]}["ort-fp32"]
+
+
+def test_shared_images_are_found_by_content(tmp_path, shared):
+    """Calibration and evaluation sets are compared by bytes: a renamed copy is the same image,
+    two different images are not."""
+    from deeplab_edge.data.overlap import shared_images
+
+    voc = sorted((shared["voc"]).rglob("*.jpg")) or sorted((shared["voc"]).rglob("JPEGImages/*"))
+    a, b, c = voc[:3]
+    copy = tmp_path / "renamed.bin"
+    copy.write_bytes(a.read_bytes())
+    assert shared_images([a, b], [copy, c]) == [(a, copy)]
+    assert shared_images([b], [c]) == []

@@ -152,7 +152,7 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
         console.print(f"[yellow]skipped CRF {s['crf']}:[/] {s['reason']}", highlight=False, soft_wrap=True)
     cal = (result.get("artifacts") or {}).get("calibration") or {}
     if cal.get("note"):
-        console.print(f"[yellow]note:[/] {cal['note']}", highlight=False, soft_wrap=True)
+        console.print(f"[bold yellow]warning:[/] {cal['note']}", highlight=False, soft_wrap=True)
     for k, v in files.items():
         out.print(f"[green]wrote[/] {v}")
 
