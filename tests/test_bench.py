@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -331,3 +332,20 @@ def test_shared_images_are_found_by_content(tmp_path, shared):
     copy.write_bytes(a.read_bytes())
     assert shared_images([a, b], [copy, c]) == [(a, copy)]
     assert shared_images([b], [c]) == []
+
+
+def test_bench_exports_a_checkpoint_without_fixed_size_with_dynamic_hw(shared, tmp_path):
+    """The CamVid model runs at each frame's own size: its ONNX export for the ONNX Runtime
+    backend has dynamic H and W, and ONNX Runtime then agrees with PyTorch on a real frame."""
+    weights = Path(__file__).parents[1] / "weights" / "deeplabv3_mnv2_camvid.pt"
+    res = CliRunner().invoke(main, ["bench", "--weights", str(weights), "--data", str(shared["camvid"]),
+                                    "--num-images", "1", "--backends", "torch-fp32,ort-fp32", "--crf", "none",
+                                    "--iters", "1", "--warmup", "0", "--artifacts", str(tmp_path / "art"), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    import onnx
+
+    dims = onnx.load(str(tmp_path / "art" / "model_fp32.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param != "" for d in dims[2:]] == [True, True]
+    miou = {r["backend"]: r["miou"] for r in doc["rows"]}
+    assert miou["ort-fp32"] == pytest.approx(miou["torch-fp32"], abs=2e-3)
