@@ -180,7 +180,9 @@ def test_restride_explicit_blocks_match_the_mobilenet_table():
 
 
 def test_restride_refusals():
-    from deeplab_edge.models import restride_config
+    from deeplab_edge.models import OUTPUT_STRIDES, restride_config
+
+    assert set(OUTPUT_STRIDES) == set(MODELS)  # every architecture says which strides it is built for
 
     with pytest.raises(ValueError, match="output stride 16, not 8"):
         restride_config(get_model("deeplabv3_mobilenet_v3_large", num_classes=3).config, 8)

@@ -55,7 +55,15 @@ class DeepLab(nn.Module):
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
 
 
-def _check(num_classes: int, output_stride: int, allowed: tuple[int, ...]) -> None:
+#: The output strides each architecture is built for (its builders check them; so does ``restride_config``).
+OUTPUT_STRIDES: dict[str, tuple[int, ...]] = {
+    "deeplabv2_resnet101": (8, 16), "deeplabv3_resnet50": (8, 16), "deeplabv3_resnet101": (8, 16),
+    "deeplabv3_mobilenet_v2": (8, 16, 32), "deeplabv3_mobilenet_v3_large": (16,),
+    "deeplabv3plus_resnet50": (8, 16), "deeplabv3plus_resnet101": (8, 16), "deeplabv3plus_mobilenet_v2": (8, 16)}
+
+
+def _check(num_classes: int, output_stride: int, arch: str) -> None:
+    allowed = OUTPUT_STRIDES[arch]
     if num_classes < 1:
         raise ValueError(f"expected num_classes >= 1, got {num_classes}")
     if output_stride not in allowed:
@@ -75,7 +83,7 @@ def deeplabv2_resnet101(*, num_classes: int = 21, output_stride: int = 8,
                         aspp_rates: tuple[int, ...] | list[int] = (6, 12, 18, 24),
                         align_corners: bool = False) -> DeepLab:
     """DeepLab-v2: ResNet-101, output stride 8, ASPP-L (summed per-branch logits)."""
-    _check(num_classes, output_stride, (8, 16))
+    _check(num_classes, output_stride, "deeplabv2_resnet101")
     config = dict(arch="deeplabv2_resnet101", num_classes=num_classes, output_stride=output_stride,
                   aspp_rates=list(aspp_rates), align_corners=align_corners)
     return DeepLab(_resnet("resnet101", output_stride), ASPPSum(2048, num_classes, aspp_rates),
@@ -84,7 +92,7 @@ def deeplabv2_resnet101(*, num_classes: int = 21, output_stride: int = 8,
 
 def _v3_resnet(depth: str, arch: str, num_classes: int, output_stride: int, aspp_rates, aux_loss: bool,
                align_corners: bool) -> DeepLab:
-    _check(num_classes, output_stride, (8, 16))
+    _check(num_classes, output_stride, arch)
     rates = _default_rates(output_stride) if aspp_rates is None else tuple(aspp_rates)
     config = dict(arch=arch, num_classes=num_classes, output_stride=output_stride, aspp_rates=list(rates),
                   aux_loss=aux_loss, align_corners=align_corners)
@@ -130,7 +138,7 @@ def deeplabv3_mobilenet_v2(*, num_classes: int = 21, output_stride: int = 16, as
     atrous branches (1x1 + image pooling only) and no 3x3 conv before the logits, output stride 16.
     ``stem``/``blocks`` give the trunk explicitly and ``aspp_channels`` the ASPP width (the TFLite
     importer reads them from a graph)."""
-    _check(num_classes, output_stride, (8, 16, 32))
+    _check(num_classes, output_stride, "deeplabv3_mobilenet_v2")
     trunk, stem, as_lists = _v2_backbone(output_stride, width_mult, stem, blocks)
     rates = tuple(aspp_rates)
     config = dict(arch="deeplabv3_mobilenet_v2", num_classes=num_classes, output_stride=output_stride,
@@ -145,7 +153,7 @@ def deeplabv3_mobilenet_v3_large(*, num_classes: int = 21, output_stride: int = 
                                  aux_loss: bool = False, align_corners: bool = False) -> DeepLab:
     """DeepLab-v3 on MobileNetV3-Large at output stride 16 (the only one); keys match torchvision's
     ``deeplabv3_mobilenet_v3_large`` (whose head uses rates 12/24/36)."""
-    _check(num_classes, output_stride, (16,))
+    _check(num_classes, output_stride, "deeplabv3_mobilenet_v3_large")
     trunk = MobileNetV3Backbone(mobilenet_v3_large_blocks(dilated=True))
     rates = tuple(aspp_rates)
     config = dict(arch="deeplabv3_mobilenet_v3_large", num_classes=num_classes, output_stride=16,
@@ -164,7 +172,7 @@ def _v3plus(trunk: nn.Module, config: dict[str, Any]) -> DeepLab:
 def deeplabv3plus_resnet50(*, num_classes: int = 21, output_stride: int = 16, aspp_rates=None,
                            align_corners: bool = False) -> DeepLab:
     """DeepLab-v3+ on ResNet-50 (decoder on layer1 features)."""
-    _check(num_classes, output_stride, (8, 16))
+    _check(num_classes, output_stride, "deeplabv3plus_resnet50")
     rates = _default_rates(output_stride) if aspp_rates is None else tuple(aspp_rates)
     return _v3plus(_resnet("resnet50", output_stride), dict(
         arch="deeplabv3plus_resnet50", num_classes=num_classes, output_stride=output_stride,
@@ -174,7 +182,7 @@ def deeplabv3plus_resnet50(*, num_classes: int = 21, output_stride: int = 16, as
 def deeplabv3plus_resnet101(*, num_classes: int = 21, output_stride: int = 16, aspp_rates=None,
                             align_corners: bool = False) -> DeepLab:
     """DeepLab-v3+ on ResNet-101 (decoder on layer1 features)."""
-    _check(num_classes, output_stride, (8, 16))
+    _check(num_classes, output_stride, "deeplabv3plus_resnet101")
     rates = _default_rates(output_stride) if aspp_rates is None else tuple(aspp_rates)
     return _v3plus(_resnet("resnet101", output_stride), dict(
         arch="deeplabv3plus_resnet101", num_classes=num_classes, output_stride=output_stride,
@@ -184,18 +192,12 @@ def deeplabv3plus_resnet101(*, num_classes: int = 21, output_stride: int = 16, a
 def deeplabv3plus_mobilenet_v2(*, num_classes: int = 21, output_stride: int = 16, aspp_rates=None,
                                width_mult: float = 1.0, align_corners: bool = False) -> DeepLab:
     """DeepLab-v3+ on MobileNetV2 (decoder on the stride-4, 24-channel features)."""
-    _check(num_classes, output_stride, (8, 16))
+    _check(num_classes, output_stride, "deeplabv3plus_mobilenet_v2")
     rates = _default_rates(output_stride) if aspp_rates is None else tuple(aspp_rates)
     trunk, _, _ = _v2_backbone(output_stride, width_mult, None, None)
     return _v3plus(trunk, dict(arch="deeplabv3plus_mobilenet_v2", num_classes=num_classes,
                                output_stride=output_stride, aspp_rates=list(rates), width_mult=width_mult,
                                align_corners=align_corners))
-
-
-OUTPUT_STRIDES: dict[str, tuple[int, ...]] = {
-    "deeplabv2_resnet101": (8, 16), "deeplabv3_resnet50": (8, 16), "deeplabv3_resnet101": (8, 16),
-    "deeplabv3_mobilenet_v2": (8, 16, 32), "deeplabv3_mobilenet_v3_large": (16,),
-    "deeplabv3plus_resnet50": (8, 16), "deeplabv3plus_resnet101": (8, 16), "deeplabv3plus_mobilenet_v2": (8, 16)}
 
 
 def restride_config(config: dict[str, Any], output_stride: int) -> dict[str, Any]:
