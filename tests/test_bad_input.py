@@ -319,8 +319,11 @@ def test_disk_full_is_one_line_and_leaves_nothing(tmp_path, shared):
 def _run_and_terminate(argv: list[str], cwd: Path, ready, timeout: float = 120.0, sig=signal.SIGTERM):
     """Run the CLI in a child process, send ``sig`` once ``ready()`` is true, return (rc, output)."""
     code = "import sys; from deeplab_edge.cli import main; sys.argv[0] = 'deeplab-edge'; main()"
+    # SIGINT as a terminal's foreground process gets it: a test run started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
     p = subprocess.Popen([sys.executable, "-c", code, *argv], cwd=cwd, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
+                         stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.monotonic()
     while not ready() and p.poll() is None and time.monotonic() - t0 < timeout:
         time.sleep(0.02)
