@@ -56,7 +56,7 @@ def evaluate(fp32: str, quantized: str, data: str, out: str) -> None:
                 "qdq_pairs": sum(n.op_type == "QuantizeLinear" for n in model.graph.node)}
     del model.metadata_props[:]
     model.metadata_props.extend(onnx.load(fp32, load_external_data=False).metadata_props)
-    tagged = Path(out).with_suffix(".onnx")
+    tagged = Path(quantized).with_name(Path(quantized).stem + "_tagged.onnx")  # beside the model, not the results
     onnx.save(model, str(tagged))
     runner = OnnxRunner(tagged, optimize=False)
     res = run_eval(Segmenter(runner), open_dataset(data))
