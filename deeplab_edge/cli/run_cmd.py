@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -15,7 +16,19 @@ from .common import (COUNT, NONNEG, SIDE, THREADS, console, emit, out, output_op
 
 # ----------------------------------------------------------------------------- shared
 
+MODEL_OPTIONS = ("weights", "tflite", "onnx_path", "engine_path", "arch", "device", "precision", "input_size",
+                 "output_stride", "crf_method", "crf_preset", "crf_iterations", "backend", "scales", "flip")
+
+
 def model_options(f):
+    """The model options of eval / predict, handed to the command as one dict ``model`` (see
+    :func:`model_from_options`)."""
+    command = f
+
+    @functools.wraps(command)
+    def f(**kwargs):  # click sees the command's own options (copied by wraps) and the model options below
+        return command(model={name: kwargs.pop(name) for name in MODEL_OPTIONS}, **kwargs)
+
     f = click.option("--weights", type=click.Path(path_type=Path),
                      help="deeplab-edge checkpoint (.pt) or torchvision state dict (.pth).")(f)
     f = click.option("--tflite", type=click.Path(path_type=Path),
@@ -78,6 +91,15 @@ def _crf_stage(method: str, preset: str, iterations: int | None, device: str):
     return CRFStage(method, params, dev)
 
 
+def model_from_options(model: dict):
+    """:func:`model_runner` for the options of :func:`model_options`."""
+    m = model
+    return model_runner(m["weights"], m["tflite"], m["onnx_path"], m["arch"], m["device"], m["precision"],
+                        m["input_size"], backend=m["backend"], crf=(m["crf_method"], m["crf_preset"],
+                                                                   m["crf_iterations"]),
+                        engine=m["engine_path"], scales=m["scales"], flip=m["flip"], output_stride=m["output_stride"])
+
+
 def model_runner(weights: Path | None, tflite: Path | None, onnx_path: Path | None, arch: str | None, device: str,
                precision: str, input_size: int | None, threads: int | None = None, backend: str = "torch",
                crf: tuple[str, str, int | None] = ("none", "deeplab-v2", None), engine: Path | None = None,
@@ -125,9 +147,7 @@ def model_runner(weights: Path | None, tflite: Path | None, onnx_path: Path | No
               help="Folder of <id>.png label maps (e.g. another runtime's predictions): report pixel agreement.")
 @output_option("file", "Write the full results as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
-def eval_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, input_size, output_stride, backend,
-             crf_method, crf_preset, crf_iterations, scales, flip, data, kind, split, num_images, batch_size,
-             reference_dir, output, as_json) -> None:
+def eval_cmd(model, data, kind, split, num_images, batch_size, reference_dir, output, as_json) -> None:
     """Evaluate mIoU, per-class IoU and pixel accuracy on a labelled dataset.
 
     mIoU is the mean over classes present in the labels or the predictions (non-empty
@@ -137,10 +157,7 @@ def eval_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, i
 
     if reference_dir is not None and not Path(reference_dir).is_dir():
         raise DeepLabEdgeError(f"{reference_dir}: reference folder not found; pass a folder of <id>.png label maps")
-    segmenter, classes, info = model_runner(weights, tflite, onnx_path, arch, device, precision, input_size,
-                                          backend=backend, crf=(crf_method, crf_preset, crf_iterations),
-                                          engine=engine_path, scales=scales, flip=flip,
-                                          output_stride=output_stride)
+    segmenter, classes, info = model_from_options(model)
     ds = open_dataset(data, kind, split).subset(num_images)
     if ds.kind == "folder":
         raise DeepLabEdgeError(f"{data}: no VOC/Cityscapes/CamVid layout found; eval needs labels "
@@ -203,9 +220,7 @@ def eval_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, i
 @click.option("--alpha", default=0.5, type=click.FloatRange(0, 1), show_default=True,
               help="Overlay opacity of the colour mask.")
 @click.option("--json", "as_json", is_flag=True, help="Print per-image class fractions as JSON.")
-def predict_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision, input_size, output_stride, backend,
-                crf_method, crf_preset, crf_iterations, scales, flip, inputs, video, camera, max_frames, output, alpha,
-                as_json) -> None:
+def predict_cmd(model, inputs, video, camera, max_frames, output, alpha, as_json) -> None:
     """Segment images (files or folders): writes <name>_mask.png (palette PNG whose pixel
     values are class indices) and <name>_overlay.png (mask blended over the image).
 
@@ -222,10 +237,7 @@ def predict_cmd(weights, tflite, onnx_path, engine_path, arch, device, precision
                                "segment; give image files or folders, or --video FILE, or --camera N (one of them)")
     if video is not None and not Path(video).is_file():
         raise DeepLabEdgeError(f"{video}: video file not found; check the path")
-    segmenter, classes, info = model_runner(weights, tflite, onnx_path, arch, device, precision, input_size,
-                                          backend=backend, crf=(crf_method, crf_preset, crf_iterations),
-                                          engine=engine_path, scales=scales, flip=flip,
-                                          output_stride=output_stride)
+    segmenter, classes, info = model_from_options(model)
     if video is not None or camera is not None:
         from ..stream import segment_stream
 

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import console, out, output_option, print_json
+from .common import console, out, output_option, print_json, write_json
 
 
 @main.command("selftest")
@@ -78,8 +78,6 @@ def selftest_cmd(gpu, voc, camvid, camvid_train, tflite, weights, budget, dry_ru
     out_dir.mkdir(parents=True, exist_ok=True)
     result = run_plan(steps, out_dir, budget_s=budget,
                       log=lambda s: console.print(f"[dim]{escape(s)}[/]", highlight=False))
-    from .common import write_json
-
     write_json(result, out_dir / "selftest.json")
     if as_json:
         print_json(result)
