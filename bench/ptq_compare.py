@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-OURS = ("entropy", "minmax", "mse", "percentile")
+OURS = ("entropy", "minmax", "mse", "percentile", "search")
 ORT = ("ort-qdq-s8", "ort-u8s8")
 MODELOPT = ("modelopt-entropy", "modelopt-max")
 
@@ -110,6 +110,7 @@ def run(fp32: Path, eval_dir: str, out: Path, *, calib_dir: str | None, num: int
     from deeplab_edge.calibration import insert_qdq
     from deeplab_edge.calibration.collect import activation_tensors, collect_histograms
     from deeplab_edge.calibration.histograms import amax_from_histogram
+    from deeplab_edge.calibration.search import search_ranges
     from deeplab_edge.data.datasets import open_dataset
     from deeplab_edge.data.preprocess import Preprocess
     from deeplab_edge.export import read_metadata
@@ -147,7 +148,10 @@ def run(fp32: Path, eval_dir: str, out: Path, *, calib_dir: str | None, num: int
                 if m in OURS:
                     if stats is None:
                         stats = collect_histograms(model, inputs, names)
-                    amax = {n: amax_from_histogram(h, a, m, percentile) for n, (h, a) in stats.items()}
+                    if m == "search":
+                        amax = search_ranges(model, inputs[:16], stats, percentile)
+                    else:
+                        amax = {n: amax_from_histogram(h, a, m, percentile) for n, (h, a) in stats.items()}
                     onnx.save(insert_qdq(model, amax), str(path))
                 elif m in ORT:
                     _ort_qdq(fp32, path, inputs, symmetric_u8=(m == "ort-qdq-s8"))

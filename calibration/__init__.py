@@ -22,8 +22,11 @@ from deeplab_edge.errors import CalibrationError
 
 from .cache import check_cache_against_onnx, read_trt_cache, write_trt_cache
 from .collect import activation_tensors, calibration_inputs, collect_histograms
-from .histograms import METHODS, amax_from_histogram
+from .histograms import METHODS as HISTOGRAM_METHODS, amax_from_histogram
 from .qdq import conv_nodes, insert_qdq
+
+# "search": each threshold chosen by the error of the Convs reading the tensor (search.py)
+METHODS = HISTOGRAM_METHODS + ("search",)
 
 __all__ = ["calibrate", "METHODS", "read_trt_cache", "write_trt_cache", "check_cache_against_onnx", "insert_qdq",
            "conv_nodes"]
@@ -45,7 +48,7 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
               method: str = "entropy", percentile: float = 99.99, keep_float: tuple[str, ...] = (),
               trt_version: str = "8.6.1", cpu_int8: bool = True, keep_float_top: int = 0, sensitivity: bool = False,
               sensitivity_data: str | Path | None = None, sensitivity_num: int | None = None,
-              sensitivity_mode: str = "float-one",
+              sensitivity_mode: str = "float-one", search_num: int = 16,
               progress: Callable[[str, int], Callable[[], None]] | None = None) -> dict[str, Any]:
     """Calibrate ``onnx_path`` (an FP32 export of deeplab-edge) on ``num`` images of ``data``.
 
@@ -61,9 +64,9 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
         raise CalibrationError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if not 0 < percentile <= 100:
         raise CalibrationError(f"--percentile must be in (0, 100], got {percentile}")
-    if num < 1 or keep_float_top < 0 or (sensitivity_num is not None and sensitivity_num < 1):
-        raise CalibrationError(f"expected num >= 1, keep_float_top >= 0 and sensitivity_num >= 1, got {num}, "
-                               f"{keep_float_top} and {sensitivity_num}: calibrating on no images gives all-zero "
+    if num < 1 or keep_float_top < 0 or search_num < 1 or (sensitivity_num is not None and sensitivity_num < 1):
+        raise CalibrationError(f"expected num, search_num >= 1, keep_float_top >= 0 and sensitivity_num >= 1, got "
+                               f"{num}, {search_num}, {keep_float_top} and {sensitivity_num}: calibrating on no images gives all-zero "
                                "scales")
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     model = load_onnx(onnx_path, load_external_data=True)
@@ -84,7 +87,13 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
     names = activation_tensors(model)
     tick = progress("collect", 2 * len(inputs)) if progress else None
     stats = collect_histograms(model, inputs, names, tick)
-    amax = {n: amax_from_histogram(h, a, method, percentile) for n, (h, a) in stats.items()}
+    if method == "search":
+        from .search import search_ranges
+
+        few = inputs[:search_num]
+        amax = search_ranges(model, few, stats, percentile, progress("search", len(few)) if progress else None)
+    else:
+        amax = {n: amax_from_histogram(h, a, method, percentile) for n, (h, a) in stats.items()}
 
     ranking = None
     if keep_float_top > 0 or sensitivity or sensitivity_data is not None:
@@ -119,7 +128,8 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
     _set_precision(qdq, "int8-qdq-tensorrt", method)
     # the source as the user will find it: its name alone when it lands in the output folder too
     source = onnx_path.name if onnx_path.parent.resolve() == out_dir.resolve() else str(onnx_path)
-    ranges = {"method": method, "percentile": percentile if method == "percentile" else None,
+    ranges = {"method": method, "search_images": min(search_num, len(inputs)) if method == "search" else None,
+              "percentile": percentile if method == "percentile" else None,
               "images": len(inputs), "source": source, "keep_float": list(keep_float),
               "tensors": {n: {"max_abs": stats[n][1], "amax": amax[n], "scale": amax[n] / 127.0} for n in names}}
     report = {"cache": str(out_dir / "calibration.cache"), "qdq_onnx": str(out_dir / "model_qdq.onnx"),

@@ -13,11 +13,19 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["insert_qdq", "conv_nodes"]
+__all__ = ["insert_qdq", "conv_nodes", "quantize_weight"]
 
 
 def conv_nodes(model) -> list:
     return [n for n in model.graph.node if n.op_type == "Conv"]
+
+
+def quantize_weight(wf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel symmetric int8: (int8 weights, float32 scales = max|w| / 127 per channel)."""
+    s = np.abs(wf.reshape(wf.shape[0], -1)).max(axis=1) / 127.0
+    s = np.where(s > 0, s, 1.0).astype(np.float32)
+    wq = np.clip(np.round(wf / s.reshape(-1, *([1] * (wf.ndim - 1)))), -127, 127).astype(np.int8)
+    return wq, s
 
 
 def insert_qdq(model, amax: dict[str, float], keep_float: set[str] | frozenset[str] = frozenset()):
@@ -57,9 +65,7 @@ def insert_qdq(model, amax: dict[str, float], keep_float: set[str] | frozenset[s
             continue
         node.input[0] = act_qdq(x)
         wf = numpy_helper.to_array(inits[w]).astype(np.float32)
-        s = np.abs(wf.reshape(wf.shape[0], -1)).max(axis=1) / 127.0
-        s = np.where(s > 0, s, 1.0).astype(np.float32)
-        wq = np.clip(np.round(wf / s.reshape(-1, *([1] * (wf.ndim - 1)))), -127, 127).astype(np.int8)
+        wq, s = quantize_weight(wf)
         wq_name, ws_name, wz_name = f"{w}_int8", f"{w}_scale", f"{w}_zero"
         new_inits += [numpy_helper.from_array(wq, wq_name), numpy_helper.from_array(s, ws_name),
                       numpy_helper.from_array(np.zeros(wf.shape[0], np.int8), wz_name)]

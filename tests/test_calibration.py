@@ -256,3 +256,66 @@ def test_sensitivity_ranking_and_keep_float(shared, fp32_onnx, tmp_path):
     _, scales = read_trt_cache(rep["cache"])
     kept_outputs = {o for n in m.graph.node if n.name in kept for o in n.output}
     assert kept_outputs and not kept_outputs & set(scales)
+
+
+def test_search_picks_least_output_error_against_onnxruntime(tmp_path):
+    """The range search's choice for a tensor read by two Convs (one dilated and padded, one depthwise,
+    strided, asymmetrically padded) is the candidate whose QDQ model, run by ONNX Runtime, is
+    closest to the FP32 model: an independent brute force over the same candidates."""
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from deeplab_edge.calibration.collect import collect_histograms
+    from deeplab_edge.calibration.search import candidates, fake_quant, search_ranges
+
+    rng = np.random.default_rng(0)
+    c = 6
+    wa = rng.normal(size=(5, c, 3, 3)).astype(np.float32)
+    wb = rng.normal(size=(c, 1, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["input", "wa"], ["a"], name="A", pads=[2, 2, 2, 2], dilations=[2, 2]),
+             helper.make_node("Conv", ["input", "wb"], ["b"], name="B", group=c, strides=[2, 2], pads=[0, 0, 1, 1])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, c, 64, 48])],
+                          [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in "ab"],
+                          [numpy_helper.from_array(wa, "wa"), numpy_helper.from_array(wb, "wb")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    # a Gaussian bulk and one outlier per image: clipping below max|x| pays (8 bits at 60/127 per step
+    # cost the 55k bulk values more than clipping 3 values)
+    inputs = [torch.from_numpy(rng.normal(size=(c, 64, 48)).astype(np.float32)) for _ in range(3)]
+    for i, x in enumerate(inputs):
+        x[i, 5, 4] = 60.0
+    stats = collect_histograms(model, inputs)
+    own_errors = {}
+    chosen = search_ranges(model, inputs, stats, errors=own_errors)["input"]
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    fp = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    refs = [fp.run(None, {"input": x[None].numpy()}) for x in inputs]
+    errors = []
+    for a in candidates(*stats["input"]):
+        sess = ort.InferenceSession(insert_qdq(model, {"input": a}).SerializeToString(), so,
+                                    providers=["CPUExecutionProvider"])
+        errors.append(sum(float(((o.astype(np.float64) - r) ** 2).sum())
+                          for x, rr in zip(inputs, refs) for o, r in zip(sess.run(None, {"input": x[None].numpy()}), rr)))
+    tried = candidates(*stats["input"])
+    np.testing.assert_allclose(own_errors["input"], errors, rtol=1e-3)
+    assert chosen == tried[int(np.argmin(errors))]
+    assert chosen < stats["input"][1]  # the outliers are clipped: the search did choose something
+    # its fake quantization is QuantizeLinear + DequantizeLinear as ONNX Runtime computes them
+    x = inputs[0][None] * 1.7
+    q = helper.make_graph([helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+                           helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "q",
+                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(np.array(np.float32(chosen / 127.0)), "s"),
+                           numpy_helper.from_array(np.array(0, np.int8), "z")])
+    got = ort.InferenceSession(helper.make_model(q, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    torch.testing.assert_close(fake_quant(x, chosen), torch.from_numpy(got), atol=0, rtol=0)
+
+
+def test_cli_calibration_methods_match_the_package():
+    from deeplab_edge.calibration import METHODS
+    from deeplab_edge.cli.common import CALIB_METHODS
+
+    assert tuple(CALIB_METHODS) == tuple(METHODS)

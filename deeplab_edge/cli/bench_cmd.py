@@ -12,7 +12,7 @@ from ..errors import DeepLabEdgeError
 from .app import main
 from .kernels_cmd import kernels_bench
 from .run_cmd import parse_scales
-from .common import (COUNT, NONNEG, THREADS, choices, console, int_list, out, output_option,
+from .common import (CALIB_METHODS, COUNT, NONNEG, THREADS, choices, console, int_list, out, output_option,
                      output_stride_option, pct, print_json, progress_bar, check_tag)
 
 # ----------------------------------------------------------------------------- bench
@@ -57,7 +57,7 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--calib-data", type=click.Path(path_type=Path),
               help="Images to calibrate the INT8 models on (default: the benchmark's own images, flagged).")
 @click.option("--calib-num", default=256, type=COUNT, show_default=True, help="Calibration images (at most).")
-@click.option("--calib-method", type=click.Choice(["entropy", "minmax", "percentile", "mse"]), default="entropy",
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="entropy",
               show_default=True, help="Activation ranges of the TensorRT QDQ model and cache.")
 @click.option("--engine", "engine_files", multiple=True,
               help="A TensorRT engine for the trt-* backends, as PRECISION=FILE (repeatable).")

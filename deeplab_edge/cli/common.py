@@ -23,6 +23,8 @@ out = Console(width=None if sys.stdout.isatty() else 160)
 
 # Numeric option types: a value outside the range is a one-line error when it is parsed, and
 # `--help` shows the range.
+# calibration.METHODS, written here so that the CLI starts without importing onnx (a test keeps them equal)
+CALIB_METHODS = ("entropy", "minmax", "percentile", "mse", "search")
 COUNT = click.IntRange(min=1)            # images, iterations, batch sizes, threads...
 NONNEG = click.IntRange(min=0)           # warm-up calls, layers kept in float, DLA core...
 SIDE = click.IntRange(32, 4096)          # an input side in pixels (4096 x 4096 logits: ~1.4 GB for 21 classes)

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (COUNT, NONNEG, SIDE, console, out, output_option, output_stride_option, pct,
+from .common import (CALIB_METHODS, COUNT, NONNEG, SIDE, console, out, output_option, output_stride_option, pct,
                      print_json, progress_bar)
 
 # ----------------------------------------------------------------------------- export
@@ -65,8 +65,11 @@ def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input
               help="Calibration images: a dataset folder (VOC/Cityscapes/CamVid) or a plain image folder.")
 @click.option("--num", default=256, type=COUNT, show_default=True,
               help="Images to use (the first N in sorted order; fewer are used, with a warning, if fewer exist).")
-@click.option("--method", type=click.Choice(["entropy", "minmax", "percentile", "mse"]), default="entropy",
-              show_default=True, help="How activation ranges are chosen from the histograms.")
+@click.option("--method", type=click.Choice(CALIB_METHODS), default="entropy",
+              show_default=True, help="How activation ranges are chosen: from each tensor's histogram (entropy, minmax, percentile, "
+                   "mse) or by the output error of the Convs reading it (search; on the first --search-num images).")
+@click.option("--search-num", default=16, type=COUNT, show_default=True,
+              help="Images the search method runs on (each costs ~20 forward passes of the Convs).")
 @click.option("--percentile", default=99.99, type=click.FloatRange(50, 100, min_open=True), show_default=True,
               help="Percentile for --method percentile.")
 @click.option("--keep-float", "keep_float_top", default=0, type=NONNEG, show_default=True,
@@ -84,7 +87,7 @@ def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input
 @click.option("--no-cpu-int8", is_flag=True, help="Skip the ONNX Runtime CPU INT8 model.")
 @output_option("dir", "Output folder (created if missing; all files land together or none does).", required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def calibrate_cmd(weights, onnx_path, data, num, method, percentile, keep_float_top, keep_float, sensitivity,
+def calibrate_cmd(weights, onnx_path, data, num, method, search_num, percentile, keep_float_top, keep_float, sensitivity,
                   sensitivity_data, sensitivity_num, sensitivity_mode, trt_version, no_cpu_int8, output,
                   as_json) -> None:
     """INT8 post-training calibration on real images.
@@ -124,7 +127,7 @@ def calibrate_cmd(weights, onnx_path, data, num, method, percentile, keep_float_
             task = prog.add_task(desc, total=total)
             return lambda: prog.advance(task)
 
-        rep = calibrate(onnx_path, data, stage, num=num, method=method, percentile=percentile,
+        rep = calibrate(onnx_path, data, stage, num=num, method=method, percentile=percentile, search_num=search_num,
                         keep_float=tuple(keep_float), trt_version=trt_version, cpu_int8=not no_cpu_int8,
                         keep_float_top=keep_float_top, sensitivity=sensitivity, sensitivity_data=sensitivity_data,
                         sensitivity_num=sensitivity_num, sensitivity_mode=sensitivity_mode, progress=progress)
@@ -166,7 +169,7 @@ def calibrate_cmd(weights, onnx_path, data, num, method, percentile, keep_float_
 @click.option("--calib-data", type=click.Path(path_type=Path), help="Calibrate here on these images.")
 @click.option("--calib-cache", type=click.Path(path_type=Path), help="A TensorRT calibration cache (TensorRT 8.5-10).")
 @click.option("--qdq", type=click.Path(path_type=Path), help="A TensorRT QDQ model from `deeplab-edge calibrate`.")
-@click.option("--calib-method", type=click.Choice(["entropy", "minmax", "percentile", "mse"]), default="entropy",
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="entropy",
               show_default=True, help="With --calib-data.")
 @click.option("--calib-num", default=256, type=COUNT, show_default=True, help="With --calib-data: images (at most).")
 @click.option("--keep-float", "keep_float_top", default=0, type=NONNEG, show_default=True,
