@@ -116,6 +116,7 @@ def run(fp32: Path, eval_dir: str, out: Path, *, calib_dir: str | None, num: int
     from deeplab_edge.export import read_metadata
     from deeplab_edge.metrics import ConfusionMatrix
 
+    env = environment()  # the code as it starts: later edits to the tree do not reach this run
     model = onnx.load(str(fp32))
     pre = Preprocess.from_dict(read_metadata(model)["preprocess"])
     ev = open_dataset(eval_dir)
@@ -188,7 +189,7 @@ def run(fp32: Path, eval_dir: str, out: Path, *, calib_dir: str | None, num: int
               "evaluation": eval_dir, "folds": folds, "calibration_images": [len(c) for c, _ in splits],
               "evaluation_images": sum(len(h) for _, h in splits), "held_out": True,
               "emulation": "ONNX Runtime CPU, graph optimizations off", "methods": rows,
-              "environment": environment()}
+              "environment": env}
     out.write_text(json.dumps(result, indent=1, default=str))
     log(f"FP32 {100 * fp:.2f}% on {result['evaluation_images']} held-out images")
     for m, r in rows.items():
