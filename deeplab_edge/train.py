@@ -74,6 +74,9 @@ class TrainConfig:
     device: str = "auto"
     max_steps: int | None = None  # stop early (tests, smoke runs)
     resume: bool = False
+    qat: bool = False  # quantization-aware fine-tuning: fake int8 as the QDQ export computes it
+    qat_ranges: str = "entropy"  # the PTQ method whose activation thresholds QAT starts from (and keeps)
+    qat_calib_num: int = 64  # images of --data those thresholds are calibrated on
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -241,6 +244,9 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
     model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    qat = None
+    if cfg.qat:  # before the batch norms are frozen below and before DDP wraps the model
+        qat, record_qat = _start_qat(cfg, model, meta, eval_pre, ds, log)
     if not cfg.freeze_bn and cfg.weights and folded_batch_norms(model):
         log("the checkpoint's batch norms are folded into its convolutions (e.g. imported from TFLite): "
             "training them from batch statistics would change the network; freezing them (--freeze-bn)")
@@ -264,6 +270,8 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
     record: dict[str, Any] = {"config": asdict(cfg), "world_size": info.world, "steps_per_epoch": steps_per_epoch,
                               "images": len(ds), "classes": ds.classes, "epochs": [], "best": None,
                               "notes": [record_note] if record_note else []}
+    if qat is not None:
+        record["qat"] = record_qat
     start_epoch, step = 0, 0
     if cfg.resume:
         st = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -347,7 +355,68 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
             write_record(record, out)
         if cfg.max_steps is not None and step >= cfg.max_steps:
             break
+    if qat is not None and info.is_main:
+        _finish_qat(cfg, qat, model, meta, eval_pre, ds, record, log)
+        write_record(record, out)
     return record
+
+
+def _start_qat(cfg: TrainConfig, model, meta, eval_pre: Preprocess, ds: SegmentationDataset, log):
+    """Fake quantization on ``model`` at the PTQ thresholds of its FP32 export (``calibrate``'s method
+    ``cfg.qat_ranges`` on the first ``cfg.qat_calib_num`` images of the training data)."""
+    import tempfile
+
+    from .calibration.qat import FakeQuant, ptq_ranges
+
+    if not cfg.weights:
+        raise DeepLabEdgeError("--qat fine-tunes a trained FP32 model; pass --weights FILE")
+    if cfg.sync_bn:
+        raise DeepLabEdgeError("--qat keeps batch norms frozen (folded into the Convs); drop --sync-bn")
+    cfg.freeze_bn = True
+    n = min(len(ds), cfg.qat_calib_num)
+    images = [ds.load(i)[1] for i in range(n)]
+    log(f"QAT: {cfg.qat_ranges} thresholds from {n} images of {cfg.data} (the FP32 export, as `calibrate`)")
+    qmeta = {**meta, "preprocess": asdict(eval_pre)}
+    with tempfile.TemporaryDirectory() as work:
+        ranges, pairs = ptq_ranges(model, qmeta, images, cfg.qat_ranges, Path(work))
+    fq = FakeQuant(model, pairs, ranges)
+    fq.ranges, fq.pairs = ranges, pairs
+    return fq, {"ranges": ranges, "ranges_method": cfg.qat_ranges, "calibration_images": n, "calibration_data": cfg.data,
+                "quantized_convs": len(pairs), "notes": "batch norm frozen and folded into the Convs; activation "
+                "thresholds fixed at the PTQ ones; weights per channel, recomputed every step"}
+
+
+def _finish_qat(cfg: TrainConfig, fq, model, meta, eval_pre: Preprocess, ds: SegmentationDataset, record, log) -> None:
+    """model_qdq.onnx from the last weights, checked against the fake-quant model it came from."""
+    import tempfile
+
+    from .calibration.qat import qdq_from_model
+    from .runtime.onnx import OnnxRunner
+
+    out = Path(cfg.output)
+    m = model.module if hasattr(model, "module") else model
+    images = [ds.load(i)[1] for i in range(min(2, len(ds)))]
+    m.eval()
+    x = [eval_pre(im)[0][None] for im in images]
+    dev = next(m.parameters()).device
+    with torch.no_grad():
+        fake = [m(t.to(dev)).float().cpu() for t in x]
+    fq.remove()
+    with tempfile.TemporaryDirectory() as work:
+        info = qdq_from_model(m, {**meta, "preprocess": asdict(eval_pre)}, fq.ranges, fq.pairs, images,
+                              out / "model_qdq.onnx", Path(work))
+    runner = OnnxRunner(out / "model_qdq.onnx", optimize=False)
+    same = total = 0
+    worst = 0.0
+    for t, f in zip(x, fake):
+        q = runner(t)
+        same += int((q.argmax(1) == f.argmax(1)).sum())
+        total += f[:, 0].numel()
+        worst = max(worst, float((q - f).abs().max()))
+    record["qat"].update(qdq_onnx=info["qdq_onnx"], qdq_from="last.pt", qdq_vs_fake_quant_agreement=same / total,
+                         qdq_vs_fake_quant_max_abs=worst, logit_range=float(np.max([f.abs().max() for f in fake])))
+    log(f"QAT: wrote {info['qdq_onnx']} ({info['quantized_convs']} Convs in int8); against the fake-quant model "
+        f"on {len(x)} images: argmax agreement {100 * same / total:.3f}%, max |logit diff| {worst:.2e}")
 
 
 def _save_model(model, meta, eval_pre: Preprocess, cfg: TrainConfig, record: dict[str, Any], path: Path) -> None:
@@ -361,6 +430,9 @@ def _save_model(model, meta, eval_pre: Preprocess, cfg: TrainConfig, record: dic
             "source": {"format": "train", "data": cfg.data, "split": cfg.split, "init": cfg.weights or cfg.arch,
                        "epochs": len(record["epochs"]), "best": record["best"]}}
     meta.pop("sha256", None)
+    if "qat" in record:  # an FP32 checkpoint whose weights were trained for these int8 thresholds
+        meta["qat"] = {k: record["qat"][k] for k in ("ranges", "ranges_method", "calibration_images",
+                                                     "calibration_data")}
     save_checkpoint(m, meta, path)
 
 

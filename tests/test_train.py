@@ -243,3 +243,32 @@ def test_resume_with_another_model_is_refused(camvid_small, imported, tmp_path):
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     assert "deeplabv3_mobilenet_v2" in res.output and "deeplabv3plus_mobilenet_v2" in res.output
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r").iterdir()} == before
+
+
+def test_qat_writes_the_qdq_model_it_trained(camvid_small, tmp_path):
+    """train --qat on real frames: the fake-quant model validates every epoch, the QDQ model written at the
+    end scores what it scored (ONNX Runtime emulation), and the checkpoint records the thresholds."""
+    from pathlib import Path
+
+    from deeplab_edge.checkpoint import load_checkpoint
+
+    weights = Path(__file__).resolve().parents[1] / "weights" / "deeplabv3_mnv2_camvid.pt"
+    r = CliRunner().invoke(main, ["train", "--data", str(camvid_small / "train"), "--val-data", str(camvid_small / "val"),
+                                  "--weights", str(weights), "--qat", "--qat-ranges", "minmax", "--qat-calib-num", "4",
+                                  "--crop", "33", "--batch-size", "4", "--epochs", "1", "--lr", "0.001",
+                                  "-o", str(tmp_path / "q"), "--json"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "q" / "train_record.json").read_text())
+    qat = rec["qat"]
+    assert qat["quantized_convs"] == 55 and qat["calibration_images"] == 4 and len(qat["ranges"]) == 55
+    assert qat["qdq_vs_fake_quant_agreement"] >= 0.99
+    meta = load_checkpoint(tmp_path / "q" / "last.pt").meta
+    assert meta["qat"]["ranges"] == qat["ranges"] and meta["qat"]["ranges_method"] == "minmax"
+    ev = CliRunner().invoke(main, ["eval", "--onnx", str(tmp_path / "q" / "model_qdq.onnx"), "--data",
+                                   str(camvid_small / "val"), "--json"])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(ev.stdout)["miou"] == pytest.approx(rec["epochs"][-1]["val_miou"], abs=0.01)
+    bad = CliRunner().invoke(main, ["train", "--data", str(camvid_small / "train"), "--arch", "deeplabv3_mobilenet_v2",
+                                    "--qat", "-o", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "--qat fine-tunes a trained FP32 model" in bad.output
+    assert not (tmp_path / "bad").exists()

@@ -7,7 +7,7 @@ import os
 import click
 
 from .app import main
-from .common import COUNT, NONNEG, console, out, output_option, output_stride_option, pct, print_json, progress_bar
+from .common import CALIB_METHODS, COUNT, NONNEG, console, out, output_option, output_stride_option, pct, print_json, progress_bar
 
 
 @main.command("train")
@@ -44,13 +44,21 @@ from .common import COUNT, NONNEG, console, out, output_option, output_stride_op
 @click.option("--seed", default=0, type=NONNEG, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--max-steps", type=COUNT, help="Stop after N optimizer steps (a smoke run).")
+@click.option("--qat", is_flag=True,
+              help="Quantization-aware fine-tuning of --weights: every Conv runs with the int8 fake quantization "
+                   "of the TensorRT QDQ model (batch norms frozen and folded); writes OUTPUT/model_qdq.onnx from "
+                   "the last weights, for `eval --onnx` and `build --qdq`.")
+@click.option("--qat-ranges", type=click.Choice(CALIB_METHODS), default="entropy", show_default=True,
+              help="With --qat: the `calibrate` method whose activation thresholds QAT starts from and keeps.")
+@click.option("--qat-calib-num", default=64, type=COUNT, show_default=True,
+              help="With --qat: training images those thresholds are calibrated on.")
 @click.option("--resume", is_flag=True, help="Continue the run in -o exactly (weights, optimizer, schedule, order).")
 @output_option("dir", "Run folder: best.pt, last.pt, train_state.pt, train_record.json/.csv, train_curve.png.",
                required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the training record as JSON.")
 def train_cmd(data, split, val_data, val_split, kind, weights, arch, output_stride, epochs, batch_size, crop, lr,
               momentum, weight_decay, scale, no_flip, freeze_bn, dropout, sync_bn, class_weights, val_every, seed,
-              device, max_steps, resume, output, as_json) -> None:
+              device, max_steps, qat, qat_ranges, qat_calib_num, resume, output, as_json) -> None:
     """Fine-tune DeepLab on your data (the paper's recipe: SGD momentum 0.9, poly learning rate,
     random scale 0.5-2.0, crop padded with the ignore label, flip), on a CPU or GPU.
 
@@ -58,7 +66,11 @@ def train_cmd(data, split, val_data, val_split, kind, weights, arch, output_stri
     Many processes or machines: the same command under torchrun (PyTorch DDP: gloo on CPUs,
     NCCL on GPUs), e.g.
       torchrun --nproc-per-node 2 -m deeplab_edge.cli train --data D --batch-size 8 -o run/
-    Only rank 0 writes files; validation is sharded and its confusion matrix summed."""
+    Only rank 0 writes files; validation is sharded and its confusion matrix summed.
+
+    \b
+    INT8 that holds: after FP32 training, fine-tune a few epochs with --qat at a low
+    --lr (e.g. 0.001), validating the fake-quant model every epoch."""
     from ..bench.env import environment
     from ..train import TrainConfig, train
 
@@ -70,6 +82,7 @@ def train_cmd(data, split, val_data, val_split, kind, weights, arch, output_stri
                       momentum=momentum, weight_decay=weight_decay, scale_min=scale[0], scale_max=scale[1],
                       flip=not no_flip, freeze_bn=freeze_bn, dropout=dropout, sync_bn=sync_bn, class_weights=class_weights,
                       val_every=val_every, seed=seed, device=device, max_steps=max_steps, resume=resume,
+                      qat=qat, qat_ranges=qat_ranges, qat_calib_num=qat_calib_num,
                       extra={"environment": environment()})
     main_rank = os.environ.get("RANK", "0") == "0"
     with progress_bar() as prog:
