@@ -233,7 +233,7 @@ def build_artifacts(loaded, weights: Path, dataset, work: Path, backends: list[B
                 rep = calibrate(fp32, src, work, num=calib_num, method=calib_method)
             stamp.write_text(key)
             info["calibration"] = {"seconds": time.perf_counter() - t, "images": rep["images"],
-                                   "warnings": [str(w.message) for w in caught]}
+                                   "warnings": [str(w.message) for w in caught], "cpu_int8": rep.get("cpu_int8")}
         info["calibration"].update({"method": calib_method, "data": str(src), "qdq_onnx": str(qdq),
                                     "cpu_int8_onnx": str(cpu), "cache": str(work / "calibration.cache")})
         from deeplab_edge.data.datasets import open_dataset
@@ -251,6 +251,9 @@ def build_artifacts(loaded, weights: Path, dataset, work: Path, backends: list[B
                                            "much calibration overfits; pass --calib-data with other images (e.g. the "
                                            "train split)")
             log(f"WARNING: {info['calibration']['note']}")
+        for w in info["calibration"].get("warnings", []):
+            if "int8 kernels disagree" in w:
+                log(f"WARNING: {w}")
     return info
 
 

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 OURS = ("entropy", "minmax", "mse", "percentile", "search")
-ORT = ("ort-qdq-s8", "ort-u8s8")
+ORT = ("ort-qdq-s8", "ort-u8s8", "ort-u8s8-7bit", "ort-u8s8-entropy")
 MODELOPT = ("modelopt-entropy", "modelopt-max")
 
 
@@ -53,12 +53,12 @@ def _tag(fp32_model, quantized_path: Path, precision: str) -> None:
     onnx.save(m, str(quantized_path))
 
 
-def _ort_qdq(fp32: Path, out: Path, inputs, symmetric_u8: bool) -> None:
-    if not symmetric_u8:
+def _ort_qdq(fp32: Path, out: Path, inputs, method: str) -> dict | None:
+    if method != "ort-qdq-s8":  # the CPU INT8 model: by default with the settings for this CPU
         from deeplab_edge.calibration.cpu_int8 import quantize_cpu_int8
 
-        quantize_cpu_int8(fp32, out, inputs)
-        return
+        return quantize_cpu_int8(fp32, out, inputs, "entropy" if method.endswith("entropy") else "minmax",
+                                 reduce_range=True if method.endswith("7bit") else None)
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -77,15 +77,17 @@ def _ort_qdq(fp32: Path, out: Path, inputs, symmetric_u8: bool) -> None:
     quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax, extra_options={"ActivationSymmetric": True})
+    return None
 
 
 def _score(runner_path: Path, ds, fp32_preds: dict[str, np.ndarray] | None, num_classes: int,
-           on_image: Callable[[], None] | None = None) -> tuple[np.ndarray, int, int, dict[str, np.ndarray]]:
+           on_image: Callable[[], None] | None = None,
+           optimize: bool = False) -> tuple[np.ndarray, int, int, dict[str, np.ndarray]]:
     from deeplab_edge.inference import Segmenter
     from deeplab_edge.metrics import ConfusionMatrix
     from deeplab_edge.runtime.onnx import OnnxRunner
 
-    seg = Segmenter(OnnxRunner(runner_path, optimize=False))
+    seg = Segmenter(OnnxRunner(runner_path, optimize=optimize))
     cm = ConfusionMatrix(num_classes)
     same = total = 0
     preds = {}
@@ -109,6 +111,7 @@ def run(fp32: Path, eval_dir: str, out: Path, *, calib_dir: str | None, num: int
     from deeplab_edge.bench.env import environment
     from deeplab_edge.calibration import insert_qdq
     from deeplab_edge.calibration.collect import activation_tensors, collect_histograms
+    from deeplab_edge.calibration.cpu_int8 import cpu_features
     from deeplab_edge.calibration.histograms import amax_from_histogram
     from deeplab_edge.calibration.search import search_ranges
     from deeplab_edge.data.datasets import open_dataset
@@ -132,6 +135,8 @@ def run(fp32: Path, eval_dir: str, out: Path, *, calib_dir: str | None, num: int
     agree = {m: [0, 0] for m in methods}
     per_fold: dict[str, list[float]] = {m: [] for m in ["fp32", *methods]}
     seconds = {m: 0.0 for m in methods}
+    kernels: dict[str, dict[str, Any]] = {}  # CPU INT8 models through this CPU's int8 kernels too
+    settings: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         for f, (cal, held) in enumerate(splits):
@@ -155,7 +160,9 @@ def run(fp32: Path, eval_dir: str, out: Path, *, calib_dir: str | None, num: int
                         amax = {n: amax_from_histogram(h, a, m, percentile) for n, (h, a) in stats.items()}
                     onnx.save(insert_qdq(model, amax), str(path))
                 elif m in ORT:
-                    _ort_qdq(fp32, path, inputs, symmetric_u8=(m == "ort-qdq-s8"))
+                    got = _ort_qdq(fp32, path, inputs, m)
+                    if got:
+                        settings[m] = {k: v for k, v in got.items() if k != "cpu"}
                 elif m in MODELOPT:
                     if not modelopt_python:
                         raise SystemExit(f"{m} needs --modelopt-python (ModelOpt's own environment)")
@@ -169,7 +176,13 @@ def run(fp32: Path, eval_dir: str, out: Path, *, calib_dir: str | None, num: int
                     raise SystemExit(f"unknown method {m!r}")
                 seconds[m] += time.perf_counter() - t
                 _tag(model, path, "int8-qdq-tensorrt")
-                cm, same, total, _ = _score(path, held, fp32_preds, classes)
+                cm, same, total, preds = _score(path, held, fp32_preds, classes)
+                if m in settings:  # the same model through this CPU's int8 kernels (graph optimizations on)
+                    k = kernels.setdefault(m, {"cm": np.zeros_like(pooled[m]), "same": 0, "total": 0})
+                    cmk, samek, totk, _ = _score(path, held, preds, classes, optimize=True)
+                    k["cm"] += cmk
+                    k["same"] += samek
+                    k["total"] += totk
                 pooled[m] += cm
                 agree[m][0] += same
                 agree[m][1] += total
@@ -182,6 +195,10 @@ def run(fp32: Path, eval_dir: str, out: Path, *, calib_dir: str | None, num: int
         s = ConfusionMatrix.summarize(pooled[m])
         rows[m] = {"miou": s["miou"], "drop_points": 100 * (s["miou"] - fp), "fp32_agreement": agree[m][0] / agree[m][1],
                    "per_fold_miou": per_fold[m], "quantize_s": seconds[m]}
+        if m in kernels:
+            k = kernels[m]
+            rows[m].update(settings=settings[m], kernels_miou=ConfusionMatrix.summarize(k["cm"])["miou"],
+                           kernels_vs_emulation_agreement=k["same"] / k["total"])
     meta = read_metadata(model)
     result = {"fp32": fp32.name, "checkpoint_sha256": meta.get("checkpoint_sha256"),
               "output_stride": meta.get("config", {}).get("output_stride"), "fp32_miou": fp, "fp32_per_fold_miou": per_fold["fp32"],
@@ -189,11 +206,14 @@ def run(fp32: Path, eval_dir: str, out: Path, *, calib_dir: str | None, num: int
               "evaluation": eval_dir, "folds": folds, "calibration_images": [len(c) for c, _ in splits],
               "evaluation_images": sum(len(h) for _, h in splits), "held_out": True,
               "emulation": "ONNX Runtime CPU, graph optimizations off", "methods": rows,
+              "cpu_features": cpu_features(),
               "environment": env}
     out.write_text(json.dumps(result, indent=1, default=str))
     log(f"FP32 {100 * fp:.2f}% on {result['evaluation_images']} held-out images")
     for m, r in rows.items():
-        log(f"{m:18s} {100 * r['miou']:.2f}% ({r['drop_points']:+.2f}), agreement {100 * r['fp32_agreement']:.3f}%")
+        log(f"{m:18s} {100 * r['miou']:.2f}% ({r['drop_points']:+.2f}), agreement {100 * r['fp32_agreement']:.3f}%"
+            + (f"; this CPU's kernels {100 * r['kernels_miou']:.2f}% ({100 * r['kernels_vs_emulation_agreement']:.3f}% "
+               "of pixels as emulated)" if "kernels_miou" in r else ""))
     return result
 
 

@@ -6,7 +6,8 @@
 2. ``model_qdq.onnx`` — the TensorRT QDQ model (symmetric s8; TensorRT 10+/11's only INT8 route),
    whose accuracy is measured here by exact fake-quant emulation (ONNX Runtime, graph
    optimisations off),
-3. ``model_cpu_int8.onnx`` — the CPU INT8 model (u8 activations / s8 weights) for ONNX Runtime,
+3. ``model_cpu_int8.onnx`` — the CPU INT8 model (u8 activations / s8 weights) for ONNX Runtime, its
+   settings chosen for this CPU and its kernels checked against its exact arithmetic (``cpu_int8.py``),
 4. ``ranges.json`` — every tensor's max|x| and chosen threshold.
 """
 
@@ -149,8 +150,18 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
             report["sensitivity_top"] = ranking["layers"][:10]
             report["keep_float"] = list(keep_float)
         if cpu_int8:
-            from .cpu_int8 import quantize_cpu_int8
+            import warnings
 
-            quantize_cpu_int8(onnx_path, stage / "model_cpu_int8.onnx", inputs)
+            from .cpu_int8 import kernel_agreement, quantize_cpu_int8
+
+            info = quantize_cpu_int8(onnx_path, stage / "model_cpu_int8.onnx", inputs, method=method)
+            few = inputs[:4]
+            info.update(kernel_agreement=kernel_agreement(stage / "model_cpu_int8.onnx", few), kernel_check_images=len(few))
             report["cpu_int8_onnx"] = str(out_dir / "model_cpu_int8.onnx")
+            report["cpu_int8"] = info
+            if info["kernel_agreement"] < 0.99:
+                warnings.warn(f"this CPU's ONNX Runtime int8 kernels disagree with the CPU INT8 model's exact arithmetic "
+                              f"on {100 * (1 - info['kernel_agreement']):.1f}% of the pixels of {len(few)} calibration "
+                              "images (a kernel issue of this CPU and ONNX Runtime build); measure it with `eval --onnx` "
+                              "here, or deploy the QDQ/TensorRT or FP32 model", stacklevel=2)
     return report

@@ -1,22 +1,72 @@
 """The CPU INT8 model: ONNX Runtime's own static quantization (``quantize_static``), with
 unsigned 8-bit activations and signed 8-bit per-channel weights — the combination ONNX
 Runtime's x86/ARM int8 kernels run fast (symmetric s8 activations hit int16 saturation in its
-AVX2 kernels). Fed the same preprocessed calibration images as everything else."""
+AVX2 kernels). Fed the same preprocessed calibration images as everything else.
+
+Its accuracy must not depend on the CPU, and ONNX Runtime's int8 kernels do not all compute the
+same thing:
+
+* x86 without VNNI multiplies u8 x s8 pairs with VPMADDUBSW, which adds two products into a
+  *saturating* int16 (255 * 127 * 2 > 32767). 7-bit weights (``reduce_range``) cannot saturate,
+  so they are chosen there; VNNI's VPDPBUSD (and AMX) accumulate in int32 and keep 8 bits.
+* Some builds mis-run int8 convolutions on particular CPUs (onnxruntime#16105 on AVX2 AMD,
+  onnxruntime#26324 on AVX-512 VNNI + AMX Xeons with 1.23). No setting avoids a kernel bug, so
+  :func:`kernel_agreement` runs the model through this CPU's kernels and through the exact
+  arithmetic (graph optimizations off) and ``calibrate``/``bench`` report the agreement, warning
+  when they part.
+"""
 
 from __future__ import annotations
 
+import platform
 import tempfile
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from deeplab_edge.outputs import atomic_path
 
-__all__ = ["quantize_cpu_int8"]
+__all__ = ["quantize_cpu_int8", "cpu_features", "int8_settings", "kernel_agreement", "ORT_METHODS"]
+
+# this project's --method -> ONNX Runtime's calibrator for the CPU model (it has no MSE or search)
+ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "mse": "MinMax",
+               "search": "MinMax"}
+
+
+def cpu_features(cpuinfo: str | None = None, machine: str | None = None) -> dict[str, Any]:
+    """The int8-relevant instruction sets of this CPU (Linux /proc/cpuinfo flags)."""
+    machine = machine or platform.machine()
+    if cpuinfo is None:
+        p = Path("/proc/cpuinfo")
+        cpuinfo = p.read_text(errors="replace") if p.is_file() else ""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.split(":")[0].strip() in ("flags", "Features"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    x86 = machine.lower() in ("x86_64", "amd64", "i686", "x86")
+    return {"machine": machine, "x86": x86, "known": bool(flags), "avx2": "avx2" in flags,
+            "avx512_vnni": "avx512_vnni" in flags, "avx_vnni": "avx_vnni" in flags, "amx_int8": "amx_int8" in flags}
+
+
+def int8_settings(features: dict[str, Any]) -> dict[str, Any]:
+    """ONNX Runtime quantization settings for a CPU: 7-bit weights where u8 x s8 products can saturate."""
+    vnni = features["avx512_vnni"] or features["avx_vnni"] or features["amx_int8"]
+    if features["x86"] and not features["known"]:
+        return {"reduce_range": True, "why": "x86 CPU of unknown instruction set: 7-bit weights, safe without VNNI"}
+    if features["x86"] and not vnni:
+        return {"reduce_range": True, "why": "x86 without VNNI: VPMADDUBSW's int16 sums of u8 x s8 pairs saturate "
+                                             "with 8-bit weights; 7-bit weights cannot"}
+    return {"reduce_range": False, "why": "VNNI/AMX (int32 accumulation)" if features["x86"] else
+            f"{features['machine']}: int8 dot products accumulate in int32"}
 
 
 def quantize_cpu_int8(fp32_path: str | Path, out_path: str | Path, inputs: list[torch.Tensor],
-                      method: str = "minmax") -> Path:
+                      method: str = "minmax", reduce_range: bool | None = None) -> dict[str, Any]:
+    """Write the CPU INT8 model; returns its settings (the ONNX Runtime calibrator, ``reduce_range``
+    and why: chosen for this CPU when None)."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -32,15 +82,18 @@ def quantize_cpu_int8(fp32_path: str | Path, out_path: str | Path, inputs: list[
             x = next(self.it, None)
             return None if x is None else {name: x[None].numpy()}
 
-    cm = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-          "percentile": CalibrationMethod.Percentile}.get(method, CalibrationMethod.MinMax)
+    if method not in ORT_METHODS:
+        raise ValueError(f"expected method in {tuple(ORT_METHODS)}, got {method!r}")
+    features = cpu_features()
+    settings = int8_settings(features) if reduce_range is None else {"reduce_range": reduce_range, "why": "asked"}
+    cm = getattr(CalibrationMethod, ORT_METHODS[method])
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory() as work, atomic_path(out_path) as tmp:
         pre = Path(work) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=cm,
-                        op_types_to_quantize=["Conv", "Add", "Concat", "Mul"])
+                        reduce_range=settings["reduce_range"], op_types_to_quantize=["Conv", "Add", "Concat", "Mul"])
         # carry deeplab-edge's metadata over
         src, q = onnx.load(str(fp32_path)), onnx.load(str(tmp))
         del q.metadata_props[:]
@@ -48,4 +101,20 @@ def quantize_cpu_int8(fp32_path: str | Path, out_path: str | Path, inputs: list[
             e = q.metadata_props.add()
             e.key, e.value = p.key, p.value if p.key != "deeplab_edge.precision" else '"int8-cpu"'
         onnx.save(q, str(tmp))
-    return out_path
+    return {"ort_calibration": ORT_METHODS[method], **settings, "cpu": features}
+
+
+def kernel_agreement(model_path: str | Path, inputs: list[torch.Tensor]) -> float:
+    """Fraction of output pixels whose argmax is the same through this CPU's ONNX Runtime int8 kernels
+    (graph optimizations on) as through the model's exact arithmetic (optimizations off)."""
+    from deeplab_edge.export import ort_session
+
+    fast, exact = ort_session(model_path, optimize=True), ort_session(model_path, optimize=False)
+    name = fast.get_inputs()[0].name
+    same = total = 0
+    for x in inputs:
+        feed = {name: x[None].numpy()}
+        a, b = fast.run(None, feed)[0].argmax(1), exact.run(None, feed)[0].argmax(1)
+        same += int(np.sum(a == b))
+        total += a.size
+    return same / max(total, 1)

@@ -210,6 +210,11 @@ def test_calibrated_models_on_real_voc(shared, fp32_onnx, tmp_path, method):
         print(f"{method} {kind}: pixel agreement with FP32 per image {np.round(100 * agree, 2)}")
         assert agree.min() >= 0.96 and agree.mean() >= 0.98, (kind, agree)
     if method == "minmax":
+        from deeplab_edge.calibration.cpu_int8 import cpu_features, int8_settings
+
+        c = rep["cpu_int8"]  # settings for this CPU, whichever it is, and its kernels checked
+        assert c["reduce_range"] == int8_settings(cpu_features())["reduce_range"] and c["ort_calibration"] == "MinMax"
+        assert 0 <= c["kernel_agreement"] <= 1 and c["kernel_check_images"] == 4
         # deterministic: the same inputs and method give byte-identical files
         rep2 = calibrate(fp32_onnx, shared["voc"], tmp_path / "b", num=16, method=method, cpu_int8=True)
         for key in ("cache", "qdq_onnx", "cpu_int8_onnx"):
@@ -319,3 +324,36 @@ def test_cli_calibration_methods_match_the_package():
     from deeplab_edge.cli.common import CALIB_METHODS
 
     assert tuple(CALIB_METHODS) == tuple(METHODS)
+
+
+@pytest.mark.parametrize("cpuinfo, machine, reduce", [
+    ("flags\t\t: fpu sse2 avx avx2 fma", "x86_64", True),  # AVX2 without VNNI: VPMADDUBSW saturates
+    ("flags\t\t: fpu avx2 avx512f avx512_vnni", "x86_64", False),
+    ("flags\t\t: fpu avx2 avx_vnni", "x86_64", False),
+    ("flags\t\t: fpu avx2 avx512_vnni amx_tile amx_int8", "x86_64", False),
+    ("", "x86_64", True),  # unknown x86: the safe setting
+    ("Features\t: fp asimd asimddp", "aarch64", False),
+])
+def test_cpu_int8_settings_by_instruction_set(cpuinfo, machine, reduce):
+    from deeplab_edge.calibration.cpu_int8 import cpu_features, int8_settings
+
+    assert int8_settings(cpu_features(cpuinfo, machine))["reduce_range"] is reduce
+
+
+@pytest.mark.parametrize("reduce", [False, True])
+def test_cpu_int8_reduce_range_gives_7_bit_weights(tmp_path, reduce):
+    from onnx import numpy_helper
+
+    from deeplab_edge.calibration.cpu_int8 import quantize_cpu_int8
+
+    conv = torch.nn.Conv2d(4, 3, 3, padding=1).eval()
+    path = tmp_path / "c.onnx"
+    torch.onnx.export(conv, (torch.randn(1, 4, 9, 7),), str(path), input_names=["input"], dynamo=False,
+                      opset_version=17)
+    info = quantize_cpu_int8(path, tmp_path / "q.onnx", [torch.randn(4, 9, 7) for _ in range(2)], "entropy",
+                             reduce_range=reduce)
+    assert info["reduce_range"] is reduce and info["ort_calibration"] == "Entropy"
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    w = [numpy_helper.to_array(t) for t in q.graph.initializer if t.data_type == onnx.TensorProto.INT8 and t.dims]
+    peak = max(int(np.abs(a.astype(np.int32)).max()) for a in w)
+    assert peak <= 64 if reduce else peak == 127

@@ -153,6 +153,9 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
     cal = (result.get("artifacts") or {}).get("calibration") or {}
     if cal.get("note"):
         console.print(f"[bold yellow]warning:[/] {cal['note']}", highlight=False, soft_wrap=True)
+    for w in cal.get("warnings") or []:
+        if "int8 kernels disagree" in w:
+            console.print(f"[bold yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     for k, v in files.items():
         out.print(f"[green]wrote[/] {v}")
 

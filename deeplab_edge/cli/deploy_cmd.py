@@ -135,7 +135,7 @@ def calibrate_cmd(weights, onnx_path, data, num, method, search_num, percentile,
     rep = {k: str(output / Path(v).name) if isinstance(v, str) and Path(v).parent == stage else v
            for k, v in rep.items()}
     for w in caught:
-        if "calibrating on all" in str(w.message) or "not held out" in str(w.message):
+        if any(k in str(w.message) for k in ("calibrating on all", "not held out", "int8 kernels disagree")):
             console.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
     if as_json:
         print_json(rep)
@@ -156,6 +156,11 @@ def calibrate_cmd(weights, onnx_path, data, num, method, search_num, percentile,
     for key in ("cache", "qdq_onnx", "cpu_int8_onnx", "ranges"):
         if key in rep:
             out.print(f"  {key:14s} {rep[key]}")
+    if "cpu_int8" in rep:
+        c = rep["cpu_int8"]
+        out.print(f"  CPU INT8: ONNX Runtime {c['ort_calibration']} calibration, "
+                  f"{'7' if c['reduce_range'] else '8'}-bit weights ({c['why']}); this CPU's int8 kernels agree with "
+                  f"its exact arithmetic on {pct(c['kernel_agreement'])}% of pixels", highlight=False)
 
 # ----------------------------------------------------------------------------- build
 
