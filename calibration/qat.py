@@ -20,14 +20,15 @@ checked: the ONNX weight must equal the PyTorch weight with its batch norm folde
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-__all__ = ["fake_quant_act", "fake_quant_weight", "conv_bn_pairs", "FakeQuant", "onnx_conv_modules",
-           "ptq_ranges", "qdq_from_model"]
+__all__ = ["fake_quant_act", "fake_quant_weight", "conv_bn_pairs", "residual_blocks", "QATPlan", "FakeQuant",
+           "onnx_conv_modules", "skip_tensors", "ptq_ranges", "qdq_from_model"]
 
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -91,17 +92,62 @@ def conv_bn_pairs(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[str, st
     return [(c, bn_of.get(c)) for c in order]
 
 
+def residual_blocks(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[str, str]]:
+    """(module name, where its residual input comes from) of every residual block, in execution order:
+    "input" (MobileNet inverted residuals, ResNet blocks without downsample: the block's input) or
+    "downsample" (ResNet's projection shortcut: the downsample Conv's output)."""
+    names = {m: n for n, m in model.named_modules()}
+    order: list[tuple[str, str]] = []
+    hooks = []
+    for m in model.modules():
+        kind = None
+        if getattr(m, "use_res_connect", False):
+            kind = "input"
+        elif hasattr(m, "downsample") and hasattr(m, "conv1"):
+            kind = "input" if m.downsample is None else "downsample"
+        if kind:
+            hooks.append(m.register_forward_pre_hook(lambda mod, inp, k=kind: order.append((names[mod], k))))
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return order
+
+
+@dataclass
+class QATPlan:
+    """What QAT fake-quantizes: each Conv2d (with the batch norm folded into it) and each residual block's
+    skip input, as ``insert_qdq`` places QDQ. ``ranges`` are keyed by Conv2d name and ``<block>:skip``."""
+    pairs: list[tuple[str, str | None]]
+    blocks: list[tuple[str, str]]
+
+
 class FakeQuant:
     """Fake quantization installed on a model's Conv2d modules (their ``forward``) and the batch norms
     folded into them (identity); ``remove()`` restores the FP32 model. State dict keys do not change."""
 
-    def __init__(self, model: torch.nn.Module, pairs: list[tuple[str, str | None]], ranges: dict[str, float]) -> None:
-        missing = [c for c, _ in pairs if c not in ranges]
+    def __init__(self, model: torch.nn.Module, plan: QATPlan, ranges: dict[str, float]) -> None:
+        missing = [k for k in [c for c, _ in plan.pairs] + [f"{b}:skip" for b, _ in plan.blocks] if k not in ranges]
         if missing:
             raise ValueError(f"no activation range for {missing[:3]}")
         mods = dict(model.named_modules())
+        self.plan, self.ranges = plan, ranges
         self.patched: list[torch.nn.Module] = []
-        for c, b in pairs:
+        for name, kind in plan.blocks:
+            block, a = mods[name], float(ranges[f"{name}:skip"])
+            if kind == "input":  # the block on fq(x): its first Conv's own fq of fq(x) is fq(x) again
+                block.forward = (lambda blk, amax: lambda x: type(blk).forward(blk, fake_quant_act(x, amax)))(block, a)
+                self.patched.append(block)
+            else:
+                ds = block.downsample
+                ds.forward = (lambda d, amax: lambda x: fake_quant_act(type(d).forward(d, x), amax))(ds, a)
+                self.patched.append(ds)
+        for c, b in plan.pairs:
             conv, bn = mods[c], (mods[b] if b else None)
             conv.forward = self._conv_forward(conv, bn, float(ranges[c]))
             self.patched.append(conv)
@@ -153,6 +199,29 @@ def onnx_conv_modules(model: torch.nn.Module, onnx_model, pairs: list[tuple[str,
     return out
 
 
+def skip_tensors(onnx_model, plan: QATPlan) -> dict[str, str]:
+    """Residual block -> the ONNX tensor ``insert_qdq`` quantizes on its Add, checked against the block's
+    own Convs (its first Conv's input, or its downsample Conv's output)."""
+    from .qdq import residual_skips
+
+    skips = residual_skips(onnx_model)
+    if len(skips) != len(plan.blocks):
+        raise ValueError(f"the ONNX model has {len(skips)} fusible residual Adds, the PyTorch model runs "
+                         f"{len(plan.blocks)} residual blocks; QAT cannot match them")
+    conv_in = {c: n.input[0] for n, (c, _) in zip(_weighted_convs(onnx_model), plan.pairs)}
+    conv_out = {c: n.output[0] for n, (c, _) in zip(_weighted_convs(onnx_model), plan.pairs)}
+    out = {}
+    for (add, i), (name, kind) in zip(skips, plan.blocks):
+        inside = [c for c, _ in plan.pairs if c.startswith(name + ".")]
+        want = conv_out.get(f"{name}.downsample.0") if kind == "downsample" else conv_in.get(inside[0]) if inside \
+            else None
+        if add.input[i] != want:
+            raise ValueError(f"residual Add {add.name} reads {add.input[i]}, block {name} should give {want}; QAT "
+                             "cannot match them")
+        out[name] = want
+    return out
+
+
 def _weighted_convs(onnx_model) -> list:
     from .qdq import conv_nodes
 
@@ -176,9 +245,9 @@ def _export(model: torch.nn.Module, meta: dict[str, Any], images: list[np.ndarra
 
 
 def ptq_ranges(model: torch.nn.Module, meta: dict[str, Any], images: list[np.ndarray], method: str,
-               work: Path, percentile: float = 99.99, search_num: int = 16) -> tuple[dict[str, float], list]:
-    """Each Conv2d's input threshold as ``calibrate`` chooses it on ``images`` (uint8 RGB) for this model's FP32
-    export; returns (ranges by Conv2d name, the (conv, bn) pairs)."""
+               work: Path, percentile: float = 99.99, search_num: int = 16) -> tuple[dict[str, float], QATPlan]:
+    """The thresholds ``calibrate`` chooses on ``images`` (uint8 RGB) for this model's FP32 export, for each
+    Conv2d's input and each residual block's skip input; returns (ranges, plan)."""
     from deeplab_edge.data.preprocess import Preprocess
 
     from .collect import collect_histograms
@@ -186,7 +255,8 @@ def ptq_ranges(model: torch.nn.Module, meta: dict[str, Any], images: list[np.nda
 
     pre = Preprocess.from_dict(meta.get("preprocess") or {})
     inputs = [pre(im)[0] for im in images]
-    pairs = conv_bn_pairs(model, inputs[0][None].to(next(model.parameters()).device))
+    x = inputs[0][None].to(next(model.parameters()).device)
+    plan = QATPlan(conv_bn_pairs(model, x), residual_blocks(model, x))
     onnx_model = _export(model, meta, images[:2], work / "qat_start_fp32.onnx")
     stats = collect_histograms(onnx_model, inputs)
     if method == "search":
@@ -195,14 +265,17 @@ def ptq_ranges(model: torch.nn.Module, meta: dict[str, Any], images: list[np.nda
         amax = search_ranges(onnx_model, inputs[:search_num], stats, percentile)
     else:
         amax = {n: amax_from_histogram(h, a, method, percentile) for n, (h, a) in stats.items()}
-    onnx_conv_modules(model, onnx_model, pairs)  # same modules, same order, weights checked
+    onnx_conv_modules(model, onnx_model, plan.pairs)  # same modules, same order, weights checked
     # Convs reading the same tensor (the ASPP branches) get the same threshold: its one QDQ pair
-    return {c: float(amax[node.input[0]]) for node, (c, _) in zip(_weighted_convs(onnx_model), pairs)}, pairs
+    ranges = {c: float(amax[node.input[0]]) for node, (c, _) in zip(_weighted_convs(onnx_model), plan.pairs)}
+    ranges.update({f"{b}:skip": float(amax[t]) for b, t in skip_tensors(onnx_model, plan).items()})
+    return ranges, plan
 
 
-def qdq_from_model(model: torch.nn.Module, meta: dict[str, Any], ranges: dict[str, float],
-                   pairs: list[tuple[str, str | None]], images: list[np.ndarray], out_path: Path, work: Path) -> dict:
-    """The TensorRT QDQ ONNX of a QAT model: its FP32 export with ``insert_qdq`` at the trained ranges."""
+def qdq_from_model(model: torch.nn.Module, meta: dict[str, Any], ranges: dict[str, float], plan: QATPlan,
+                   images: list[np.ndarray], out_path: Path, work: Path, ranges_method: str | None = None) -> dict:
+    """The TensorRT QDQ ONNX of a QAT model (its fake quantization removed): its FP32 export with
+    ``insert_qdq`` at the trained ranges, residual Adds included."""
     import json
 
     import onnx
@@ -213,19 +286,20 @@ def qdq_from_model(model: torch.nn.Module, meta: dict[str, Any], ranges: dict[st
 
     onnx_model = _export(model, meta, images[:2], work / "qat_end_fp32.onnx")
     nodes = _weighted_convs(onnx_model)
-    onnx_conv_modules(model, onnx_model, pairs)  # the same modules in the same order, weights checked
+    onnx_conv_modules(model, onnx_model, plan.pairs)  # the same modules in the same order, weights checked
+    wanted = [(node.input[0], c) for node, (c, _) in zip(nodes, plan.pairs)]
+    wanted += [(t, f"{b}:skip") for b, t in skip_tensors(onnx_model, plan).items()]
     amax: dict[str, float] = {}
-    for node, (c, _) in zip(nodes, pairs):
-        a = float(ranges[c])
-        if node.input[0] in amax and amax[node.input[0]] != a:
-            raise ValueError(f"Convs reading {node.input[0]} were trained with different thresholds")
-        amax[node.input[0]] = a
+    for tensor, key in wanted:
+        a = float(ranges[key])
+        if tensor in amax and amax[tensor] != a:
+            raise ValueError(f"{tensor} was trained with two thresholds ({amax[tensor]} and {a}: {key})")
+        amax[tensor] = a
     qdq = insert_qdq(onnx_model, amax)
     props = {p.key: p for p in qdq.metadata_props}
     props["deeplab_edge.precision"].value = json.dumps("int8-qdq-tensorrt")
     e = qdq.metadata_props.add()
-    e.key, e.value = "deeplab_edge.calibration", json.dumps({"method": "qat", "ranges_from": meta.get("qat", {})
-                                                             .get("method")})
+    e.key, e.value = "deeplab_edge.calibration", json.dumps({"method": "qat", "ranges_from": ranges_method})
     with atomic_path(out_path) as tmp:
         onnx.save(qdq, str(tmp))
-    return {"qdq_onnx": str(out_path), "quantized_convs": len(nodes)}
+    return {"qdq_onnx": str(out_path), "quantized_convs": len(nodes), "residual_adds": len(plan.blocks)}

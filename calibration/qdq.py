@@ -7,13 +7,22 @@ point 0) and the weights (per-output-channel, symmetric int8) of each Conv — w
 left in float. ONNX Runtime's ``quantize_static`` places QDQ on outputs too and quantizes
 biases to int32, so this placement is done here; the CPU INT8 model, where ONNX Runtime's
 own placement is right, is made with ``quantize_static`` (see ``cpu_int8.py``).
+
+Residual Adds follow the guide's fusion rule too: TensorRT fuses an Add into the Convolution
+that produces one of its inputs, and the fused layer stays INT8 only when the Add's *other*
+input is quantized (its figure of the Add input ``xf1`` in floating point vs INT8; NVIDIA's
+TensorFlow quantization toolkit quantizes ResNet's residual connections for the same reason).
+So for every Add fed by a Conv, the inputs other than the fused Conv's output (the one computed
+last) read a DequantizeLinear: the pair the tensor already has when it is a Conv input too (the
+block input of a MobileNetV2 residual), a new one at its own threshold otherwise (ResNet's
+downsample output). :func:`residual_skips` lists them; QAT fake-quantizes the same tensors.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["insert_qdq", "conv_nodes", "quantize_weight"]
+__all__ = ["insert_qdq", "conv_nodes", "quantize_weight", "residual_skips"]
 
 
 def conv_nodes(model) -> list:
@@ -28,9 +37,29 @@ def quantize_weight(wf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return wq, s
 
 
-def insert_qdq(model, amax: dict[str, float], keep_float: set[str] | frozenset[str] = frozenset()):
+def residual_skips(model, keep_float: set[str] | frozenset[str] = frozenset()) -> list[tuple[object, int]]:
+    """(Add node, input index) of every Add input to quantize so that TensorRT can fuse the Add into
+    the Conv producing its other input: all inputs but the output of the last-computed (quantized) Conv."""
+    nodes = list(model.graph.node)
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output}  # tensor -> index of its node
+    out = []
+    for node in nodes:
+        if node.op_type != "Add" or len(node.input) != 2:
+            continue
+        convs = [i for i, t in enumerate(node.input) if t in producer and nodes[producer[t]].op_type == "Conv"
+                 and nodes[producer[t]].name not in keep_float]
+        if not convs:
+            continue
+        fused = max(convs, key=lambda i: producer[node.input[i]])
+        out += [(node, i) for i in range(len(node.input)) if i != fused]
+    return out
+
+
+def insert_qdq(model, amax: dict[str, float], keep_float: set[str] | frozenset[str] = frozenset(),
+               residual_add: bool = True):
     """A copy of ``model`` with QDQ around every Conv's activation input and weights, except the
-    Convs named in ``keep_float``. ``amax`` gives each activation's clipping threshold."""
+    Convs named in ``keep_float``, and (``residual_add``) on the residual inputs of Adds fed by a Conv.
+    ``amax`` gives each activation's clipping threshold."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -57,6 +86,7 @@ def insert_qdq(model, amax: dict[str, float], keep_float: set[str] | frozenset[s
         dq_of[name] = dq
         return dq
 
+    skips = residual_skips(m, keep_float) if residual_add else []
     for node in list(g.node):
         if node.op_type != "Conv" or node.name in keep_float:
             continue
@@ -73,6 +103,8 @@ def insert_qdq(model, amax: dict[str, float], keep_float: set[str] | frozenset[s
         new_nodes.append(helper.make_node("DequantizeLinear", [wq_name, ws_name, wz_name], [wdq], name=f"{w}_DQ",
                                           axis=0))
         node.input[1] = wdq
+    for node, i in skips:  # the residual input of a fusible Add: the pair the tensor has, or a new one
+        node.input[i] = act_qdq(node.input[i])
     # QDQ nodes go right before their first consumer: simplest valid order is all of them first
     # for weights and graph inputs, and after the producer for activations; a topological sort does both.
     all_nodes = new_nodes + list(g.node)

@@ -378,11 +378,10 @@ def _start_qat(cfg: TrainConfig, model, meta, eval_pre: Preprocess, ds: Segmenta
     log(f"QAT: {cfg.qat_ranges} thresholds from {n} images of {cfg.data} (the FP32 export, as `calibrate`)")
     qmeta = {**meta, "preprocess": asdict(eval_pre)}
     with tempfile.TemporaryDirectory() as work:
-        ranges, pairs = ptq_ranges(model, qmeta, images, cfg.qat_ranges, Path(work))
-    fq = FakeQuant(model, pairs, ranges)
-    fq.ranges, fq.pairs = ranges, pairs
+        ranges, plan = ptq_ranges(model, qmeta, images, cfg.qat_ranges, Path(work))
+    fq = FakeQuant(model, plan, ranges)
     return fq, {"ranges": ranges, "ranges_method": cfg.qat_ranges, "calibration_images": n, "calibration_data": cfg.data,
-                "quantized_convs": len(pairs), "notes": "batch norm frozen and folded into the Convs; activation "
+                "quantized_convs": len(plan.pairs), "residual_adds": len(plan.blocks), "notes": "batch norm frozen and folded into the Convs; activation "
                 "thresholds fixed at the PTQ ones; weights per channel, recomputed every step"}
 
 
@@ -403,8 +402,8 @@ def _finish_qat(cfg: TrainConfig, fq, model, meta, eval_pre: Preprocess, ds: Seg
         fake = [m(t.to(dev)).float().cpu() for t in x]
     fq.remove()
     with tempfile.TemporaryDirectory() as work:
-        info = qdq_from_model(m, {**meta, "preprocess": asdict(eval_pre)}, fq.ranges, fq.pairs, images,
-                              out / "model_qdq.onnx", Path(work))
+        info = qdq_from_model(m, {**meta, "preprocess": asdict(eval_pre)}, fq.ranges, fq.plan, images,
+                              out / "model_qdq.onnx", Path(work), ranges_method=cfg.qat_ranges)
     runner = OnnxRunner(out / "model_qdq.onnx", optimize=False)
     same = total = 0
     worst = 0.0

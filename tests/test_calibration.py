@@ -192,6 +192,18 @@ def test_calibrated_models_on_real_voc(shared, fp32_onnx, tmp_path, method):
     assert convs and all(producers[c.input[0]].op_type == "DequantizeLinear" and
                          producers[c.input[1]].op_type == "DequantizeLinear" for c in convs)
     assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) <= len(convs)
+    # TensorRT's fusion rules (developer guide, Q/DQ placement): nothing between a Conv and its activation
+    # (Conv+BN+ReLU/Clip fuse; BN is folded by the export), and each residual Add reads one Conv output
+    # directly (the Conv it fuses into) and its other input through a DequantizeLinear
+    acts = [n for n in q.graph.node if n.op_type in ("Relu", "Clip")]
+    assert acts and all(producers[a.input[0]].op_type in ("Conv", "Add", "ReduceMean", "GlobalAveragePool")
+                        for a in acts)
+    adds = [n for n in q.graph.node if n.op_type == "Add" and any(producers.get(i) is not None and
+                                                                    producers[i].op_type == "Conv" for i in n.input)]
+    assert len(adds) == 10  # MobileNetV2's residual blocks
+    for a in adds:
+        kinds = sorted(producers[i].op_type for i in a.input)
+        assert kinds == ["Conv", "DequantizeLinear"], (a.name, kinds)
 
     ds = open_dataset(shared["voc"])
     images = [ds.load(i)[1] for i in range(len(ds))]

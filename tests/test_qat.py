@@ -9,8 +9,8 @@ import torch
 from onnx import helper, numpy_helper
 from PIL import Image
 
-from deeplab_edge.calibration.qat import (FakeQuant, conv_bn_pairs, fake_quant_act, fake_quant_weight,
-                                          onnx_conv_modules, ptq_ranges, qdq_from_model)
+from deeplab_edge.calibration.qat import (FakeQuant, QATPlan, conv_bn_pairs, fake_quant_act, fake_quant_weight,
+                                          onnx_conv_modules, ptq_ranges, qdq_from_model, residual_blocks, skip_tensors)
 
 
 def _ort_qdq(x: np.ndarray, scale: np.ndarray, axis: int | None = None) -> np.ndarray:
@@ -81,29 +81,48 @@ def test_qat_export_is_the_fake_quant_model(camvid_model, tmp_path):
 
     loaded, images = camvid_model
     model, meta = loaded.model, loaded.meta
-    ranges, pairs = ptq_ranges(model, meta, images[:2], "minmax", tmp_path)
+    ranges, plan = ptq_ranges(model, meta, images[:2], "minmax", tmp_path)
+    pairs = plan.pairs
     assert len(pairs) == 55 and sum(b is not None for _, b in pairs) == 54  # the classifier has no batch norm
+    assert len(plan.blocks) == 10 and all(k == "input" for _, k in plan.blocks)  # MobileNetV2's residuals
     pre = Preprocess.from_dict(meta["preprocess"])
     x = pre(images[2])[0][None]  # not a calibration image: values beyond the thresholds saturate
-    qdq_from_model(model, meta, ranges, pairs, images[:2], tmp_path / "q.onnx", tmp_path)
+    qdq_from_model(model, meta, ranges, plan, images[:2], tmp_path / "q.onnx", tmp_path)
     q = onnx.load(str(tmp_path / "q.onnx"))
     assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) == 55  # one per Conv input tensor
     convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    adds = [n for n in q.graph.node if n.op_type == "Add"]
     # the float tensor each Conv's QDQ pair reads, and the Conv's output, from ONNX Runtime
     q_in = {n.output[0]: n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear"}
     dq_in = {n.output[0]: n.input[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
-    wanted = [q_in[dq_in[n.input[0]]] for n in convs] + [n.output[0] for n in convs]
+    skip = {a.name: next(q_in[dq_in[i]] for i in a.input if i in dq_in) for a in adds if any(i in dq_in for i in a.input)}
+    assert len(skip) == 10  # every residual Add reads its skip input through the pair
+    wanted = [q_in[dq_in[n.input[0]]] for n in convs] + [n.output[0] for n in convs] + [a.output[0] for a in adds]
     sess = _session_with_outputs(q, wanted)
     res = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: x.numpy()})))
     mods = dict(model.named_modules())
     with torch.no_grad():
         fp32 = model(x)
-        fq = FakeQuant(model, pairs, ranges)
-        for node, (c, _) in zip(convs, pairs):
+        fq = FakeQuant(model, plan, ranges)
+        for node, (c, _) in zip(convs, pairs):  # Conv by Conv, each on ONNX Runtime's own float input
             got = mods[c](torch.from_numpy(res[q_in[dq_in[node.input[0]]]]))
             ref = torch.from_numpy(res[node.output[0]])
             assert float((got - ref).abs().max()) <= 1e-5 * max(1.0, float(ref.abs().max())), c
+        # residual blocks likewise, on ONNX Runtime's float block input: their inner Convs requantize, so
+        # a few values a hair from a rounding boundary may land one step apart; with the skip input left in
+        # float (as before TensorRT's fusion rule was applied) most values are off
+        blocks = list(zip([a for a in adds if a.name in skip], plan.blocks))
+        for add, (b, _) in blocks:
+            got = mods[b](torch.from_numpy(res[skip[add.name]]))
+            ref = torch.from_numpy(res[add.output[0]])
+            assert float(((got - ref).abs() > 1e-4 * float(ref.abs().max())).float().mean()) < 0.01, b
         fake = model(x)
+        fq.remove()
+        fq = FakeQuant(model, QATPlan(pairs, []), {c: ranges[c] for c, _ in pairs})
+        for add, (b, _) in blocks:
+            got = mods[b](torch.from_numpy(res[skip[add.name]]))
+            ref = torch.from_numpy(res[add.output[0]])
+            assert float(((got - ref).abs() > 1e-4 * float(ref.abs().max())).float().mean()) > 0.2, b
         fq.remove()
         assert torch.equal(model(x), fp32)  # removed: the FP32 model again
     got = OnnxRunner(tmp_path / "q.onnx", optimize=False)(x)
@@ -121,6 +140,10 @@ def test_conv_matching_checks_the_folded_weights(camvid_model, tmp_path):
 
     m = _export(model, loaded.meta, images[:1], tmp_path / "f.onnx")
     assert len(onnx_conv_modules(model, m, pairs)) == 55  # Conv input tensors
+    plan = QATPlan(pairs, residual_blocks(model, pre_x))
+    assert len(skip_tensors(m, plan)) == 10
+    with pytest.raises(ValueError, match="cannot match"):  # a block matched to another block's Add
+        skip_tensors(m, QATPlan(pairs, plan.blocks[1:] + plan.blocks[:1]))
     wrong = [(c, None) if i == 3 else (c, b) for i, (c, b) in enumerate(pairs)]  # a batch norm not folded
     with pytest.raises(ValueError, match="folded weights"):
         onnx_conv_modules(model, m, wrong)

@@ -260,7 +260,8 @@ def test_qat_writes_the_qdq_model_it_trained(camvid_small, tmp_path):
     assert r.exit_code == 0, r.output
     rec = json.loads((tmp_path / "q" / "train_record.json").read_text())
     qat = rec["qat"]
-    assert qat["quantized_convs"] == 55 and qat["calibration_images"] == 4 and len(qat["ranges"]) == 55
+    assert qat["quantized_convs"] == 55 and qat["residual_adds"] == 10 and qat["calibration_images"] == 4
+    assert len(qat["ranges"]) == 65  # 55 Conv inputs, 10 residual skip inputs
     assert qat["qdq_vs_fake_quant_agreement"] >= 0.99
     meta = load_checkpoint(tmp_path / "q" / "last.pt").meta
     assert meta["qat"]["ranges"] == qat["ranges"] and meta["qat"]["ranges_method"] == "minmax"
