@@ -30,6 +30,8 @@ from typing import Any, Callable
 import numpy as np
 
 OURS = ("entropy", "minmax", "mse", "percentile", "search")
+# diagnostics: only the weights, or only the activations (mse thresholds) quantized: where the loss comes from
+PARTS = ("mse-weights-only", "mse-activations-only")
 ORT = ("ort-qdq-s8", "ort-u8s8", "ort-u8s8-7bit", "ort-u8s8-entropy")
 MODELOPT = ("modelopt-entropy", "modelopt-max")
 
@@ -151,14 +153,16 @@ def run(fp32: Path, eval_dir: str, out: Path, *, calib_dir: str | None, num: int
             for m in methods:
                 t = time.perf_counter()
                 path = work / f"{m}_{f}.onnx"
-                if m in OURS:
+                if m in OURS or m in PARTS:
                     if stats is None:
                         stats = collect_histograms(model, inputs, names)
-                    if m == "search":
+                    base = m.split("-")[0]
+                    if base == "search":
                         amax = search_ranges(model, inputs[:16], stats, percentile)
                     else:
-                        amax = {n: amax_from_histogram(h, a, m, percentile) for n, (h, a) in stats.items()}
-                    onnx.save(insert_qdq(model, amax), str(path))
+                        amax = {n: amax_from_histogram(h, a, base, percentile) for n, (h, a) in stats.items()}
+                    parts = "both" if m in OURS else m.split("-")[1]
+                    onnx.save(insert_qdq(model, amax, parts=parts), str(path))
                 elif m in ORT:
                     got = _ort_qdq(fp32, path, inputs, m)
                     if got:
@@ -224,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calib", help="calibration folder (not with --folds)")
     p.add_argument("--num", type=int, default=100, help="calibration images (the first NUM of --calib)")
     p.add_argument("--folds", type=int, default=1, help="split --eval into K folds, calibrate on the others")
-    p.add_argument("--methods", default=",".join(OURS + ORT), help="comma separated: " + ", ".join(OURS + ORT + MODELOPT))
+    p.add_argument("--methods", default=",".join(OURS + ORT), help="comma separated: " + ", ".join(OURS + PARTS + ORT + MODELOPT))
     p.add_argument("--modelopt-python", help="python of an environment with nvidia-modelopt[onnx]")
     p.add_argument("-o", "--output", type=Path, required=True)
     a = p.parse_args(argv)

@@ -56,10 +56,13 @@ def residual_skips(model, keep_float: set[str] | frozenset[str] = frozenset()) -
 
 
 def insert_qdq(model, amax: dict[str, float], keep_float: set[str] | frozenset[str] = frozenset(),
-               residual_add: bool = True):
+               residual_add: bool = True, parts: str = "both"):
     """A copy of ``model`` with QDQ around every Conv's activation input and weights, except the
     Convs named in ``keep_float``, and (``residual_add``) on the residual inputs of Adds fed by a Conv.
-    ``amax`` gives each activation's clipping threshold."""
+    ``amax`` gives each activation's clipping threshold. ``parts`` "weights" or "activations" quantizes
+    only those (a diagnostic: where the INT8 loss comes from; neither is a deployable model)."""
+    if parts not in ("both", "weights", "activations"):
+        raise ValueError(f"expected parts in both, weights, activations; got {parts!r}")
     import onnx
     from onnx import helper, numpy_helper
 
@@ -86,14 +89,17 @@ def insert_qdq(model, amax: dict[str, float], keep_float: set[str] | frozenset[s
         dq_of[name] = dq
         return dq
 
-    skips = residual_skips(m, keep_float) if residual_add else []
+    skips = residual_skips(m, keep_float) if residual_add and parts != "weights" else []
     for node in list(g.node):
         if node.op_type != "Conv" or node.name in keep_float:
             continue
         x, w = node.input[0], node.input[1]
         if w not in inits:
             continue
-        node.input[0] = act_qdq(x)
+        if parts != "weights":
+            node.input[0] = act_qdq(x)
+        if parts == "activations":
+            continue
         wf = numpy_helper.to_array(inits[w]).astype(np.float32)
         wq, s = quantize_weight(wf)
         wq_name, ws_name, wz_name = f"{w}_int8", f"{w}_scale", f"{w}_zero"

@@ -369,3 +369,27 @@ def test_cpu_int8_reduce_range_gives_7_bit_weights(tmp_path, reduce):
     w = [numpy_helper.to_array(t) for t in q.graph.initializer if t.data_type == onnx.TensorProto.INT8 and t.dims]
     peak = max(int(np.abs(a.astype(np.int32)).max()) for a in w)
     assert peak <= 64 if reduce else peak == 127
+
+
+@pytest.mark.parametrize("parts", ["weights", "activations"])
+def test_qdq_parts_quantize_only_what_they_say(tmp_path, parts):
+    """The diagnostic placements: weights only (float activations) or activations only (float weights),
+    against a manual fake-quant Conv run by PyTorch."""
+    import onnxruntime as ort
+
+    conv = torch.nn.Conv2d(4, 3, 3, padding=1).eval()
+    path = tmp_path / "c.onnx"
+    x = torch.randn(1, 4, 9, 7)
+    torch.onnx.export(conv, (x,), str(path), input_names=["input"], output_names=["out"], dynamo=False, opset_version=17)
+    q = insert_qdq(onnx.load(str(path)), {"input": 1.5}, parts=parts)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    got = ort.InferenceSession(q.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()})[0]
+    s_x = np.float32(1.5 / 127)
+    xq = x if parts == "weights" else torch.clamp(torch.round(x / s_x), -128, 127) * s_x
+    w = conv.weight.detach()
+    s_w = w.abs().amax(dim=(1, 2, 3), keepdim=True) / 127
+    wq = w if parts == "activations" else torch.clamp(torch.round(w / s_w), -127, 127) * s_w
+    ref = torch.nn.functional.conv2d(xq.double(), wq.double(), conv.bias.detach().double(), padding=1)
+    torch.testing.assert_close(torch.from_numpy(got).double(), ref, atol=1e-5, rtol=1e-5)
