@@ -61,22 +61,12 @@ def _ort_qdq(fp32: Path, out: Path, inputs, method: str) -> dict | None:
 
         return quantize_cpu_int8(fp32, out, inputs, "entropy" if method.endswith("entropy") else "minmax",
                                  reduce_range=True if method.endswith("7bit") else None)
-    import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    name = onnx.load(str(fp32), load_external_data=False).graph.input[0].name
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(inputs)
-
-        def get_next(self):
-            x = next(self.it, None)
-            return None if x is None else {name: x[None].numpy()}
+    from deeplab_edge.calibration.cpu_int8 import calibration_reader
 
     # TensorRT-style: symmetric s8 activations and per-channel s8 weights, ORT's own placement
-    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+    quantize_static(str(fp32), str(out), calibration_reader(fp32, inputs), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax, extra_options={"ActivationSymmetric": True})
     return None

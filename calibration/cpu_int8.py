@@ -28,7 +28,7 @@ import torch
 
 from deeplab_edge.outputs import atomic_path
 
-__all__ = ["quantize_cpu_int8", "cpu_features", "int8_settings", "kernel_agreement", "ORT_METHODS"]
+__all__ = ["quantize_cpu_int8", "calibration_reader", "cpu_features", "int8_settings", "kernel_agreement", "ORT_METHODS"]
 
 # this project's --method -> ONNX Runtime's calibrator for the CPU model (it has no MSE or search)
 ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "mse": "MinMax",
@@ -63,16 +63,12 @@ def int8_settings(features: dict[str, Any]) -> dict[str, Any]:
             f"{features['machine']}: int8 dot products accumulate in int32"}
 
 
-def quantize_cpu_int8(fp32_path: str | Path, out_path: str | Path, inputs: list[torch.Tensor],
-                      method: str = "minmax", reduce_range: bool | None = None) -> dict[str, Any]:
-    """Write the CPU INT8 model; returns its settings (the ONNX Runtime calibrator, ``reduce_range``
-    and why: chosen for this CPU when None)."""
+def calibration_reader(onnx_path: str | Path, inputs: list[torch.Tensor]):
+    """ONNX Runtime's CalibrationDataReader over preprocessed images (C, H, W), one per batch."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization import CalibrationDataReader
 
-    name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+    name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -81,6 +77,17 @@ def quantize_cpu_int8(fp32_path: str | Path, out_path: str | Path, inputs: list[
         def get_next(self):
             x = next(self.it, None)
             return None if x is None else {name: x[None].numpy()}
+
+    return Reader()
+
+
+def quantize_cpu_int8(fp32_path: str | Path, out_path: str | Path, inputs: list[torch.Tensor],
+                      method: str = "minmax", reduce_range: bool | None = None) -> dict[str, Any]:
+    """Write the CPU INT8 model; returns its settings (the ONNX Runtime calibrator, ``reduce_range``
+    and why: chosen for this CPU when None)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if method not in ORT_METHODS:
         raise ValueError(f"expected method in {tuple(ORT_METHODS)}, got {method!r}")
@@ -91,7 +98,7 @@ def quantize_cpu_int8(fp32_path: str | Path, out_path: str | Path, inputs: list[
     with tempfile.TemporaryDirectory() as work, atomic_path(out_path) as tmp:
         pre = Path(work) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        quantize_static(str(pre), str(tmp), calibration_reader(fp32_path, inputs), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=cm,
                         reduce_range=settings["reduce_range"], op_types_to_quantize=["Conv", "Add", "Concat", "Mul"])
         # carry deeplab-edge's metadata over

@@ -61,6 +61,19 @@ def folded(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d | None) -> tuple[torc
     return w, b
 
 
+def _run_hooked(model: torch.nn.Module, x: torch.Tensor, hooks: list) -> None:
+    """One eval-mode forward pass for ``hooks`` to watch; then they go and the model's mode comes back."""
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+
+
 def conv_bn_pairs(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[str, str | None]]:
     """(Conv2d name, name of the BatchNorm2d fed directly by it, or None), in execution order on ``x``."""
     names = {m: n for n, m in model.named_modules()}
@@ -78,15 +91,7 @@ def conv_bn_pairs(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[str, st
                 if src is not None:
                     bn_of[src] = names[mod]
             hooks.append(m.register_forward_pre_hook(pre))
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
+    _run_hooked(model, x, hooks)
     if len(set(order)) != len(order):
         raise ValueError("a Conv2d module runs twice in one forward pass; QAT maps each to one ONNX Conv")
     return [(c, bn_of.get(c)) for c in order]
@@ -107,15 +112,7 @@ def residual_blocks(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[str, 
             kind = "input" if m.downsample is None else "downsample"
         if kind:
             hooks.append(m.register_forward_pre_hook(lambda mod, inp, k=kind: order.append((names[mod], k))))
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
+    _run_hooked(model, x, hooks)
     return order
 
 
