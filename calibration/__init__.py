@@ -33,7 +33,7 @@ __all__ = ["calibrate", "METHODS", "read_trt_cache", "write_trt_cache", "check_c
            "conv_nodes"]
 
 
-def _set_precision(model, precision: str, method: str) -> None:
+def _set_precision(model, precision: str, method: str, images_sha1: list[str] | None = None) -> None:
     for p in model.metadata_props:
         if p.key == "deeplab_edge.precision":
             p.value = json.dumps(precision)
@@ -42,7 +42,8 @@ def _set_precision(model, precision: str, method: str) -> None:
         e = model.metadata_props.add()
         e.key, e.value = "deeplab_edge.precision", json.dumps(precision)
     e = model.metadata_props.add()
-    e.key, e.value = "deeplab_edge.calibration", json.dumps({"method": method})
+    # the calibration images' digests: `eval` warns when it is given any of them
+    e.key, e.value = "deeplab_edge.calibration", json.dumps({"method": method, "images_sha1": images_sha1 or []})
 
 
 def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, num: int = 256,
@@ -59,6 +60,8 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
     split; when there are none, the calibration images are reused, with a warning."""
     import onnx
 
+    from deeplab_edge.data.datasets import open_dataset
+    from deeplab_edge.data.overlap import image_digests
     from deeplab_edge.export import load_onnx, read_metadata
 
     if method not in METHODS:
@@ -85,6 +88,7 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
         raise CalibrationError(f"--keep-float-layer names unknown Conv nodes {sorted(unknown)[:3]}; see ranges.json or "
                                "sensitivity.json for the names")
     inputs = calibration_inputs(data, Preprocess.from_dict(meta["preprocess"]), num)
+    images_sha1 = image_digests(smp.image for smp in open_dataset(data).samples[:len(inputs)])
     names = activation_tensors(model)
     tick = progress("collect", 2 * len(inputs)) if progress else None
     stats = collect_histograms(model, inputs, names, tick)
@@ -99,8 +103,6 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
     ranking = None
     if keep_float_top > 0 or sensitivity or sensitivity_data is not None:
         import warnings
-
-        from deeplab_edge.data.datasets import open_dataset
 
         from .sensitivity import layer_sensitivity
 
@@ -126,12 +128,12 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
     float_outputs = {o for n in model.graph.node if n.name in keep_float for o in n.output}
     scales = {n: a / 127.0 for n, a in amax.items() if a > 0 and n not in float_outputs}
     qdq = insert_qdq(model, amax, frozenset(keep_float))
-    _set_precision(qdq, "int8-qdq-tensorrt", method)
+    _set_precision(qdq, "int8-qdq-tensorrt", method, images_sha1)
     # the source as the user will find it: its name alone when it lands in the output folder too
     source = onnx_path.name if onnx_path.parent.resolve() == out_dir.resolve() else str(onnx_path)
     ranges = {"method": method, "search_images": min(search_num, len(inputs)) if method == "search" else None,
               "percentile": percentile if method == "percentile" else None,
-              "images": len(inputs), "source": source, "keep_float": list(keep_float),
+              "images": len(inputs), "images_sha1": images_sha1, "source": source, "keep_float": list(keep_float),
               "tensors": {n: {"max_abs": stats[n][1], "amax": amax[n], "scale": amax[n] / 127.0} for n in names}}
     report = {"cache": str(out_dir / "calibration.cache"), "qdq_onnx": str(out_dir / "model_qdq.onnx"),
               "ranges": str(out_dir / "ranges.json"), "images": len(inputs), "tensors": len(scales),

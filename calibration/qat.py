@@ -270,7 +270,8 @@ def ptq_ranges(model: torch.nn.Module, meta: dict[str, Any], images: list[np.nda
 
 
 def qdq_from_model(model: torch.nn.Module, meta: dict[str, Any], ranges: dict[str, float], plan: QATPlan,
-                   images: list[np.ndarray], out_path: Path, work: Path, ranges_method: str | None = None) -> dict:
+                   images: list[np.ndarray], out_path: Path, work: Path, ranges_method: str | None = None,
+                   images_sha1: list[str] | None = None) -> dict:
     """The TensorRT QDQ ONNX of a QAT model (its fake quantization removed): its FP32 export with
     ``insert_qdq`` at the trained ranges, residual Adds included."""
     import json
@@ -296,7 +297,8 @@ def qdq_from_model(model: torch.nn.Module, meta: dict[str, Any], ranges: dict[st
     props = {p.key: p for p in qdq.metadata_props}
     props["deeplab_edge.precision"].value = json.dumps("int8-qdq-tensorrt")
     e = qdq.metadata_props.add()
-    e.key, e.value = "deeplab_edge.calibration", json.dumps({"method": "qat", "ranges_from": ranges_method})
+    e.key, e.value = "deeplab_edge.calibration", json.dumps({"method": "qat", "ranges_from": ranges_method,
+                                                             "images_sha1": images_sha1 or []})
     with atomic_path(out_path) as tmp:
         onnx.save(qdq, str(tmp))
     return {"qdq_onnx": str(out_path), "quantized_convs": len(nodes), "residual_adds": len(plan.blocks)}

@@ -150,7 +150,8 @@ def _build_in(stage: Path, name: str, output: Path, *, weights, onnx, data, int8
             files.update(qdq_onnx=stage / f"{name}_qdq.onnx", cache=stage / f"{name}.cache",
                          ranges=stage / f"{name}_ranges.json")
             calib_info = {"method": calib_method, "images": rep["images"], "data": str(calib_data),
-                          "keep_float": rep.get("keep_float", [])}
+                          "keep_float": rep.get("keep_float", []),
+                          "images_sha1": (read_metadata(files["qdq_onnx"]).get("calibration") or {}).get("images_sha1")}
         if qdq is not None:
             qmeta = read_metadata(qdq)
             if qmeta.get("precision") != "int8-qdq-tensorrt":
@@ -160,7 +161,8 @@ def _build_in(stage: Path, name: str, output: Path, *, weights, onnx, data, int8
                 raise DeepLabEdgeError(f"{qdq}: calibrated from another checkpoint than {fp32.name}; recalibrate")
             shutil.copyfile(qdq, stage / f"{name}_qdq.onnx")
             files["qdq_onnx"] = stage / f"{name}_qdq.onnx"
-            calib_info = {"method": (qmeta.get("calibration") or {}).get("method"), "source": str(qdq)}
+            calib_info = {"method": (qmeta.get("calibration") or {}).get("method"), "source": str(qdq),
+                          "images_sha1": (qmeta.get("calibration") or {}).get("images_sha1")}
         if calib_cache is not None:
             check_cache_against_onnx(calib_cache, fp32)  # names must match the FP32 export
             shutil.copyfile(calib_cache, stage / f"{name}.cache")

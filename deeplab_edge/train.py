@@ -380,7 +380,9 @@ def _start_qat(cfg: TrainConfig, model, meta, eval_pre: Preprocess, ds: Segmenta
     with tempfile.TemporaryDirectory() as work:
         ranges, plan = ptq_ranges(model, qmeta, images, cfg.qat_ranges, Path(work))
     fq = FakeQuant(model, plan, ranges)
-    return fq, {"ranges": ranges, "ranges_method": cfg.qat_ranges, "calibration_images": n, "calibration_data": cfg.data,
+    from .data.overlap import image_digests
+
+    return fq, {"images_sha1": image_digests(smp.image for smp in ds.samples[:n]), "ranges": ranges, "ranges_method": cfg.qat_ranges, "calibration_images": n, "calibration_data": cfg.data,
                 "quantized_convs": len(plan.pairs), "residual_adds": len(plan.blocks), "notes": "batch norm frozen and folded into the Convs; activation "
                 "thresholds fixed at the PTQ ones; weights per channel, recomputed every step"}
 
@@ -401,9 +403,13 @@ def _finish_qat(cfg: TrainConfig, fq, model, meta, eval_pre: Preprocess, ds: Seg
     with torch.no_grad():
         fake = [m(t.to(dev)).float().cpu() for t in x]
     fq.remove()
+    from .checkpoint import file_sha256
+
+    # the QDQ model belongs to last.pt (build --weights last.pt --qdq model_qdq.onnx checks that)
+    qmeta = {**meta, "preprocess": asdict(eval_pre), "sha256": file_sha256(out / "last.pt")}
     with tempfile.TemporaryDirectory() as work:
-        info = qdq_from_model(m, {**meta, "preprocess": asdict(eval_pre)}, fq.ranges, fq.plan, images,
-                              out / "model_qdq.onnx", Path(work), ranges_method=cfg.qat_ranges)
+        info = qdq_from_model(m, qmeta, fq.ranges, fq.plan, images, out / "model_qdq.onnx", Path(work),
+                              ranges_method=cfg.qat_ranges, images_sha1=record["qat"]["images_sha1"])
     runner = OnnxRunner(out / "model_qdq.onnx", optimize=False)
     same = total = 0
     worst = 0.0

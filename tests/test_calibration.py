@@ -393,3 +393,29 @@ def test_qdq_parts_quantize_only_what_they_say(tmp_path, parts):
     wq = w if parts == "activations" else torch.clamp(torch.round(w / s_w), -127, 127) * s_w
     ref = torch.nn.functional.conv2d(xq.double(), wq.double(), conv.bias.detach().double(), padding=1)
     torch.testing.assert_close(torch.from_numpy(got).double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_eval_says_when_it_scores_calibration_images(shared, fp32_onnx, tmp_path):
+    """The QDQ model records its calibration images by content; eval warns when it is given any of them
+    (here copies under other names) and not when the images are others."""
+    import shutil
+
+    from deeplab_edge.data import open_dataset
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for smp in open_dataset(shared["voc"]).samples[-2:]:  # the last two VOC samples, renamed
+        shutil.copyfile(smp.image, calib / f"copy_{smp.image.name}")
+    rep = calibrate(fp32_onnx, calib, tmp_path / "c", num=2, method="minmax", cpu_int8=False)
+    from deeplab_edge.export import read_metadata
+
+    assert len(read_metadata(rep["qdq_onnx"])["calibration"]["images_sha1"]) == 2
+    assert len(json.loads((tmp_path / "c" / "ranges.json").read_text())["images_sha1"]) == 2
+    res = CliRunner().invoke(main, ["eval", "--onnx", rep["qdq_onnx"], "--data", str(shared["voc"]), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["calibration_overlap"]["images"] == 2
+    assert "2 of the 9 evaluated images" in res.stderr and "not held out" in res.stderr
+    held = CliRunner().invoke(main, ["eval", "--onnx", rep["qdq_onnx"], "--data", str(shared["voc"]),
+                                     "--num-images", "3", "--json"])
+    assert held.exit_code == 0 and json.loads(held.stdout)["calibration_overlap"]["images"] == 0
+    assert "not held out" not in held.stderr

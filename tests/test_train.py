@@ -265,6 +265,12 @@ def test_qat_writes_the_qdq_model_it_trained(camvid_small, tmp_path):
     assert qat["qdq_vs_fake_quant_agreement"] >= 0.99
     meta = load_checkpoint(tmp_path / "q" / "last.pt").meta
     assert meta["qat"]["ranges"] == qat["ranges"] and meta["qat"]["ranges_method"] == "minmax"
+    from deeplab_edge.checkpoint import file_sha256
+    from deeplab_edge.export import read_metadata
+
+    qmeta = read_metadata(tmp_path / "q" / "model_qdq.onnx")  # belongs to last.pt, records its calibration images
+    assert qmeta["checkpoint_sha256"] == file_sha256(tmp_path / "q" / "last.pt")
+    assert qmeta["precision"] == "int8-qdq-tensorrt" and len(qmeta["calibration"]["images_sha1"]) == 4
     ev = CliRunner().invoke(main, ["eval", "--onnx", str(tmp_path / "q" / "model_qdq.onnx"), "--data",
                                    str(camvid_small / "val"), "--json"])
     assert ev.exit_code == 0, ev.output

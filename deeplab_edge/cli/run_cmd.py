@@ -100,6 +100,27 @@ def model_from_options(model: dict):
                         engine=m["engine_path"], scales=m["scales"], flip=m["flip"], output_stride=m["output_stride"])
 
 
+def calibration_overlap(model: dict, ds) -> dict | None:
+    """How many of ``ds``'s images calibrated the INT8 model in ``model`` (an ONNX model's metadata or an
+    engine's manifest records their digests); None for models that record none."""
+    import json
+
+    from ..data.overlap import recorded_overlap
+    from ..engine import manifest_path
+    from ..export import read_metadata
+
+    recorded = None
+    if model.get("onnx_path") is not None:
+        recorded = (read_metadata(model["onnx_path"]).get("calibration") or {}).get("images_sha1")
+    elif model.get("engine_path") is not None and manifest_path(model["engine_path"]).is_file():
+        man = json.loads(manifest_path(model["engine_path"]).read_text())
+        recorded = (man.get("calibration") or {}).get("images_sha1")
+    if not recorded:
+        return None
+    shared = recorded_overlap(recorded, [smp.image for smp in ds.samples])
+    return {"images": len(shared), "calibration_images": len(recorded), "example": shared[0].name if shared else None}
+
+
 def model_runner(weights: Path | None, tflite: Path | None, onnx_path: Path | None, arch: str | None, device: str,
                precision: str, input_size: int | None, threads: int | None = None, backend: str = "torch",
                crf: tuple[str, str, int | None] = ("none", "deeplab-v2", None), engine: Path | None = None,
@@ -185,6 +206,14 @@ def eval_cmd(model, data, kind, split, num_images, batch_size, reference_dir, ou
         return
     res = {"model": info, "data": {"path": str(data), "kind": ds.kind, "split": split},
            "classes": classes, **res}
+    overlap = calibration_overlap(model, ds)
+    if overlap is not None:
+        res["calibration_overlap"] = overlap
+        if overlap["images"]:
+            console.print(f"[bold yellow]warning:[/] {overlap['images']} of the {res['images']} evaluated images "
+                          f"(e.g. {overlap['example']}) calibrated this INT8 model: its accuracy here is not held out; "
+                          "evaluate on other images (e.g. the val split when it was calibrated on train)",
+                          highlight=False, soft_wrap=True)
     if emit(res, output, as_json):
         return
     t = Table(title=f"{ds.kind} {split}: {res['images']} images")
