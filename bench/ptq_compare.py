@@ -32,6 +32,8 @@ import numpy as np
 OURS = ("entropy", "minmax", "mse", "percentile", "search")
 # diagnostics: only the weights, or only the activations (mse thresholds) quantized: where the loss comes from
 PARTS = ("mse-weights-only", "mse-activations-only")
+# with empirical bias correction of the weights' mean error
+CORRECTED = ("mse-bc", "minmax-bc", "entropy-bc")
 ORT = ("ort-qdq-s8", "ort-u8s8", "ort-u8s8-7bit", "ort-u8s8-entropy")
 MODELOPT = ("modelopt-entropy", "modelopt-max")
 
@@ -103,6 +105,7 @@ def run(fp32: Path, eval_dir: str, out: Path, *, calib_dir: str | None, num: int
     from deeplab_edge.bench.env import environment
     from deeplab_edge.calibration import insert_qdq
     from deeplab_edge.calibration.collect import activation_tensors, collect_histograms
+    from deeplab_edge.calibration.qdq import bias_corrections
     from deeplab_edge.calibration.cpu_int8 import cpu_features
     from deeplab_edge.calibration.histograms import amax_from_histogram
     from deeplab_edge.calibration.search import search_ranges
@@ -139,20 +142,21 @@ def run(fp32: Path, eval_dir: str, out: Path, *, calib_dir: str | None, num: int
             cm, _, _, fp32_preds = _score(fp32, held, None, classes)
             pooled["fp32"] += cm
             per_fold["fp32"].append(ConfusionMatrix.summarize(cm)["miou"])
-            stats = None
+            stats, means = None, {}
             for m in methods:
                 t = time.perf_counter()
                 path = work / f"{m}_{f}.onnx"
-                if m in OURS or m in PARTS:
+                if m in OURS or m in PARTS or m in CORRECTED:
                     if stats is None:
-                        stats = collect_histograms(model, inputs, names)
+                        stats = collect_histograms(model, inputs, names, means_out=means)
                     base = m.split("-")[0]
                     if base == "search":
                         amax = search_ranges(model, inputs[:16], stats, percentile)
                     else:
                         amax = {n: amax_from_histogram(h, a, base, percentile) for n, (h, a) in stats.items()}
-                    parts = "both" if m in OURS else m.split("-")[1]
-                    onnx.save(insert_qdq(model, amax, parts=parts), str(path))
+                    parts = m.split("-")[1] if m in PARTS else "both"
+                    shift = bias_corrections(model, means) if m in CORRECTED else None
+                    onnx.save(insert_qdq(model, amax, parts=parts, bias_shift=shift), str(path))
                 elif m in ORT:
                     got = _ort_qdq(fp32, path, inputs, m)
                     if got:
@@ -195,7 +199,8 @@ def run(fp32: Path, eval_dir: str, out: Path, *, calib_dir: str | None, num: int
                            kernels_vs_emulation_agreement=k["same"] / k["total"])
     meta = read_metadata(model)
     result = {"fp32": fp32.name, "checkpoint_sha256": meta.get("checkpoint_sha256"),
-              "output_stride": meta.get("config", {}).get("output_stride"), "fp32_miou": fp, "fp32_per_fold_miou": per_fold["fp32"],
+              "output_stride": meta.get("config", {}).get("output_stride"), "fp32_miou": fp,
+              "fp32_per_fold_miou": per_fold["fp32"],
               "calibration": calib_dir if folds <= 1 else f"{eval_dir}: {folds} folds (i % {folds}), the others",
               "evaluation": eval_dir, "folds": folds, "calibration_images": [len(c) for c, _ in splits],
               "evaluation_images": sum(len(h) for _, h in splits), "held_out": True,
@@ -218,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calib", help="calibration folder (not with --folds)")
     p.add_argument("--num", type=int, default=100, help="calibration images (the first NUM of --calib)")
     p.add_argument("--folds", type=int, default=1, help="split --eval into K folds, calibrate on the others")
-    p.add_argument("--methods", default=",".join(OURS + ORT), help="comma separated: " + ", ".join(OURS + PARTS + ORT + MODELOPT))
+    p.add_argument("--methods", default=",".join(OURS + ORT),
+                   help="comma separated: " + ", ".join(OURS + PARTS + CORRECTED + ORT + MODELOPT))
     p.add_argument("--modelopt-python", help="python of an environment with nvidia-modelopt[onnx]")
     p.add_argument("-o", "--output", type=Path, required=True)
     a = p.parse_args(argv)

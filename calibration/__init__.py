@@ -24,7 +24,7 @@ from deeplab_edge.errors import CalibrationError
 from .cache import check_cache_against_onnx, read_trt_cache, write_trt_cache
 from .collect import activation_tensors, calibration_inputs, collect_histograms
 from .histograms import METHODS as HISTOGRAM_METHODS, amax_from_histogram
-from .qdq import conv_nodes, insert_qdq
+from .qdq import bias_corrections, conv_nodes, insert_qdq
 
 # "search": each threshold chosen by the error of the Convs reading the tensor (search.py)
 METHODS = HISTOGRAM_METHODS + ("search",)
@@ -50,7 +50,7 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
               method: str = "entropy", percentile: float = 99.99, keep_float: tuple[str, ...] = (),
               trt_version: str = "8.6.1", cpu_int8: bool = True, keep_float_top: int = 0, sensitivity: bool = False,
               sensitivity_data: str | Path | None = None, sensitivity_num: int | None = None,
-              sensitivity_mode: str = "float-one", search_num: int = 16,
+              sensitivity_mode: str = "float-one", search_num: int = 16, bias_correction: bool = True,
               progress: Callable[[str, int], Callable[[], None]] | None = None) -> dict[str, Any]:
     """Calibrate ``onnx_path`` (an FP32 export of deeplab-edge) on ``num`` images of ``data``.
 
@@ -70,7 +70,8 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
         raise CalibrationError(f"--percentile must be in (0, 100], got {percentile}")
     if num < 1 or keep_float_top < 0 or search_num < 1 or (sensitivity_num is not None and sensitivity_num < 1):
         raise CalibrationError(f"expected num, search_num >= 1, keep_float_top >= 0 and sensitivity_num >= 1, got "
-                               f"{num}, {search_num}, {keep_float_top} and {sensitivity_num}: calibrating on no images gives all-zero "
+                               f"{num}, {search_num}, {keep_float_top} and {sensitivity_num}: calibrating on no images "
+                               "gives all-zero "
                                "scales")
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     model = load_onnx(onnx_path, load_external_data=True)
@@ -91,7 +92,8 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
     images_sha1 = image_digests(smp.image for smp in open_dataset(data).samples[:len(inputs)])
     names = activation_tensors(model)
     tick = progress("collect", 2 * len(inputs)) if progress else None
-    stats = collect_histograms(model, inputs, names, tick)
+    means: dict = {}
+    stats = collect_histograms(model, inputs, names, tick, means_out=means)
     if method == "search":
         from .search import search_ranges
 
@@ -127,17 +129,21 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
     # Tensors produced by Convs kept in float leave the cache, so TensorRT keeps them in float too.
     float_outputs = {o for n in model.graph.node if n.name in keep_float for o in n.output}
     scales = {n: a / 127.0 for n, a in amax.items() if a > 0 and n not in float_outputs}
-    qdq = insert_qdq(model, amax, frozenset(keep_float))
+    # the weights' int8 error shifts each output channel's mean; the QDQ model's float biases take it back
+    shift = bias_corrections(model, means) if bias_correction else None
+    qdq = insert_qdq(model, amax, frozenset(keep_float), bias_shift=shift)
     _set_precision(qdq, "int8-qdq-tensorrt", method, images_sha1)
     # the source as the user will find it: its name alone when it lands in the output folder too
     source = onnx_path.name if onnx_path.parent.resolve() == out_dir.resolve() else str(onnx_path)
-    ranges = {"method": method, "search_images": min(search_num, len(inputs)) if method == "search" else None,
+    ranges = {"method": method, "bias_correction": bias_correction,
+              "search_images": min(search_num, len(inputs)) if method == "search" else None,
               "percentile": percentile if method == "percentile" else None,
               "images": len(inputs), "images_sha1": images_sha1, "source": source, "keep_float": list(keep_float),
               "tensors": {n: {"max_abs": stats[n][1], "amax": amax[n], "scale": amax[n] / 127.0} for n in names}}
     report = {"cache": str(out_dir / "calibration.cache"), "qdq_onnx": str(out_dir / "model_qdq.onnx"),
               "ranges": str(out_dir / "ranges.json"), "images": len(inputs), "tensors": len(scales),
-              "quantized_convs": len(conv_nodes(model)) - len(keep_float), "method": method}
+              "quantized_convs": len(conv_nodes(model)) - len(keep_float), "method": method,
+              "bias_correction": bias_correction}
     # all files land together or none does (an interrupted run leaves no partial set)
     with staged_dir(out_dir) as stage:
         write_trt_cache(stage / "calibration.cache", scales, trt_version=trt_version)

@@ -75,8 +75,10 @@ def _session_with_outputs(model, names: list[str]):
 
 
 def collect_histograms(model, inputs: list[torch.Tensor], names: list[str] | None = None,
-                       progress: Callable[[], None] | None = None) -> dict[str, tuple[np.ndarray, float]]:
-    """name -> (2048-bin histogram of |x| over [0, amax], amax) over all calibration inputs."""
+                       progress: Callable[[], None] | None = None,
+                       means_out: dict[str, np.ndarray] | None = None) -> dict[str, tuple[np.ndarray, float]]:
+    """name -> (2048-bin histogram of |x| over [0, amax], amax) over all calibration inputs; ``means_out``,
+    when given, receives each tensor's per-channel mean (of the per-image means) from the same pass."""
     names = names or activation_tensors(model)
     sess = _session_with_outputs(model, names)
     in_name = sess.get_inputs()[0].name
@@ -90,11 +92,16 @@ def collect_histograms(model, inputs: list[torch.Tensor], names: list[str] | Non
             yield n, feeds[in_name] if n == in_name else res[i]
 
     amax = dict.fromkeys(names, 0.0)
+    sums: dict[str, np.ndarray] = {}
     for x in inputs:
         for n, a in run(x):
             amax[n] = max(amax[n], float(np.abs(a).max()))
+            if means_out is not None:
+                sums[n] = sums.get(n, 0) + a.astype(np.float64).mean(axis=(0, 2, 3))
         if progress:
             progress()
+    if means_out is not None:
+        means_out.update({n: v / len(inputs) for n, v in sums.items()})
     hists = {n: np.zeros(NUM_BINS, np.int64) for n in names}
     for x in inputs:
         for n, a in run(x):
@@ -103,3 +110,4 @@ def collect_histograms(model, inputs: list[torch.Tensor], names: list[str] | Non
         if progress:
             progress()
     return {n: (hists[n], amax[n]) for n in names}
+

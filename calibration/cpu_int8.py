@@ -98,7 +98,8 @@ def quantize_cpu_int8(fp32_path: str | Path, out_path: str | Path, inputs: list[
     with tempfile.TemporaryDirectory() as work, atomic_path(out_path) as tmp:
         pre = Path(work) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(tmp), calibration_reader(fp32_path, inputs), quant_format=QuantFormat.QDQ, per_channel=True,
+        quantize_static(str(pre), str(tmp), calibration_reader(fp32_path, inputs), quant_format=QuantFormat.QDQ,
+                        per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=cm,
                         reduce_range=settings["reduce_range"], op_types_to_quantize=["Conv", "Add", "Concat", "Mul"])
         # carry deeplab-edge's metadata over

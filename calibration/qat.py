@@ -189,7 +189,8 @@ def onnx_conv_modules(model: torch.nn.Module, onnx_model, pairs: list[tuple[str,
                 np.zeros(wo.shape[0], np.float32)
 
             def close(a, ref):
-                return a.shape == ref.shape and np.allclose(a, ref, rtol=1e-4, atol=1e-6 * max(1.0, float(np.abs(ref).max())))
+                tol = 1e-6 * max(1.0, float(np.abs(ref).max()))
+                return a.shape == ref.shape and np.allclose(a, ref, rtol=1e-4, atol=tol)
             if not (close(wo, w) and close(bo, bias)):
                 raise ValueError(f"ONNX Conv {node.name} does not hold the folded weights of {c}; QAT cannot match them")
             out.setdefault(node.input[0], c)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["insert_qdq", "conv_nodes", "quantize_weight", "residual_skips"]
+__all__ = ["insert_qdq", "conv_nodes", "quantize_weight", "residual_skips", "bias_corrections"]
 
 
 def conv_nodes(model) -> list:
@@ -55,12 +55,39 @@ def residual_skips(model, keep_float: set[str] | frozenset[str] = frozenset()) -
     return out
 
 
+def bias_corrections(model, means: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Conv name -> the mean shift its int8 weights add to each output channel, (W_q - W) applied to the
+    per-channel mean of the Conv's input over the calibration images (empirical bias correction,
+    Nagel et al., "Data-Free Quantization Through Weight Equalization and Bias Correction", ICCV
+    2019, Sec. 4.2; zero padding at the borders is ignored, as there)."""
+    import torch
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    out = {}
+    for node in conv_nodes(model):
+        x, w = node.input[0], node.input[1]
+        if w not in inits or x not in means:
+            continue
+        wf = numpy_helper.to_array(inits[w]).astype(np.float32)
+        wq, s = quantize_weight(wf)
+        dw = wq.astype(np.float32) * s.reshape(-1, *([1] * (wf.ndim - 1))) - wf
+        group = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+        # a constant map of the channel means, one kernel in size: the conv sums exactly dW * mean
+        m = torch.from_numpy(np.asarray(means[x], np.float32)).reshape(1, -1, *([1] * (wf.ndim - 2)))
+        m = m.expand(1, -1, *wf.shape[2:])
+        out[node.name] = torch.nn.functional.conv2d(m.double(), torch.from_numpy(dw).double(), groups=group) \
+            .reshape(-1).numpy()
+    return out
+
+
 def insert_qdq(model, amax: dict[str, float], keep_float: set[str] | frozenset[str] = frozenset(),
-               residual_add: bool = True, parts: str = "both"):
+               residual_add: bool = True, parts: str = "both", bias_shift: dict[str, np.ndarray] | None = None):
     """A copy of ``model`` with QDQ around every Conv's activation input and weights, except the
     Convs named in ``keep_float``, and (``residual_add``) on the residual inputs of Adds fed by a Conv.
     ``amax`` gives each activation's clipping threshold. ``parts`` "weights" or "activations" quantizes
-    only those (a diagnostic: where the INT8 loss comes from; neither is a deployable model)."""
+    only those (a diagnostic: where the INT8 loss comes from; neither is a deployable model).
+    ``bias_shift`` (from :func:`bias_corrections`) is subtracted from the named Convs' float biases."""
     if parts not in ("both", "weights", "activations"):
         raise ValueError(f"expected parts in both, weights, activations; got {parts!r}")
     import onnx
@@ -109,6 +136,15 @@ def insert_qdq(model, amax: dict[str, float], keep_float: set[str] | frozenset[s
         new_nodes.append(helper.make_node("DequantizeLinear", [wq_name, ws_name, wz_name], [wdq], name=f"{w}_DQ",
                                           axis=0))
         node.input[1] = wdq
+        if bias_shift and node.name in bias_shift:
+            b_old = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32) if len(node.input) > 2 and \
+                node.input[2] else np.zeros(wf.shape[0], np.float32)
+            b_name = f"{node.name}_bias_corrected"
+            new_inits.append(numpy_helper.from_array((b_old - bias_shift[node.name]).astype(np.float32), b_name))
+            if len(node.input) > 2:
+                node.input[2] = b_name
+            else:
+                node.input.append(b_name)
     for node, i in skips:  # the residual input of a fusible Add: the pair the tensor has, or a new one
         node.input[i] = act_qdq(node.input[i])
     # QDQ nodes go right before their first consumer: simplest valid order is all of them first

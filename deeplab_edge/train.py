@@ -382,8 +382,10 @@ def _start_qat(cfg: TrainConfig, model, meta, eval_pre: Preprocess, ds: Segmenta
     fq = FakeQuant(model, plan, ranges)
     from .data.overlap import image_digests
 
-    return fq, {"images_sha1": image_digests(smp.image for smp in ds.samples[:n]), "ranges": ranges, "ranges_method": cfg.qat_ranges, "calibration_images": n, "calibration_data": cfg.data,
-                "quantized_convs": len(plan.pairs), "residual_adds": len(plan.blocks), "notes": "batch norm frozen and folded into the Convs; activation "
+    return fq, {"images_sha1": image_digests(smp.image for smp in ds.samples[:n]), "ranges": ranges,
+                "ranges_method": cfg.qat_ranges, "calibration_images": n, "calibration_data": cfg.data,
+                "quantized_convs": len(plan.pairs), "residual_adds": len(plan.blocks),
+                "notes": "batch norm frozen and folded into the Convs; activation "
                 "thresholds fixed at the PTQ ones; weights per channel, recomputed every step"}
 
 

@@ -66,8 +66,12 @@ def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input
 @click.option("--num", default=256, type=COUNT, show_default=True,
               help="Images to use (the first N in sorted order; fewer are used, with a warning, if fewer exist).")
 @click.option("--method", type=click.Choice(CALIB_METHODS), default="entropy",
-              show_default=True, help="How activation ranges are chosen: from each tensor's histogram (entropy, minmax, percentile, "
+              show_default=True,
+              help="How activation ranges are chosen: from each tensor's histogram (entropy, minmax, percentile, "
                    "mse) or by the output error of the Convs reading it (search; on the first --search-num images).")
+@click.option("--no-bias-correction", is_flag=True,
+              help="Keep the Convs' biases: by default the QDQ model's biases take back the mean shift the int8 "
+                   "weights cause on the calibration images (the TensorRT cache cannot carry it).")
 @click.option("--search-num", default=16, type=COUNT, show_default=True,
               help="Images the search method runs on (each costs ~20 forward passes of the Convs).")
 @click.option("--percentile", default=99.99, type=click.FloatRange(50, 100, min_open=True), show_default=True,
@@ -87,9 +91,9 @@ def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input
 @click.option("--no-cpu-int8", is_flag=True, help="Skip the ONNX Runtime CPU INT8 model.")
 @output_option("dir", "Output folder (created if missing; all files land together or none does).", required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def calibrate_cmd(weights, onnx_path, data, num, method, search_num, percentile, keep_float_top, keep_float, sensitivity,
-                  sensitivity_data, sensitivity_num, sensitivity_mode, trt_version, no_cpu_int8, output,
-                  as_json) -> None:
+def calibrate_cmd(weights, onnx_path, data, num, method, no_bias_correction, search_num, percentile, keep_float_top,
+                  keep_float, sensitivity, sensitivity_data, sensitivity_num, sensitivity_mode, trt_version, no_cpu_int8,
+                  output, as_json) -> None:
     """INT8 post-training calibration on real images.
 
     \b
@@ -128,6 +132,7 @@ def calibrate_cmd(weights, onnx_path, data, num, method, search_num, percentile,
             return lambda: prog.advance(task)
 
         rep = calibrate(onnx_path, data, stage, num=num, method=method, percentile=percentile, search_num=search_num,
+                        bias_correction=not no_bias_correction,
                         keep_float=tuple(keep_float), trt_version=trt_version, cpu_int8=not no_cpu_int8,
                         keep_float_top=keep_float_top, sensitivity=sensitivity, sensitivity_data=sensitivity_data,
                         sensitivity_num=sensitivity_num, sensitivity_mode=sensitivity_mode, progress=progress)
