@@ -312,7 +312,7 @@ def _ms_summary(values: list[float]) -> dict[str, float] | None:
 def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: list[str], crf_preset: str = "deeplab-v2",
               batches: Iterable[int] = (1,), warmup: int = 5, iters: int = 30, device: str = "auto",
               arch: str | None = None, threads: int | None = None, work: Path, calib_data: Path | None = None,
-              calib_num: int = 256, calib_method: str = "entropy", engines: dict[str, Path] | None = None,
+              calib_num: int = 256, calib_method: str = "mse", engines: dict[str, Path] | None = None,
               tflite: Path | None = None, scales: tuple[float, ...] = (1.0,), flip: bool = False,
               output_stride: int | None = None, power: Any = None, skipped: list[dict[str, str]] | None = None,
               settings: dict[str, Any] | None = None,

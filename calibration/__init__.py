@@ -47,7 +47,7 @@ def _set_precision(model, precision: str, method: str, images_sha1: list[str] | 
 
 
 def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, num: int = 256,
-              method: str = "entropy", percentile: float = 99.99, keep_float: tuple[str, ...] = (),
+              method: str = "mse", percentile: float = 99.99, keep_float: tuple[str, ...] = (),
               trt_version: str = "8.6.1", cpu_int8: bool = True, keep_float_top: int = 0, sensitivity: bool = False,
               sensitivity_data: str | Path | None = None, sensitivity_num: int | None = None,
               sensitivity_mode: str = "float-one", search_num: int = 16, bias_correction: bool = True,

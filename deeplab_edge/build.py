@@ -37,7 +37,7 @@ __all__ = ["build"]
 
 def build(*, output: Path, weights: Path | None = None, onnx: Path | None = None, data: Path | None = None,
           int8: bool = False, fp16: bool = False, calib_data: Path | None = None, calib_cache: Path | None = None,
-          qdq: Path | None = None, calib_method: str = "entropy", calib_num: int = 256, keep_float_top: int = 0,
+          qdq: Path | None = None, calib_method: str = "mse", calib_num: int = 256, keep_float_top: int = 0,
           int8_route: str = "qdq", shapes: str | None = None, dla_core: int | None = None,
           gpu_fallback: bool = False, workspace_mb: int | None = None, timing_cache: Path | None = None,
           log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:

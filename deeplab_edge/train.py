@@ -75,7 +75,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop early (tests, smoke runs)
     resume: bool = False
     qat: bool = False  # quantization-aware fine-tuning: fake int8 as the QDQ export computes it
-    qat_ranges: str = "entropy"  # the PTQ method whose activation thresholds QAT starts from (and keeps)
+    qat_ranges: str = "mse"  # the PTQ method whose activation thresholds QAT starts from (and keeps)
     qat_calib_num: int = 64  # images of --data those thresholds are calibrated on
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -57,7 +57,7 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--calib-data", type=click.Path(path_type=Path),
               help="Images to calibrate the INT8 models on (default: the benchmark's own images, flagged).")
 @click.option("--calib-num", default=256, type=COUNT, show_default=True, help="Calibration images (at most).")
-@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="entropy",
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="mse",
               show_default=True, help="Activation ranges of the TensorRT QDQ model and cache.")
 @click.option("--engine", "engine_files", multiple=True,
               help="A TensorRT engine for the trt-* backends, as PRECISION=FILE (repeatable).")

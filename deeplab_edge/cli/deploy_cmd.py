@@ -65,7 +65,7 @@ def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input
               help="Calibration images: a dataset folder (VOC/Cityscapes/CamVid) or a plain image folder.")
 @click.option("--num", default=256, type=COUNT, show_default=True,
               help="Images to use (the first N in sorted order; fewer are used, with a warning, if fewer exist).")
-@click.option("--method", type=click.Choice(CALIB_METHODS), default="entropy",
+@click.option("--method", type=click.Choice(CALIB_METHODS), default="mse",
               show_default=True,
               help="How activation ranges are chosen: from each tensor's histogram (entropy, minmax, percentile, "
                    "mse) or by the output error of the Convs reading it (search; on the first --search-num images).")
@@ -179,7 +179,7 @@ def calibrate_cmd(weights, onnx_path, data, num, method, no_bias_correction, sea
 @click.option("--calib-data", type=click.Path(path_type=Path), help="Calibrate here on these images.")
 @click.option("--calib-cache", type=click.Path(path_type=Path), help="A TensorRT calibration cache (TensorRT 8.5-10).")
 @click.option("--qdq", type=click.Path(path_type=Path), help="A TensorRT QDQ model from `deeplab-edge calibrate`.")
-@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="entropy",
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="mse",
               show_default=True, help="With --calib-data.")
 @click.option("--calib-num", default=256, type=COUNT, show_default=True, help="With --calib-data: images (at most).")
 @click.option("--keep-float", "keep_float_top", default=0, type=NONNEG, show_default=True,

@@ -48,7 +48,7 @@ from .common import CALIB_METHODS, COUNT, NONNEG, console, out, output_option, o
               help="Quantization-aware fine-tuning of --weights: every Conv runs with the int8 fake quantization "
                    "of the TensorRT QDQ model (batch norms frozen and folded); writes OUTPUT/model_qdq.onnx from "
                    "the last weights, for `eval --onnx` and `build --qdq`.")
-@click.option("--qat-ranges", type=click.Choice(CALIB_METHODS), default="entropy", show_default=True,
+@click.option("--qat-ranges", type=click.Choice(CALIB_METHODS), default="mse", show_default=True,
               help="With --qat: the `calibrate` method whose activation thresholds QAT starts from and keeps.")
 @click.option("--qat-calib-num", default=64, type=COUNT, show_default=True,
               help="With --qat: training images those thresholds are calibrated on.")
