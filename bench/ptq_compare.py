@@ -32,8 +32,8 @@ import numpy as np
 OURS = ("entropy", "minmax", "mse", "percentile", "search")
 # diagnostics: only the weights, or only the activations (mse thresholds) quantized: where the loss comes from
 PARTS = ("mse-weights-only", "mse-activations-only")
-# with empirical bias correction of the weights' mean error
-CORRECTED = ("mse-bc", "minmax-bc", "entropy-bc")
+# with empirical bias correction of the weights' mean error (what `calibrate` does by default)
+CORRECTED = ("mse-bc", "minmax-bc", "entropy-bc", "search-bc")
 ORT = ("ort-qdq-s8", "ort-u8s8", "ort-u8s8-7bit", "ort-u8s8-entropy")
 MODELOPT = ("modelopt-entropy", "modelopt-max")
 
