@@ -52,7 +52,7 @@ class OnnxRunner:
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
         self.info = {"backend": "onnxruntime", "onnx": str(path), "arch": meta.get("arch"),
                      "provider": self.session.get_providers()[0], "precision": meta.get("precision"),
-                     "ort_graph_optimizations": self.optimize, "calibration": meta.get("calibration")}
+                     "ort_graph_optimizations": self.optimize, "calibration": _calibration_summary(meta.get("calibration"))}
 
     def synchronize(self) -> None:
         """ONNX Runtime's run() returns when its outputs are ready."""
@@ -63,3 +63,13 @@ class OnnxRunner:
             outs = [self.session.run(None, {self.input_name: x[i:i + 1]})[0] for i in range(x.shape[0])]
             return torch.from_numpy(np.concatenate(outs).astype(np.float32))
         return torch.from_numpy(self.session.run(None, {self.input_name: x})[0].astype(np.float32))
+
+
+def _calibration_summary(cal: dict | None) -> dict | None:
+    """The model's calibration record with its image digests counted, not listed (``eval`` compares them)."""
+    if not cal:
+        return cal
+    out = {k: v for k, v in cal.items() if k != "images_sha1"}
+    if "images_sha1" in cal:
+        out["images"] = len(cal["images_sha1"])
+    return out
