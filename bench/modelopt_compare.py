@@ -1,6 +1,8 @@
 """NVIDIA ModelOpt's ONNX INT8 PTQ beside this project's, on the same FP32 export, the same
 calibration images and the same evaluation (issue #17). ModelOpt lives in its own environment
-(its ``[onnx]`` extra replaces onnxruntime and pins onnx), so this runs in two steps:
+(its ``[onnx]`` extra replaces onnxruntime and pins onnx). ``bench/ptq_compare.py --modelopt-python``
+runs the ``quantize`` step below in that environment and everything else in one run; the three
+steps also run by hand:
 
     # 1. in deeplab-edge's environment: the calibration tensors, exactly as `calibrate` makes them
     python -m deeplab_edge.bench.modelopt_compare inputs MODEL_FP32.onnx CALIB_DIR NUM OUT.npy
