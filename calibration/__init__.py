@@ -71,8 +71,7 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
     if num < 1 or keep_float_top < 0 or search_num < 1 or (sensitivity_num is not None and sensitivity_num < 1):
         raise CalibrationError(f"expected num, search_num >= 1, keep_float_top >= 0 and sensitivity_num >= 1, got "
                                f"{num}, {search_num}, {keep_float_top} and {sensitivity_num}: calibrating on no images "
-                               "gives all-zero "
-                               "scales")
+                               "gives all-zero scales")
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     model = load_onnx(onnx_path, load_external_data=True)
     meta = read_metadata(model)
@@ -101,6 +100,8 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
         amax = search_ranges(model, few, stats, percentile, progress("search", len(few)) if progress else None)
     else:
         amax = {n: amax_from_histogram(h, a, method, percentile) for n, (h, a) in stats.items()}
+    # the weights' int8 error shifts each output channel's mean; the QDQ model's float biases take it back
+    shift = bias_corrections(model, means) if bias_correction else None
 
     ranking = None
     if keep_float_top > 0 or sensitivity or sensitivity_data is not None:
@@ -122,15 +123,13 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
             raise CalibrationError(f"{held.root}: has no labels for the sensitivity analysis; pass "
                                    "--sensitivity-data with a labelled VOC/Cityscapes/CamVid folder")
         tick = progress("sensitivity", len(conv_nodes(model))) if progress else None
-        ranking = layer_sensitivity(model, amax, held, sensitivity_mode, tick)
+        ranking = layer_sensitivity(model, amax, held, sensitivity_mode, tick, bias_shift=shift)
         keep_float = tuple(keep_float) + tuple(r["layer"] for r in ranking["layers"][:keep_float_top]
                                                if r["layer"] not in keep_float)
 
     # Tensors produced by Convs kept in float leave the cache, so TensorRT keeps them in float too.
     float_outputs = {o for n in model.graph.node if n.name in keep_float for o in n.output}
     scales = {n: a / 127.0 for n, a in amax.items() if a > 0 and n not in float_outputs}
-    # the weights' int8 error shifts each output channel's mean; the QDQ model's float biases take it back
-    shift = bias_corrections(model, means) if bias_correction else None
     qdq = insert_qdq(model, amax, frozenset(keep_float), bias_shift=shift)
     _set_precision(qdq, "int8-qdq-tensorrt", method, images_sha1)
     # the source as the user will find it: its name alone when it lands in the output folder too

@@ -4,8 +4,9 @@ The fake quantization is the QDQ model's arithmetic, in PyTorch: every Conv's in
 per tensor (symmetric int8, scale amax/127, zero point 0, round half to even, saturated to
 [-128, 127], as ONNX's QuantizeLinear computes), and its weights per output channel (symmetric,
 max|w|/127, [-127, 127]) *after* the batch norm that follows it is folded in, as the ONNX export
-folds it. Batch norms stay frozen (eval statistics), which is what makes that folding exact
-during training. Gradients pass by the straight-through estimator (zero where an activation is
+folds it; each residual block's skip input is quantized as the QDQ model's residual Add reads
+it. Batch norms stay frozen (eval statistics), which is what makes that folding exact during
+training. Gradients pass by the straight-through estimator (zero where an activation is
 clipped). The activation thresholds start from, and stay at, the PTQ ranges that ``calibrate``
 would choose for the same FP32 export and images; the weights learn to live with them.
 

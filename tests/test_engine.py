@@ -105,6 +105,7 @@ def test_bundle_files_and_manifest(bundle):
     assert man["precision"] == {"fp16": True, "int8": True, "int8_route": "qdq", "strongly_typed": None}
     assert man["input"]["shapes"]["max"] == [4, 3, 513, 513] and man["dla_core"] == 0
     assert man["num_classes"] == 21 and man["preprocess"]["size"] == 513 and man["calibration"]["images"] == 3
+    assert len(man["calibration"]["images_sha1"]) == 3  # what `eval --engine` compares its images with
 
 
 def test_bundle_models_run_in_onnx_runtime(bundle, imported, shared):

@@ -275,6 +275,12 @@ def test_qat_writes_the_qdq_model_it_trained(camvid_small, tmp_path):
                                    str(camvid_small / "val"), "--json"])
     assert ev.exit_code == 0, ev.output
     assert json.loads(ev.stdout)["miou"] == pytest.approx(rec["epochs"][-1]["val_miou"], abs=0.01)
+    # build takes the QAT model as it takes any QDQ model (here: the bundle, where TensorRT is missing)
+    b = CliRunner().invoke(main, ["build", "--weights", str(tmp_path / "q" / "last.pt"), "--qdq",
+                                  str(tmp_path / "q" / "model_qdq.onnx"), "--int8", "--data", str(camvid_small / "val"),
+                                  "-o", str(tmp_path / "deploy" / "qat.engine"), "--json"])
+    assert b.exit_code == 0, b.output
+    assert json.loads(b.stdout)["calibration"]["method"] == "qat"
     bad = CliRunner().invoke(main, ["train", "--data", str(camvid_small / "train"), "--arch", "deeplabv3_mobilenet_v2",
                                     "--qat", "-o", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "--qat fine-tunes a trained FP32 model" in bad.output
