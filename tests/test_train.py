@@ -262,7 +262,9 @@ def test_qat_writes_the_qdq_model_it_trained(camvid_small, tmp_path):
     qat = rec["qat"]
     assert qat["quantized_convs"] == 55 and qat["residual_adds"] == 10 and qat["calibration_images"] == 4
     assert len(qat["ranges"]) == 65  # 55 Conv inputs, 10 residual skip inputs
-    assert qat["qdq_vs_fake_quant_agreement"] >= 0.99
+    # 64 x 48 frames at output stride 8 have 48 feature cells: one value rounded the other way (float summation
+    # order, ONNX Runtime against PyTorch) moves a whole cell, 64 pixels of 3072; test_qat checks Conv by Conv
+    assert qat["qdq_vs_fake_quant_agreement"] >= 0.95
     meta = load_checkpoint(tmp_path / "q" / "last.pt").meta
     assert meta["qat"]["ranges"] == qat["ranges"] and meta["qat"]["ranges_method"] == "minmax"
     from deeplab_edge.checkpoint import file_sha256
@@ -278,6 +280,7 @@ def test_qat_writes_the_qdq_model_it_trained(camvid_small, tmp_path):
     # build takes the QAT model as it takes any QDQ model (here: the bundle, where TensorRT is missing)
     b = CliRunner().invoke(main, ["build", "--weights", str(tmp_path / "q" / "last.pt"), "--qdq",
                                   str(tmp_path / "q" / "model_qdq.onnx"), "--int8", "--data", str(camvid_small / "val"),
+                                  "--shapes", "1x3x48x64,1x3x48x64,1x3x48x64",
                                   "-o", str(tmp_path / "deploy" / "qat.engine"), "--json"])
     assert b.exit_code == 0, b.output
     assert json.loads(b.stdout)["calibration"]["method"] == "qat"
