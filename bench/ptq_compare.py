@@ -38,22 +38,14 @@ ORT = ("ort-qdq-s8", "ort-u8s8", "ort-u8s8-7bit", "ort-u8s8-entropy")
 MODELOPT = ("modelopt-entropy", "modelopt-max")
 
 
-def _subset(ds, indices: list[int]):
-    out = object.__new__(type(ds))
-    out.__dict__.update(ds.__dict__)
-    out.samples = [ds.samples[i] for i in indices]
-    return out
-
-
 def _tag(fp32_model, quantized_path: Path, precision: str) -> None:
     """The FP32 export's deeplab-edge metadata (preprocessing, classes) on a quantized model."""
     import onnx
 
+    from deeplab_edge.calibration.qdq import tag_quantized
+
     m = onnx.load(str(quantized_path))
-    del m.metadata_props[:]
-    for p in fp32_model.metadata_props:
-        e = m.metadata_props.add()
-        e.key, e.value = p.key, (json.dumps(precision) if p.key == "deeplab_edge.precision" else p.value)
+    tag_quantized(m, precision, like=fp32_model)
     onnx.save(m, str(quantized_path))
 
 
@@ -107,8 +99,7 @@ def run(fp32: Path, eval_dir: str, out: Path, *, calib_dir: str | None, num: int
     from deeplab_edge.calibration.collect import activation_tensors, collect_histograms
     from deeplab_edge.calibration.qdq import bias_corrections
     from deeplab_edge.calibration.cpu_int8 import cpu_features
-    from deeplab_edge.calibration.histograms import amax_from_histogram
-    from deeplab_edge.calibration.search import search_ranges
+    from deeplab_edge.calibration.search import thresholds
     from deeplab_edge.data.datasets import open_dataset
     from deeplab_edge.data.preprocess import Preprocess
     from deeplab_edge.export import read_metadata
@@ -121,7 +112,7 @@ def run(fp32: Path, eval_dir: str, out: Path, *, calib_dir: str | None, num: int
     if folds > 1:
         splits = [([i for i in range(len(ev)) if i % folds != f], [i for i in range(len(ev)) if i % folds == f])
                   for f in range(folds)]
-        splits = [(_subset(ev, c), _subset(ev, e)) for c, e in splits]
+        splits = [(ev.take(c), ev.take(e)) for c, e in splits]
     else:
         splits = [(open_dataset(calib_dir).subset(num), ev)]
     names = activation_tensors(model)
@@ -149,11 +140,7 @@ def run(fp32: Path, eval_dir: str, out: Path, *, calib_dir: str | None, num: int
                 if m in OURS or m in PARTS or m in CORRECTED:
                     if stats is None:
                         stats = collect_histograms(model, inputs, names, means_out=means)
-                    base = m.split("-")[0]
-                    if base == "search":
-                        amax = search_ranges(model, inputs[:16], stats, percentile)
-                    else:
-                        amax = {n: amax_from_histogram(h, a, base, percentile) for n, (h, a) in stats.items()}
+                    amax = thresholds(model, inputs, stats, m.split("-")[0], percentile)
                     parts = m.split("-")[1] if m in PARTS else "both"
                     shift = bias_corrections(model, means) if m in CORRECTED else None
                     onnx.save(insert_qdq(model, amax, parts=parts, bias_shift=shift), str(path))

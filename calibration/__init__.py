@@ -23,27 +23,15 @@ from deeplab_edge.errors import CalibrationError
 
 from .cache import check_cache_against_onnx, read_trt_cache, write_trt_cache
 from .collect import activation_tensors, calibration_inputs, collect_histograms
-from .histograms import METHODS as HISTOGRAM_METHODS, amax_from_histogram
-from .qdq import bias_corrections, conv_nodes, insert_qdq
+from .histograms import METHODS as HISTOGRAM_METHODS
+from .search import thresholds
+from .qdq import bias_corrections, conv_nodes, insert_qdq, tag_quantized
 
 # "search": each threshold chosen by the error of the Convs reading the tensor (search.py)
 METHODS = HISTOGRAM_METHODS + ("search",)
 
 __all__ = ["calibrate", "METHODS", "read_trt_cache", "write_trt_cache", "check_cache_against_onnx", "insert_qdq",
            "conv_nodes"]
-
-
-def _set_precision(model, precision: str, method: str, images_sha1: list[str] | None = None) -> None:
-    for p in model.metadata_props:
-        if p.key == "deeplab_edge.precision":
-            p.value = json.dumps(precision)
-            break
-    else:
-        e = model.metadata_props.add()
-        e.key, e.value = "deeplab_edge.precision", json.dumps(precision)
-    e = model.metadata_props.add()
-    # the calibration images' digests: `eval` warns when it is given any of them
-    e.key, e.value = "deeplab_edge.calibration", json.dumps({"method": method, "images_sha1": images_sha1 or []})
 
 
 def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, num: int = 256,
@@ -93,13 +81,9 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
     tick = progress("collect", 2 * len(inputs)) if progress else None
     means: dict = {}
     stats = collect_histograms(model, inputs, names, tick, means_out=means)
-    if method == "search":
-        from .search import search_ranges
-
-        few = inputs[:search_num]
-        amax = search_ranges(model, few, stats, percentile, progress("search", len(few)) if progress else None)
-    else:
-        amax = {n: amax_from_histogram(h, a, method, percentile) for n, (h, a) in stats.items()}
+    searched = min(search_num, len(inputs)) if method == "search" else 0
+    amax = thresholds(model, inputs, stats, method, percentile, search_num,
+                      progress("search", searched) if progress and searched else None)
     # the weights' int8 error shifts each output channel's mean; the QDQ model's float biases take it back
     shift = bias_corrections(model, means) if bias_correction else None
 
@@ -131,11 +115,10 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
     float_outputs = {o for n in model.graph.node if n.name in keep_float for o in n.output}
     scales = {n: a / 127.0 for n, a in amax.items() if a > 0 and n not in float_outputs}
     qdq = insert_qdq(model, amax, frozenset(keep_float), bias_shift=shift)
-    _set_precision(qdq, "int8-qdq-tensorrt", method, images_sha1)
+    tag_quantized(qdq, "int8-qdq-tensorrt", {"method": method, "images_sha1": images_sha1})
     # the source as the user will find it: its name alone when it lands in the output folder too
     source = onnx_path.name if onnx_path.parent.resolve() == out_dir.resolve() else str(onnx_path)
-    ranges = {"method": method, "bias_correction": bias_correction,
-              "search_images": min(search_num, len(inputs)) if method == "search" else None,
+    ranges = {"method": method, "bias_correction": bias_correction, "search_images": searched or None,
               "percentile": percentile if method == "percentile" else None,
               "images": len(inputs), "images_sha1": images_sha1, "source": source, "keep_float": list(keep_float),
               "tensors": {n: {"max_abs": stats[n][1], "amax": amax[n], "scale": amax[n] / 127.0} for n in names}}

@@ -28,6 +28,8 @@ import torch
 
 from deeplab_edge.outputs import atomic_path
 
+from .qdq import tag_quantized
+
 __all__ = ["quantize_cpu_int8", "calibration_reader", "cpu_features", "int8_settings", "kernel_agreement", "ORT_METHODS"]
 
 # this project's --method -> ONNX Runtime's calibrator for the CPU model (it has no MSE or search)
@@ -102,12 +104,8 @@ def quantize_cpu_int8(fp32_path: str | Path, out_path: str | Path, inputs: list[
                         per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=cm,
                         reduce_range=settings["reduce_range"], op_types_to_quantize=["Conv", "Add", "Concat", "Mul"])
-        # carry deeplab-edge's metadata over
-        src, q = onnx.load(str(fp32_path)), onnx.load(str(tmp))
-        del q.metadata_props[:]
-        for p in src.metadata_props:
-            e = q.metadata_props.add()
-            e.key, e.value = p.key, p.value if p.key != "deeplab_edge.precision" else '"int8-cpu"'
+        q = onnx.load(str(tmp))
+        tag_quantized(q, "int8-cpu", like=onnx.load(str(fp32_path), load_external_data=False))
         onnx.save(q, str(tmp))
     return {"ort_calibration": ORT_METHODS[method], **settings, "cpu": features}
 

@@ -258,7 +258,7 @@ def ptq_ranges(model: torch.nn.Module, meta: dict[str, Any], images: list[np.nda
     from deeplab_edge.data.preprocess import Preprocess
 
     from .collect import collect_histograms
-    from .histograms import amax_from_histogram
+    from .search import thresholds
 
     pre = Preprocess.from_dict(meta.get("preprocess") or {})
     inputs = [pre(im)[0] for im in images]
@@ -266,12 +266,7 @@ def ptq_ranges(model: torch.nn.Module, meta: dict[str, Any], images: list[np.nda
     plan = QATPlan(conv_bn_pairs(model, x), residual_blocks(model, x))
     onnx_model = _export(model, meta, images[:2], work / "qat_start_fp32.onnx")
     stats = collect_histograms(onnx_model, inputs)
-    if method == "search":
-        from .search import search_ranges
-
-        amax = search_ranges(onnx_model, inputs[:search_num], stats, percentile)
-    else:
-        amax = {n: amax_from_histogram(h, a, method, percentile) for n, (h, a) in stats.items()}
+    amax = thresholds(onnx_model, inputs, stats, method, percentile, search_num)
     onnx_conv_modules(model, onnx_model, plan.pairs)  # same modules, same order, weights checked
     # Convs reading the same tensor (the ASPP branches) get the same threshold: its one QDQ pair
     ranges = {c: float(amax[node.input[0]]) for node, (c, _) in zip(_weighted_convs(onnx_model), plan.pairs)}
@@ -284,13 +279,12 @@ def qdq_from_model(model: torch.nn.Module, meta: dict[str, Any], ranges: dict[st
                    images_sha1: list[str] | None = None) -> dict:
     """The TensorRT QDQ ONNX of a QAT model (its fake quantization removed): its FP32 export with
     ``insert_qdq`` at the trained ranges, residual Adds included."""
-    import json
 
     import onnx
 
     from deeplab_edge.outputs import atomic_path
 
-    from .qdq import insert_qdq
+    from .qdq import insert_qdq, tag_quantized
 
     onnx_model = _export(model, meta, images[:2], work / "qat_end_fp32.onnx")
     nodes = _weighted_convs(onnx_model)
@@ -304,11 +298,8 @@ def qdq_from_model(model: torch.nn.Module, meta: dict[str, Any], ranges: dict[st
             raise ValueError(f"{tensor} was trained with two thresholds ({amax[tensor]} and {a}: {key})")
         amax[tensor] = a
     qdq = insert_qdq(onnx_model, amax)
-    props = {p.key: p for p in qdq.metadata_props}
-    props["deeplab_edge.precision"].value = json.dumps("int8-qdq-tensorrt")
-    e = qdq.metadata_props.add()
-    e.key, e.value = "deeplab_edge.calibration", json.dumps({"method": "qat", "ranges_from": ranges_method,
-                                                             "images_sha1": images_sha1 or []})
+    tag_quantized(qdq, "int8-qdq-tensorrt", {"method": "qat", "ranges_from": ranges_method,
+                                             "images_sha1": images_sha1 or []})
     with atomic_path(out_path) as tmp:
         onnx.save(qdq, str(tmp))
     return {"qdq_onnx": str(out_path), "quantized_convs": len(nodes), "residual_adds": len(plan.blocks)}

@@ -22,7 +22,23 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["insert_qdq", "conv_nodes", "quantize_weight", "residual_skips", "bias_corrections"]
+__all__ = ["insert_qdq", "conv_nodes", "quantize_weight", "residual_skips", "bias_corrections", "tag_quantized"]
+
+
+def tag_quantized(model, precision: str, calibration: dict | None = None, like=None) -> None:
+    """deeplab-edge's metadata on a quantized ONNX model: ``like``'s (its FP32 export's) when given, then
+    the precision and, when given, the calibration record (method, the calibration images' digests that
+    `eval` compares its images with)."""
+    import json
+
+    if like is not None:
+        del model.metadata_props[:]
+        model.metadata_props.extend(like.metadata_props)
+    for key, value in (("deeplab_edge.precision", precision), ("deeplab_edge.calibration", calibration)):
+        if value is None:
+            continue
+        entry = next((p for p in model.metadata_props if p.key == key), None) or model.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
 
 
 def conv_nodes(model) -> list:

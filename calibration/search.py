@@ -29,7 +29,7 @@ from .collect import _session_with_outputs
 from .histograms import amax_from_histogram
 from .qdq import conv_nodes, quantize_weight
 
-__all__ = ["search_ranges", "FRACTIONS", "fake_quant", "candidates"]
+__all__ = ["search_ranges", "FRACTIONS", "fake_quant", "candidates", "thresholds"]
 
 FRACTIONS = tuple(np.round(np.linspace(0.3, 1.0, 15), 4))
 
@@ -106,3 +106,13 @@ def search_ranges(model, inputs: list[torch.Tensor], stats: dict[str, tuple[np.n
     out = {n: float(mx) for n, (_, mx) in stats.items()}
     out.update({n: tried[n][int(np.argmin(errors[n]))] for n in names})
     return out
+
+
+def thresholds(model, inputs: list[torch.Tensor], stats: dict[str, tuple[np.ndarray, float]], method: str,
+               percentile: float = 99.99, search_num: int = 16,
+               progress: Callable[[], None] | None = None) -> dict[str, float]:
+    """Every activation's threshold by ``method``: from its histogram, or (``search``) by the output error
+    of the Convs reading it on the first ``search_num`` inputs."""
+    if method == "search":
+        return search_ranges(model, inputs[:search_num], stats, percentile, progress)
+    return {n: amax_from_histogram(h, a, method, percentile) for n, (h, a) in stats.items()}

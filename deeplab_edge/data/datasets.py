@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -125,9 +125,13 @@ class SegmentationDataset:
             raise DataError(f"asked for {n} images; give a number of images >= 1")
         if n is None or n >= len(self.samples):
             return self
+        return self.take(range(n))
+
+    def take(self, indices: Iterable[int]) -> "SegmentationDataset":
+        """The same dataset with only the samples at ``indices``, in that order."""
         out = object.__new__(type(self))
         out.__dict__.update(self.__dict__)
-        out.samples = self.samples[:n]
+        out.samples = [self.samples[i] for i in indices]
         return out
 
 
