@@ -192,12 +192,10 @@ def build_artifacts(loaded, weights: Path, dataset, work: Path, backends: list[B
     info: dict[str, Any] = {}
     if not need_onnx:
         return info
-    from deeplab_edge.export import export_onnx, read_metadata
+    from deeplab_edge.export import dynamic_axes, export_onnx, read_metadata
 
     fp32 = work / "model_fp32.onnx"
     sha = loaded.meta.get("sha256")
-    from deeplab_edge.data.preprocess import Preprocess
-
     same = fp32.is_file() and sha and read_metadata(fp32).get("checkpoint_sha256") == sha and \
         json.dumps(read_metadata(fp32).get("config"), sort_keys=True) == json.dumps(loaded.model.config, sort_keys=True)
     if same and (max(batches) == 1 or _dynamic_batch(fp32)):  # same weights, same config (e.g. output stride)
@@ -208,10 +206,7 @@ def build_artifacts(loaded, weights: Path, dataset, work: Path, backends: list[B
         log(f"exporting {weights.name} to ONNX (parity check on 2 images)")
         t = time.perf_counter()
         images = [dataset.load(i)[1] for i in range(min(2, len(dataset)))]
-        dynamic = ("batch",) if max(batches) > 1 else ()
-        if Preprocess.from_dict(dict(loaded.meta.get("preprocess") or {})).fixed_input_hw is None:
-            dynamic += ("hw",)  # a checkpoint that runs at each image's own size (e.g. the CamVid model)
-        rep = export_onnx(loaded, fp32, images, dynamic=dynamic)
+        rep = export_onnx(loaded, fp32, images, dynamic=dynamic_axes(loaded.meta, batch=max(batches) > 1))
         info["onnx_fp32"] = {"path": str(fp32), "seconds": time.perf_counter() - t,
                              "parity_agreement": rep.parity["agreement"],
                              "parity_max_abs_diff": rep.parity["max_abs_diff"]}

@@ -237,17 +237,15 @@ def _weighted_convs(onnx_model) -> list:
 
 
 def _export(model: torch.nn.Module, meta: dict[str, Any], images: list[np.ndarray], path: Path):
+    import copy
+
     import onnx
 
     from deeplab_edge.checkpoint import LoadedModel
-    from deeplab_edge.data.preprocess import Preprocess
-    from deeplab_edge.export import export_onnx
+    from deeplab_edge.export import dynamic_axes, export_onnx
 
-    import copy
-
-    pre = Preprocess.from_dict(meta.get("preprocess") or {})
     cpu = copy.deepcopy(model).cpu().eval()  # the training model stays where it is, in its mode
-    export_onnx(LoadedModel(cpu, meta, None), path, images, dynamic=() if pre.fixed_input_hw else ("hw",))
+    export_onnx(LoadedModel(cpu, meta, None), path, images, dynamic=dynamic_axes(meta))
     return onnx.load(str(path))
 
 

@@ -97,7 +97,7 @@ def _build_in(stage: Path, name: str, output: Path, *, weights, onnx, data, int8
         from .checkpoint import load_checkpoint
         from .data.datasets import open_dataset
         from .data.preprocess import Preprocess
-        from .export import export_onnx
+        from .export import dynamic_axes, export_onnx
 
         img_src = data or calib_data
         if img_src is None:
@@ -108,10 +108,9 @@ def _build_in(stage: Path, name: str, output: Path, *, weights, onnx, data, int8
         prof = parse_shapes(shapes, pre.fixed_input_hw)
         ds = open_dataset(img_src).subset(4)
         log(f"exporting {weights.name} to ONNX (parity check on {len(ds)} images)")
-        # a checkpoint without a fixed input size (e.g. trained on full frames) exports with dynamic H and W;
-        # --shapes (required then) gives the engine's profile
-        dynamic = (("batch",) if prof.min[0] != prof.max[0] else ()) + (("hw",) if pre.fixed_input_hw is None else ())
-        export_onnx(loaded, fp32, [ds.load(i)[1] for i in range(len(ds))], dynamic=dynamic)
+        # without a fixed input size H and W are dynamic; --shapes (required then) gives the engine's profile
+        export_onnx(loaded, fp32, [ds.load(i)[1] for i in range(len(ds))],
+                    dynamic=dynamic_axes(loaded.meta, batch=prof.min[0] != prof.max[0]))
         checkpoint = {"file": str(weights), "sha256": loaded.meta.get("sha256")}
     else:
         meta = read_metadata(onnx)

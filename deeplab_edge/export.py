@@ -31,7 +31,7 @@ from .outputs import atomic_path
 from .data.preprocess import Preprocess
 from .errors import ExportError
 
-__all__ = ["export_onnx", "ExportReport", "read_metadata", "load_onnx", "MIN_OPSET"]
+__all__ = ["export_onnx", "ExportReport", "read_metadata", "load_onnx", "MIN_OPSET", "dynamic_axes"]
 
 MIN_OPSET = 17
 DYNAMIC_CHOICES = ("batch", "hw")
@@ -127,6 +127,14 @@ def ort_session(path: str | Path | bytes, *, optimize: bool = True, threads: int
     avail = ort.get_available_providers()
     providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
     return ort.InferenceSession(path if isinstance(path, bytes) else str(path), so, providers=providers)
+
+
+def dynamic_axes(meta: dict[str, Any], batch: bool = False) -> tuple[str, ...]:
+    """The dynamic axes an export of a checkpoint with metadata ``meta`` needs: ``batch`` when asked, and
+    H and W when its preprocessing has no fixed input size (it runs at each image's own size, e.g. the
+    CamVid model)."""
+    fixed = Preprocess.from_dict(dict(meta.get("preprocess") or {})).fixed_input_hw
+    return (("batch",) if batch else ()) + (() if fixed else ("hw",))
 
 
 def export_onnx(loaded: LoadedModel, output: str | Path, images: Sequence[np.ndarray], *, input_size: int | None = None,
