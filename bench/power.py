@@ -22,8 +22,11 @@ import shutil
 import subprocess
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
+
+from deeplab_edge.interrupts import child
 
 __all__ = ["parse_tegrastats", "total_power_mw", "TegrastatsSampler", "JtopSampler", "jtop_power_mw", 
            "power_sampler"]
@@ -78,6 +81,7 @@ class _Run:
     proc: subprocess.Popen
     lines: list[str] = field(default_factory=list)
     thread: threading.Thread | None = None
+    guard: ExitStack = field(default_factory=ExitStack)
 
 
 class TegrastatsSampler:
@@ -98,6 +102,7 @@ class TegrastatsSampler:
         proc = subprocess.Popen([self.executable, "--interval", str(self.interval_ms)], stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True)
         run = _Run(proc)
+        run.guard.enter_context(child(proc))  # a signal that ends the CLI stops tegrastats too
 
         def read() -> None:
             for line in proc.stdout:  # type: ignore[union-attr]
@@ -115,6 +120,7 @@ class TegrastatsSampler:
             run.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             run.proc.kill()
+        run.guard.close()
         if run.thread:
             run.thread.join(timeout=5)
         self.last = summarize(run.lines)

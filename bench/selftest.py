@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from deeplab_edge.interrupts import child
+
 __all__ = ["Step", "plan", "run_plan", "BUDGET_S", "GPU_BACKENDS"]
 
 #: The whole check's budget on one H100-class GPU (issue #18): 8 minutes.
@@ -112,13 +114,17 @@ def run_plan(steps: list[Step], out: Path, *, budget_s: float = BUDGET_S,
             continue
         log(f"{step.name}: {step.command()}")
         start = time.monotonic()
-        try:
-            proc = subprocess.run([sys.executable, "-m", "deeplab_edge.cli", *step.argv], capture_output=True,
-                                  text=True, timeout=left)
-            status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
-            tail = (proc.stdout + proc.stderr)[-2000:]
-        except subprocess.TimeoutExpired as e:
-            status, tail = "timed out", (str(e.stdout or "") + str(e.stderr or ""))[-2000:]
+        # registered as a child: Ctrl-C or SIGTERM on selftest stops the step too
+        with child(subprocess.Popen([sys.executable, "-m", "deeplab_edge.cli", *step.argv], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)) as proc:
+            try:
+                stdout, stderr = proc.communicate(timeout=left)
+                status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stdout, stderr = proc.communicate()
+                status = "timed out"
+        tail = ((stdout or "") + (stderr or ""))[-2000:]
         row: dict[str, Any] = {**asdict(step), "status": status, "seconds": time.monotonic() - start, "log": tail}
         if step.output and step.output.endswith(".json") and (out / step.output).is_file():
             row["result"] = json.loads((out / step.output).read_text())

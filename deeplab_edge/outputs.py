@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import OutputError
+from .interrupts import track
 
 __all__ = ["check_output_file", "check_output_dir", "atomic_path", "staged_dir", "nearest_existing"]
 
@@ -70,8 +71,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary file path; on success it is renamed onto ``path``.
 
     The temporary file lives in the closest folder that already exists, and missing parent
-    folders are made only at the rename: a failure (or Ctrl-C / SIGTERM, which the CLI turns
-    into exceptions) leaves nothing behind."""
+    folders are made only at the rename: a failure leaves nothing behind, nor does Ctrl-C or
+    SIGTERM in the CLI (the temporary file is tracked: :mod:`deeplab_edge.interrupts`)."""
     path = Path(path)
     where = nearest_existing(path.parent)
     try:
@@ -82,10 +83,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     umask = os.umask(0)
     os.umask(umask)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, path)
+        with track(tmp):
+            yield Path(tmp)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -103,9 +105,10 @@ def staged_dir(dest: str | Path) -> Iterator[Path]:
     except OSError as e:
         raise OSError(e.errno, e.strerror, str(dest)) from None
     try:
-        yield stage
-        dest.mkdir(parents=True, exist_ok=True)
-        for p in sorted(stage.iterdir()):
-            os.replace(p, dest / p.name)
+        with track(stage):
+            yield stage
+            dest.mkdir(parents=True, exist_ok=True)
+            for p in sorted(stage.iterdir()):
+                os.replace(p, dest / p.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

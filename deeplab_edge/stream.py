@@ -3,7 +3,7 @@
 OpenCV reads and writes the frames (``opencv-python-headless``; JetPack ships its own OpenCV).
 The overlay video is written to a temporary file and renamed when the stream ends, so a
 failed run leaves no half-written video; Ctrl-C (the way a camera session
-ends) finishes the video with the frames written so far.
+ends), or SIGTERM, finishes the video with the frames written so far; a second one stops at once.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import DataError, DeepLabEdgeError
+from .interrupts import deferred_stop, track
 from .outputs import nearest_existing
 
 __all__ = ["segment_stream", "open_capture"]
@@ -69,19 +71,19 @@ def segment_stream(segmenter, source: str | int, output: Path, *, alpha: float =
     frames = 0
     status = console.status("starting") if console is not None else None
     t0 = time.perf_counter()
+    guard = ExitStack()
+    guard.enter_context(track(tmp))  # removed if a second signal ends the run at once
+    stop = guard.enter_context(deferred_stop())  # the first Ctrl-C or SIGTERM ends the session after this frame
     try:
         if status is not None:
             status.start()
-        while max_frames is None or frames < max_frames:
-            try:
-                ok, bgr = cap.read()
-                if not ok:
-                    break
-                rgb = np.ascontiguousarray(bgr[..., ::-1])
-                n_calls = len(segmenter.timing.model_calls)
-                labels = segmenter.predict(rgb)
-            except KeyboardInterrupt:  # Ctrl-C ends a camera session: keep the frames written so far
+        while (max_frames is None or frames < max_frames) and not stop:
+            ok, bgr = cap.read()
+            if not ok or stop:
                 break
+            rgb = np.ascontiguousarray(bgr[..., ::-1])
+            n_calls = len(segmenter.timing.model_calls)
+            labels = segmenter.predict(rgb)
             model_ms.extend(1e3 * t for t in segmenter.timing.model_calls[n_calls:])
             if writer is None:
                 writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (rgb.shape[1], rgb.shape[0]))
@@ -96,6 +98,8 @@ def segment_stream(segmenter, source: str | int, output: Path, *, alpha: float =
                 fps = frames / (time.perf_counter() - t0)
                 status.update(f"frame {frames}: {fps:.1f} FPS, model {model_ms[-1]:.1f} ms")
         wall = time.perf_counter() - t0
+        if frames == 0 and stop:
+            raise KeyboardInterrupt  # stopped before the first frame: nothing to keep
         if frames == 0:
             raise DataError(f"{source}: no frames could be read; check that the file plays or the camera is free")
         writer.release()
@@ -103,6 +107,7 @@ def segment_stream(segmenter, source: str | int, output: Path, *, alpha: float =
         output.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, final)
     finally:
+        guard.close()
         if status is not None:
             status.stop()
         if writer is not None:
@@ -111,4 +116,5 @@ def segment_stream(segmenter, source: str | int, output: Path, *, alpha: float =
         if os.path.exists(tmp):
             os.unlink(tmp)
     return {"source": str(source), "output": str(final), "frames": frames, "fps": frames / wall,
-            "model_ms_p50": float(np.median(model_ms)), "input_fps": fps_in, "per_frame": per_frame}
+            "model_ms_p50": float(np.median(model_ms)), "input_fps": fps_in,
+            "stopped_by": stop.signal, "per_frame": per_frame}

@@ -71,3 +71,46 @@ def test_predict_stream_bad_input(imported, tmp_path):
     assert not list((tmp_path / "o").glob("*.mp4"))
     r = CliRunner().invoke(main, ["predict", "--weights", str(imported[0]), "-o", str(tmp_path)])
     assert r.exit_code == 2 and "--video" in r.output
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_stream_with_the_frames_so_far(shared, imported, tmp_path):
+    """A camera session is stopped by Ctrl-C or, under a supervisor, SIGTERM: the frame in progress is finished,
+    the video written so far is kept, complete, and the JSON counts exactly the frames in it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from deeplab_edge.data import open_dataset
+
+    img = cv2.resize(open_dataset(shared["voc"]).load(0)[1], (64, 48), interpolation=cv2.INTER_AREA)
+    long = tmp_path / "long.mp4"
+    w = cv2.VideoWriter(str(long), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (64, 48))
+    for _ in range(2000):
+        w.write(np.ascontiguousarray(img[..., ::-1]))
+    w.release()
+    out = tmp_path / "out"
+    code = "import sys; from deeplab_edge.cli import main; sys.argv[0] = 'deeplab-edge'; main()"
+    p = subprocess.Popen([sys.executable, "-c", code, "predict", "--weights", str(imported[0]), "--device", "cpu",
+                          "--video", str(long), "-o", str(out), "--json"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+
+    def writing():  # OpenCV opens the partial video beside -o (and writes its header) at the first frame
+        return any(f.stat().st_size > 0 for f in tmp_path.glob(".long_overlay.*.mp4"))
+
+    while p.poll() is None and time.monotonic() - t0 < 120 and not writing():
+        time.sleep(0.05)
+    assert p.poll() is None and writing(), p.communicate() if p.poll() is not None else "no frames written in 120 s"
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 0, stderr[-2000:]
+    res = json.loads(stdout)
+    cap = cv2.VideoCapture(res["output"])
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert 0 < res["frames"] < 2000 and n == res["frames"] == len(res["per_frame"]), (res["frames"], n)
+    assert res["stopped_by"] == "SIGTERM"
+    assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".")] == []

@@ -3,32 +3,23 @@
 Logs and progress go to stderr (one rich console); results go to stdout as a rich table,
 or as JSON with ``--json``. Bad input ends with one red line naming the problem and the
 fix, and exit code 2 (``--verbose`` shows the traceback); Ctrl-C exits 130 and SIGTERM 143,
-after the staged outputs are cleaned up.
+after the staged outputs and temporary files are removed (:mod:`deeplab_edge.interrupts`).
 """
 
 from __future__ import annotations
 
 import errno
-import signal
 import sys
-import threading
 from typing import Any
 
 import click
 from rich.markup import escape
 
 from ..errors import DeepLabEdgeError
+from ..interrupts import exit_on_signal, scratch_dir
 from .common import console
 
 __all__ = ["main"]
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that staged outputs are cleaned up as on Ctrl-C."""
-
-
-def _on_sigterm(signum, frame):  # noqa: ARG001
-    raise Terminated()
 
 
 def _os_error_line(e: OSError) -> str | None:
@@ -53,10 +44,7 @@ class _Group(click.Group):
     """The command group: turns every user error into one red line and exit code 2."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        prev = None
-        if threading.current_thread() is threading.main_thread():
-            prev = signal.signal(signal.SIGTERM, _on_sigterm)
-        try:
+        with exit_on_signal(), scratch_dir():
             try:
                 rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
             except _NO_ARGS_HELP as e:
@@ -70,9 +58,6 @@ class _Group(click.Group):
             except click.Abort:
                 console.print("[yellow]interrupted[/]")
                 rv = 130
-        finally:
-            if prev is not None:
-                signal.signal(signal.SIGTERM, prev)
         if not standalone_mode:
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
@@ -88,10 +73,7 @@ class _Group(click.Group):
                 console.print_exception()
             console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
             ctx.exit(2)
-        except Terminated:
-            console.print("[yellow]terminated[/]")
-            ctx.exit(143)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C where a command asked for it as an exception, or outside the main thread
             console.print("[yellow]interrupted[/]")
             ctx.exit(130)
 

@@ -276,7 +276,8 @@ def predict_cmd(model, inputs, video, camera, max_frames, output, alpha, as_json
             print_json({"model": info, **res})
         else:
             out.print(f"[green]wrote[/] {res['output']}: {res['frames']} frames at {res['fps']:.1f} FPS end to end "
-                      f"(model {res['model_ms_p50']:.1f} ms median per frame)")
+                      f"(model {res['model_ms_p50']:.1f} ms median per frame)"
+                      + (f"; stopped by {res['stopped_by']}" if res["stopped_by"] else ""))
         return
     ds = ImageFolder(list(inputs))
     stems = {s.id: s.id.replace("/", "_") for s in ds.samples}

@@ -1,0 +1,108 @@
+"""The CLI's signal handling (deeplab_edge.interrupts) in-process: which handlers are installed, when a
+signal is an exception, and the scratch folder that collects temporary files. The end-to-end cases
+(a signal in the middle of a real `calibrate` or `export`) are in test_bad_input.py."""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from deeplab_edge import interrupts
+
+
+def test_scratch_dir_takes_temporary_files_and_is_removed():
+    before = tempfile.gettempdir()
+    with interrupts.scratch_dir() as d:
+        fd, name = tempfile.mkstemp()
+        os.close(fd)
+        with tempfile.TemporaryDirectory() as t:
+            assert Path(t).parent == d
+        assert Path(name).parent == d and d.is_dir()
+    assert not d.exists() and tempfile.gettempdir() == before
+
+
+def test_remove_tracked_removes_files_and_folders_only_while_tracked(tmp_path):
+    f, folder, kept = tmp_path / "f.tmp", tmp_path / "stage", tmp_path / "kept.tmp"
+    f.write_text("x")
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "a").write_text("y")
+    kept.write_text("z")
+    with interrupts.track(kept):
+        pass
+    with interrupts.track(f), interrupts.track(folder), interrupts.track(tmp_path / "never-made"):
+        assert interrupts.remove_tracked() == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.tmp"]
+
+
+def test_handlers_installed_and_restored():
+    prev_term, prev_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with interrupts.exit_on_signal():
+            assert signal.getsignal(signal.SIGTERM) is interrupts._on_signal
+            assert signal.getsignal(signal.SIGINT) is interrupts._on_signal
+        assert signal.getsignal(signal.SIGTERM) is prev_term
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        # a process started with Ctrl-C ignored (nohup, a background job) stays deaf to it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with interrupts.exit_on_signal():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is interrupts._on_signal
+    finally:
+        signal.signal(signal.SIGINT, prev_int)
+
+
+_CHILD = """
+import os, signal, sys
+from deeplab_edge import interrupts
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+def wait():
+    for _ in range(1000):  # the handler runs at the next bytecode boundary
+        pass
+
+with interrupts.exit_on_signal():
+    with interrupts.deferred_stop() as stop:
+        for _ in range({deferred}):
+            os.kill(os.getpid(), signal.{sig})
+            wait()
+            print("stop requested by", stop.signal, flush=True)
+    os.kill(os.getpid(), signal.{sig})
+    wait()
+print("not stopped")
+"""
+
+
+@pytest.mark.parametrize("sig, code, word", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")],
+                         ids=["sigterm", "ctrl-c"])
+@pytest.mark.parametrize("deferred", [0, 1, 2])
+def test_signal_ends_the_run_or_requests_a_stop(sig, code, word, deferred):
+    """In a child process: a signal ends it with its code and one line on stderr; inside deferred_stop() the
+    first one only sets the request, a second one ends it, and after the block they end it again."""
+    r = subprocess.run([sys.executable, "-c", _CHILD.format(sig=sig, deferred=deferred)], capture_output=True,
+                       text=True, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr.strip()) == (code, f"stop requested by {sig}\n" * min(deferred, 1),
+                                                         word), (r.returncode, r.stdout, r.stderr)
+
+
+def test_a_signal_stops_registered_children():
+    """The run's children (selftest's steps, tegrastats) go with it: os._exit alone would orphan them."""
+    code = """
+import os, signal, subprocess, sys, time
+from deeplab_edge import interrupts
+with interrupts.exit_on_signal():
+    with interrupts.child(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])) as p:
+        print(p.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)
+"""
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=100)
+    assert r.returncode == 143 and time.monotonic() - t0 < 50, (r.returncode, r.stderr)
+    pid = int(r.stdout.split()[0])
+    assert not Path(f"/proc/{pid}").exists() or " Z " in Path(f"/proc/{pid}/stat").read_text(), pid
