@@ -73,7 +73,7 @@ class _Group(click.Group):
                 console.print_exception()
             console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
             ctx.exit(2)
-        except KeyboardInterrupt:  # Ctrl-C where a command asked for it as an exception, or outside the main thread
+        except KeyboardInterrupt:  # a stream stopped before its first frame, or Ctrl-C outside the main thread
             console.print("[yellow]interrupted[/]")
             ctx.exit(130)
 
