@@ -19,13 +19,13 @@ same thing:
 from __future__ import annotations
 
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from deeplab_edge.interrupts import temp_dir
 from deeplab_edge.outputs import atomic_path
 
 from .qdq import tag_quantized
@@ -97,7 +97,7 @@ def quantize_cpu_int8(fp32_path: str | Path, out_path: str | Path, inputs: list[
     settings = int8_settings(features) if reduce_range is None else {"reduce_range": reduce_range, "why": "asked"}
     cm = getattr(CalibrationMethod, ORT_METHODS[method])
     out_path = Path(out_path)
-    with tempfile.TemporaryDirectory() as work, atomic_path(out_path) as tmp:
+    with temp_dir(redirect=True) as work, atomic_path(out_path) as tmp:  # ORT's quantizer makes temp files too
         pre = Path(work) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(tmp), calibration_reader(fp32_path, inputs), quant_format=QuantFormat.QDQ,

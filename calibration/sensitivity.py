@@ -12,12 +12,12 @@ in ONNX Runtime), in one of two modes:
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from deeplab_edge.data.datasets import SegmentationDataset
 from deeplab_edge.inference import Segmenter, evaluate
+from deeplab_edge.interrupts import temp_dir
 
 from .qdq import conv_nodes, insert_qdq
 
@@ -46,7 +46,7 @@ def layer_sensitivity(model, amax: dict[str, float], dataset: SegmentationDatase
     if mode not in MODES:
         raise ValueError(f"expected mode in {MODES}, got {mode!r}")
     convs = [n.name for n in conv_nodes(model)]
-    with tempfile.TemporaryDirectory() as tmp:
+    with temp_dir() as tmp:
         work = Path(tmp)
         fp32 = _miou(model, dataset, work, "fp32")
         int8 = _miou(insert_qdq(model, amax, bias_shift=bias_shift), dataset, work, "int8")

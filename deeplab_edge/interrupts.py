@@ -6,7 +6,7 @@ building ``onnx``'s enums while ``onnx`` is imported, for one), the C++ side can
 exception: the process aborts (SIGABRT, sometimes SIGSEGV) and no ``finally`` runs, so staged
 outputs stayed behind. The CLI's handlers therefore do not raise. They stop the child processes
 registered with :func:`child` (SIGTERM, then SIGKILL after a grace period), remove every path
-registered with :func:`track` (staged outputs, the run's scratch folder), print one line and end
+registered with :func:`track` (staged outputs, :func:`temp_dir` folders), print one line and end
 the process at once with ``os._exit``: 143 for SIGTERM, 130 for Ctrl-C.
 
 A loop that can end early and keep its work (the camera stream keeps the frames written so far)
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["track", "remove_tracked", "child", "stop_children", "deferred_stop", "StopRequest", "exit_on_signal",
-           "scratch_dir"]
+           "temp_dir"]
 
 _tracked: dict[int, Path] = {}  # insertion order: removed newest first
 _deferred: list[StopRequest] = []
@@ -152,16 +152,19 @@ def exit_on_signal() -> Iterator[None]:
 
 
 @contextmanager
-def scratch_dir() -> Iterator[Path]:
-    """A private temporary folder that :mod:`tempfile` uses by default inside the block.
+def temp_dir(prefix: str = "deeplab-edge-", *, redirect: bool = False) -> Iterator[Path]:
+    """A temporary folder, removed after the block and, in the CLI, by a signal that ends the run.
 
-    Temporary files made by this package and by the libraries it calls (ONNX Runtime's
-    quantizer, for one) land in it, so one removal clears them, on success, error or signal."""
-    d = Path(tempfile.mkdtemp(prefix="deeplab-edge-"))
+    With ``redirect``, :mod:`tempfile` also uses it by default inside the block, for libraries that
+    make their own temporary files (ONNX Runtime's quantizer). Only around such calls: a process-wide
+    redirect would also move caches that libraries keep under the temp folder across runs
+    (``torch.compile``'s)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix))
     prev = tempfile.tempdir
-    tempfile.tempdir = str(d)
     try:
         with track(d):
+            if redirect:
+                tempfile.tempdir = str(d)
             yield d
     finally:
         tempfile.tempdir = prev

@@ -35,6 +35,7 @@ from .data.preprocess import Preprocess
 from .errors import DataError, DeepLabEdgeError
 from .inference import Segmenter
 from .models import MODELS, OUTPUT_STRIDES, get_model
+from .interrupts import temp_dir
 from .outputs import atomic_path
 from .runtime import resolve_device
 from .runtime.pytorch import TorchRunner
@@ -364,8 +365,6 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
 def _start_qat(cfg: TrainConfig, model, meta, eval_pre: Preprocess, ds: SegmentationDataset, log):
     """Fake quantization on ``model`` at the PTQ thresholds of its FP32 export (``calibrate``'s method
     ``cfg.qat_ranges`` on the first ``cfg.qat_calib_num`` images of the training data)."""
-    import tempfile
-
     from .calibration.qat import FakeQuant, ptq_ranges
 
     if not cfg.weights:
@@ -377,7 +376,7 @@ def _start_qat(cfg: TrainConfig, model, meta, eval_pre: Preprocess, ds: Segmenta
     images = [ds.load(i)[1] for i in range(n)]
     log(f"QAT: {cfg.qat_ranges} thresholds from {n} images of {cfg.data} (the FP32 export, as `calibrate`)")
     qmeta = {**meta, "preprocess": asdict(eval_pre)}
-    with tempfile.TemporaryDirectory() as work:
+    with temp_dir() as work:
         ranges, plan = ptq_ranges(model, qmeta, images, cfg.qat_ranges, Path(work))
     fq = FakeQuant(model, plan, ranges)
     from .data.overlap import image_digests
@@ -391,8 +390,6 @@ def _start_qat(cfg: TrainConfig, model, meta, eval_pre: Preprocess, ds: Segmenta
 
 def _finish_qat(cfg: TrainConfig, fq, model, meta, eval_pre: Preprocess, ds: SegmentationDataset, record, log) -> None:
     """model_qdq.onnx from the last weights, checked against the fake-quant model it came from."""
-    import tempfile
-
     from .calibration.qat import qdq_from_model
     from .runtime.onnx import OnnxRunner
 
@@ -409,7 +406,7 @@ def _finish_qat(cfg: TrainConfig, fq, model, meta, eval_pre: Preprocess, ds: Seg
 
     # the QDQ model belongs to last.pt (build --weights last.pt --qdq model_qdq.onnx checks that)
     qmeta = {**meta, "preprocess": asdict(eval_pre), "sha256": file_sha256(out / "last.pt")}
-    with tempfile.TemporaryDirectory() as work:
+    with temp_dir() as work:
         info = qdq_from_model(m, qmeta, fq.ranges, fq.plan, images, out / "model_qdq.onnx", Path(work),
                               ranges_method=cfg.qat_ranges, images_sha1=record["qat"]["images_sha1"])
     runner = OnnxRunner(out / "model_qdq.onnx", optimize=False)

@@ -1,5 +1,5 @@
-"""The CLI's signal handling (deeplab_edge.interrupts) in-process: which handlers are installed, when a
-signal is an exception, and the scratch folder that collects temporary files. The end-to-end cases
+"""The CLI's signal handling (deeplab_edge.interrupts): which handlers are installed, what a signal does
+(in child processes), and the temporary folders it removes. The end-to-end cases
 (a signal in the middle of a real `calibrate` or `export`) are in test_bad_input.py."""
 
 import os
@@ -15,15 +15,16 @@ import pytest
 from deeplab_edge import interrupts
 
 
-def test_scratch_dir_takes_temporary_files_and_is_removed():
+@pytest.mark.parametrize("redirect", [False, True])
+def test_temp_dir_is_removed_and_redirects_only_when_asked(redirect):
     before = tempfile.gettempdir()
-    with interrupts.scratch_dir() as d:
+    with interrupts.temp_dir(redirect=redirect) as d:
+        assert d.is_dir() and d.parent == Path(before) and d in interrupts._tracked.values()
         fd, name = tempfile.mkstemp()
         os.close(fd)
-        with tempfile.TemporaryDirectory() as t:
-            assert Path(t).parent == d
-        assert Path(name).parent == d and d.is_dir()
-    assert not d.exists() and tempfile.gettempdir() == before
+        assert (Path(name).parent == d) is redirect
+        os.unlink(name)
+    assert not d.exists() and tempfile.gettempdir() == before and d not in interrupts._tracked.values()
 
 
 def test_remove_tracked_removes_files_and_folders_only_while_tracked(tmp_path):

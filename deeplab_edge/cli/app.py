@@ -16,7 +16,7 @@ import click
 from rich.markup import escape
 
 from ..errors import DeepLabEdgeError
-from ..interrupts import exit_on_signal, scratch_dir
+from ..interrupts import exit_on_signal
 from .common import console
 
 __all__ = ["main"]
@@ -44,7 +44,7 @@ class _Group(click.Group):
     """The command group: turns every user error into one red line and exit code 2."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        with exit_on_signal(), scratch_dir():
+        with exit_on_signal():
             try:
                 rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
             except _NO_ARGS_HELP as e:

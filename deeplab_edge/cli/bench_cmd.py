@@ -97,13 +97,11 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
       deeplab-edge bench kernels                     fused-ASPP micro-benchmarks"""
     if ctx.invoked_subcommand is not None:
         return
-    import tempfile
-
-
     from ..bench.harness import CRF_CHOICES, default_tag, device_label, run_bench, select_backends
     from ..bench.power import power_sampler
     from ..bench.report import write_results
     from ..data.datasets import open_dataset
+    from ..interrupts import temp_dir
     from ..runtime import resolve_device
 
     if weights is None or data is None:
@@ -123,7 +121,7 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
             "`deeplab-edge doctor`)")
     ds = open_dataset(data, kind, split).subset(num_images)
     sampler = power_sampler()
-    with tempfile.TemporaryDirectory(prefix="deeplab-edge-bench-") as tmp, progress_bar() as prog:
+    with temp_dir("deeplab-edge-bench-") as tmp, progress_bar() as prog:
         state: dict[str, Any] = {}
 
         def progress(desc: str, total: int):
