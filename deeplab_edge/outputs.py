@@ -67,8 +67,9 @@ def check_output_dir(path: str | Path, option: str = "-o") -> Path:
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary file path; on success it is renamed onto ``path``.
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary file path (ending in ``suffix``, for writers that go by it); on success it is
+    renamed onto ``path``.
 
     The temporary file lives in the closest folder that already exists, and missing parent
     folders are made only at the rename: a failure leaves nothing behind, nor does Ctrl-C or
@@ -76,7 +77,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     where = nearest_existing(path.parent)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=where)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=where)
     except OSError as e:  # name the file the user asked for, not our temporary one
         raise OSError(e.errno, e.strerror, str(path)) from None
     os.close(fd)

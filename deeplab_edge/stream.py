@@ -9,17 +9,15 @@ ends), or SIGTERM, finishes the video with the frames written so far; a second o
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import DataError, DeepLabEdgeError
-from .interrupts import deferred_stop, track
-from .outputs import nearest_existing
+from .interrupts import deferred_stop
+from .outputs import atomic_path
 
 __all__ = ["segment_stream", "open_capture"]
 
@@ -59,11 +57,7 @@ def segment_stream(segmenter, source: str | int, output: Path, *, alpha: float =
     cap = open_capture(source)
     fps_in = cap.get(cv2.CAP_PROP_FPS) or 25.0
     name = f"camera{source}" if isinstance(source, int) else Path(source).stem
-    output = Path(output)
-    final = output / f"{name}_overlay.mp4"
-    # written beside the closest existing folder (OpenCV needs the .mp4 suffix); -o is made only for the result
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".mp4", dir=nearest_existing(output))
-    os.close(fd)
+    final = Path(output) / f"{name}_overlay.mp4"
     palette = voc_palette()
     classes = classes or [f"class_{i}" for i in range(segmenter.num_classes)]
     writer = None
@@ -71,50 +65,43 @@ def segment_stream(segmenter, source: str | int, output: Path, *, alpha: float =
     frames = 0
     status = console.status("starting") if console is not None else None
     t0 = time.perf_counter()
-    guard = ExitStack()
-    guard.enter_context(track(tmp))  # removed if a second signal ends the run at once
-    stop = guard.enter_context(deferred_stop())  # the first Ctrl-C or SIGTERM ends the session after this frame
-    try:
-        if status is not None:
-            status.start()
-        while (max_frames is None or frames < max_frames) and not stop:
-            ok, bgr = cap.read()
-            if not ok or stop:
-                break
-            rgb = np.ascontiguousarray(bgr[..., ::-1])
-            n_calls = len(segmenter.timing.model_calls)
-            labels = segmenter.predict(rgb)
-            model_ms.extend(1e3 * t for t in segmenter.timing.model_calls[n_calls:])
-            if writer is None:
-                writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (rgb.shape[1], rgb.shape[0]))
-                if not writer.isOpened():
-                    raise DeepLabEdgeError(f"{final}: OpenCV cannot write MPEG-4 video here; install "
-                                           "opencv-python-headless from PyPI")
-            writer.write(np.ascontiguousarray(overlay(rgb, labels, palette, alpha)[..., ::-1]))
-            counts = np.bincount(labels.ravel(), minlength=segmenter.num_classes)
-            per_frame.append({classes[c]: float(counts[c] / labels.size) for c in np.nonzero(counts)[0]})
-            frames += 1
+    # the first Ctrl-C or SIGTERM ends the session after the current frame (a second one at once, video removed)
+    with atomic_path(final, suffix=".mp4") as tmp, deferred_stop() as stop:  # OpenCV goes by the suffix
+        try:
             if status is not None:
-                fps = frames / (time.perf_counter() - t0)
-                status.update(f"frame {frames}: {fps:.1f} FPS, model {model_ms[-1]:.1f} ms")
-        wall = time.perf_counter() - t0
-        if frames == 0 and stop:
-            raise KeyboardInterrupt  # stopped before the first frame: nothing to keep
-        if frames == 0:
-            raise DataError(f"{source}: no frames could be read; check that the file plays or the camera is free")
-        writer.release()
-        writer = None
-        output.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, final)
-    finally:
-        guard.close()
-        if status is not None:
-            status.stop()
-        if writer is not None:
-            writer.release()
-        cap.release()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+                status.start()
+            while (max_frames is None or frames < max_frames) and not stop:
+                ok, bgr = cap.read()
+                if not ok or stop:
+                    break
+                rgb = np.ascontiguousarray(bgr[..., ::-1])
+                n_calls = len(segmenter.timing.model_calls)
+                labels = segmenter.predict(rgb)
+                model_ms.extend(1e3 * t for t in segmenter.timing.model_calls[n_calls:])
+                if writer is None:
+                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps_in,
+                                             (rgb.shape[1], rgb.shape[0]))
+                    if not writer.isOpened():
+                        raise DeepLabEdgeError(f"{final}: OpenCV cannot write MPEG-4 video here; install "
+                                               "opencv-python-headless from PyPI")
+                writer.write(np.ascontiguousarray(overlay(rgb, labels, palette, alpha)[..., ::-1]))
+                counts = np.bincount(labels.ravel(), minlength=segmenter.num_classes)
+                per_frame.append({classes[c]: float(counts[c] / labels.size) for c in np.nonzero(counts)[0]})
+                frames += 1
+                if status is not None:
+                    fps = frames / (time.perf_counter() - t0)
+                    status.update(f"frame {frames}: {fps:.1f} FPS, model {model_ms[-1]:.1f} ms")
+            wall = time.perf_counter() - t0
+            if frames == 0 and stop:
+                raise KeyboardInterrupt  # stopped before the first frame: nothing to keep
+            if frames == 0:
+                raise DataError(f"{source}: no frames could be read; check that the file plays or the camera is free")
+        finally:  # the video is complete before atomic_path renames it into place
+            if status is not None:
+                status.stop()
+            if writer is not None:
+                writer.release()
+            cap.release()
     return {"source": str(source), "output": str(final), "frames": frames, "fps": frames / wall,
             "model_ms_p50": float(np.median(model_ms)), "input_fps": fps_in,
             "stopped_by": stop.signal, "per_frame": per_frame}

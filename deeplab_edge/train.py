@@ -34,8 +34,8 @@ from .data.datasets import IGNORE, SegmentationDataset, open_dataset
 from .data.preprocess import Preprocess
 from .errors import DataError, DeepLabEdgeError
 from .inference import Segmenter
-from .models import MODELS, OUTPUT_STRIDES, get_model
 from .interrupts import temp_dir
+from .models import MODELS, OUTPUT_STRIDES, get_model
 from .outputs import atomic_path
 from .runtime import resolve_device
 from .runtime.pytorch import TorchRunner
