@@ -2,6 +2,8 @@
 classes must be the ones the model gives for the decoded frame itself."""
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -38,6 +40,9 @@ def test_predict_video_frames_match_the_model(voc_video, imported, tmp_path):
     assert res["frames"] == 3 and res["fps"] > 0 and res["model_ms_p50"] > 0
     out = tmp_path / "voc_overlay.mp4"
     assert res["output"] == str(out) and out.is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask  # a usual file, not the temporary file's 0600
     cap = cv2.VideoCapture(str(out))
     n = 0
     while cap.read()[0]:
