@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,8 @@ from PIL import Image
 
 from deeplab_edge.cli import main
 from deeplab_edge.models import get_model
+
+from cli_child import CLI, run_and_signal  # tests/
 
 CASES = [
     # 1. silent success on bad input: counts and label values
@@ -316,47 +317,52 @@ def test_disk_full_is_one_line_and_leaves_nothing(tmp_path, shared):
         subprocess.run(["umount", str(mnt)], check=True)
 
 
-def _run_and_terminate(argv: list[str], cwd: Path, ready, timeout: float = 120.0, sig=signal.SIGTERM, env=None):
-    """Run the CLI in a child process, send ``sig`` once ``ready()`` is true, return (rc, output)."""
-    code = "import sys; from deeplab_edge.cli import main; sys.argv[0] = 'deeplab-edge'; main()"
-    # SIGINT as a terminal's foreground process gets it: a test run started in the background by a
-    # non-interactive shell inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
-    p = subprocess.Popen([sys.executable, "-c", code, *argv], cwd=cwd, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, env=env,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    t0 = time.monotonic()
-    while not ready() and p.poll() is None and time.monotonic() - t0 < timeout:
-        time.sleep(0.02)
-    assert p.poll() is None, f"finished before it could be interrupted: {p.communicate()[0]}"
-    p.send_signal(sig)
-    out = p.communicate(timeout=60)[0]
-    return p.returncode, out
+def _run_and_terminate(argv: list[str], cwd: Path, ready, sig=signal.SIGTERM, env=None):
+    """The CLI in a child process, sent ``sig`` once ``ready()``: (rc, stdout and stderr together)."""
+    rc, stdout, stderr = run_and_signal(argv, cwd, ready, sig=sig, env=env)
+    return rc, stdout + stderr
+
+
+@pytest.fixture(scope="module")
+def calib_fp32(tmp_path_factory, shared, imported):
+    """The imported model's FP32 export, for the calibrate runs the signal tests stop."""
+    from deeplab_edge.checkpoint import load_checkpoint
+    from deeplab_edge.data import open_dataset
+    from deeplab_edge.export import export_onnx
+
+    fp32 = tmp_path_factory.mktemp("calib") / "m.onnx"
+    export_onnx(load_checkpoint(imported[0]), fp32, [open_dataset(shared["voc"]).load(0)[1]])
+    return fp32
+
+
+def _work_and_tmp(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    """An empty working folder and an empty TMPDIR for the child, and the child's environment."""
+    work, tmp = tmp_path / "work", tmp_path / "tmp"
+    work.mkdir()
+    tmp.mkdir()
+    return work, tmp, {**os.environ, "TMPDIR": str(tmp)}
+
+
+def _left_behind(work: Path, tmp: Path) -> list[str]:
+    """What a stopped run left in its working folder or its TMPDIR. ONNX Runtime keeps one file of its own in
+    the temp folder across runs (.ses, a session id; /tmp/.ses too): that one is not the run's."""
+    return [p.name for p in work.iterdir()] + [p.name for p in tmp.iterdir() if p.name != ".ses"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")],
                          ids=["sigterm", "ctrl-c"])
 @pytest.mark.parametrize("when", ["staged", "cpu-int8"])
-def test_signal_during_calibrate_leaves_nothing(tmp_path, shared, imported, sig, code, word, when):
+def test_signal_during_calibrate_leaves_nothing(tmp_path, shared, calib_fp32, sig, code, word, when):
     """calibrate is all-or-nothing: stopped while it works (just after it made its staging folder, or while ONNX
     Runtime quantizes the CPU INT8 model in a temporary folder), no cache/QDQ/CPU model, no output folder and
     no temporary files."""
-    from deeplab_edge.checkpoint import load_checkpoint
-    from deeplab_edge.data import open_dataset
-    from deeplab_edge.export import export_onnx
-
-    fp32 = tmp_path / "m.onnx"
-    export_onnx(load_checkpoint(imported[0]), fp32, [open_dataset(shared["voc"]).load(0)[1]])
-    work, tmp = tmp_path / "work", tmp_path / "tmp"
-    work.mkdir()
-    tmp.mkdir()
+    work, tmp, env = _work_and_tmp(tmp_path)
     ready = {"staged": lambda: any(work.glob(".int8.partial-*")), "cpu-int8": lambda: any(tmp.glob("deeplab-edge-*"))}
-    rc, out = _run_and_terminate(["calibrate", "--onnx", str(fp32), "--data", str(shared["voc"]), "-o", "int8"],
-                                 work, ready[when], sig=sig, env={**os.environ, "TMPDIR": str(tmp)})
+    rc, out = _run_and_terminate(["calibrate", "--onnx", str(calib_fp32), "--data", str(shared["voc"]), "-o", "int8"],
+                                 work, ready[when], sig=sig, env=env)
     assert rc == code and word in out and "Traceback" not in out, out
-    # ONNX Runtime keeps one file of its own in the temp folder across runs (.ses, a session id; /tmp/.ses too)
-    left = [p.name for p in tmp.iterdir() if p.name != ".ses"]
-    assert not list(work.iterdir()) and not left, (list(work.iterdir()), left)
+    assert not _left_behind(work, tmp), _left_behind(work, tmp)
 
 
 @pytest.mark.slow
@@ -380,31 +386,19 @@ def prof(frame, event, arg):  # once calibrate has made its staging folder (else
         sys.setprofile(None)
         os.kill(os.getpid(), signal.{sig})
 sys.setprofile(prof)
-from deeplab_edge.cli import main
-sys.argv[0] = "deeplab-edge"
-main()
 """
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code, word", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")],
                          ids=["sigterm", "ctrl-c"])
-def test_signal_while_native_code_calls_python_leaves_nothing(tmp_path, shared, imported, sig, code, word):
+def test_signal_while_native_code_calls_python_leaves_nothing(tmp_path, shared, calib_fp32, sig, code, word):
     """A signal that lands inside Python code called from C++ ends the run cleanly: no abort, no staged folder,
     no temporary files (the child's TMPDIR is checked too)."""
-    from deeplab_edge.checkpoint import load_checkpoint
-    from deeplab_edge.data import open_dataset
-    from deeplab_edge.export import export_onnx
-
-    fp32 = tmp_path / "m.onnx"
-    export_onnx(load_checkpoint(imported[0]), fp32, [open_dataset(shared["voc"]).load(0)[1]])
-    work, tmp = tmp_path / "work", tmp_path / "tmp"
-    work.mkdir()
-    tmp.mkdir()
-    r = subprocess.run([sys.executable, "-c", _SIGNAL_INSIDE_NATIVE.format(sig=sig), "calibrate", "--onnx", str(fp32),
-                        "--data", str(shared["voc"]), "-o", "int8"], cwd=work, capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "TMPDIR": str(tmp)},
-                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    work, tmp, env = _work_and_tmp(tmp_path)
+    r = subprocess.run([sys.executable, "-c", _SIGNAL_INSIDE_NATIVE.format(sig=sig) + CLI, "calibrate", "--onnx",
+                        str(calib_fp32), "--data", str(shared["voc"]), "-o", "int8"], cwd=work, capture_output=True,
+                       text=True, timeout=300, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     out = r.stdout + r.stderr
     assert r.returncode == code and word in out and "Traceback" not in out, (r.returncode, out[-2000:])
     assert not list(work.iterdir()) and not list(tmp.iterdir()), (list(work.iterdir()), list(tmp.iterdir()))

@@ -82,10 +82,7 @@ def test_predict_stream_bad_input(imported, tmp_path):
 def test_sigterm_ends_a_stream_with_the_frames_so_far(shared, imported, tmp_path):
     """A camera session is stopped by Ctrl-C or, under a supervisor, SIGTERM: the frame in progress is finished,
     the video written so far is kept, complete, and the JSON counts exactly the frames in it."""
-    import signal
-    import subprocess
-    import sys
-    import time
+    from cli_child import run_and_signal  # tests/
 
     from deeplab_edge.data import open_dataset
 
@@ -96,21 +93,13 @@ def test_sigterm_ends_a_stream_with_the_frames_so_far(shared, imported, tmp_path
         w.write(np.ascontiguousarray(img[..., ::-1]))
     w.release()
     out = tmp_path / "out"
-    code = "import sys; from deeplab_edge.cli import main; sys.argv[0] = 'deeplab-edge'; main()"
-    p = subprocess.Popen([sys.executable, "-c", code, "predict", "--weights", str(imported[0]), "--device", "cpu",
-                          "--video", str(long), "-o", str(out), "--json"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    t0 = time.monotonic()
 
     def writing():  # OpenCV opens the partial video beside -o (and writes its header) at the first frame
         return any(f.stat().st_size > 0 for f in tmp_path.glob(".long_overlay.*.mp4"))
 
-    while p.poll() is None and time.monotonic() - t0 < 120 and not writing():
-        time.sleep(0.05)
-    assert p.poll() is None and writing(), p.communicate() if p.poll() is not None else "no frames written in 120 s"
-    p.send_signal(signal.SIGTERM)
-    stdout, stderr = p.communicate(timeout=120)
-    assert p.returncode == 0, stderr[-2000:]
+    rc, stdout, stderr = run_and_signal(["predict", "--weights", str(imported[0]), "--device", "cpu", "--video",
+                                         str(long), "-o", str(out), "--json"], tmp_path, writing)
+    assert rc == 0, stderr[-2000:]
     res = json.loads(stdout)
     cap = cv2.VideoCapture(res["output"])
     n = 0
