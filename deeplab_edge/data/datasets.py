@@ -14,7 +14,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import DataError
-from .io import IMAGE_SUFFIXES, load_image, load_label
+from .io import IMAGE_SUFFIXES, SWAPS_SIZE, exif_orientation, label_size, load_image, shown_size, voc_palette
+from .io import load_label as read_label
 
 __all__ = ["Sample", "SegmentationDataset", "VOCSegmentation", "Cityscapes", "CamVid", "ImageFolder",
            "open_dataset", "voc_palette", "DATASET_KINDS", "VOC_CLASSES", "CAMVID_CLASSES", "CITYSCAPES_CLASSES"]
@@ -40,20 +41,6 @@ CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21
                         25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
 
 
-def voc_palette(n: int = 256) -> np.ndarray:
-    """The PASCAL VOC colour map (bit-interleaved class index), (n, 3) uint8."""
-    pal = np.zeros((n, 3), np.uint8)
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    return pal
-
-
 def _palette_from(colors: Sequence[tuple[int, int, int]]) -> np.ndarray:
     pal = voc_palette()
     pal[: len(colors)] = np.asarray(colors, np.uint8)
@@ -74,10 +61,11 @@ class SegmentationDataset:
     kind = "dataset"
 
     def __init__(self, root: Path, samples: list[Sample], classes: list[str], palette: np.ndarray,
-                 lut: np.ndarray | None = None) -> None:
+                 lut: np.ndarray | None = None, split: str | None = None) -> None:
         if not samples:
             raise DataError(f"{root}: no images found for this {self.kind} layout; check the folder and --split")
         self.root, self.samples, self.classes, self.palette, self.lut = root, samples, classes, palette, lut
+        self.split = split
 
     @property
     def num_classes(self) -> int:
@@ -90,30 +78,76 @@ class SegmentationDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def label_palettes(self) -> dict[str, np.ndarray]:
+        """The colour maps a 'P' label of this dataset may carry, besides grayscale and VOC's."""
+        return {self.kind: self.palette}
+
+    def load_label(self, i: int) -> np.ndarray | None:
+        """Sample ``i``'s label as class indices (uint8, 255 = ignore), checked; its image is not read."""
+        s = self.samples[i]
+        if s.label is None:
+            return None
+        unchecked = np.flatnonzero(self.lut == IGNORE) if self.lut is not None else [IGNORE]
+        label = read_label(s.label, self.label_palettes(), unchecked)
+        if label.dtype != np.uint8:  # 16/32-bit: a value above 255 is no class, whatever the mapping makes of it
+            outside = (label < 0) | (label > 255)
+            if outside.any():
+                raise self._value_error(s.label, label[outside])
+            label = label.astype(np.uint8)
+        if self.lut is not None:
+            label = self.lut[label]
+        self._check_values(label, s.label)
+        return label
+
     def load(self, i: int) -> tuple[str, np.ndarray, np.ndarray | None]:
         s = self.samples[i]
         image = load_image(s.image)
-        label = None
-        if s.label is not None:
-            label = load_label(s.label)
-            if self.lut is not None:
-                label = self.lut[np.clip(label.astype(np.int64), 0, 255)]
-            if label.shape != image.shape[:2]:
-                raise DataError(f"{s.label}: label is {label.shape[1]}x{label.shape[0]} but its image is "
-                                f"{image.shape[1]}x{image.shape[0]}; labels must match their images")
-            self._check_values(label, s.label)
+        label = self.load_label(i)
+        if label is not None and label.shape != image.shape[:2]:
+            lh, lw, ih, iw = *label.shape, *image.shape[:2]
+            turn = exif_orientation(s.image) if (lh, lw) == (iw, ih) else 1
+            if turn in SWAPS_SIZE:
+                raise DataError(f"{s.label}: label is {lw}x{lh} but its image is {iw}x{ih} as shown: the image has an "
+                                f"EXIF orientation tag ({turn}, {SWAPS_SIZE[turn]}) and the label matches its stored, "
+                                "unturned pixels; turn the label the same way, or save the image turned and without "
+                                "the tag")
+            raise DataError(f"{s.label}: label is {lw}x{lh} but its image is {iw}x{ih}; labels must match their images")
         return s.id, image, label
+
+    def check_pairs(self) -> None:
+        """Every image opens and every label has its image's size, read from the file headers (nothing is
+        decoded): a long run refuses a bad pair before it starts instead of at the image."""
+        for i, s in enumerate(self.samples):
+            size = shown_size(s.image)
+            if s.label is not None and label_size(s.label) != size:
+                self.load(i)  # raises the one-line error that names the pair (and an EXIF turn)
+
+    def has_labelled_pixels(self) -> bool:
+        """Some label pixel is a class, not ignore (reads the labels only, up to the first such one)."""
+        return any(lab is not None and bool((lab != IGNORE).any()) for lab in map(self.load_label, range(len(self))))
+
+    def check_labelled_pixels(self, purpose: str = "train on") -> None:
+        """Refuse a dataset whose every label pixel is ignore (255 or the dataset's void): nothing to ``purpose``."""
+        if not self.has_labelled_pixels():
+            n = len(self)
+            split = f" of split {self.split!r}" if self.split else ""
+            raise DataError(f"{self.root}: every label pixel of the {n} image{'s' if n != 1 else ''}{split} is "
+                            f"void or ignore ({IGNORE} or the {self.kind} void); nothing to {purpose}, so check the "
+                            "label files or --dataset")
+
+    def _value_error(self, path: Path, values: np.ndarray) -> DataError:
+        values = np.unique(values)
+        shown = ", ".join(str(int(v)) for v in values[:5]) + (", ..." if values.size > 5 else "")
+        return DataError(f"{path}: label value {shown} outside the {self.num_classes} {self.kind} classes "
+                         f"(0-{self.num_classes - 1}, {IGNORE} = ignore); fix the label file or pick the "
+                         "matching --dataset")
 
     def _check_values(self, label: np.ndarray, path: Path) -> None:
         """Every label value is a class index or the ignore value: anything else would be dropped from
         the metrics without a word (or trained on as a class that does not exist)."""
         bad = ((label >= self.num_classes) & (label != IGNORE)) | (label < 0)
         if bad.any():
-            values = np.unique(label[bad])
-            shown = ", ".join(str(int(v)) for v in values[:5]) + (", ..." if values.size > 5 else "")
-            raise DataError(f"{path}: label value {shown} outside the {self.num_classes} {self.kind} classes "
-                            f"(0-{self.num_classes - 1}, {IGNORE} = ignore); fix the label file or pick the "
-                            "matching --dataset")
+            raise self._value_error(path, label[bad])
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
         for i in range(len(self)):
@@ -144,6 +178,17 @@ def _read_ids(path: Path) -> list[str]:
     return ids
 
 
+def _either(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _no_split(where: Path, split: str, splits: Sequence[str]) -> DataError:
+    """The one-line error for a split a layout does not have, naming those it has."""
+    splits = sorted(splits)
+    fix = f"pass --split {_either(splits)}" if splits else "check the folder"
+    return DataError(f"split {split!r} not found in {where} (splits: {', '.join(splits) or 'none'}); {fix}")
+
+
 def _find_image(folder: Path, stem: str) -> Path | None:
     for suf in IMAGE_SUFFIXES:
         p = folder / f"{stem}{suf}"
@@ -165,16 +210,19 @@ class VOCSegmentation(SegmentationDataset):
                 return cand
         return None
 
-    def __init__(self, root: str | Path, split: str = "val") -> None:
+    def __init__(self, root: str | Path, split: str | None = None) -> None:
         root = Path(root)
+        split = split or "val"
         base = self.find_root(root)
         if base is None:
             raise DataError(f"{root}: not a VOC folder (no ImageSets/Segmentation and JPEGImages); "
                             "pass the VOC2012 or VOCdevkit folder")
         split_file = base / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not split_file.is_file():
-            raise DataError(f"{split_file}: split file not found; choose --split from "
-                            f"{sorted(p.stem for p in split_file.parent.glob('*.txt'))}")
+            splits = sorted(p.stem for p in split_file.parent.glob("*.txt"))
+            fix = f"pass --split {_either(splits)}" if splits else f"add {split_file.name} there"
+            raise DataError(f"{split_file}: split file not found, so no split {split!r} in {base} "
+                            f"(splits: {', '.join(splits) or 'none'}); {fix}")
         samples = []
         for sid in _read_ids(split_file):
             img = _find_image(base / "JPEGImages", sid)
@@ -183,7 +231,10 @@ class VOCSegmentation(SegmentationDataset):
                                 "the image or remove the id from the split file")
             lab = base / "SegmentationClass" / f"{sid}.png"
             samples.append(Sample(sid, img, lab if lab.is_file() else None))
-        super().__init__(base, samples, list(VOC_CLASSES), voc_palette())
+        super().__init__(base, samples, list(VOC_CLASSES), voc_palette(), split=split)
+
+    def label_palettes(self) -> dict[str, np.ndarray]:
+        return {"VOC": self.palette}
 
 
 class Cityscapes(SegmentationDataset):
@@ -192,12 +243,15 @@ class Cityscapes(SegmentationDataset):
 
     kind = "cityscapes"
 
-    def __init__(self, root: str | Path, split: str = "val") -> None:
+    def __init__(self, root: str | Path, split: str | None = None) -> None:
         root = Path(root)
+        split = split or "val"
+        if not (root / "leftImg8bit").is_dir():
+            raise DataError(f"{root}: not a Cityscapes folder (no leftImg8bit/); pass the folder that "
+                            "holds leftImg8bit/ and gtFine/")
         img_dir = root / "leftImg8bit" / split
         if not img_dir.is_dir():
-            raise DataError(f"{root}: not a Cityscapes folder (no leftImg8bit/{split}); pass the folder that "
-                            "holds leftImg8bit/ and gtFine/")
+            raise _no_split(root, split, [d.name for d in (root / "leftImg8bit").iterdir() if d.is_dir()])
         samples = []
         for img in sorted(img_dir.glob("*/*_leftImg8bit.png")):
             stem = img.name[: -len("_leftImg8bit.png")]
@@ -206,34 +260,81 @@ class Cityscapes(SegmentationDataset):
         lut = np.full(256, IGNORE, np.uint8)
         for k, v in CITYSCAPES_TRAIN_IDS.items():
             lut[k] = v
-        super().__init__(root, samples, list(CITYSCAPES_CLASSES), _palette_from(CITYSCAPES_COLORS), lut)
+        super().__init__(root, samples, list(CITYSCAPES_CLASSES), _palette_from(CITYSCAPES_COLORS), lut, split)
+
+    def label_palettes(self) -> dict[str, np.ndarray]:
+        return {}  # the labels hold label ids, not the train ids the palette colours
 
 
 class CamVid(SegmentationDataset):
     """CamVid as SegNet distributes it (11 classes, void = 11 mapped to ignore): either
-    ``<split>/`` + ``<split>annot/`` (+ ``<split>.txt``), or ``images/`` + ``labels/`` (+ ``<split>.txt``)."""
+    ``<split>/`` + ``<split>annot/`` (+ ``<split>.txt``), or ``images/`` + ``labels/`` (+ ``<split>.txt``).
+    A folder with no split at all (no split file, no split folders) is one split of every image."""
 
     kind = "camvid"
 
     @staticmethod
-    def find_dirs(root: Path, split: str) -> tuple[Path, Path] | None:
-        for img, lab in ((root / split, root / f"{split}annot"), (root / "images", root / "labels")):
-            if img.is_dir() and lab.is_dir():
-                return img, lab
+    def split_dirs(root: Path) -> dict[str, tuple[Path, Path]]:
+        """The SegNet layout's splits: ``<split>/`` beside ``<split>annot/``."""
+        if not root.is_dir():
+            return {}
+        return {d.name: (d, root / f"{d.name}annot") for d in sorted(root.iterdir())
+                if d.is_dir() and (root / f"{d.name}annot").is_dir()}
+
+    @staticmethod
+    def split_files(root: Path, img_dir: Path) -> list[str]:
+        """The ``<split>.txt`` beside ``images/`` + ``labels/`` that list images (its first id names one)."""
+        out = []
+        for p in sorted(root.glob("*.txt")):
+            try:
+                ids = _read_ids(p)
+            except (OSError, UnicodeDecodeError):
+                continue
+            if ids and _find_image(img_dir, ids[0]) is not None:
+                out.append(p.stem)
+        return out
+
+    @classmethod
+    def is_layout(cls, root: Path) -> bool:
+        """``root`` holds ``images/`` + ``labels/`` or some ``<split>/`` + ``<split>annot/``."""
+        return ((root / "images").is_dir() and (root / "labels").is_dir()) or bool(cls.split_dirs(root))
+
+    @classmethod
+    def find_dirs(cls, root: Path, split: str) -> tuple[Path, Path] | None:
+        """(images, labels) folders of ``split``: its SegNet pair, else ``images/`` + ``labels/``."""
+        pairs = cls.split_dirs(root)
+        if split in pairs:
+            return pairs[split]
+        if (root / "images").is_dir() and (root / "labels").is_dir():
+            return root / "images", root / "labels"
         return None
 
-    def __init__(self, root: str | Path, split: str = "val") -> None:
+    def __init__(self, root: str | Path, split: str | None = None) -> None:
         root = Path(root)
-        dirs = self.find_dirs(root, split)
-        if dirs is None:
-            raise DataError(f"{root}: not a CamVid folder (no {split}/ + {split}annot/ or images/ + labels/); "
+        if not self.is_layout(root):
+            raise DataError(f"{root}: not a CamVid folder (no <split>/ + <split>annot/ or images/ + labels/); "
                             "pass the folder that holds them")
-        img_dir, lab_dir = dirs
-        split_file = root / f"{split}.txt"
-        if split_file.is_file():
+        pairs = self.split_dirs(root)
+        plain = (root / "images", root / "labels") if (root / "images").is_dir() and (root / "labels").is_dir() \
+            else None
+        splits = sorted(set(pairs) | set(self.split_files(root, plain[0]) if plain else ()))
+        if split is None:  # the caller picked none: val where there is one, else every image (or the one split)
+            if "val" in splits:
+                split = "val"
+            elif plain is None and len(pairs) == 1:
+                split = next(iter(pairs))
+            elif plain is None:
+                raise _no_split(root, "val", splits)
+        img_dir, lab_dir = pairs[split] if split in pairs else plain if plain is not None else (None, None)
+        if img_dir is None:
+            raise _no_split(root, split, splits)
+        split_file = root / f"{split}.txt" if split is not None else None
+        if split_file is not None and split_file.is_file():
             ids = _read_ids(split_file)
-        else:
+        elif split is None or split in pairs or not splits:  # no split anywhere: one split of every image
             ids = sorted(p.stem for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            raise _no_split(root, split, splits)
         samples = []
         for sid in ids:
             img = _find_image(img_dir, sid)
@@ -243,7 +344,7 @@ class CamVid(SegmentationDataset):
             samples.append(Sample(sid, img, lab if lab.is_file() else None))
         lut = np.arange(256, dtype=np.uint8)
         lut[11] = IGNORE
-        super().__init__(root, samples, list(CAMVID_CLASSES), _palette_from(CAMVID_COLORS), lut)
+        super().__init__(root, samples, list(CAMVID_CLASSES), _palette_from(CAMVID_COLORS), lut, split)
 
 
 class ImageFolder(SegmentationDataset):
@@ -287,8 +388,10 @@ class ImageFolder(SegmentationDataset):
 DATASET_KINDS = ("auto", "voc", "cityscapes", "camvid", "folder")
 
 
-def open_dataset(path: str | Path, kind: str = "auto", split: str = "val") -> SegmentationDataset:
-    """Open a dataset folder, detecting its layout when ``kind`` is ``auto``."""
+def open_dataset(path: str | Path, kind: str = "auto", split: str | None = None) -> SegmentationDataset:
+    """Open a dataset folder, detecting its layout when ``kind`` is ``auto``. A ``split`` the layout does not
+    have is refused, naming those it has; None (the caller picks none) is ``val``, or for a CamVid folder
+    without a val split every image of ``images/`` (or its one split)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder; pass a dataset folder or images")
@@ -299,7 +402,7 @@ def open_dataset(path: str | Path, kind: str = "auto", split: str = "val") -> Se
             kind = "voc"
         elif path.is_dir() and (path / "leftImg8bit").is_dir():
             kind = "cityscapes"
-        elif path.is_dir() and CamVid.find_dirs(path, split) is not None:
+        elif path.is_dir() and CamVid.is_layout(path):
             kind = "camvid"
         else:
             kind = "folder"
