@@ -74,6 +74,9 @@ def build(*, output: Path, weights: Path | None = None, onnx: Path | None = None
 
     name = output.stem
     dest = output.parent
+    _refuse_bundle_over_inputs(dest, name, output, {"--weights": weights, "--onnx": onnx, "--qdq": qdq,
+                                                    "--calib-cache": calib_cache, "--data": data,
+                                                    "--calib-data": calib_data})
     with staged_dir(dest) as stage:
         files = _build_in(stage, name, output, weights=weights, onnx=onnx, data=data, int8=int8, fp16=fp16,
                           calib_data=calib_data, calib_cache=calib_cache, qdq=qdq, calib_method=calib_method,
@@ -83,6 +86,36 @@ def build(*, output: Path, weights: Path | None = None, onnx: Path | None = None
         manifest = files.pop("_manifest")
     manifest["files"] = {key: str(dest / p.name) for key, p in files.items()}
     return manifest
+
+
+def _bundle_names(name: str, output: Path) -> list[str]:
+    return [f"{name}_fp32.onnx", f"{name}_qdq.onnx", f"{name}.cache", f"{name}_ranges.json", output.name,
+            manifest_path(output.name).name, f"{name}_build_engine.sh"]
+
+
+# an input that already sits in its own place in the bundle (a bundle rebuilt on the target) is kept, not copied
+_SLOTS = {"--onnx": "{name}_fp32.onnx", "--qdq": "{name}_qdq.onnx", "--calib-cache": "{name}.cache"}
+
+
+def _refuse_bundle_over_inputs(dest: Path, name: str, output: Path, inputs: dict[str, Path | None]) -> None:
+    """No bundle file is written over one of the build's inputs (other than an input in its own slot)."""
+    from .outputs import refuse_overwriting_inputs, refuse_writing_over
+
+    given = {opt: [Path(p)] for opt, p in inputs.items() if p is not None}
+    refuse_overwriting_inputs({"-o": (output, "file")}, given)
+    for opt, paths in given.items():
+        slot = _SLOTS.get(opt, "").format(name=name)
+        refuse_writing_over([dest / n for n in _bundle_names(name, output) if n != slot], {opt: paths})
+
+
+def _take(src: Path, target: Path, dest: Path) -> Path:
+    """``src`` copied to the staged ``target``, unless it already is the bundle's file of that name in ``dest``
+    (then the file stays as it is and is used in place)."""
+    final = dest / target.name
+    if final.exists() and os.path.samefile(src, final):
+        return Path(src)
+    shutil.copyfile(src, target)
+    return target
 
 
 def _build_in(stage: Path, name: str, output: Path, *, weights, onnx, data, int8, fp16, calib_data, calib_cache, qdq,
@@ -117,7 +150,7 @@ def _build_in(stage: Path, name: str, output: Path, *, weights, onnx, data, int8
         if meta.get("precision") not in (None, "fp32") or "preprocess" not in meta:
             raise DeepLabEdgeError(f"{onnx}: not a deeplab-edge FP32 export (precision {meta.get('precision')!r}); "
                                    "export one with `deeplab-edge export`")
-        shutil.copyfile(onnx, fp32)
+        fp32 = _take(onnx, fp32, output.parent)
     meta = read_metadata(fp32)
     from .data.preprocess import Preprocess
 
@@ -160,14 +193,12 @@ def _build_in(stage: Path, name: str, output: Path, *, weights, onnx, data, int8
                                        f"{qmeta.get('precision')!r})")
             if qmeta.get("checkpoint_sha256") != meta.get("checkpoint_sha256"):
                 raise DeepLabEdgeError(f"{qdq}: calibrated from another checkpoint than {fp32.name}; recalibrate")
-            shutil.copyfile(qdq, stage / f"{name}_qdq.onnx")
-            files["qdq_onnx"] = stage / f"{name}_qdq.onnx"
+            files["qdq_onnx"] = _take(qdq, stage / f"{name}_qdq.onnx", output.parent)
             calib_info = {"method": (qmeta.get("calibration") or {}).get("method"), "source": str(qdq),
                           "images_sha1": (qmeta.get("calibration") or {}).get("images_sha1")}
         if calib_cache is not None:
             check_cache_against_onnx(calib_cache, fp32)  # names must match the FP32 export
-            shutil.copyfile(calib_cache, stage / f"{name}.cache")
-            files["cache"] = stage / f"{name}.cache"
+            files["cache"] = _take(calib_cache, stage / f"{name}.cache", output.parent)
             calib_info = calib_info or {"source": str(calib_cache)}
         route = "qdq" if "qdq_onnx" in files and int8_route == "qdq" else "cache"
         if route == "cache" and "cache" not in files:

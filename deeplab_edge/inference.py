@@ -9,6 +9,7 @@ postprocessing, so harness overhead is never reported as model latency.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,8 +82,8 @@ class Segmenter:
         if preprocess is None or num_classes is None:
             raise ValueError("expected preprocess and num_classes, or a runner that carries them (open_runner's do)")
         self.runner, self.preprocess, self.num_classes = runner, preprocess, num_classes
-        if not scales or min(scales) <= 0:
-            raise ValueError(f"expected positive scales, got {scales}")
+        if not scales or not all(math.isfinite(v) and v > 0 for v in scales):
+            raise ValueError(f"expected positive finite scales, got {scales}")
         self.scales, self.flip = tuple(scales), flip
         self.crf = crf
         self.timing = Timing()

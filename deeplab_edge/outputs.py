@@ -19,7 +19,8 @@ from typing import Iterator
 from .errors import OutputError
 from .interrupts import track
 
-__all__ = ["check_output_file", "check_output_dir", "atomic_path", "staged_dir", "nearest_existing"]
+__all__ = ["check_output_file", "check_output_dir", "atomic_path", "staged_dir", "nearest_existing",
+           "refuse_overwriting_inputs", "refuse_writing_over", "check_run_folder"]
 
 
 def nearest_existing(path: Path) -> Path:
@@ -66,6 +67,72 @@ def check_output_dir(path: str | Path, option: str = "-o") -> Path:
     return path
 
 
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file: one inode (hard links and symlinks included) or, where one does not exist yet, one path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return _real(a) == _real(b)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """``path`` is ``folder`` or lies (at any depth) under it, links resolved."""
+    p, f = _real(path), _real(folder)
+    return p == f or f in p.parents
+
+
+def refuse_overwriting_inputs(outputs: dict[str, tuple[Path, str]], inputs: dict[str, list[Path]]) -> None:
+    """Refuse, before any work, an output that would replace or change one of the command's inputs.
+
+    ``outputs`` maps an option to (path, "file" or "dir"); ``inputs`` an option to the paths it reads.
+    An output file may not be an input file (the same file by any path) nor lie inside an input
+    folder (it would change the set the command reads, now or on the next run); an output folder
+    may not be an input folder nor lie inside one. Files the command writes into an output folder
+    are checked by name where the command knows them (:func:`refuse_writing_over`)."""
+    for opt, (out, kind) in outputs.items():
+        for iopt, paths in inputs.items():
+            for inp in paths:
+                if not inp.exists():
+                    continue
+                if inp.is_dir():
+                    if _inside(out, inp):
+                        what = "is" if _real(out) == _real(inp) else "lies inside"
+                        raise OutputError(f"{opt} {out} {what} the {iopt} folder {inp}, which this command reads: its "
+                                          "outputs would change its own input; choose an output outside that folder")
+                elif kind == "file" and _same_file(out, inp):
+                    raise OutputError(f"{opt} {out} is the {iopt} input: writing it would replace that file; choose "
+                                      "another output file name")
+
+
+def refuse_writing_over(targets, inputs: dict[str, list[Path]]) -> None:
+    """Refuse when one of the files a command is about to write (``targets``) is one of its inputs."""
+    for t in targets:
+        for iopt, paths in inputs.items():
+            for inp in paths:
+                if inp.is_file() and _same_file(t, inp):
+                    raise OutputError(f"{t} would be written over the {iopt} input {inp}; choose an output folder "
+                                      "that holds none of the inputs")
+
+
+def check_run_folder(dest: Path, names: set[str], command: str, option: str = "-o") -> list[Path]:
+    """A folder a command fills as a whole (calibrate's files, a training run): it may be missing, empty, or
+    hold only files that command writes (an earlier run of it, returned so the caller replaces them all);
+    anything else in it is the user's and is refused, never deleted."""
+    dest = Path(dest)
+    if not dest.is_dir():
+        return []
+    entries = sorted(dest.iterdir())
+    foreign = [p.name for p in entries if p.name not in names]
+    if foreign:
+        raise OutputError(f"{option} {dest} holds files that are not a {command} run's (e.g. {foreign[0]}); choose an "
+                          "empty or new folder (nothing there is replaced or deleted)")
+    return entries
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary file path (ending in ``suffix``, for writers that go by it); on success it is
@@ -95,11 +162,13 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
 
 
 @contextmanager
-def staged_dir(dest: str | Path) -> Iterator[Path]:
+def staged_dir(dest: str | Path, replace: tuple[Path, ...] | list[Path] = ()) -> Iterator[Path]:
     """Yield an empty staging folder; on success its files are moved into ``dest`` (made if missing).
 
     For commands that write several files which only make sense together (calibration, a
-    build bundle): either all of them land in ``dest`` or none does."""
+    build bundle): either all of them land in ``dest`` or none does. ``replace`` lists files of an
+    earlier run in ``dest`` (from :func:`check_run_folder`): those the new run did not write again
+    are removed once the new files are in place, so ``dest`` holds the new run only."""
     dest = Path(dest)
     try:
         stage = Path(tempfile.mkdtemp(prefix=f".{dest.name or 'out'}.partial-", dir=nearest_existing(dest)))
@@ -109,7 +178,11 @@ def staged_dir(dest: str | Path) -> Iterator[Path]:
         with track(stage):
             yield stage
             dest.mkdir(parents=True, exist_ok=True)
-            for p in sorted(stage.iterdir()):
+            written = sorted(stage.iterdir())
+            for p in written:
                 os.replace(p, dest / p.name)
+            for old in replace:
+                if old.name not in {p.name for p in written} and old.is_file():
+                    old.unlink()
     finally:
         shutil.rmtree(stage, ignore_errors=True)

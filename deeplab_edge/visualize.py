@@ -15,6 +15,8 @@ def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
 def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5,
             background: int | None = 0) -> np.ndarray:
     """Blend the colour mask over the image; ``background`` pixels keep the image unchanged."""
+    if not 0 <= alpha <= 1:  # NaN too
+        raise ValueError(f"expected an opacity alpha in [0, 1], got {alpha}")
     if image.shape[:2] != labels.shape:
         raise ValueError(f"expected a label map of the image's size {image.shape[:2]}, got {labels.shape}")
     colour = colorize(labels, palette).astype(np.float32)

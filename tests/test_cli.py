@@ -123,7 +123,9 @@ def test_empty_path_in_predict_is_not_the_current_folder(tmp_path, imported):
 
 def test_no_partial_json_on_failure(tmp_path, imported, shared):
     out_json = tmp_path / "r.json"
-    res = run("eval", "--weights", imported[0], "--data", shared["voc"], "--reference", tmp_path, "-o", out_json)
+    (tmp_path / "ref").mkdir()  # an empty reference folder (the output may not lie inside it: an input)
+    res = run("eval", "--weights", imported[0], "--data", shared["voc"], "--reference", tmp_path / "ref", "-o",
+              out_json)
     assert_one_line_error(res, "no reference map for image")
     assert not out_json.exists()
 

@@ -40,8 +40,27 @@ def _os_error_line(e: OSError) -> str | None:
 _NO_ARGS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
+def _check_io(ctx: click.Context) -> None:
+    """Before a command runs: none of its outputs is, or lies inside, one of its inputs."""
+    from ..outputs import refuse_overwriting_inputs
+    from .common import io_paths
+
+    refuse_overwriting_inputs(*io_paths(ctx))
+
+
+class _Command(click.Command):
+    """Every command: its outputs are checked against its inputs before it runs."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        _check_io(ctx)
+        return super().invoke(ctx)
+
+
 class _Group(click.Group):
     """The command group: turns every user error into one red line and exit code 2."""
+
+    command_class = _Command
+    group_class = type  # sub-groups (bench, kernels, crf) are of this class too
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         with exit_on_signal():
@@ -64,6 +83,7 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
+            _check_io(ctx)
             return super().invoke(ctx)
         except (DeepLabEdgeError, OSError) as e:
             line = str(e) if isinstance(e, DeepLabEdgeError) else _os_error_line(e)

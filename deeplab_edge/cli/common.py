@@ -15,7 +15,7 @@ from rich.console import Console
 from ..errors import DeepLabEdgeError
 
 __all__ = ["console", "out", "print_json", "emit", "progress_bar", "pct", "COUNT", "NONNEG", "SIDE", "THREADS",
-           "output_option", "output_stride_option", "check_tag", "int_list", "choices"]
+           "Finite", "finite_float", "output_option", "output_stride_option", "check_tag", "int_list", "choices"]
 
 console = Console(stderr=True)
 # Results: wide enough for the tables when stdout is a pipe or a file.
@@ -29,6 +29,30 @@ COUNT = click.IntRange(min=1)            # images, iterations, batch sizes, thre
 NONNEG = click.IntRange(min=0)           # warm-up calls, layers kept in float, DLA core...
 SIDE = click.IntRange(32, 4096)          # an input side in pixels (4096 x 4096 logits: ~1.4 GB for 21 classes)
 THREADS = click.IntRange(1, 1024)
+
+
+class Finite(click.FloatRange):
+    """A float option in a range that refuses NaN and infinity when parsed (``click.FloatRange`` lets
+    ``nan`` through: every comparison with NaN is false). Every float option of the CLI uses it."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number; give a number in {self._describe_range()}", param, ctx)
+        return rv
+
+
+def finite_float(value: str, what: str) -> float:
+    """One number of a comma-separated option, finite (NaN and infinity refused)."""
+    try:
+        v = float(value)
+    except ValueError:
+        raise DeepLabEdgeError(f"{what} {value!r} is not a number; give e.g. 0.75,1,1.25") from None
+    if not math.isfinite(v):
+        raise DeepLabEdgeError(f"{what} {value!r} is not a finite number; give e.g. 0.75,1,1.25")
+    return v
 
 
 def check_output(kind: str, example: str = "result.json"):
@@ -56,10 +80,41 @@ def check_tag(ctx, param, value):
     return value
 
 
+class OutputOption(click.Option):
+    """An option naming something the command writes (``output_kind`` "file" or "dir"): the command class
+    (``cli.app``) refuses it when it is, or lies inside, one of the command's inputs."""
+
+    def __init__(self, *args, output_kind: str = "file", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.output_kind = output_kind
+
+
+# Path options a command both reads and updates in place (a cache): neither an input to protect nor an output.
+READ_AND_UPDATE = {"timing_cache"}
+
+
+def io_paths(ctx: click.Context) -> tuple[dict[str, tuple[Path, str]], dict[str, list[Path]]]:
+    """The command's outputs (option -> (path, kind)) and inputs (option -> paths): every click.Path
+    parameter that is not an output (nor a cache in :data:`READ_AND_UPDATE`) is read by the command."""
+    outputs, inputs = {}, {}
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name)
+        if value is None or value == () or not isinstance(p.type, click.Path) or p.name in READ_AND_UPDATE:
+            continue
+        label = p.opts[-1] if isinstance(p, click.Option) else p.name
+        if isinstance(p, OutputOption):
+            outputs[label] = (Path(value), p.output_kind)
+        else:
+            inputs[label] = [Path(v) for v in (value if isinstance(value, (tuple, list)) else [value])]
+    return outputs, inputs
+
+
 def output_option(kind: str, help: str, *, required: bool = False, example: str = "result.json",
                   names: tuple[str, ...] = ("-o", "--output")):
-    """``-o/--output`` as a file or a folder, checked as soon as it is parsed."""
-    return click.option(*names, type=click.Path(), required=required, help=help, callback=check_output(kind, example))
+    """``-o/--output`` as a file or a folder, checked as soon as it is parsed (and against the command's
+    inputs before it runs)."""
+    return click.option(*names, cls=OutputOption, output_kind=kind, type=click.Path(), required=required, help=help,
+                        callback=check_output(kind, example))
 
 
 def output_stride_option(help: str = "Run the checkpoint's weights at this output stride: 8 is DeepLab-v3's "

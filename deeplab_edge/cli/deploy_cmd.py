@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (CALIB_METHODS, COUNT, NONNEG, SIDE, console, out, output_option, output_stride_option, pct,
+from .common import (CALIB_METHODS, COUNT, NONNEG, SIDE, Finite, console, out, output_option, output_stride_option, pct,
                      print_json, progress_bar)
 
 # ----------------------------------------------------------------------------- export
@@ -58,6 +58,10 @@ def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input
 
 # ----------------------------------------------------------------------------- calibrate
 
+# everything calibrate writes into its output folder
+CALIBRATE_FILES = {"model_fp32.onnx", "calibration.cache", "model_qdq.onnx", "model_cpu_int8.onnx", "ranges.json",
+                   "sensitivity.json"}
+
 @main.command("calibrate")
 @click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint: exported to OUT/model_fp32.onnx first.")
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), help="An FP32 ONNX from `deeplab-edge export`.")
@@ -74,7 +78,7 @@ def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input
                    "weights cause on the calibration images (the TensorRT cache cannot carry it).")
 @click.option("--search-num", default=16, type=COUNT, show_default=True,
               help="Images the search method runs on (each costs ~20 forward passes of the Convs).")
-@click.option("--percentile", default=99.99, type=click.FloatRange(50, 100, min_open=True), show_default=True,
+@click.option("--percentile", default=99.99, type=Finite(50, 100, min_open=True), show_default=True,
               help="Percentile for --method percentile.")
 @click.option("--keep-float", "keep_float_top", default=0, type=NONNEG, show_default=True,
               help="Leave the K most sensitive Convs in float (runs the sensitivity analysis).")
@@ -108,13 +112,20 @@ def calibrate_cmd(weights, onnx_path, data, num, method, no_bias_correction, sea
     import warnings
 
     from ..calibration import calibrate
-    from ..outputs import staged_dir
+    from ..outputs import check_run_folder, staged_dir
 
     if (weights is None) == (onnx_path is None):
         raise DeepLabEdgeError(f"{'no model' if weights is onnx_path is None else 'both --weights and --onnx'} given; "
                                "pass exactly one of --weights FILE or --onnx FILE")
+    # OUTPUT is the new run's whole content: an earlier calibrate run there is replaced, anything else refused
+    earlier = check_run_folder(output, CALIBRATE_FILES, "calibrate")
+    for opt, given in (("--weights", weights), ("--onnx", onnx_path), ("--sensitivity-data", sensitivity_data)):
+        if given is not None and any(Path(given).resolve() == p.resolve() for p in earlier):
+            raise DeepLabEdgeError(f"{opt} {given} lies in -o {output}, whose earlier calibrate files this run "
+                                   "replaces; copy it elsewhere or choose another output folder")
     # with --weights the export lands in OUTPUT too: stage it with the calibration, all or nothing
-    with staged_dir(output) as stage, progress_bar() as prog, warnings.catch_warnings(record=True) as caught:
+    with staged_dir(output, replace=earlier) as stage, progress_bar() as prog, \
+            warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if weights is not None:
             from ..checkpoint import load_checkpoint

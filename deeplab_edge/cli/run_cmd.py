@@ -11,8 +11,8 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (COUNT, NONNEG, SIDE, THREADS, console, emit, out, output_option, output_stride_option,
-                     pct, print_json, progress_bar)
+from .common import (COUNT, NONNEG, SIDE, THREADS, Finite, console, emit, out, output_option, output_stride_option,
+                     finite_float, pct, print_json, progress_bar)
 
 # ----------------------------------------------------------------------------- shared
 
@@ -68,9 +68,9 @@ def model_options(f):
 
 def parse_scales(ctx, param, value: str) -> tuple[float, ...]:
     try:
-        scales = tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a list of numbers; give e.g. 0.75,1,1.25", ctx, param) from None
+        scales = tuple(finite_float(v, "scale") for v in value.split(",") if v.strip())
+    except DeepLabEdgeError as e:
+        raise click.BadParameter(str(e), ctx, param) from None
     if not scales or min(scales) < 0.1 or max(scales) > 4:
         raise click.BadParameter(f"{value!r} has a scale outside 0.1-4 (or none); give e.g. 0.75,1,1.25", ctx, param)
     return scales
@@ -186,6 +186,7 @@ def eval_cmd(model, data, kind, split, num_images, batch_size, reference_dir, ou
     if ds.num_classes != segmenter.num_classes:
         raise DeepLabEdgeError(f"the model predicts {segmenter.num_classes} classes but {ds.kind} has "
                                f"{ds.num_classes}; use a model trained for this dataset")
+    ds.check_labelled_pixels("score")  # before the model runs on every image
     classes = classes or ds.classes
     # under torchrun: every world-th image per process, the confusion matrices summed
     from .. import distributed
@@ -194,7 +195,7 @@ def eval_cmd(model, data, kind, split, num_images, batch_size, reference_dir, ou
     dev = resolve_device(info.get("device", "cpu"))
     dinfo = distributed.init(dev)
     try:
-        with progress_bar() as prog:
+        with distributed.peer_failures(dinfo), progress_bar() as prog:
             task = prog.add_task(f"eval {ds.kind}/{split}", total=-(-len(ds) // dinfo.world)) if dinfo.is_main \
                 else None
             res = distributed.evaluate_sharded(segmenter, ds, dinfo, dev, batch_size=batch_size,
@@ -246,7 +247,7 @@ def eval_cmd(model, data, kind, split, num_images, batch_size, reference_dir, ou
 @click.option("--camera", type=NONNEG, help="Segment a live camera (OpenCV index, e.g. 0) instead.")
 @click.option("--max-frames", type=COUNT, help="With --video/--camera: stop after N frames.")
 @output_option("dir", "Output folder (created if missing).", required=True)
-@click.option("--alpha", default=0.5, type=click.FloatRange(0, 1), show_default=True,
+@click.option("--alpha", default=0.5, type=Finite(0, 1), show_default=True,
               help="Overlay opacity of the colour mask.")
 @click.option("--json", "as_json", is_flag=True, help="Print per-image class fractions as JSON.")
 def predict_cmd(model, inputs, video, camera, max_frames, output, alpha, as_json) -> None:
@@ -285,6 +286,13 @@ def predict_cmd(model, inputs, video, camera, max_frames, output, alpha, as_json
         same = [i for i in stems if list(stems.values()).count(stems[i]) > 1][:2]
         raise DeepLabEdgeError(f"inputs {same[0]!r} and {same[1]!r} would both be written as "
                                f"{stems[same[0]]}_mask.png; rename one or predict them into different -o folders")
+    from ..data.io import probe_image
+    from ..outputs import refuse_writing_over
+
+    for smp in ds.samples:  # every input opens (header only) before the first mask is written
+        probe_image(smp.image)
+    refuse_writing_over([output / f"{stem}_{what}.png" for stem in stems.values() for what in ("mask", "overlay")],
+                        {"image": [s.image for s in ds.samples]})
     classes = classes or [f"class_{i}" for i in range(segmenter.num_classes)]
     palette = voc_palette()
     results = []

@@ -7,7 +7,7 @@ import os
 import click
 
 from .app import main
-from .common import CALIB_METHODS, COUNT, NONNEG, console, out, output_option, output_stride_option, pct, print_json, progress_bar
+from .common import CALIB_METHODS, COUNT, NONNEG, Finite, console, out, output_option, output_stride_option, pct, print_json, progress_bar
 
 
 @main.command("train")
@@ -27,15 +27,15 @@ from .common import CALIB_METHODS, COUNT, NONNEG, console, out, output_option, o
 @click.option("--batch-size", default=8, type=COUNT, show_default=True,
               help="Global batch: split over the processes under torchrun.")
 @click.option("--crop", default=321, type=click.IntRange(33, 2049), show_default=True, help="Square training crop.")
-@click.option("--lr", default=0.01, type=click.FloatRange(0, 10, min_open=True), show_default=True,
+@click.option("--lr", default=0.01, type=Finite(0, 10, min_open=True), show_default=True,
               help="Base learning rate of the poly schedule.")
-@click.option("--momentum", default=0.9, type=click.FloatRange(0, 1, max_open=True), show_default=True)
-@click.option("--weight-decay", default=4e-5, type=click.FloatRange(0, 1), show_default=True)
-@click.option("--scale", default=(0.5, 2.0), type=(click.FloatRange(0.05, 8), click.FloatRange(0.05, 8)),
+@click.option("--momentum", default=0.9, type=Finite(0, 1, max_open=True), show_default=True)
+@click.option("--weight-decay", default=4e-5, type=Finite(0, 1), show_default=True)
+@click.option("--scale", default=(0.5, 2.0), type=(Finite(0.05, 8), Finite(0.05, 8)),
               show_default=True, help="Random scale range MIN MAX.")
 @click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
 @click.option("--freeze-bn", is_flag=True, help="Keep batch-norm statistics and parameters fixed.")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True),
+@click.option("--dropout", type=Finite(0, 1, max_open=True),
               help="Override the head's dropout probability (0 turns it off; default: the model's).")
 @click.option("--sync-bn", is_flag=True, help="Under torchrun: SyncBatchNorm across processes (GPUs).")
 @click.option("--class-weights", type=click.Choice(["none", "median-frequency"]), default="none", show_default=True,

@@ -40,7 +40,12 @@ class CRFParams:
     label_threshold: float = 1e-3
 
     def __post_init__(self) -> None:
+        for name in ("w1", "w2", "label_threshold"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"expected a finite {name} >= 0, got {getattr(self, name)}")
         for name in ("theta_alpha", "theta_beta", "theta_gamma"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"expected a finite {name}, got {getattr(self, name)}")
             if not getattr(self, name) > 0:
                 raise ValueError(f"expected {name} > 0, got {getattr(self, name)}")
         if min(self.iterations, self.near_radius, self.window_radius, self.spatial_radius) < 0 or self.dilation < 1:
