@@ -114,6 +114,10 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, map_location: 
                               "deeplab-edge .pt or a torchvision state dict") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict; save model.state_dict()")
+    if {"model", "optimizer", "epoch", "step", "record"} <= set(obj):  # train's resume state (train_state.pt)
+        raise CheckpointError(f"{path}: is `deeplab-edge train`'s resume state, not a model (its preprocessing and "
+                              f"classes are in the checkpoints); use {path.parent / 'last.pt'} or "
+                              f"{path.parent / 'best.pt'} beside it")
     if obj.get("format") == FORMAT:
         config, sd = obj.get("config"), obj.get("state_dict")
         if not isinstance(config, dict) or not isinstance(sd, dict):

@@ -10,12 +10,16 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-__all__ = ["DistInfo", "init", "shutdown", "all_reduce_sum", "evaluate_sharded"]
+from .errors import DeepLabEdgeError
+
+__all__ = ["DistInfo", "init", "shutdown", "all_reduce_sum", "evaluate_sharded", "on_main", "peer_failures"]
 
 
 @dataclass(frozen=True)
@@ -91,3 +95,46 @@ def evaluate_sharded(segmenter, dataset, info: DistInfo, device: torch.device | 
                shard_images=len(shard.samples))
     return res
 
+
+
+def on_main(fn: Callable[[], object], info: DistInfo) -> None:
+    """Run ``fn`` on the main process only (a check of what only it writes); every process learns whether it
+    refused, with one all-reduce, so that all stop together instead of the others waiting in a collective."""
+    err = None
+    if info.is_main:
+        try:
+            fn()
+        except DeepLabEdgeError as e:
+            err = e
+    if all_reduce_sum(1.0 if err is not None else 0.0, info) and err is None:
+        raise DeepLabEdgeError("the main process (rank 0) refused the run (its error says why); this process stopped "
+                               "with it")
+    if err is not None:
+        raise err
+
+
+@contextmanager
+def peer_failures(info: DistInfo) -> Iterator[None]:
+    """Under torchrun: when another process fails (its own error line says why), the collective this one waits
+    in breaks with gloo's or NCCL's "Connection closed by peer"; that becomes one line here instead of a
+    traceback. This process's own errors pass unchanged."""
+    try:
+        yield
+    except DeepLabEdgeError:
+        raise
+    except RuntimeError as e:
+        if not info.distributed or not _is_peer_failure(e):
+            raise
+        raise DeepLabEdgeError(f"another process of this torchrun job failed (its error line says why); process "
+                               f"{info.rank} stopped with it") from e
+
+
+def _is_peer_failure(e: BaseException) -> bool:
+    """A broken collective: torch.distributed's own error types, or the transport's words for a lost peer."""
+    import torch.distributed as tdist
+
+    kinds = tuple(k for k in (getattr(tdist, "DistError", None),) if k is not None)
+    text = str(e).lower()
+    return (bool(kinds) and isinstance(e, kinds)) or any(w in text for w in (
+        "connection closed by peer", "connection reset by peer", "broken pipe", "socket timeout", "gloo",
+        "nccl communicator was aborted"))

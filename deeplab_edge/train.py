@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,13 +37,17 @@ from .errors import DataError, DeepLabEdgeError
 from .inference import Segmenter
 from .interrupts import temp_dir
 from .models import MODELS, OUTPUT_STRIDES, get_model
-from .outputs import atomic_path
+from .models.heads import ASPPPooling
+from .outputs import atomic_path, nearest_existing
 from .runtime import resolve_device
 from .runtime.pytorch import TorchRunner
 
 __all__ = ["TrainConfig", "train", "augment", "median_frequency_weights", "folded_batch_norms"]
 
 STATE = "train_state.pt"
+LOCK = ".train.lock"
+# what a run writes into its folder: a folder holding any of these holds a run
+RUN_FILES = ("best.pt", "last.pt", STATE, "train_record.json", "train_record.csv", "train_curve.png", "model_qdq.onnx")
 
 
 @dataclass
@@ -79,6 +84,23 @@ class TrainConfig:
     qat_ranges: str = "mse"  # the PTQ method whose activation thresholds QAT starts from (and keeps)
     qat_calib_num: int = 64  # images of --data those thresholds are calibrated on
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """The numbers the CLI checks when parsed, checked again for the Python API (NaN and infinity refused)."""
+        bounds = {"lr": (0, 10, False), "momentum": (0, 1, True), "weight_decay": (0, 1, True),
+                  "poly_power": (0, 10, True), "scale_min": (0.05, 8, True), "scale_max": (0.05, 8, True),
+                  "dropout": (0, 1, True)}
+        for name, (lo, hi, lo_closed) in bounds.items():
+            v = getattr(self, name)
+            if v is None and name == "dropout":
+                continue
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or not (v >= lo if lo_closed else v > lo) \
+                    or v > hi or (name in ("momentum", "dropout") and v >= 1):
+                raise DeepLabEdgeError(f"{name} = {v!r} is not a finite number in {lo}{'<=' if lo_closed else '<'}x"
+                                       f"{'<' if name in ('momentum', 'dropout') else '<='}{hi}; give a number in "
+                                       "that range")
+        if self.scale_min > self.scale_max:
+            raise DeepLabEdgeError(f"scale range {self.scale_min} > {self.scale_max}; give MIN MAX")
 
 
 # ----------------------------------------------------------------------------- data
@@ -134,6 +156,8 @@ def median_frequency_weights(ds: SegmentationDataset) -> torch.Tensor:
         counts = np.bincount(lab[lab != IGNORE].ravel(), minlength=n)[:n]
         pixels += counts
         present += (counts > 0) * lab.size
+    if not pixels.any():
+        ds.check_labelled_pixels("weight")
     freq = np.where(present > 0, pixels / np.maximum(present, 1), 0)
     med = np.median(freq[freq > 0])
     return torch.tensor(np.where(freq > 0, med / np.maximum(freq, 1e-12), 0.0), dtype=torch.float32)
@@ -197,6 +221,98 @@ def _validate(model: torch.nn.Module, ds: SegmentationDataset, pre: Preprocess, 
         model.train(was)
 
 
+# ----------------------------------------------------------------------------- the run folder
+
+_STATE_KEYS = {"arch": str, "num_classes": int, "model": dict, "optimizer": dict, "epoch": int, "step": int,
+               "torch_rng": torch.Tensor, "record": str}
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """A run's ``train_state.pt``, checked: a corrupt, foreign or text file is a one-line error, not a traceback
+    after the model was built."""
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... on what is not its file
+        raise DeepLabEdgeError(f"{path}: not a deeplab-edge training state ({type(e).__name__} while reading it); "
+                               "resume only from a folder `deeplab-edge train` wrote, or train into a new folder") from e
+    bad = [k for k, t in _STATE_KEYS.items() if not isinstance(st, dict) or not isinstance(st.get(k), t)] \
+        if isinstance(st, dict) else list(_STATE_KEYS)
+    record = None
+    if not bad:
+        try:
+            record = json.loads(st["record"])
+        except ValueError:
+            bad = ["record"]
+    if bad or not isinstance(record, dict) or not isinstance(record.get("epochs"), list):
+        raise DeepLabEdgeError(f"{path}: not a deeplab-edge training state (no {', '.join(bad) or 'record'}); resume "
+                               "only from a folder `deeplab-edge train` wrote, or train into a new folder")
+    return {**st, "record": record}
+
+
+def _check_run_folder(cfg: TrainConfig, out: Path, state: dict[str, Any] | None) -> None:
+    """Before any work: a new run goes into a folder without a run; a resumed run matches its folder's."""
+    if not cfg.resume:
+        held = [n for n in RUN_FILES if (out / n).exists()]
+        if held:
+            raise DeepLabEdgeError(f"-o {out} holds an earlier training run ({', '.join(held[:3])}); pass --resume to "
+                                   "continue it, or choose a new folder (nothing there was changed)")
+        return
+    record = state["record"]
+    was_qat = "qat" in record
+    if was_qat != cfg.qat:
+        raise DeepLabEdgeError(f"{out / STATE}: the run was {'a QAT' if was_qat else 'an FP32'} run; resume it "
+                               f"{'with' if was_qat else 'without'} --qat, as it was started")
+    if state["epoch"] >= cfg.epochs and not (cfg.max_steps is not None and state["step"] < cfg.max_steps):
+        raise DeepLabEdgeError(f"{out}: the run has already trained {state['epoch']} epochs; give --epochs above "
+                               f"{state['epoch']} to train it further")
+    for n in RUN_FILES:  # an immutable or read-only file would fail after others were replaced
+        if (out / n).exists() and not os.access(out / n, os.W_OK):
+            raise DeepLabEdgeError(f"{out / n}: cannot be replaced (read-only or immutable); make it writable or "
+                                   "train into a new folder")
+
+
+class _RunLock:
+    """``RUN/.train.lock``, held (flock) by the process that writes the run: a second training into the same
+    folder is refused instead of both writing it. The lock goes with the process, even when it is killed."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.fd, self.existing = out, None, out
+
+    def acquire(self) -> None:
+        import fcntl
+
+        self.existing = nearest_existing(self.out)  # the folders below it are this run's to remove on failure
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise DeepLabEdgeError(f"-o {self.out}: another training (pid {other}) is writing this folder; wait for "
+                                   "it to finish or choose another folder") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+
+    def release(self, failed: bool = False) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.out / LOCK)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+        folder = Path(os.path.abspath(self.out))
+        while failed and folder != self.existing and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # the folders this run made and wrote nothing into
+            folder = folder.parent
+
+
 # ----------------------------------------------------------------------------- the loop
 
 def train(cfg: TrainConfig, progress: Callable[[dict[str, Any]], None] | None = None,
@@ -205,7 +321,8 @@ def train(cfg: TrainConfig, progress: Callable[[dict[str, Any]], None] | None = 
     device = resolve_device(cfg.device)
     info = distributed.init(device)
     try:
-        return _train(cfg, device, info, progress, log)
+        with distributed.peer_failures(info):
+            return _train(cfg, device, info, progress, log)
     finally:
         distributed.shutdown()
 
@@ -229,9 +346,30 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
     if len(ds) < cfg.batch_size:
         raise DataError(f"{cfg.data}: {len(ds)} images, fewer than one batch of {cfg.batch_size}; lower --batch-size")
 
+    ds.check_pairs()
+    ds.check_labelled_pixels("train on")
+    if val is not None:
+        val.check_pairs()
+        val.check_labelled_pixels("validate on")
     state_path = out / STATE
     if cfg.resume and not state_path.is_file():  # every input checked before any work
         raise DeepLabEdgeError(f"{state_path}: nothing to resume; train without --resume first")
+    state = load_state(state_path) if cfg.resume else None
+    lock = _RunLock(out)
+    try:
+        # rank 0 writes the run: it holds the folder's lock and checks the folder; every process stops if it refuses
+        distributed.on_main(lambda: (lock.acquire(), _check_run_folder(cfg, out, state)), info)
+        return _run(cfg, device, info, progress, log, ds, val, local_bs, state)
+    except BaseException:
+        lock.release(failed=True)
+        raise
+    finally:
+        lock.release()
+
+
+def _run(cfg, device, info, progress, log, ds, val, local_bs, state) -> dict[str, Any]:
+    """The training itself, once the data, the state and the run folder passed their checks."""
+    out = Path(cfg.output)
     torch.manual_seed(cfg.seed)
     model, meta = _initial_model(cfg, ds.num_classes, ds.classes)
     pre = Preprocess.from_dict(meta.get("preprocess") or {})
@@ -258,6 +396,10 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
     if cfg.freeze_bn:  # before the optimizer and DDP: frozen parameters are no parameters of theirs
         for bn in _batch_norms(model):
             bn.requires_grad_(False)
+    elif local_bs == 1 and any(isinstance(m, ASPPPooling) and _batch_norms(m) for m in model.modules()):
+        raise DeepLabEdgeError(f"--batch-size {cfg.batch_size} over {info.world} process(es) is one image per process: "
+                               "the batch norm after image pooling cannot train on one value per channel; give "
+                               f"--batch-size {2 * info.world} or more, or --freeze-bn")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     weights = median_frequency_weights(ds).to(device) if cfg.class_weights == "median-frequency" else None
@@ -275,14 +417,14 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
         record["qat"] = record_qat
     start_epoch, step = 0, 0
     if cfg.resume:
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        st, state_path = state, out / STATE
         if st["arch"] != model.config["arch"] or st["num_classes"] != ds.num_classes:
             raise DeepLabEdgeError(f"{state_path}: a {st['arch']} with {st['num_classes']} classes, not a "
                                    f"{model.config['arch']} with {ds.num_classes}; resume with the same model and data")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         torch.set_rng_state(st["torch_rng"])
-        start_epoch, step, record = st["epoch"], st["step"], json.loads(st["record"])
+        start_epoch, step, record = st["epoch"], st["step"], st["record"]
         # what this phase ran with: the same settings continue exactly; another --epochs stretches the schedule
         record.setdefault("resumed", []).append({"at_epoch": start_epoch, "at_step": step, "config": asdict(cfg)})
         log(f"resuming at epoch {start_epoch + 1}, step {step}")
@@ -320,6 +462,12 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
                     logits = ddp(x)
                 loss = F.cross_entropy(logits.float(), y, weight=weights, ignore_index=IGNORE, reduction="sum")
                 loss = loss * info.world / denom.to(loss)  # DDP averages over processes: the global-batch mean
+                value = loss.item()
+                if not math.isfinite(value):  # before the step: the weights stay the last finite ones
+                    raise DeepLabEdgeError(f"the training loss became {value} at epoch {epoch + 1}, step {step + 1}; "
+                                           "lower --lr (or check the data); "
+                                           + ("last.pt holds the last epoch that finished" if record["epochs"]
+                                              else "no checkpoint was written"))
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -330,7 +478,7 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
             step += 1
             n_steps += 1
             seen += x.shape[0] * info.world
-            loss_sum += loss.item() / info.world  # this process's share of the global-batch loss
+            loss_sum += value / info.world  # this process's share of the global-batch loss
             if progress and info.is_main:
                 elapsed = time.perf_counter() - t0
                 progress({"epoch": epoch + 1, "epochs": cfg.epochs, "step": step, "steps": total,
@@ -347,6 +495,10 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
                 record["best"] = {"epoch": epoch + 1, "val_miou": res["miou"]}
                 if info.is_main:
                     _save_model(model, meta, eval_pre, cfg, record, out / "best.pt")
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise DeepLabEdgeError(f"the weights are no longer finite after epoch {epoch + 1}; lower --lr; "
+                                   + ("last.pt holds the last epoch that finished" if record["epochs"]
+                                      else "no checkpoint was written"))
         record["epochs"].append(row)
         if info.is_main:
             log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}"

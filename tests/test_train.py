@@ -213,6 +213,11 @@ def test_a_failing_rank_ends_the_job_with_its_error(camvid_small, ckpt11, tmp_pa
     assert r.returncode != 0
     assert "cannot read the image" in r.stderr + r.stdout
     assert seconds < 200
+    # every process ends with one line: the failing one names the cause, the other says another process failed
+    # (torchrun's own summary of the failed job follows them; no process prints gloo's traceback)
+    errors = [ln for ln in (r.stderr + r.stdout).splitlines() if ln.startswith("error:")]
+    assert len(errors) == 2 and sum("another process of this torchrun job failed" in ln for ln in errors) == 1, errors
+    assert "Connection closed by peer" not in r.stderr + r.stdout and "deeplab_edge/" not in r.stderr, r.stderr[-3000:]
 
 
 def test_folded_batch_norms_are_recognised(imported):
