@@ -170,6 +170,89 @@ CASES = [
     ("missing-required-option", "export --weights {ckpt} -o {w}/out/m.onnx", "--data"),
 ]
 
+# Issue 23: a user's file destroyed, NaN options, wrong numbers reported as results, tracebacks, mixed outputs.
+CASES_23 = [
+    # an output that is, or would overwrite, an input; or lies where an input set is read
+    ("eval-o-is-the-weights", "eval --weights {w}/m.pt --data {voc} -o {w}/m.pt", "is the --weights input"),
+    ("eval-o-is-a-link-to-the-weights", "eval --weights {w}/m.pt --data {voc} -o {w}/m_link.pt",
+     "is the --weights input"),
+    ("export-o-is-the-weights", "export --weights {w}/m.pt --data {voc} -o {w}/m.pt", "is the --weights input"),
+    ("import-o-is-the-source", "import {w}/g.tflite -o {w}/g.tflite", "is the source input"),
+    ("build-o-is-the-weights", "build --weights {w}/m.pt --data {voc} -o {w}/m.pt", "is the --weights input"),
+    ("build-bundle-over-its-onnx", "build --onnx {w}/tiny_qdq.onnx -o {w}/tiny.engine", "written over the --onnx"),
+    ("eval-o-inside-the-data", "eval --weights {ckpt} --data {w}/voc_bad -o {w}/voc_bad/r.json",
+     "inside the --data folder"),
+    ("predict-o-is-the-input-folder", "predict --weights {ckpt} {w}/photos -o {w}/photos", "is the inputs folder"),
+    ("predict-o-inside-the-input-folder", "predict --weights {ckpt} {w}/photos -o {w}/photos/pred",
+     "inside the inputs folder"),
+    ("predict-mask-over-an-input-photo", "predict --weights {ckpt} {w}/photos/cat.png {w}/photos/cat_mask.png "
+     "-o {w}/photos", "written over the image input"),
+    ("bench-o-inside-the-data", "bench --weights {ckpt} --data {w}/voc_bad -o {w}/voc_bad/res",
+     "inside the --data folder"),
+    ("bench-artifacts-inside-the-data", "bench --weights {ckpt} --data {w}/voc_bad --artifacts {w}/voc_bad/a",
+     "inside the --data folder"),
+    ("calibrate-o-inside-the-data", "calibrate --onnx {w}/tiny_fp32.onnx --data {w}/plain -o {w}/plain/int8",
+     "inside the --data folder"),
+    ("calibrate-o-holds-user-files", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/userdir",
+     "not a calibrate run's"),
+    ("calibrate-input-in-the-run-it-replaces",
+     "calibrate --onnx {w}/calrun/model_fp32.onnx --data {voc} -o {w}/calrun", "lies in -o"),
+    ("train-o-holds-a-run", "train --data {w}/camvid_ok --weights {ckpt} --crop 33 --batch-size 2 -o {w}/run_done",
+     "holds an earlier training run"),
+    ("train-weights-in-a-run-folder-without-resume",
+     "train --data {w}/camvid_ok --weights {w}/run_done/last.pt --crop 33 --batch-size 2 -o {w}/run_done",
+     "pass --resume"),
+    # NaN and infinity in every kind of float option
+    ("train-lr-nan", "train --data {w}/camvid_ok --weights {ckpt} --lr nan -o {w}/out/t", "not a finite number"),
+    ("train-lr-inf", "train --data {w}/camvid_ok --weights {ckpt} --lr inf -o {w}/out/t", "--lr"),
+    ("train-momentum-nan", "train --data {w}/camvid_ok --weights {ckpt} --momentum nan -o {w}/out/t",
+     "not a finite number"),
+    ("train-weight-decay-nan", "train --data {w}/camvid_ok --weights {ckpt} --weight-decay nan -o {w}/out/t",
+     "not a finite number"),
+    ("train-scale-nan", "train --data {w}/camvid_ok --weights {ckpt} --scale nan nan -o {w}/out/t",
+     "not a finite number"),
+    ("train-dropout-nan", "train --data {w}/camvid_ok --weights {ckpt} --dropout nan -o {w}/out/t",
+     "not a finite number"),
+    ("eval-scales-nan", "eval --weights {ckpt} --data {voc} --scales 1,nan", "not a finite number"),
+    ("eval-scales-inf", "eval --weights {ckpt} --data {voc} --scales inf", "not a finite number"),
+    ("predict-scales-nan", "predict --weights {ckpt} {img} -o {w}/out/p --scales nan", "not a finite number"),
+    ("bench-scales-nan", "bench --weights {ckpt} --data {voc} --scales 0.5,nan", "not a finite number"),
+    ("predict-alpha-nan", "predict --weights {ckpt} {img} -o {w}/out/p --alpha nan", "not a finite number"),
+    ("calibrate-percentile-nan", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c --percentile nan",
+     "not a finite number"),
+    # a file that is not what the command takes it for
+    ("eval-the-resume-state", "eval --weights {w}/run_done/train_state.pt --data {voc}", "resume state"),
+    ("info-the-resume-state", "info {w}/run_done/train_state.pt", "use"),
+    # training runs: resumed as they were started, the data worth training on
+    ("train-resume-epochs-already-done",
+     "train --data {w}/camvid_ok --weights {ckpt} --crop 33 --batch-size 2 --epochs 1 --resume -o {w}/run_done",
+     "already trained 1 epochs"),
+    ("train-resume-fp32-run-with-qat",
+     "train --data {w}/camvid_ok --weights {ckpt} --crop 33 --batch-size 2 --epochs 2 --resume --qat "
+     "-o {w}/run_done", "without --qat"),
+    ("train-resume-qat-run-without-qat",
+     "train --data {w}/camvid_ok --weights {ckpt} --crop 33 --batch-size 2 --epochs 2 --resume -o {w}/run_qat",
+     "with --qat"),
+    ("train-resume-text-state",
+     "train --data {w}/camvid_ok --weights {ckpt} --crop 33 --batch-size 2 --epochs 2 --resume -o {w}/run_text",
+     "not a deeplab-edge training state"),
+    ("train-resume-foreign-state",
+     "train --data {w}/camvid_ok --weights {ckpt} --crop 33 --batch-size 2 --epochs 2 --resume -o {w}/run_foreign",
+     "not a deeplab-edge training state"),
+    ("train-resume-corrupt-state",
+     "train --data {w}/camvid_ok --weights {ckpt} --crop 33 --batch-size 2 --epochs 2 --resume -o {w}/run_random",
+     "not a deeplab-edge training state"),
+    ("train-all-void-labels", "train --data {w}/camvid_void --weights {ckpt} --crop 33 --batch-size 2 -o {w}/out/t",
+     "void or ignore"),
+    ("train-all-void-median-frequency", "train --data {w}/camvid_void --weights {ckpt} --crop 33 --batch-size 2 "
+     "--class-weights median-frequency -o {w}/out/t", "void or ignore"),
+    ("train-one-image-per-process-trainable-bn",
+     "train --data {w}/camvid_ok --arch deeplabv3_mobilenet_v2 --crop 33 --batch-size 1 -o {w}/out/t",
+     "one image per process"),
+    ("train-loss-not-finite", "train --data {w}/camvid_ok --weights {w}/nan11.pth --crop 33 --batch-size 2 "
+     "-o {w}/out/t", "loss became nan"),
+]
+
 
 def _tiny_onnx(path: Path, qdq: bool) -> None:
     """A one-Conv ONNX with deeplab-edge's metadata: an FP32 export, or its QDQ version."""
@@ -190,7 +273,7 @@ def _tiny_onnx(path: Path, qdq: bool) -> None:
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory, shared):
+def inputs(tmp_path_factory, shared, imported):
     """The prepared bad inputs (built once; each case works on a fresh copy)."""
     from deeplab_edge.bench.report import FORMAT
 
@@ -242,14 +325,74 @@ def inputs(tmp_path_factory, shared):
     lab = rng.integers(0, 12, (33, 41), dtype=np.uint8)
     lab[0, 0] = 12
     Image.fromarray(lab, mode="L").save(cv / "labels" / "f1.png")
+    _issue23_inputs(w, shared, imported)
     return w
 
 
+def _camvid(root: Path, shared, n: int, void: bool = False) -> Path:
+    """A CamVid folder (images/ + labels/ + train.txt) of ``n`` real frames scaled to 64 x 48."""
+    src = shared["camvid"]
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    ids = sorted(p.stem for p in (src / "images").iterdir())[:n]
+    for sid in ids:
+        Image.open(src / "images" / f"{sid}.png").convert("RGB").resize((64, 48), Image.BILINEAR).save(
+            root / "images" / f"{sid}.png")
+        lab = Image.open(src / "labels" / f"{sid}.png").resize((64, 48), Image.NEAREST)
+        (Image.fromarray(np.full((48, 64), 11, np.uint8), mode="L") if void else lab).save(root / "labels" / f"{sid}.png")
+    (root / "train.txt").write_text("".join(f"{sid}\n" for sid in ids))
+    return root
+
+
+def _issue23_inputs(w: Path, shared, imported) -> None:
+    """Inputs of the issue-23 rows: a checkpoint and Google's model to overwrite, photos, run folders."""
+    shutil.copy(imported[0], w / "m.pt")
+    (w / "m_link.pt").symlink_to("m.pt")
+    shutil.copy(shared["tflite"], w / "g.tflite")
+    (w / "photos").mkdir()
+    shutil.copy(shared["voc"] / "JPEGImages" / "0.png", w / "photos" / "cat.png")
+    shutil.copy(shared["voc"] / "JPEGImages" / "8.png", w / "photos" / "cat_mask.png")  # the user's own photo
+    (w / "userdir").mkdir()
+    (w / "userdir" / "notes.txt").write_text("the user's notes\n")
+    (w / "calrun").mkdir()  # an earlier `calibrate --weights` run
+    shutil.copy(w / "tiny_fp32.onnx", w / "calrun" / "model_fp32.onnx")
+    (w / "calrun" / "ranges.json").write_text("{}\n")
+    _camvid(w / "camvid_ok", shared, 4)
+    _camvid(w / "camvid_void", shared, 4, void=True)
+    # a finished one-epoch run, and copies of it whose state is a QAT run's, text, another object, random bytes
+    res = CliRunner().invoke(main, ["train", "--data", str(w / "camvid_ok"), "--weights", str(imported[0]), "--crop",
+                                    "33", "--batch-size", "2", "--epochs", "1", "-o", str(w / "run_done")],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    st = torch.load(w / "run_done" / "train_state.pt", weights_only=True)
+    st["record"] = json.dumps({**json.loads(st["record"]), "qat": {"ranges": {}}})
+    shutil.copytree(w / "run_done", w / "run_qat")
+    torch.save(st, w / "run_qat" / "train_state.pt")
+    rng = np.random.default_rng(1)
+    for name, write in (("run_text", lambda p: p.write_text("not a state\n")),
+                        ("run_foreign", lambda p: torch.save({"epoch": 3, "weights": [1, 2]}, p)),
+                        ("run_random", lambda p: p.write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()))):
+        (w / name).mkdir()
+        write(w / name / "train_state.pt")
+    # a model whose classifier bias is NaN: the first loss is NaN
+    sd = get_model("deeplabv3_mobilenet_v2", num_classes=11).state_dict()
+    sd["classifier.1.bias"][:] = float("nan")
+    torch.save(sd, w / "nan11.pth")
+
+
 def _snapshot(root: Path) -> dict[str, tuple]:
+    """Every entry under ``root``: folders, links (their target) and files (size, mtime and a content checksum)."""
+    import hashlib
+
     snap = {}
     for p in sorted(root.rglob("*")):
         st = p.lstat()
-        snap[str(p.relative_to(root))] = ("dir",) if p.is_dir() else (st.st_size, st.st_mtime_ns)
+        if p.is_symlink():
+            snap[str(p.relative_to(root))] = ("link", os.readlink(p))
+        elif p.is_dir():
+            snap[str(p.relative_to(root))] = ("dir",)
+        else:
+            snap[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, hashlib.blake2b(p.read_bytes()).hexdigest())
     return snap
 
 
@@ -263,13 +406,13 @@ def assert_one_line_error(res, pattern: str) -> str:
 
 
 def test_at_least_60_cases_over_every_command():
-    assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) >= 60 and len({c[0] for c in CASES + CASES_23}) == len(CASES + CASES_23)
     commands = {c[1].split()[0] for c in CASES}
     assert commands >= {"import", "eval", "predict", "export", "calibrate", "build", "bench", "compare", "info",
                         "models", "kernels", "crf", "train"}
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case", CASES + CASES_23, ids=[c[0] for c in CASES + CASES_23])
 def test_bad_input(case, inputs, shared, imported, tmp_path):
     name, template, pattern = case
     w = tmp_path / "w"
@@ -279,10 +422,12 @@ def test_bad_input(case, inputs, shared, imported, tmp_path):
     argv = shlex.split(template.format(ckpt=imported[0], voc=shared["voc"], tflite=shared["tflite"], w=w,
                                        img=shared["voc"] / "JPEGImages" / "0.png"))
     before = _snapshot(w)
+    outside = {str(imported[0]): _snapshot(imported[0].parent), "voc": _snapshot(shared["voc"])}
     res = CliRunner().invoke(main, argv, prog_name="deeplab-edge", catch_exceptions=False)
     line = assert_one_line_error(res, pattern)
     assert ";" in line or "(see `deeplab-edge" in line, f"no fix named: {line}"  # the problem; then the fix
     assert _snapshot(w) == before, f"{name}: files changed"
+    assert {str(imported[0]): _snapshot(imported[0].parent), "voc": _snapshot(shared["voc"])} == outside
 
 
 def test_read_only_output_folder(tmp_path, imported):
@@ -428,3 +573,111 @@ def test_predict_same_file_names_in_two_folders(tmp_path, shared, imported):
             direct = Preprocess.restore_labels(loaded.model(x[None])[0].argmax(0).to(torch.uint8).numpy(), geom)
         got = np.asarray(Image.open(out / f"{sub}_x_mask.png"))
         assert (got == direct).mean() > 0.999, sub
+
+
+def test_a_second_training_into_a_folder_being_written_is_refused(inputs, imported, tmp_path):
+    """The run folder's lock (flock, as a running training holds it): a second run is refused, and the folder is
+    left as it was."""
+    import fcntl
+
+    run = tmp_path / "run"
+    run.mkdir()
+    fd = os.open(run / ".train.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"4242")
+        before = _snapshot(run)
+        res = CliRunner().invoke(main, ["train", "--data", str(inputs / "camvid_ok"), "--weights", str(imported[0]),
+                                        "--crop", "33", "--batch-size", "2", "-o", str(run)], catch_exceptions=False)
+        assert_one_line_error(res, "another training (pid 4242) is writing this folder")
+        assert _snapshot(run) == before
+    finally:
+        os.close(fd)
+    # once the other run is gone (its lock released with it), the folder trains, and the lock file goes too
+    res = CliRunner().invoke(main, ["train", "--data", str(inputs / "camvid_ok"), "--weights", str(imported[0]),
+                                    "--crop", "33", "--batch-size", "2", "--epochs", "1", "-o", str(run)],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in run.iterdir()) == sorted(["last.pt", "train_state.pt", "train_record.json",
+                                                            "train_record.csv", "train_curve.png"])
+
+
+@pytest.mark.parametrize("field, value", [("lr", float("nan")), ("momentum", float("inf")), ("weight_decay", -1.0),
+                                          ("dropout", float("nan")), ("scale_min", float("nan"))])
+def test_train_config_refuses_what_the_cli_refuses(field, value):
+    """The Python API checks the numbers the CLI checks when parsed (NaN and infinity included)."""
+    from deeplab_edge.errors import DeepLabEdgeError
+    from deeplab_edge.train import TrainConfig
+
+    TrainConfig(data="d", output="o")  # the defaults pass
+    with pytest.raises(DeepLabEdgeError, match=field):
+        TrainConfig(data="d", output="o", **{field: value})
+
+
+def test_resume_refuses_an_immutable_checkpoint_before_training(inputs, imported, tmp_path):
+    """An immutable last.pt would fail the run after best.pt and the state were replaced: refused up front."""
+    run = tmp_path / "run"
+    shutil.copytree(inputs / "run_done", run)
+    r = subprocess.run(["chattr", "+i", str(run / "last.pt")], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot make a file immutable here ({r.stderr.strip() or r.returncode})")
+    try:
+        before = _snapshot(run)
+        res = CliRunner().invoke(main, ["train", "--data", str(inputs / "camvid_ok"), "--weights", str(imported[0]),
+                                        "--crop", "33", "--batch-size", "2", "--epochs", "2", "--resume", "-o",
+                                        str(run)], catch_exceptions=False)
+        assert_one_line_error(res, "cannot be replaced")
+        assert _snapshot(run) == before
+    finally:
+        subprocess.run(["chattr", "-i", str(run / "last.pt")], check=True)
+
+
+def test_calibrate_into_an_earlier_run_leaves_only_the_new_run(inputs, shared, tmp_path):
+    """The output folder holds the new run's files only: the earlier run's CPU INT8 model does not stay beside a
+    calibration it does not belong to."""
+    out = tmp_path / "int8"
+    args = ["calibrate", "--onnx", str(inputs / "tiny_fp32.onnx"), "--data", str(shared["voc"]), "--num", "2",
+            "--method", "minmax", "-o", str(out)]
+    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert (out / "model_cpu_int8.onnx").is_file()
+    res = CliRunner().invoke(main, [*args, "--no-cpu-int8"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["calibration.cache", "model_qdq.onnx", "ranges.json"]
+
+
+def test_build_from_its_own_bundle_keeps_the_inputs(inputs, tmp_path):
+    """`build --onnx NAME_fp32.onnx` in the bundle's folder (what NAME_build_engine.sh runs on the target): the
+    input stays the very file it was (same inode, same bytes); the manifest is written anew."""
+    dep = tmp_path / "dep"
+    dep.mkdir()
+    shutil.copy(inputs / "tiny_fp32.onnx", dep / "tiny_fp32.onnx")
+    st = (dep / "tiny_fp32.onnx").stat()
+    res = CliRunner().invoke(main, ["build", "--onnx", str(dep / "tiny_fp32.onnx"), "-o", str(dep / "tiny.engine")],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    after = (dep / "tiny_fp32.onnx").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
+    assert (dep / "tiny.engine.json").is_file()
+
+
+def test_the_python_api_refuses_nan_where_the_cli_does():
+    """The library's own checks behind the CLI's float options: test-time scales, CRF weights and scales, the
+    overlay's opacity."""
+    from deeplab_edge.crf import CRFParams
+    from deeplab_edge.data.preprocess import Preprocess
+    from deeplab_edge.inference import Segmenter
+    from deeplab_edge.visualize import overlay
+
+    pre = Preprocess.from_dict({"size": None, "resize": "none", "pad": False, "mean": [0.5] * 3, "std": [0.5] * 3})
+    Segmenter(lambda x: x, pre, 2, scales=(0.5, 1.0))  # finite scales pass
+    for bad in ((float("nan"),), (1.0, float("inf")), (0.0,)):
+        with pytest.raises(ValueError, match="scales"):
+            Segmenter(lambda x: x, pre, 2, scales=bad)
+    for field in ("w1", "w2", "theta_alpha", "theta_beta", "theta_gamma", "label_threshold"):
+        with pytest.raises(ValueError, match=field):
+            CRFParams(**{field: float("nan")})
+    img, lab, pal = np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.uint8), np.zeros((256, 3), np.uint8)
+    overlay(img, lab, pal, 0.3)
+    with pytest.raises(ValueError, match="alpha"):
+        overlay(img, lab, pal, float("nan"))
