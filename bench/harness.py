@@ -44,6 +44,9 @@ __all__ = ["Backend", "BACKENDS", "CRF_CHOICES", "select_backends", "run_bench",
 
 CRF_CHOICES = ("none", *CRF_METHODS)
 
+#: Calibration warnings that bench shows (the others, e.g. "calibrating on all N", are expected there).
+SHOWN_CALIBRATION_WARNINGS = ("int8 kernels disagree", "degenerate calibration")
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -247,7 +250,7 @@ def build_artifacts(loaded, weights: Path, dataset, work: Path, backends: list[B
                                            "train split)")
             log(f"WARNING: {info['calibration']['note']}")
         for w in info["calibration"].get("warnings", []):
-            if "int8 kernels disagree" in w:
+            if any(k in w for k in SHOWN_CALIBRATION_WARNINGS):
                 log(f"WARNING: {w}")
     return info
 
@@ -262,12 +265,16 @@ def _dynamic_batch(path: Path) -> bool:
 # ----------------------------------------------------------------------------- runners
 
 def _make_runner(b: Backend, weights: Path, arch: str | None, device: torch.device, art: dict[str, Any],
-                 threads: int | None, engines: dict[str, Path], tflite: Path | None = None):
-    """(runner, file the model came from, extra info) for backend ``b``, through the runtime's one factory."""
+                 threads: int | None, engines: dict[str, Path], tflite: Path | None = None,
+                 output_stride: int | None = None):
+    """(runner, file the model came from, extra info) for backend ``b``, through the runtime's one factory.
+    ``output_stride``: the PyTorch backends run the checkpoint's weights at it (the ONNX and INT8 models
+    were exported at it already)."""
     from deeplab_edge.runtime import open_runner
 
     if b.family in ("torch", "compile", "triton"):
-        path, kw = weights, {"backend": b.family, "precision": b.precision, "device": device, "arch": arch}
+        path, kw = weights, {"backend": b.family, "precision": b.precision, "device": device, "arch": arch,
+                             "output_stride": output_stride}
     elif b.family in ("ort", "qdq"):
         path = Path(art["onnx_fp32"]["path"]) if b.name == "ort-fp32" else Path(
             art["calibration"]["cpu_int8_onnx" if b.family == "ort" else "qdq_onnx"])
@@ -286,7 +293,7 @@ def _make_runner(b: Backend, weights: Path, arch: str | None, device: torch.devi
     else:
         raise AssertionError(b.family)
     runner = open_runner(path, threads=threads, **kw)
-    keep = ("provider", "ort_graph_optimizations", "engine")
+    keep = ("provider", "ort_graph_optimizations", "engine", "output_stride")
     return runner, path, {k: v for k, v in runner.info.items() if k in keep}
 
 
@@ -384,7 +391,8 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
         try:
-            runner, source, extra = _make_runner(b, weights, arch, dev, art, threads, engines or {}, tflite)
+            runner, source, extra = _make_runner(b, weights, arch, dev, art, threads, engines or {}, tflite,
+                                                 output_stride=output_stride)
         except DeepLabEdgeError as e:
             skipped.append({"backend": b.name, "reason": str(e)})
             continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ from deeplab_edge.errors import DeepLabEdgeError
 
 from .harness import device_label, mark_pareto
 
-__all__ = ["FORMAT", "csv_text", "write_results", "plot", "load_result", "merge"]
+__all__ = ["FORMAT", "csv_text", "write_results", "result_names", "check_not_outputs", "plot", "load_result",
+           "merge"]
 
 FORMAT = "deeplab-edge-bench/1"
 
@@ -30,8 +32,9 @@ def _flat(row: dict[str, Any], device: str) -> dict[str, Any]:
     out = {"device": device, "backend": row["backend"], "precision": row["precision"], "crf": row["crf"],
            "miou_pct": 100 * row["miou"], "miou_delta_points": row.get("miou_delta_points"),
            "latency_ms": row.get("latency_ms"), "speedup": row.get("speedup"), "pareto": row.get("pareto"),
-           "model_ms_p50": b1 and b1["p50_ms"], "model_ms_p90": b1 and b1["p90_ms"], "model_ms_p99": b1 and b1["p99_ms"],
-           "crf_ms_p50": (row.get("crf_ms") or {}).get("p50"), "images_per_s_batch1": b1 and b1["images_per_s"],
+           "model_ms_p50": b1 and b1["p50_ms"], "model_ms_p90": b1 and b1.get("p90_ms"),
+           "model_ms_p99": b1 and b1.get("p99_ms"),
+           "crf_ms_p50": (row.get("crf_ms") or {}).get("p50"), "images_per_s_batch1": b1 and b1.get("images_per_s"),
            "preprocess_ms_p50": (h.get("preprocess") or {}).get("p50"),
            "postprocess_ms_p50": (h.get("postprocess") or {}).get("p50"), "load_ms_p50": (h.get("load") or {}).get("p50"),
            "first_call_s": row.get("first_call_s"), "peak_rss_mb": row["memory"].get("peak_rss_mb"),
@@ -40,7 +43,7 @@ def _flat(row: dict[str, Any], device: str) -> dict[str, Any]:
            "images": row["images"], "latency_is_speed": row.get("latency_is_speed", True)}
     for b in row["batches"]:
         if b["batch"] != 1:
-            out[f"images_per_s_batch{b['batch']}"] = b["images_per_s"]
+            out[f"images_per_s_batch{b['batch']}"] = b.get("images_per_s")
             out[f"model_ms_p50_batch{b['batch']}"] = b["p50_ms"]
     return out
 
@@ -108,9 +111,14 @@ def plot(result: dict[str, Any], path: Path, title: str | None = None) -> None:
     plt.close(fig)
 
 
+def result_names(tag: str, *, png: bool = True) -> dict[str, str]:
+    """The file names :func:`write_results` gives a result tagged ``tag``: bench_<tag>.json / .csv / .png."""
+    return {"json": f"bench_{tag}.json", "csv": f"bench_{tag}.csv"} | ({"png": f"bench_{tag}.png"} if png else {})
+
+
 def write_results(result: dict[str, Any], out_dir: Path, tag: str, *, png: bool = True) -> dict[str, str]:
     """``bench_<tag>.json`` / ``.csv`` / ``.png`` in ``out_dir``: all of them land together or none does."""
-    names = {"json": f"bench_{tag}.json", "csv": f"bench_{tag}.csv"} | ({"png": f"bench_{tag}.png"} if png else {})
+    names = result_names(tag, png=png)
     with staged_dir(out_dir) as stage:
         (stage / names["json"]).write_text(json.dumps(result, indent=1, default=str))
         (stage / names["csv"]).write_text(csv_text(result))
@@ -119,8 +127,19 @@ def write_results(result: dict[str, Any], out_dir: Path, tag: str, *, png: bool 
     return {k: str(out_dir / v) for k, v in names.items()}
 
 
+def check_not_outputs(inputs: list[str | Path], out_dir: str | Path, tag: str, *, png: bool = True) -> None:
+    """Refuse an input result file that writing the merged result to ``out_dir`` under ``tag`` would replace."""
+    outputs = {(Path(out_dir) / n).resolve(): n for n in result_names(tag, png=png).values()}
+    for p in inputs:
+        if Path(p).resolve() in outputs:
+            raise DeepLabEdgeError(f"{p}: is the file the merged result would be written to (-o {out_dir}, --tag "
+                                   f"{tag}: {outputs[Path(p).resolve()]}), replacing this input; pass another --tag "
+                                   "or -o folder")
+
+
 def load_result(path: Path) -> dict[str, Any]:
-    """A result file of ``deeplab-edge bench``, checked."""
+    """A result file of ``deeplab-edge bench``, checked: every field the merge, the table, the CSV and the
+    plot read has the type and the range a real run writes."""
     path = Path(path)
     if not path.is_file():
         raise DeepLabEdgeError(f"{path}: result file not found; `deeplab-edge bench -o DIR` writes bench_<tag>.json")
@@ -139,33 +158,115 @@ def load_result(path: Path) -> dict[str, Any]:
     return doc
 
 
-# What merging and the table read of each row: field -> accepted types (None where the value may be null).
-_ROW_FIELDS = {"backend": (str,), "crf": (str,), "miou": (int, float, type(None)),
-               "latency_ms": (int, float, type(None)), "batches": (list,), "memory": (dict,), "file_mb": (int, float)}
-_BATCH_FIELDS = {"batch": (int,), "p50_ms": (int, float, type(None))}
+_NUM = (int, float)
+_NONE = type(None)
+
+# What merging, the table, the CSV and the plot read of each row: field -> (accepted types, the range of a
+# number: "unit" [0, 1], "pos" > 0, "nonneg" >= 0, "finite", or None for no range). None among the types:
+# the value may be null (e.g. ``latency_ms`` of a run without batch 1); fields marked optional may be absent.
+_ROW_FIELDS = {"backend": ((str,), None), "crf": ((str,), None), "precision": ((str,), None),
+               "miou": (_NUM, "unit"), "latency_ms": (_NUM + (_NONE,), "pos"), "batches": ((list,), None),
+               "memory": ((dict,), None), "file_mb": (_NUM, "nonneg"), "images": ((int,), "pos")}
+_OPTIONAL_ROW_FIELDS = {"latency_is_speed": ((bool,), None), "speedup": (_NUM + (_NONE,), "pos"),
+                        "miou_delta_points": (_NUM, "finite"), "crf_ms": ((dict, _NONE), None),
+                        "first_call_s": (_NUM + (_NONE,), "nonneg")}
+_MEMORY_FIELDS = {"peak_rss_mb": (_NUM + (_NONE,), "nonneg"), "cuda_peak_allocated_mb": (_NUM + (_NONE,), "nonneg")}
+_BATCH_FIELDS = {"batch": ((int,), "pos"), "p50_ms": (_NUM + (_NONE,), "pos")}
+_OPTIONAL_BATCH_FIELDS = {"p90_ms": (_NUM + (_NONE,), "pos"), "p99_ms": (_NUM + (_NONE,), "pos"),
+                          "images_per_s": (_NUM + (_NONE,), "pos"), "power_w": (_NUM + (_NONE,), "nonneg"),
+                          "energy_mj_per_image": (_NUM + (_NONE,), "nonneg")}
+_RANGES = {"unit": (lambda v: 0 <= v <= 1, "outside [0, 1]"), "pos": (lambda v: v > 0, "not above 0"),
+           "nonneg": (lambda v: v >= 0, "below 0"), "finite": (lambda v: True, "")}
+
+
+def _value_problem(where: str, key: str, value: Any, types: tuple, rng: str | None) -> str | None:
+    """Why ``value`` cannot be the field ``key`` (types and range above), or None."""
+    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        return f"{where}: {key!r} is {json.dumps(value, default=str)[:40]}, not a {_type_names(types)}"
+    if rng is None or value is None or isinstance(value, bool) or not isinstance(value, _NUM):
+        return None
+    if not math.isfinite(value):
+        return f"{where}: {key!r} is {value}, not a finite number"
+    ok, why = _RANGES[rng]
+    return None if ok(value) else f"{where}: {key!r} is {value}, {why}"
+
+
+def _type_names(types: tuple) -> str:
+    names = {str: "string", int: "number" if float in types else "whole number", float: "number", list: "list",
+             dict: "object", bool: "true/false", _NONE: "null"}
+    return " or ".join(dict.fromkeys(names[t] for t in types))
+
+
+def _fields_problem(where: str, obj: dict, required: dict, optional: dict) -> str | None:
+    for key, (types, rng) in required.items():
+        if key not in obj:
+            return f"{where}: {key!r} missing"
+        problem = _value_problem(where, key, obj[key], types, rng)
+        if problem:
+            return problem
+    for key, (types, rng) in optional.items():
+        if key in obj:
+            problem = _value_problem(where, key, obj[key], types, rng)
+            if problem:
+                return problem
+    return None
 
 
 def _row_problem(doc: dict[str, Any]) -> str | None:
-    """The first thing in a result document that the merge or the table could not read, or None."""
-    if not isinstance(doc.get("environment"), dict):
+    """The first thing in a result document that the merge, the table, the CSV or the plot could not read, or
+    that no real run writes (an mIoU outside [0, 1], a latency that is not above 0, NaN...), or None."""
+    env = doc.get("environment")
+    if not isinstance(env, dict):
         return "no environment"
+    for key in ("gpu", "jetson"):
+        if env.get(key) is not None and not isinstance(env[key], dict):
+            return f"environment: {key!r} is not an object"
+    if isinstance(env.get("gpu"), dict) and not env.get("jetson") and not isinstance(env["gpu"].get("name"), str):
+        return "environment: the GPU has no name"
+    if not doc["rows"]:
+        return "no rows"
     for i, r in enumerate(doc["rows"]):
         if not isinstance(r, dict):
             return f"row {i} is a {type(r).__name__}, not an object"
-        for key, types in _ROW_FIELDS.items():
-            if not isinstance(r.get(key), types) or isinstance(r.get(key), bool):
-                return f"row {i}: {key!r} missing or of the wrong type"
-        for b in r["batches"]:
-            if not isinstance(b, dict) or any(not isinstance(b.get(k), t) for k, t in _BATCH_FIELDS.items()):
-                return f"row {i}: a batch entry without 'batch' and 'p50_ms'"
+        where = f"row {i}" + (f" ({r['backend']}, CRF {r['crf']})" if isinstance(r.get("backend"), str) and
+                              isinstance(r.get("crf"), str) else "")
+        problem = _fields_problem(where, r, _ROW_FIELDS, _OPTIONAL_ROW_FIELDS) or \
+            _fields_problem(f"{where}, memory", r["memory"], {}, _MEMORY_FIELDS)
+        if problem:
+            return problem
+        if isinstance(r.get("crf_ms"), dict):
+            problem = _fields_problem(f"{where}, crf_ms", r["crf_ms"], {"p50": (_NUM, "nonneg")}, {})
+            if problem:
+                return problem
+        if not r["batches"]:
+            return f"{where}: 'batches' is empty"
+        for j, b in enumerate(r["batches"]):
+            if not isinstance(b, dict):
+                return f"{where}: batch entry {j} is a {type(b).__name__}, not an object"
+            problem = _fields_problem(f"{where}, batch entry {j}", b, _BATCH_FIELDS, _OPTIONAL_BATCH_FIELDS)
+            if problem:
+                return problem
     return None
+
+
+def _same_result(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
 def merge(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """Several machines' results in one document: every row labelled with its machine, the
     Pareto front recomputed over all rows (``pareto``) and kept per machine (``pareto_own``)."""
     rows, sources = [], []
+    seen: list[tuple[str, Path, dict[str, Any]]] = []
     for name, doc in docs:
+        for other, where, earlier in seen:
+            if Path(name).resolve() == where:
+                raise DeepLabEdgeError(f"{name}: given twice (the same file as {other}); pass each machine's "
+                                       "result file once")
+            if _same_result(doc, earlier):
+                raise DeepLabEdgeError(f"{name}: the same results as {other} (identical content: a copy?); pass "
+                                       "each machine's result once")
+        seen.append((name, Path(name).resolve(), doc))
         label = device_label(doc["environment"])
         if any(s["device"] == label for s in sources):
             label = f"{label} [{Path(name).stem}]"

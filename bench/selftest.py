@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from deeplab_edge.errors import DeepLabEdgeError
 from deeplab_edge.interrupts import child
 
-__all__ = ["Step", "plan", "run_plan", "BUDGET_S", "GPU_BACKENDS"]
+__all__ = ["Step", "Inputs", "plan", "missing_inputs", "run_plan", "BUDGET_S", "GPU_BACKENDS"]
 
 #: The whole check's budget on one H100-class GPU (issue #18): 8 minutes.
 BUDGET_S = 480
@@ -51,6 +52,28 @@ class Inputs:
     camvid_weights: Path
     camvid_train: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def missing_inputs(inputs: Inputs, *, tensorrt: bool = False) -> None:
+    """Refuse (:class:`DeepLabEdgeError`, naming each option) inputs the plan reads that are missing or of the
+    wrong kind: the VOC and CamVid folders, the .tflite model and the CamVid checkpoint (and, with TensorRT, the
+    CamVid images the INT8 engine is calibrated on)."""
+    wanted = [("--voc", inputs.voc, "folder"), ("--camvid", inputs.camvid, "folder"),
+              ("--tflite", inputs.tflite, "file"), ("--weights", inputs.camvid_weights, "file")]
+    if tensorrt and inputs.camvid_train is not None:
+        wanted.append(("--camvid-train", inputs.camvid_train, "folder"))
+    missing, wrong = [], []
+    for option, path, kind in wanted:
+        p = Path(path)
+        if not p.exists():
+            missing.append(f"{option} {p}")
+        elif (kind == "folder") != p.is_dir():
+            wrong.append(f"{option} {p} is a {'file' if p.is_file() else 'special file'}, not a {kind}"
+                         if kind == "folder" else f"{option} {p} is a folder, not a file")
+    if missing:
+        raise DeepLabEdgeError(f"{', '.join(missing)}: not found; pass the folders and files the check runs on")
+    if wrong:
+        raise DeepLabEdgeError(f"{', '.join(wrong)}; pass the folders and files the check runs on")
 
 
 def plan(out: Path, inputs: Inputs, *, tensorrt: bool = False) -> list[Step]:

@@ -21,8 +21,8 @@ from deeplab_edge.outputs import staged_dir
 from deeplab_edge.data.preprocess import Preprocess
 from deeplab_edge.errors import CalibrationError
 
-from .cache import check_cache_against_onnx, read_trt_cache, write_trt_cache
-from .collect import activation_tensors, calibration_inputs, collect_histograms
+from .cache import check_cache_against_onnx, check_trt_version, read_trt_cache, write_trt_cache
+from .collect import DEGENERATE, activation_tensors, calibration_inputs, collect_histograms
 from .histograms import METHODS as HISTOGRAM_METHODS
 from .search import thresholds
 from .qdq import bias_corrections, conv_nodes, insert_qdq, tag_quantized
@@ -31,7 +31,54 @@ from .qdq import bias_corrections, conv_nodes, insert_qdq, tag_quantized
 METHODS = HISTOGRAM_METHODS + ("search",)
 
 __all__ = ["calibrate", "METHODS", "read_trt_cache", "write_trt_cache", "check_cache_against_onnx", "insert_qdq",
-           "conv_nodes"]
+           "conv_nodes", "check_trt_version", "check_keep_float"]
+
+
+def check_keep_float(num_convs: int, keep_float_top: int = 0, keep_float: tuple[str, ...] = ()) -> None:
+    """Refuse Convs kept in float (``--keep-float K`` plus the ``--keep-float-layer`` names) that leave none of
+    the model's ``num_convs`` Convs quantized: that "INT8" model would be the FP32 model with QDQ on its input."""
+    layers = len(set(keep_float))
+    if layers + keep_float_top < num_convs:
+        return
+    if not keep_float_top:
+        raise CalibrationError(f"--keep-float-layer names all {num_convs} Convs of this model: nothing would be "
+                               f"quantized; name at most {num_convs - 1}")
+    most = num_convs - 1 - layers
+    with_layers = f" with {layers} --keep-float-layer name{'s' if layers > 1 else ''}" if layers else ""
+    if keep_float_top > num_convs:
+        problem = f"--keep-float {keep_float_top} is more than the {num_convs} Convs of this model"
+    elif layers:
+        kept = min(num_convs, keep_float_top + layers)
+        problem = (f"--keep-float {keep_float_top}{with_layers} keeps {kept} of the {num_convs} Convs of this model "
+                   "in float: nothing would be quantized")
+    else:
+        problem = (f"--keep-float {keep_float_top} keeps all {num_convs} Convs of this model in float: nothing "
+                   "would be quantized")
+    fix = f"give at most {most}{with_layers}" if most >= 0 else "name fewer Convs with --keep-float-layer"
+    raise CalibrationError(f"{problem}; {fix}")
+
+
+#: A threshold below this share of its tensor's max|x| is a collapsed range (real images: 16% and more, on the
+#: imported MobileNetV2 with every method).
+COLLAPSED = 0.01
+
+
+def _warn_collapsed(names: list[str], stats: dict, amax: dict[str, float]) -> None:
+    """Warn (text starting with :data:`~.collect.DEGENERATE`) when activation tensors get no usable INT8 range:
+    0 on every calibration image (no scale at all), or a threshold of 0 or below 1% of their max|x|."""
+    import warnings
+
+    zero = [n for n in names if stats[n][1] <= 0]
+    tiny = [n for n in names if stats[n][1] > 0 and amax.get(n, 0.0) < COLLAPSED * stats[n][1]]
+    if zero:
+        warnings.warn(f"{DEGENERATE}: {len(zero)} of the {len(names)} activation tensors are 0 on every calibration "
+                      f"image (e.g. {zero[0]}) and get no INT8 range; calibrate on more, and more varied, real "
+                      "images", stacklevel=3)
+    if tiny:
+        warnings.warn(f"{DEGENERATE}: {len(tiny)} of the {len(names)} activation tensors have a threshold below "
+                      f"{100 * COLLAPSED:.0f}% of their max |x| (e.g. {tiny[0]}): their INT8 ranges collapsed; try "
+                      "another --method or more varied images, and check the model with `deeplab-edge eval --onnx`",
+                      stacklevel=3)
 
 
 def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, num: int = 256,
@@ -52,6 +99,7 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
     from deeplab_edge.data.overlap import image_digests
     from deeplab_edge.export import load_onnx, read_metadata
 
+    check_trt_version(trt_version)  # before any work: the cache header names it
     if method not in METHODS:
         raise CalibrationError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if not 0 < percentile <= 100:
@@ -75,6 +123,7 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
     if unknown:
         raise CalibrationError(f"--keep-float-layer names unknown Conv nodes {sorted(unknown)[:3]}; see ranges.json or "
                                "sensitivity.json for the names")
+    check_keep_float(len(conv_nodes(model)), keep_float_top, tuple(keep_float))
     inputs = calibration_inputs(data, Preprocess.from_dict(meta["preprocess"]), num)
     images_sha1 = image_digests(smp.image for smp in open_dataset(data).samples[:len(inputs)])
     names = activation_tensors(model)
@@ -84,6 +133,7 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
     searched = min(search_num, len(inputs)) if method == "search" else 0
     amax = thresholds(model, inputs, stats, method, percentile, search_num,
                       progress("search", searched) if progress and searched else None)
+    _warn_collapsed(names, stats, amax)
     # the weights' int8 error shifts each output channel's mean; the QDQ model's float biases take it back
     shift = bias_corrections(model, means) if bias_correction else None
 

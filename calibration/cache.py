@@ -12,19 +12,41 @@ and TensorRT only takes the scales from the file. ``ranges.json`` records the re
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 
 from deeplab_edge.outputs import atomic_path
 from deeplab_edge.errors import CalibrationError
 
-__all__ = ["write_trt_cache", "read_trt_cache", "trt_version_code"]
+__all__ = ["write_trt_cache", "read_trt_cache", "trt_version_code", "check_trt_version"]
+
+#: The TensorRT versions that read a calibration cache (implicit INT8): 8.5 up to 10.x (TensorRT 11 has none).
+CACHE_VERSIONS = "8.5-10"
+
+
+def check_trt_version(version: str) -> tuple[int, int, int]:
+    """(major, minor, patch) of a TensorRT version that reads calibration caches (8.5 to 10.x), e.g. ``8.6.1``,
+    ``10.13.0``; anything else (not a version, before 8.5, TensorRT 11) is a :class:`CalibrationError`."""
+    text = str(version).strip()
+    if not re.fullmatch(r"\d{1,3}(\.\d{1,3}){1,3}", text):
+        raise CalibrationError(f"--trt-version {version!r} is not a TensorRT version; give the version of the "
+                               f"TensorRT {CACHE_VERSIONS} that will read the cache as digits, e.g. 8.6.1 or 10.3.0")
+    major, minor, patch = ([int(p) for p in text.split(".")[:3]] + [0])[:3]
+    if (major, minor) < (8, 5) or major > 10:
+        why = ("TensorRT 11 reads no calibration cache (its only INT8 route is the QDQ model, model_qdq.onnx)"
+               if major >= 11 else "the cache format written here is TensorRT 8.5's and later")
+        raise CalibrationError(f"--trt-version {version}: {why}; give a TensorRT {CACHE_VERSIONS} version, e.g. "
+                               "8.6.1 or 10.3.0")
+    if minor > 99 or patch > 99:  # the header packs them in two digits each
+        raise CalibrationError(f"--trt-version {version}: minor and patch versions above 99 cannot be written in "
+                               "the cache header; give the TensorRT version as it prints it, e.g. 10.13.0")
+    return major, minor, patch
 
 
 def trt_version_code(version: str) -> int:
-    parts = [int(p) for p in version.split(".")[:3]]
-    parts += [0] * (3 - len(parts))
-    return parts[0] * 1000 + parts[1] * 100 + parts[2]
+    major, minor, patch = check_trt_version(version)
+    return major * 1000 + minor * 100 + patch
 
 
 def format_trt_cache(scales: dict[str, float], calibrator: str = "EntropyCalibration2",

@@ -10,6 +10,7 @@ first finds max|x| per tensor, the second fills 2048-bin histograms of |x| over 
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable
@@ -23,7 +24,8 @@ from deeplab_edge.errors import CalibrationError, DataError
 
 from .histograms import NUM_BINS
 
-__all__ = ["calibration_inputs", "activation_tensors", "collect_histograms", "MIN_IMAGES"]
+__all__ = ["calibration_inputs", "activation_tensors", "collect_histograms", "is_blank", "MIN_IMAGES",
+           "DEGENERATE"]
 
 MIN_IMAGES = 1
 
@@ -39,7 +41,42 @@ def calibration_inputs(data: str | Path, preprocess: Preprocess, num: int) -> li
         raise CalibrationError(f"{data}: no calibration images; pass a folder with images")
     if n < num:
         warnings.warn(f"{data} has {n} images, fewer than --num {num}: calibrating on all {n}", stacklevel=2)
-    return [preprocess(ds.load(i)[1])[0] for i in range(min(n, num))]
+    inputs, blank, digests = [], [], set()
+    for i in range(min(n, num)):
+        image = ds.load(i)[1]
+        if is_blank(image):
+            blank.append(ds.samples[i].image)
+        digests.add(hashlib.sha1(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest())
+        inputs.append(preprocess(image)[0])
+    if len(blank) == len(inputs):
+        what = "the calibration image is" if len(blank) == 1 else f"all {len(blank)} calibration images are"
+        raise CalibrationError(f"{data}: {what} blank (one flat colour, e.g. {blank[0].name}): the activation ranges "
+                               "would collapse and the INT8 model predict nothing useful; calibrate on real images of "
+                               "the scenes the model will see")
+    if blank:
+        warnings.warn(f"{DEGENERATE}: {len(blank)} of the {len(inputs)} calibration images are blank (one flat "
+                      f"colour, e.g. {blank[0].name}) and narrow the activation ranges; leave them out of --data",
+                      stacklevel=2)
+    if len(inputs) > 1 and len(digests) == 1:
+        warnings.warn(f"{DEGENERATE}: the {len(inputs)} calibration images of {data} are all the same picture, so "
+                      "the ranges come from one image; calibrate on different images of the scenes the model will "
+                      "see", stacklevel=2)
+    return inputs
+
+
+#: The start of every warning about calibration images or ranges that cannot represent real inputs.
+DEGENERATE = "degenerate calibration"
+
+#: An image whose pixels span at most this many levels (of 255) in every channel is blank: a flat colour,
+#: give or take JPEG noise.
+BLANK_LEVELS = 4
+
+
+def is_blank(image: np.ndarray) -> bool:
+    """Whether an image (uint8 H x W x C) is one flat colour, within :data:`BLANK_LEVELS` levels."""
+    a = np.asarray(image)
+    a = a.reshape(-1, a.shape[-1]) if a.ndim == 3 else a.reshape(-1, 1)
+    return bool(a.size == 0 or (a.max(axis=0).astype(np.int64) - a.min(axis=0)).max() <= BLANK_LEVELS)
 
 
 def activation_tensors(model) -> list[str]:

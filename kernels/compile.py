@@ -205,14 +205,15 @@ KERNELS: dict[str, Callable[[Iterable[str]], list[KernelSpec]]] = {"aspp": _tap_
 
 def kernel_specs(kernels: Iterable[str] | None = None, dtypes: Iterable[str] = ("fp16", "bf16", "fp32")
                  ) -> list[KernelSpec]:
-    names = list(kernels) if kernels else list(KERNELS)
+    names = list(dict.fromkeys(kernels)) if kernels else list(KERNELS)  # each once, in the order given
+    dtypes = list(dict.fromkeys(dtypes))
     unknown = [n for n in names if n not in KERNELS]
     if unknown:
         raise ValueError(f"expected kernels from {sorted(KERNELS)}, got {unknown}")
     bad = [d for d in dtypes if d not in _TRITON_DTYPES]
     if bad:
         raise ValueError(f"expected dtypes from {sorted(_TRITON_DTYPES)}, got {bad}")
-    return [s for n in names for s in KERNELS[n](list(dtypes))]
+    return [s for n in names for s in KERNELS[n](dtypes)]
 
 
 def _cuobjdump() -> Path:
@@ -281,7 +282,7 @@ def compile_one(spec: KernelSpec, cc: int) -> CompileResult:
 def compile_all(specs: list[KernelSpec], archs: Iterable[int] = (87, 90),
                 progress: Callable[[KernelSpec, int], None] | None = None) -> list[CompileResult]:
     _check_not_interpreted()
-    archs = list(archs)
+    archs = list(dict.fromkeys(archs))  # each architecture once, in the order given (--arch 87,87 is sm_87 once)
     bad = [a for a in archs if a not in ARCHS]
     if bad:
         raise ValueError(f"expected compute capabilities from {sorted(ARCHS)}, got {bad}")

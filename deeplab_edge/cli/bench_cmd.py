@@ -97,7 +97,8 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
       deeplab-edge bench kernels                     fused-ASPP micro-benchmarks"""
     if ctx.invoked_subcommand is not None:
         return
-    from ..bench.harness import CRF_CHOICES, default_tag, device_label, run_bench, select_backends
+    from ..bench.harness import (CRF_CHOICES, SHOWN_CALIBRATION_WARNINGS, default_tag, device_label, run_bench,
+                                 select_backends)
     from ..bench.power import power_sampler
     from ..bench.report import write_results
     from ..data.datasets import open_dataset
@@ -152,10 +153,14 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
     if cal.get("note"):
         console.print(f"[bold yellow]warning:[/] {cal['note']}", highlight=False, soft_wrap=True)
     for w in cal.get("warnings") or []:
-        if "int8 kernels disagree" in w:
+        if any(k in w for k in SHOWN_CALIBRATION_WARNINGS):
             console.print(f"[bold yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     for k, v in files.items():
         out.print(f"[green]wrote[/] {v}")
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
 
 
 def _bench_table(result: dict[str, Any], title: str) -> None:
@@ -178,9 +183,9 @@ def _bench_table(result: dict[str, Any], title: str) -> None:
             r["backend"], r["crf"], pct(r["miou"]), f"{r.get('miou_delta_points', 0):+.2f}",
             f"{r['latency_ms']:.1f}" if speed and r["latency_ms"] else "emulated",
             f"{r['speedup']:.2f}x" if r.get("speedup") else "-",
-            f"{b1['p50_ms']:.1f}/{b1['p90_ms']:.1f}/{b1['p99_ms']:.1f}" if b1 and speed else "-",
+            "/".join(_ms(b1.get(k)) for k in ("p50_ms", "p90_ms", "p99_ms")) if b1 and speed else "-",
             f"{r['crf_ms']['p50']:.0f}" if r.get("crf_ms") else "-"]
-        cells += [f"{by_b[b]['images_per_s']:.1f}" if b in by_b and speed else "-" for b in batch_sizes]
+        cells += [_ms(by_b[b].get("images_per_s")) if b in by_b and speed else "-" for b in batch_sizes]
         cells += [f"{mem:.0f}" if mem else "-", f"{r['file_mb']:.1f}"]
         if power:
             cells += [f"{b1['power_w']:.1f}" if b1 and b1.get("power_w") else "-",
@@ -204,8 +209,10 @@ def _bench_table(result: dict[str, Any], title: str) -> None:
 def bench_compare(results, tag, output, as_json) -> None:
     """Merge result files from several machines (e.g. a desktop GPU and a Jetson Orin)
     into one table and one plot; the Pareto front is recomputed over all of them."""
-    from ..bench.report import load_result, merge, write_results
+    from ..bench.report import check_not_outputs, load_result, merge, write_results
 
+    if output:  # before reading anything: an input that the merged files would replace
+        check_not_outputs(results, Path(output), tag)
     if len(results) < 2:
         console.print("[yellow]note:[/] one result file: nothing to merge, showing it alone", highlight=False)
     merged = merge([(str(p), load_result(p)) for p in results])

@@ -46,11 +46,13 @@ def selftest_cmd(gpu, voc, camvid, camvid_train, tflite, weights, budget, dry_ru
     Each step runs as its own process with the time left in --budget."""
     import torch
 
-    from ..bench.selftest import Inputs, plan, run_plan
+    from ..bench.selftest import Inputs, missing_inputs, plan, run_plan
 
     out_dir = Path(output)
     inputs = Inputs(voc=voc, camvid=camvid, tflite=tflite, camvid_weights=weights, camvid_train=camvid_train)
     tensorrt = importlib.util.find_spec("tensorrt") is not None
+    # before the plan, with or without --dry-run: a plan over missing inputs is not one that can run
+    missing_inputs(inputs, tensorrt=tensorrt)
     steps = plan(out_dir, inputs, tensorrt=tensorrt)
     has_gpu = torch.cuda.is_available()
     if as_json and (dry_run or not has_gpu):
@@ -69,12 +71,6 @@ def selftest_cmd(gpu, voc, camvid, camvid_train, tflite, weights, budget, dry_ru
     if not has_gpu:
         raise DeepLabEdgeError("no CUDA GPU on this machine: nothing run (the plan is above); run it on a GPU "
                                "machine, or pass --dry-run to only print the plan")
-    missing = [f"{name} {p}" for name, p in (("--voc", voc), ("--camvid", camvid), ("--tflite", tflite),
-                                              ("--weights", weights)) if not Path(p).exists()]
-    if tensorrt and not Path(camvid_train).exists():
-        missing.append(f"--camvid-train {camvid_train}")
-    if missing:
-        raise DeepLabEdgeError(f"{', '.join(missing)}: not found; pass the folders and files the check runs on")
     out_dir.mkdir(parents=True, exist_ok=True)
     result = run_plan(steps, out_dir, budget_s=budget,
                       log=lambda s: console.print(f"[dim]{escape(s)}[/]", highlight=False))

@@ -10,7 +10,29 @@ import torch
 from ..data.preprocess import Preprocess
 from ..errors import DeepLabEdgeError
 
-__all__ = ["OnnxRunner"]
+__all__ = ["OnnxRunner", "OnnxInputError"]
+
+_FLOAT_INPUTS = ("tensor(float)", "tensor(float16)")
+
+
+class OnnxInputError(DeepLabEdgeError, RuntimeError):
+    """An ONNX model whose inputs are not one image batch (N x 3 x H x W, float): it cannot run as a segmenter."""
+
+
+def _describe(inp) -> str:
+    dims = "x".join(str(d) if isinstance(d, int) else (d or "?") for d in inp.shape)
+    return f"{inp.name!r} {dims or 'scalar'} {inp.type.removeprefix('tensor(').removesuffix(')')}"
+
+
+def check_image_input(path: Path, inputs) -> None:
+    """Refuse a model whose graph inputs are not exactly one float image batch N x 3 x H x W."""
+    found = ", ".join(_describe(i) for i in inputs) or "none"
+    fix = "export the segmentation model with `deeplab-edge export` (one input, N x 3 x H x W float)"
+    if len(inputs) != 1:
+        raise OnnxInputError(f"{path}: {len(inputs)} inputs ({found}), not one image input N x 3 x H x W; {fix}")
+    shape = inputs[0].shape
+    if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3) or inputs[0].type not in _FLOAT_INPUTS:
+        raise OnnxInputError(f"{path}: its input is {found}, not an image batch N x 3 x H x W of floats; {fix}")
 
 
 class OnnxRunner:
@@ -42,6 +64,7 @@ class OnnxRunner:
         if "num_classes" not in meta or "preprocess" not in meta:
             raise DeepLabEdgeError(f"{path}: no deeplab-edge metadata (classes, preprocessing); export it with "
                                    "`deeplab-edge export`")
+        check_image_input(path, self.session.get_inputs())
         self.meta = meta
         self.num_classes = int(meta["num_classes"])
         self.classes = list(meta.get("classes") or [])
