@@ -83,7 +83,7 @@ class Segmenter:
             raise ValueError("expected preprocess and num_classes, or a runner that carries them (open_runner's do)")
         self.runner, self.preprocess, self.num_classes = runner, preprocess, num_classes
         if not scales or not all(math.isfinite(v) and v > 0 for v in scales):
-            raise ValueError(f"expected positive finite scales, got {scales}")
+            raise ValueError(f"expected positive scales, finite, got {scales}")
         self.scales, self.flip = tuple(scales), flip
         self.crf = crf
         self.timing = Timing()

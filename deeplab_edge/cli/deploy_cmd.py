@@ -58,6 +58,17 @@ def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input
 
 # ----------------------------------------------------------------------------- calibrate
 
+def _trt_version(ctx, param, value):
+    """--trt-version checked when parsed (before an export or any calibration work)."""
+    from ..calibration.cache import check_trt_version
+
+    try:
+        check_trt_version(value)
+    except DeepLabEdgeError as e:
+        raise click.BadParameter(str(e).removeprefix("--trt-version "), ctx, param) from None
+    return value
+
+
 # everything calibrate writes into its output folder
 CALIBRATE_FILES = {"model_fp32.onnx", "calibration.cache", "model_qdq.onnx", "model_cpu_int8.onnx", "ranges.json",
                    "sensitivity.json"}
@@ -91,7 +102,8 @@ CALIBRATE_FILES = {"model_fp32.onnx", "calibration.cache", "model_qdq.onnx", "mo
 @click.option("--sensitivity-mode", type=click.Choice(["float-one", "quantize-one"]), default="float-one",
               show_default=True, help="Score each Conv by the mIoU regained when only it stays float, or lost "
               "when only it is quantized.")
-@click.option("--trt-version", default="8.6.1", show_default=True, help="TensorRT version named in the cache header.")
+@click.option("--trt-version", default="8.6.1", show_default=True, callback=_trt_version,
+              help="TensorRT version named in the cache header (8.5 to 10.x: TensorRT 11 reads no cache).")
 @click.option("--no-cpu-int8", is_flag=True, help="Skip the ONNX Runtime CPU INT8 model.")
 @output_option("dir", "Output folder (created if missing; all files land together or none does).", required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -151,7 +163,8 @@ def calibrate_cmd(weights, onnx_path, data, num, method, no_bias_correction, sea
     rep = {k: str(output / Path(v).name) if isinstance(v, str) and Path(v).parent == stage else v
            for k, v in rep.items()}
     for w in caught:
-        if any(k in str(w.message) for k in ("calibrating on all", "not held out", "int8 kernels disagree")):
+        if any(k in str(w.message) for k in ("calibrating on all", "not held out", "int8 kernels disagree",
+                                             "degenerate calibration")):
             console.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
     if as_json:
         print_json(rep)
