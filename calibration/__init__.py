@@ -21,6 +21,7 @@ from deeplab_edge.outputs import staged_dir
 from deeplab_edge.data.preprocess import Preprocess
 from deeplab_edge.errors import CalibrationError
 
+from .alerts import (DegenerateCalibrationWarning, KernelDisagreementWarning, NotHeldOutWarning, recorded)
 from .cache import check_cache_against_onnx, check_trt_version, read_trt_cache, write_trt_cache
 from .collect import DEGENERATE, activation_tensors, calibration_inputs, collect_histograms
 from .histograms import METHODS as HISTOGRAM_METHODS
@@ -73,15 +74,30 @@ def _warn_collapsed(names: list[str], stats: dict, amax: dict[str, float]) -> No
     if zero:
         warnings.warn(f"{DEGENERATE}: {len(zero)} of the {len(names)} activation tensors are 0 on every calibration "
                       f"image (e.g. {zero[0]}) and get no INT8 range; calibrate on more, and more varied, real "
-                      "images", stacklevel=3)
+                      "images", DegenerateCalibrationWarning, stacklevel=3)
     if tiny:
         warnings.warn(f"{DEGENERATE}: {len(tiny)} of the {len(names)} activation tensors have a threshold below "
                       f"{100 * COLLAPSED:.0f}% of their max |x| (e.g. {tiny[0]}): their INT8 ranges collapsed; try "
                       "another --method or more varied images, and check the model with `deeplab-edge eval --onnx`",
-                      stacklevel=3)
+                      DegenerateCalibrationWarning, stacklevel=3)
 
 
-def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, num: int = 256,
+def calibrate(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Calibrate an FP32 export (see :func:`_calibrate` for the arguments). The report's ``warnings`` lists every
+    calibration warning raised on the way as ``{"kind", "message"}`` (kinds: :data:`.alerts.KINDS`); the
+    warnings also reach the caller as Python warnings."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = _calibrate(*args, **kwargs)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    report["warnings"] = recorded(caught)
+    return report
+
+
+def _calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, num: int = 256,
               method: str = "mse", percentile: float = 99.99, keep_float: tuple[str, ...] = (),
               trt_version: str = "8.6.1", cpu_int8: bool = True, keep_float_top: int = 0, sensitivity: bool = False,
               sensitivity_data: str | Path | None = None, sensitivity_num: int | None = None,
@@ -151,7 +167,7 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
                 held.samples = held.samples[len(inputs):]
             else:
                 warnings.warn("no images left beyond the calibration set: the sensitivity split is not held out; "
-                              "pass --sensitivity-data", stacklevel=2)
+                              "pass --sensitivity-data", NotHeldOutWarning, stacklevel=2)
         held = held.subset(sensitivity_num)
         if not held.has_labels:
             raise CalibrationError(f"{held.root}: has no labels for the sensitivity analysis; pass "
@@ -203,5 +219,5 @@ def calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, n
                 warnings.warn(f"this CPU's ONNX Runtime int8 kernels disagree with the CPU INT8 model's exact arithmetic "
                               f"on {100 * (1 - info['kernel_agreement']):.1f}% of the pixels of {len(few)} calibration "
                               "images (a kernel issue of this CPU and ONNX Runtime build); measure it with `eval --onnx` "
-                              "here, or deploy the QDQ/TensorRT or FP32 model", stacklevel=2)
+                              "here, or deploy the QDQ/TensorRT or FP32 model", KernelDisagreementWarning, stacklevel=2)
     return report

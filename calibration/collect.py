@@ -22,6 +22,7 @@ from deeplab_edge.data.datasets import open_dataset
 from deeplab_edge.data.preprocess import Preprocess
 from deeplab_edge.errors import CalibrationError, DataError
 
+from .alerts import DegenerateCalibrationWarning, FewImagesWarning
 from .histograms import NUM_BINS
 
 __all__ = ["calibration_inputs", "activation_tensors", "collect_histograms", "is_blank", "MIN_IMAGES",
@@ -40,7 +41,8 @@ def calibration_inputs(data: str | Path, preprocess: Preprocess, num: int) -> li
     if n < MIN_IMAGES:
         raise CalibrationError(f"{data}: no calibration images; pass a folder with images")
     if n < num:
-        warnings.warn(f"{data} has {n} images, fewer than --num {num}: calibrating on all {n}", stacklevel=2)
+        warnings.warn(f"{data} has {n} images, fewer than --num {num}: calibrating on all {n}", FewImagesWarning,
+                      stacklevel=2)
     inputs, blank, digests = [], [], set()
     for i in range(min(n, num)):
         image = ds.load(i)[1]
@@ -56,11 +58,11 @@ def calibration_inputs(data: str | Path, preprocess: Preprocess, num: int) -> li
     if blank:
         warnings.warn(f"{DEGENERATE}: {len(blank)} of the {len(inputs)} calibration images are blank (one flat "
                       f"colour, e.g. {blank[0].name}) and narrow the activation ranges; leave them out of --data",
-                      stacklevel=2)
+                      DegenerateCalibrationWarning, stacklevel=2)
     if len(inputs) > 1 and len(digests) == 1:
         warnings.warn(f"{DEGENERATE}: the {len(inputs)} calibration images of {data} are all the same picture, so "
                       "the ranges come from one image; calibrate on different images of the scenes the model will "
-                      "see", stacklevel=2)
+                      "see", DegenerateCalibrationWarning, stacklevel=2)
     return inputs
 
 

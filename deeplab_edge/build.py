@@ -174,9 +174,12 @@ def _build_in(stage: Path, name: str, output: Path, *, weights, onnx, data, int8
             log(f"calibrating ({calib_method}, up to {calib_num} images of {calib_data})")
             cal_dir = stage / "calib"
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+                warnings.simplefilter("ignore")  # recorded in the report: the manifest keeps them, the log shows them
                 rep = calibrate(fp32, calib_data, cal_dir, num=calib_num, method=calib_method, cpu_int8=False,
                                 keep_float_top=keep_float_top)
+            for w in rep["warnings"]:
+                if w["kind"] != "few_images":
+                    log(f"warning: {w['message']}")
             os.replace(cal_dir / "model_qdq.onnx", stage / f"{name}_qdq.onnx")
             os.replace(cal_dir / "calibration.cache", stage / f"{name}.cache")
             os.replace(cal_dir / "ranges.json", stage / f"{name}_ranges.json")
@@ -184,7 +187,7 @@ def _build_in(stage: Path, name: str, output: Path, *, weights, onnx, data, int8
             files.update(qdq_onnx=stage / f"{name}_qdq.onnx", cache=stage / f"{name}.cache",
                          ranges=stage / f"{name}_ranges.json")
             calib_info = {"method": calib_method, "images": rep["images"], "data": str(calib_data),
-                          "keep_float": rep.get("keep_float", []),
+                          "keep_float": rep.get("keep_float", []), "warnings": rep["warnings"],
                           "images_sha1": (read_metadata(files["qdq_onnx"]).get("calibration") or {}).get("images_sha1")}
         if qdq is not None:
             qmeta = read_metadata(qdq)

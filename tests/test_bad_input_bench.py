@@ -406,3 +406,23 @@ def test_calibration_warns_on_tensors_without_a_range(shared, tmp_path):
     dead = next(str(w.message) for w in caught if "are 0 on every" in str(w.message)).split("(e.g. ")[1].split(")")[0]
     _, scales = read_trt_cache(rep["cache"])
     assert dead not in scales and "input" in scales
+
+
+def test_calibration_warnings_are_data_shown_by_kind(shared, tmp_path, three_convs_onnx, monkeypatch):
+    """calibrate's report records each warning with its kind; the command shows them by kind, so rewording a
+    message cannot silence it (the commands matched English substrings before)."""
+    from deeplab_edge.calibration import alerts, calibrate, collect
+
+    some = tmp_path / "some_blank"
+    some.mkdir()
+    shutil.copy(shared["voc"] / "JPEGImages" / "0.png", some / "a.png")
+    Image.fromarray(np.full((40, 60, 3), 128, np.uint8)).save(some / "b.png")
+    with pytest.warns(alerts.DegenerateCalibrationWarning):
+        rep = calibrate(three_convs_onnx, some, tmp_path / "o1", num=3, cpu_int8=False)
+    kinds = [w["kind"] for w in rep["warnings"]]
+    assert "degenerate" in kinds and "few_images" in kinds and set(kinds) <= set(alerts.KINDS), kinds
+    monkeypatch.setattr(collect, "DEGENERATE", "reworded")  # the words change; the kind does not
+    res = CliRunner().invoke(main, ["calibrate", "--onnx", str(three_convs_onnx), "--data", str(some), "--num", "2",
+                                    "--no-cpu-int8", "-o", str(tmp_path / "o2")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "warning: reworded: 1 of the 2 calibration images are blank" in " ".join(res.output.split()), res.output

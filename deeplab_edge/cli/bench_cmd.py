@@ -153,8 +153,8 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
     if cal.get("note"):
         console.print(f"[bold yellow]warning:[/] {cal['note']}", highlight=False, soft_wrap=True)
     for w in cal.get("warnings") or []:
-        if any(k in w for k in SHOWN_CALIBRATION_WARNINGS):
-            console.print(f"[bold yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        if w["kind"] in SHOWN_CALIBRATION_WARNINGS:
+            console.print(f"[bold yellow]warning:[/] {w['message']}", highlight=False, soft_wrap=True)
     for k, v in files.items():
         out.print(f"[green]wrote[/] {v}")
 
