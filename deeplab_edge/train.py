@@ -46,6 +46,9 @@ __all__ = ["TrainConfig", "train", "augment", "median_frequency_weights", "folde
 
 STATE = "train_state.pt"
 LOCK = ".train.lock"
+AUX_WEIGHT = 0.5  # torchvision's segmentation reference: loss = out + 0.5 * aux
+LOG_EVERY = 10  # on a GPU, the loss is read (a sync) every this many steps
+LOADER_WORKERS = 4  # data-loading processes on a GPU
 # what a run writes into its folder: a folder holding any of these holds a run
 RUN_FILES = ("best.pt", "last.pt", STATE, "train_record.json", "train_record.csv", "train_curve.png", "model_qdq.onnx")
 
@@ -208,6 +211,17 @@ def folded_batch_norms(model: torch.nn.Module) -> bool:
         bn.weight is not None and bool((bn.weight == 1).all()) and bool((bn.running_mean == 0).all())
         and bool(((bn.running_var - 1).abs() <= 1e-3).all()) and int(bn.num_batches_tracked) == 0 for bn in bns) \
         and any(bool(bn.bias.abs().max() > 0) for bn in bns)
+
+
+def _loader(train_set, sampler, local_bs: int, device: torch.device) -> torch.utils.data.DataLoader:
+    """On a GPU, worker processes load and augment the next batches into pinned memory (the non_blocking copies
+    then overlap); each sample's augmentation depends on (seed, epoch, index) only, so workers change no result.
+    Workers start per epoch (not persistent): each gets the dataset with the epoch just set. On a CPU the
+    training process loads them itself (workers would take its cores)."""
+    cuda = device.type == "cuda"
+    return torch.utils.data.DataLoader(train_set, batch_size=local_bs, sampler=sampler, drop_last=True,
+                                       num_workers=min(LOADER_WORKERS, os.cpu_count() or 1) if cuda else 0,
+                                       pin_memory=cuda)
 
 
 def _validate(model: torch.nn.Module, ds: SegmentationDataset, pre: Preprocess, device: torch.device,
@@ -383,6 +397,15 @@ def _run(cfg, device, info, progress, log, ds, val, local_bs, state) -> dict[str
     model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    if getattr(model, "aux_classifier", None) is not None:
+        # a torchvision checkpoint's aux head: forward would never call it (DDP then fails on its unused
+        # parameters); it trains as in torchvision's reference, its loss weighted AUX_WEIGHT. QAT fine-tunes
+        # what the QDQ model runs, which has no aux head: there it is left as it is.
+        if cfg.qat:
+            model.aux_classifier.requires_grad_(False)
+        else:
+            model.train_aux = True
+            log(f"training the aux head too (loss weight {AUX_WEIGHT}, as torchvision's reference)")
     qat = None
     if cfg.qat:  # before the batch norms are frozen below and before DDP wraps the model
         qat, record_qat = _start_qat(cfg, model, meta, eval_pre, ds, log)
@@ -407,7 +430,7 @@ def _run(cfg, device, info, progress, log, ds, val, local_bs, state) -> dict[str
     train_set = _TrainSet(ds, cfg, pre)
     sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=info.world, rank=info.rank, shuffle=True,
                                                   seed=cfg.seed, drop_last=True)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=local_bs, sampler=sampler, drop_last=True)
+    loader = _loader(train_set, sampler, local_bs, device)
     steps_per_epoch = len(loader)
     total = cfg.epochs * steps_per_epoch
     record: dict[str, Any] = {"config": asdict(cfg), "world_size": info.world, "steps_per_epoch": steps_per_epoch,
@@ -415,6 +438,8 @@ def _run(cfg, device, info, progress, log, ds, val, local_bs, state) -> dict[str
                               "notes": [record_note] if record_note else []}
     if qat is not None:
         record["qat"] = record_qat
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     start_epoch, step = 0, 0
     if cfg.resume:
         st, state_path = state, out / STATE
@@ -423,7 +448,7 @@ def _run(cfg, device, info, progress, log, ds, val, local_bs, state) -> dict[str
                                    f"{model.config['arch']} with {ds.num_classes}; resume with the same model and data")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
-        torch.set_rng_state(st["torch_rng"])
+        _restore_random_and_scale(st, scaler)
         start_epoch, step, record = st["epoch"], st["step"], st["record"]
         # what this phase ran with: the same settings continue exactly; another --epochs stretches the schedule
         record.setdefault("resumed", []).append({"at_epoch": start_epoch, "at_step": step, "config": asdict(cfg)})
@@ -432,8 +457,6 @@ def _run(cfg, device, info, progress, log, ds, val, local_bs, state) -> dict[str
     if info.distributed:
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
@@ -442,7 +465,8 @@ def _run(cfg, device, info, progress, log, ds, val, local_bs, state) -> dict[str
         if cfg.freeze_bn:  # running statistics stay as they are
             for bn in _batch_norms(model):
                 bn.eval()
-        t0, seen, loss_sum, n_steps = time.perf_counter(), 0, 0.0, 0
+        t0, seen, n_steps = time.perf_counter(), 0, 0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per step
         lr = poly_lr(cfg, min(step, total - 1), total)
         for x, y in loader:
             if cfg.max_steps is not None and step >= cfg.max_steps:
@@ -460,10 +484,18 @@ def _run(cfg, device, info, progress, log, ds, val, local_bs, state) -> dict[str
             try:
                 with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
                     logits = ddp(x)
+                aux = None
+                if isinstance(logits, tuple):  # the aux head's logits too (torchvision's recipe: weight 0.5)
+                    logits, aux = logits
                 loss = F.cross_entropy(logits.float(), y, weight=weights, ignore_index=IGNORE, reduction="sum")
+                if aux is not None:
+                    loss = loss + AUX_WEIGHT * F.cross_entropy(aux.float(), y, weight=weights, ignore_index=IGNORE,
+                                                               reduction="sum")
                 loss = loss * info.world / denom.to(loss)  # DDP averages over processes: the global-batch mean
-                value = loss.item()
-                if not math.isfinite(value):  # before the step: the weights stay the last finite ones
+                # on the CPU the value costs nothing and is checked before the step; on a GPU reading it is a
+                # sync, so it is read every LOG_EVERY steps (AMP's GradScaler skips steps with non-finite grads)
+                value = loss.item() if not amp or (step + 1) % LOG_EVERY == 0 else None
+                if value is not None and not math.isfinite(value):  # the weights stay the last finite ones
                     raise DeepLabEdgeError(f"the training loss became {value} at epoch {epoch + 1}, step {step + 1}; "
                                            "lower --lr (or check the data); "
                                            + ("last.pt holds the last epoch that finished" if record["epochs"]
@@ -478,15 +510,19 @@ def _run(cfg, device, info, progress, log, ds, val, local_bs, state) -> dict[str
             step += 1
             n_steps += 1
             seen += x.shape[0] * info.world
-            loss_sum += value / info.world  # this process's share of the global-batch loss
-            if progress and info.is_main:
+            loss_sum += loss.detach() / info.world  # this process's share of the global-batch loss
+            if progress and info.is_main and value is not None:
                 elapsed = time.perf_counter() - t0
                 progress({"epoch": epoch + 1, "epochs": cfg.epochs, "step": step, "steps": total,
-                          "loss": loss_sum / n_steps, "lr": lr, "images_per_s": seen / max(elapsed, 1e-9)})
+                          "loss": float(loss_sum) / n_steps, "lr": lr, "images_per_s": seen / max(elapsed, 1e-9)})
         seconds = time.perf_counter() - t0
+        epoch_loss = float(distributed.all_reduce_sum(loss_sum, info)) / max(n_steps, 1)
+        if not math.isfinite(epoch_loss):
+            raise DeepLabEdgeError(f"the training loss became {epoch_loss} in epoch {epoch + 1}; lower --lr (or check "
+                                   "the data); " + ("last.pt holds the last epoch that finished" if record["epochs"]
+                                                    else "no checkpoint was written"))
         row = {"epoch": epoch + 1, "step": step, "lr": lr if n_steps else None, "seconds": seconds,
-               "loss": float(distributed.all_reduce_sum(loss_sum, info)) / max(n_steps, 1),
-               "images_per_s": seen / max(seconds, 1e-9)}
+               "loss": epoch_loss, "images_per_s": seen / max(seconds, 1e-9)}
         if val is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
             res = _validate(model, val, eval_pre, device, info)
             row.update(val_miou=res["miou"], val_pixel_acc=res["pixel_acc"],
@@ -504,7 +540,7 @@ def _run(cfg, device, info, progress, log, ds, val, local_bs, state) -> dict[str
             log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}"
                 + (f", val mIoU {100 * row['val_miou']:.2f}%" if "val_miou" in row else ""))
             _save_model(model, meta, eval_pre, cfg, record, out / "last.pt")
-            _save_state(model, opt, epoch + 1, step, record, out / STATE)
+            _save_state(model, opt, scaler, epoch + 1, step, record, out / STATE)
             write_record(record, out)
         if cfg.max_steps is not None and step >= cfg.max_steps:
             break
@@ -592,13 +628,31 @@ def _save_model(model, meta, eval_pre: Preprocess, cfg: TrainConfig, record: dic
     save_checkpoint(m, meta, path)
 
 
-def _save_state(model, opt, epoch: int, step: int, record: dict[str, Any], path: Path) -> None:
+def _save_state(model, opt, scaler, epoch: int, step: int, record: dict[str, Any], path: Path) -> None:
+    """Everything ``--resume`` needs to continue exactly: weights, optimizer, the AMP loss scale (GradScaler),
+    PyTorch's CPU and CUDA random states, where the run stands, and its record."""
     m = model.module if hasattr(model, "module") else model
     state = {"arch": m.config["arch"], "num_classes": m.num_classes, "model": m.state_dict(),
              "optimizer": opt.state_dict(), "epoch": epoch, "step": step, "torch_rng": torch.get_rng_state(),
-             "record": json.dumps(record, default=str)}
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+             "scaler": scaler.state_dict(), "record": json.dumps(record, default=str)}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def _restore_random_and_scale(st: dict[str, Any], scaler) -> None:
+    """PyTorch's random states and the loss scale as the state saved them (a state from before they were saved
+    restores the CPU state only: the loss scale then restarts at its initial value, as it did)."""
+    torch.set_rng_state(st["torch_rng"])
+    cuda = st.get("cuda_rng") or []
+    if cuda and torch.cuda.is_available():
+        if len(cuda) != torch.cuda.device_count():
+            raise DeepLabEdgeError(f"the run was saved with {len(cuda)} CUDA devices and this machine has "
+                                   f"{torch.cuda.device_count()}; resume it where it was trained for an exact "
+                                   "continuation, or train into a new folder")
+        torch.cuda.set_rng_state_all(cuda)
+    if st.get("scaler"):
+        scaler.load_state_dict(st["scaler"])
 
 
 def write_record(record: dict[str, Any], out: Path) -> dict[str, str]:

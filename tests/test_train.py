@@ -293,3 +293,77 @@ def test_qat_writes_the_qdq_model_it_trained(camvid_small, tmp_path):
                                     "--qat", "-o", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "--qat fine-tunes a trained FP32 model" in bad.output
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_ddp_trains_a_torchvision_checkpoint_with_its_aux_head(camvid_small, tmp_path):
+    """A torchvision state dict with `aux_classifier.*` (deeplabv3_mobilenet_v3_large(aux_loss=True)'s layout):
+    two gloo processes train it (DDP failed on step 2 while forward never called the aux head: "Expected to have
+    finished reduction in the prior iteration"), and the aux head trains as in torchvision's reference
+    (loss weight 0.5): its weights move."""
+    from deeplab_edge.models import get_model
+
+    model = get_model("deeplabv3_mobilenet_v3_large", num_classes=11, aux_loss=True)
+    ckpt = tmp_path / "tv_aux.pth"
+    torch.save(model.state_dict(), ckpt)
+    r, _ = _torchrun(["train", "--data", camvid_small / "train", "--weights", ckpt, "--crop", 33, "--batch-size", 4,
+                      "--epochs", 1, "--max-steps", 2, "--device", "cpu", "-o", tmp_path / "ddp"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trained = _weights(tmp_path / "ddp" / "last.pt")
+    init = model.state_dict()
+    moved = [k for k in init if k.startswith("aux_classifier.") and init[k].is_floating_point()
+             and not torch.equal(init[k], trained[k])]
+    assert "aux_classifier.4.weight" in moved and "aux_classifier.0.weight" in moved, moved
+
+
+def test_the_training_forward_returns_the_aux_logits_only_when_asked():
+    """(out, aux), each at the input size, only in train mode with train_aux set (as train sets it for a model
+    with an aux head); the plain logits otherwise, as every runner expects."""
+    from deeplab_edge.models import get_model
+    from deeplab_edge.train import AUX_WEIGHT
+
+    model = get_model("deeplabv3_mobilenet_v3_large", num_classes=3, aux_loss=True).train()
+    x = torch.randn(2, 3, 33, 33)
+    assert isinstance(model(x), torch.Tensor)  # not asked: the logits alone, as every runner expects
+    model.train_aux = True
+    out, aux = model(x)
+    assert out.shape == aux.shape == (2, 3, 33, 33)
+    model.eval()
+    assert isinstance(model(x), torch.Tensor)  # eval: the logits alone
+    assert AUX_WEIGHT == 0.5
+
+
+def test_resume_state_carries_the_loss_scale_and_cuda_random_state(tmp_path):
+    """train_state.pt holds the GradScaler's state (the AMP loss scale; it restarted at 2^16 before) and the CUDA
+    random states; resuming restores the scale into the scaler (a CPU GradScaler here: the same state dict)."""
+    from deeplab_edge.models import get_model
+    from deeplab_edge.train import _restore_random_and_scale, _save_state, load_state
+
+    model = get_model("deeplabv3_mobilenet_v2", num_classes=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    _save_state(model, opt, scaler, 1, 2, {"epochs": []}, tmp_path / "train_state.pt")
+    st = load_state(tmp_path / "train_state.pt")
+    assert st["scaler"]["scale"] == 1024.0 and "cuda_rng" in st
+    fresh = torch.amp.GradScaler("cpu")
+    assert fresh.get_scale() == 65536.0
+    torch.manual_seed(123)
+    _restore_random_and_scale(st, fresh)
+    assert fresh.get_scale() == 1024.0
+    assert torch.equal(torch.get_rng_state(), st["torch_rng"])
+
+
+def test_the_loader_uses_workers_and_pinned_memory_on_a_gpu_only():
+    """On a GPU: worker processes and pinned memory (non_blocking copies overlap; without pinning they did
+    nothing); on a CPU the process loads itself (the exact-resume and DDP tests run that path)."""
+    import os
+
+    from deeplab_edge.train import LOADER_WORKERS, _loader
+
+    data = list(range(8))
+    sampler = torch.utils.data.SequentialSampler(data)
+    gpu = _loader(data, sampler, 2, torch.device("cuda", 0))
+    cpu = _loader(data, sampler, 2, torch.device("cpu"))
+    assert gpu.num_workers == min(LOADER_WORKERS, os.cpu_count() or 1) >= 1 and gpu.pin_memory
+    assert not gpu.persistent_workers  # each epoch's workers see the epoch just set on the dataset
+    assert cpu.num_workers == 0 and not cpu.pin_memory

@@ -48,11 +48,18 @@ class DeepLab(nn.Module):
     def num_classes(self) -> int:
         return int(self.config["num_classes"])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    #: Set by training: in train mode ``forward`` then also returns the aux head's logits (a model with one).
+    train_aux = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         size = x.shape[-2:]
         feats = self.backbone(x)
         logits = self.classifier(feats["out"], feats["low"]) if self.decoder else self.classifier(feats["out"])
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
+        out = F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
+        if self.training and self.train_aux and getattr(self, "aux_classifier", None) is not None:
+            aux = self.aux_classifier(feats["aux"])
+            return out, F.interpolate(aux, size=size, mode="bilinear", align_corners=self.align_corners)
+        return out
 
 
 #: The output strides each architecture is built for (its builders check them; so does ``restride_config``).

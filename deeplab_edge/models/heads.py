@@ -120,7 +120,8 @@ class DeepLabV3PlusHead(nn.Module):
 
 
 class FCNHead(nn.Sequential):
-    """torchvision's auxiliary head (only to load its checkpoints strictly; unused at inference)."""
+    """torchvision's auxiliary head (its checkpoints load strictly; trained with weight 0.5 by ``train``, as
+    torchvision's reference does; unused at inference)."""
 
     def __init__(self, cin: int, num_classes: int) -> None:
         inter = cin // 4
