@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 from ..errors import KernelUnavailableError
 
-__all__ = ["ARCHS", "CompileResult", "KernelSpec", "compile_all", "kernel_specs", "occupancy"]
+__all__ = ["ARCHS", "CompileResult", "KernelSpec", "compile_all", "explain", "kernel_specs", "occupancy"]
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,20 @@ class Arch:
     smem_reserved_per_block: int = 1024
 
 
+KB = 1024
+# Per compute capability (CUDA C++ Programming Guide, "Technical Specifications per Compute Capability"):
+# resident warps and blocks per SM, shared memory per SM and the most one block may use (opt-in); cc 7.5
+# reserves no shared memory per block (1 KB from 8.0 on).
 ARCHS = {
-    87: Arch("sm_87 (Jetson AGX Orin)", 87, max_warps=48, max_blocks=16, smem_per_sm=164 * 1024,
-             smem_per_block=163 * 1024),
-    90: Arch("sm_90 (H100)", 90, max_warps=64, max_blocks=32, smem_per_sm=228 * 1024, smem_per_block=227 * 1024),
+    75: Arch("sm_75 (T4, RTX 20)", 75, max_warps=32, max_blocks=16, smem_per_sm=64 * KB, smem_per_block=64 * KB,
+             smem_reserved_per_block=0),
+    80: Arch("sm_80 (A100)", 80, max_warps=64, max_blocks=32, smem_per_sm=164 * KB, smem_per_block=163 * KB),
+    86: Arch("sm_86 (RTX 30, A10)", 86, max_warps=48, max_blocks=16, smem_per_sm=100 * KB, smem_per_block=99 * KB),
+    87: Arch("sm_87 (Jetson AGX Orin)", 87, max_warps=48, max_blocks=16, smem_per_sm=164 * KB,
+             smem_per_block=163 * KB),
+    89: Arch("sm_89 (RTX 40, L4)", 89, max_warps=48, max_blocks=24, smem_per_sm=100 * KB, smem_per_block=99 * KB),
+    90: Arch("sm_90 (H100)", 90, max_warps=64, max_blocks=32, smem_per_sm=228 * KB, smem_per_block=227 * KB),
+    120: Arch("sm_120 (RTX 50)", 120, max_warps=48, max_blocks=32, smem_per_sm=100 * KB, smem_per_block=99 * KB),
 }
 
 
@@ -102,6 +112,8 @@ class CompileResult:
     ok: bool
     problem: str
     seconds: float
+    mma_instructions: int = 0  # tensor-core MMA instructions (mma.*, wgmma.*) in the PTX
+    reason: str = ""  # why a config that is not ok is accepted (see explain); empty: unexplained
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -266,6 +278,7 @@ def compile_one(spec: KernelSpec, cc: int) -> CompileResult:
     k = triton.compile(src, target=GPUTarget("cuda", cc, 32),
                        options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
     use = resource_usage(k.asm["cubin"])
+    mma = len(re.findall(r"\b(?:wgmma|mma)\.", k.asm["ptx"]))
     shared = use["shared"] + int(k.metadata.shared)
     occ = occupancy(arch, use["registers"], shared, spec.num_warps)
     problems = []
@@ -276,10 +289,10 @@ def compile_one(spec: KernelSpec, cc: int) -> CompileResult:
     return CompileResult(spec.kernel, spec.dtype, f"sm_{cc}", spec.config, spec.num_warps, spec.num_stages,
                          use["registers"], use["local"], use["stack"], shared, occ["blocks_per_sm"],
                          occ["occupancy"], occ["limited_by"], not problems, "; ".join(problems),
-                         time.perf_counter() - t0)
+                         time.perf_counter() - t0, mma)
 
 
-def compile_all(specs: list[KernelSpec], archs: Iterable[int] = (87, 90),
+def compile_all(specs: list[KernelSpec], archs: Iterable[int] = tuple(ARCHS),
                 progress: Callable[[KernelSpec, int], None] | None = None) -> list[CompileResult]:
     _check_not_interpreted()
     archs = list(dict.fromkeys(archs))  # each architecture once, in the order given (--arch 87,87 is sm_87 once)
@@ -292,4 +305,36 @@ def compile_all(specs: list[KernelSpec], archs: Iterable[int] = (87, 90),
             if progress:
                 progress(spec, cc)
             results.append(compile_one(spec, cc))
+    return explain(results)
+
+
+def explain(results: list[CompileResult]) -> list[CompileResult]:
+    """Give each config that spills a reason, derived from the compiled code, where one holds:
+
+    * the kernel's ``tl.dot`` has tensor-core MMA instructions on other architectures and none on this one:
+      this Triton lowers it to FMAs here, and the tile's accumulators no longer fit the registers;
+    * other configs of the same kernel and dtype compile without spills on this architecture: the
+      autotuner, which times them all, has a spill-free choice.
+
+    Rows that fit neither keep ``reason`` empty: ``kernels compile`` fails on them."""
+    import triton
+
+    def same_kernel(a, b):
+        return (a.kernel, a.dtype) == (b.kernel, b.dtype)
+
+    for r in results:
+        if r.ok:
+            continue
+        twins = [o for o in results if same_kernel(o, r) and o.arch != r.arch and o.config == r.config
+                 and (o.num_warps, o.num_stages) == (r.num_warps, r.num_stages)]
+        clean = [o for o in results if same_kernel(o, r) and o.arch == r.arch and o.ok]
+        if r.mma_instructions == 0 and any(t.mma_instructions for t in twins):
+            r.reason = (f"Triton {triton.__version__} emits no tensor-core MMA for tl.dot on {r.arch} (FMAs instead; "
+                        f"{max(t.mma_instructions for t in twins)} MMA instructions on "
+                        f"{next(t.arch for t in twins if t.mma_instructions)}), so the tile's accumulators spill: on "
+                        "this GPU run the PyTorch head (--backend torch, cuDNN's tensor cores)")
+        elif clean:
+            r.reason = (f"{len(clean)} other config{'s' if len(clean) > 1 else ''} of this kernel compile"
+                        f"{'' if len(clean) > 1 else 's'} without spills on {r.arch}: the autotuner, which times "
+                        "every config, has a spill-free choice")
     return results

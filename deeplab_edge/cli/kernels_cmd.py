@@ -24,15 +24,18 @@ def kernels_group() -> None:
 
 
 @kernels_group.command("compile")
-@click.option("--arch", "archs", default="87,90", show_default=True,
-              help="Compute capabilities: 87 (Jetson Orin), 90 (H100).")
+@click.option("--arch", "archs", default="75,80,86,87,89,90,120", show_default=True,
+              help="Compute capabilities: 75 (T4, RTX 20), 80 (A100), 86 (RTX 30), 87 (Jetson Orin), 89 (RTX 40, "
+                   "L4), 90 (H100), 120 (RTX 50).")
 @click.option("--dtype", "dtypes", default="fp16,bf16,fp32", show_default=True, help="Input dtypes.")
 @output_option("file", "Write the results as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def kernels_compile(archs, dtypes, output, as_json) -> None:
     """Compile every kernel in every autotune config to a cubin for each GPU architecture,
-    on this machine (Triton's bundled ptxas), and report registers, spills, shared memory
-    and occupancy per config. Exits 1 when a config spills or does not fit shared memory."""
+    on this machine (Triton's bundled ptxas), and report registers, spills, shared memory,
+    tensor-core MMA instructions and occupancy per config. A config that spills gets the
+    reason the compiled code gives (no MMA on that architecture; spill-free sibling configs);
+    exits 1 when a config spills or does not fit shared memory without such a reason."""
 
     from ..bench.env import environment
     from ..kernels.compile import ARCHS, compile_all, kernel_specs
@@ -48,7 +51,8 @@ def kernels_compile(archs, dtypes, output, as_json) -> None:
 
         results = compile_all(specs, ccs, progress=step)
     rows = [r.as_dict() for r in results]
-    failed = [r for r in rows if not r["ok"]]
+    failed = [r for r in rows if not r["ok"] and not r["reason"]]
+    explained = [r for r in rows if not r["ok"] and r["reason"]]
     result = {"environment": environment(), "archs": {f"sm_{cc}": ARCHS[cc].name for cc in ccs}, "results": rows}
     if not emit(result, output, as_json):
         t = Table(title=f"{len(rows)} kernel configs compiled for {', '.join(f'sm_{c}' for c in ccs)}")
@@ -61,8 +65,11 @@ def kernels_compile(archs, dtypes, output, as_json) -> None:
                       str(r["num_warps"]), str(r["num_stages"]), str(r["registers"]),
                       str(r["spill_bytes"] + r["stack_bytes"]), f"{r['shared_bytes'] / 1024:.0f}",
                       str(r["blocks_per_sm"]), f"{100 * r['occupancy']:.0f}%", r["limited_by"],
-                      "[green]yes[/]" if r["ok"] else f"[red]{r['problem']}[/]")
+                      "[green]yes[/]" if r["ok"] else f"[{'yellow' if r['reason'] else 'red'}]{r['problem']}[/]")
         out.print(t)
+        for r in explained:
+            console.print(f"[yellow]{escape(r['kernel'])} {r['dtype']} {r['arch']} {r['config']}:[/] {r['problem']}: "
+                          f"{escape(r['reason'])}", highlight=False, soft_wrap=True)
     if failed:
         console.print(f"[red]error:[/] {len(failed)} of {len(rows)} configs spill or exceed shared memory "
                       f"(first: {escape(failed[0]['kernel'])} {failed[0]['dtype']} {failed[0]['arch']} {failed[0]['config']}: "
