@@ -405,6 +405,18 @@ def assert_one_line_error(res, pattern: str) -> str:
     return lines[0]
 
 
+def assert_refused(argv: list[str], w: Path, pattern: str, watch: tuple[Path, ...] = ()) -> str:
+    """The CLI on ``argv`` refuses: exit 2, one `error:` line with ``pattern`` and a fix, no traceback, and
+    nothing under ``w`` (nor the ``watch`` folders: inputs outside it) created, changed or removed."""
+    before = [_snapshot(p) for p in (w, *watch)]
+    res = CliRunner().invoke(main, argv, prog_name="deeplab-edge", catch_exceptions=False)
+    line = assert_one_line_error(res, pattern)
+    assert ";" in line or "(see `deeplab-edge" in line, f"no fix named: {line}"  # the problem; then the fix
+    after = [_snapshot(p) for p in (w, *watch)]
+    assert after == before, f"files changed: {[str(p) for p, a, b in zip((w, *watch), after, before) if a != b]}"
+    return line
+
+
 def test_at_least_60_cases_over_every_command():
     assert len(CASES) >= 60 and len({c[0] for c in CASES + CASES_23}) == len(CASES + CASES_23)
     commands = {c[1].split()[0] for c in CASES}
@@ -421,13 +433,7 @@ def test_bad_input(case, inputs, shared, imported, tmp_path):
 
     argv = shlex.split(template.format(ckpt=imported[0], voc=shared["voc"], tflite=shared["tflite"], w=w,
                                        img=shared["voc"] / "JPEGImages" / "0.png"))
-    before = _snapshot(w)
-    outside = {str(imported[0]): _snapshot(imported[0].parent), "voc": _snapshot(shared["voc"])}
-    res = CliRunner().invoke(main, argv, prog_name="deeplab-edge", catch_exceptions=False)
-    line = assert_one_line_error(res, pattern)
-    assert ";" in line or "(see `deeplab-edge" in line, f"no fix named: {line}"  # the problem; then the fix
-    assert _snapshot(w) == before, f"{name}: files changed"
-    assert {str(imported[0]): _snapshot(imported[0].parent), "voc": _snapshot(shared["voc"])} == outside
+    assert_refused(argv, w, pattern, watch=(imported[0].parent, shared["voc"]))
 
 
 def test_read_only_output_folder(tmp_path, imported):
