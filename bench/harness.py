@@ -38,6 +38,7 @@ import torch
 from deeplab_edge.crf import METHODS as CRF_METHODS, TRITON_METHODS
 from deeplab_edge.errors import DeepLabEdgeError
 
+from .power import sampling
 from .stats import latency_summary, pareto_front, percentile, time_calls
 
 __all__ = ["Backend", "BACKENDS", "CRF_CHOICES", "select_backends", "run_bench", "peak_rss_reset", "peak_rss_mb"]
@@ -290,7 +291,7 @@ def _make_runner(b: Backend, weights: Path, arch: str | None, device: torch.devi
         if path is None:
             raise DeepLabEdgeError(f"{b.name}: no engine; pass --engine {b.precision}=FILE (build one with "
                                    f"`deeplab-edge build`)")
-        kw = {"backend": "tensorrt"}
+        kw = {"backend": "tensorrt", "device": device if device.type == "cuda" else "auto"}
     else:
         raise AssertionError(b.family)
     runner = open_runner(path, threads=threads, **kw)
@@ -421,18 +422,16 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
             idx = [i % len(dataset) for i in range(bs)]
             xb = torch.stack([pre(dataset.load(i)[1])[0] for i in idx])
             lt = progress(f"{b.name}: latency, batch {bs}", 1) if progress else None
-            sampler = power.start() if power is not None else None
-            dev_r = getattr(runner, "device", None)  # PyTorch runners on a GPU: CUDA events
-            cuda = dev_r if isinstance(dev_r, torch.device) and dev_r.type == "cuda" else None
-            xr = xb.to(cuda) if cuda is not None else xb
-            ms = time_calls(functools.partial(seg.forward if msc else runner, xr), warmup, iters, cuda_device=cuda,
-                            sync=getattr(runner, "synchronize", None))
+            with sampling(power) as reading:  # tegrastats / jtop stopped however the timing ends
+                dev_r = getattr(runner, "device", None)  # PyTorch runners on a GPU: CUDA events
+                cuda = dev_r if isinstance(dev_r, torch.device) and dev_r.type == "cuda" else None
+                xr = xb.to(cuda) if cuda is not None else xb
+                ms = time_calls(functools.partial(seg.forward if msc else runner, xr), warmup, iters,
+                                cuda_device=cuda, sync=getattr(runner, "synchronize", None))
             summary = latency_summary(ms, bs)
-            if sampler is not None:
-                watts = power.stop(sampler)
-                if watts is not None:
-                    summary["power_w"] = watts
-                    summary["energy_mj_per_image"] = watts * summary["mean_ms"] / bs
+            if reading.watts is not None:
+                summary["power_w"] = reading.watts
+                summary["energy_mj_per_image"] = reading.watts * summary["mean_ms"] / bs
             latency.append(summary)
             if lt:
                 lt(f"batch {bs}")

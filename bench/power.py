@@ -13,6 +13,10 @@ Xavier NX, ``POM_5V_IN`` on Nano); AGX Orin and AGX Xavier report no input rail,
 total is the sum of the rails shown (what jetson-stats calls ``tot``). Means are over the
 *current* values of the samples taken while the benchmark ran, never tegrastats' own
 since-start averages.
+
+A sampler runs a child (tegrastats) or a client thread (jtop) that must end whatever the
+benchmark does: measure with :func:`sampling` (``with sampling(sampler) as reading: ...``; the
+watts are in ``reading.watts`` after the block), which stops it on an exception too.
 """
 
 from __future__ import annotations
@@ -22,14 +26,14 @@ import shutil
 import subprocess
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from deeplab_edge.interrupts import child
 
-__all__ = ["parse_tegrastats", "total_power_mw", "TegrastatsSampler", "JtopSampler", "jtop_power_mw", 
-           "power_sampler"]
+__all__ = ["parse_tegrastats", "total_power_mw", "TegrastatsSampler", "JtopSampler", "jtop_power_mw",
+           "power_sampler", "sampling", "Reading"]
 
 INPUT_RAILS = ("VDD_IN", "POM_5V_IN")
 _RAIL = re.compile(r"\b([A-Z][A-Z0-9_]*) (\d+)(mW)?/(\d+)(mW)?(?!\w)")
@@ -85,7 +89,8 @@ class _Run:
 
 
 class TegrastatsSampler:
-    """Samples tegrastats while a benchmark runs: ``h = s.start(); ...; watts = s.stop(h)``."""
+    """Samples tegrastats while a benchmark runs: ``with sampling(s) as r: ...`` (or
+    ``h = s.start()`` then, in a ``finally``, ``watts = s.stop(h)``)."""
 
     source = "tegrastats"
 
@@ -102,27 +107,43 @@ class TegrastatsSampler:
         proc = subprocess.Popen([self.executable, "--interval", str(self.interval_ms)], stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True)
         run = _Run(proc)
-        run.guard.enter_context(child(proc))  # a signal that ends the CLI stops tegrastats too
+        try:
+            run.guard.enter_context(child(proc))  # a signal that ends the CLI stops tegrastats too
 
-        def read() -> None:
-            for line in proc.stdout:  # type: ignore[union-attr]
-                run.lines.append(line.strip())
+            def read() -> None:
+                for line in proc.stdout:  # type: ignore[union-attr]
+                    run.lines.append(line.strip())
 
-        run.thread = threading.Thread(target=read, daemon=True)
-        run.thread.start()
+            run.thread = threading.Thread(target=read, daemon=True)
+            run.thread.start()
+        except BaseException:
+            self.close(run)
+            raise
         return run
+
+    def close(self, run: _Run) -> None:
+        """End tegrastats and its reader (idempotent; what ``stop`` and an exception both do)."""
+        try:
+            if run.proc.poll() is None:
+                run.proc.terminate()
+                try:
+                    run.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    run.proc.kill()
+                    run.proc.wait(timeout=5)
+        finally:
+            run.guard.close()
+            if run.thread:
+                run.thread.join(timeout=5)
+            if run.proc.stdout:
+                run.proc.stdout.close()
 
     def stop(self, run: _Run) -> float | None:
         """Mean board power (W) over the samples since ``start``; details in ``self.last``."""
-        time.sleep(self.interval_ms / 1e3)  # let the last interval print
-        run.proc.terminate()
         try:
-            run.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            run.proc.kill()
-        run.guard.close()
-        if run.thread:
-            run.thread.join(timeout=5)
+            time.sleep(self.interval_ms / 1e3)  # let the last interval print
+        finally:
+            self.close(run)
         self.last = summarize(run.lines)
         return self.last["power_w"]
 
@@ -207,8 +228,16 @@ class JtopSampler:
         readings: list[Any] = []
         handle = jtop(interval=self.interval_ms / 1e3)
         handle.attach(lambda j: readings.append(copy.deepcopy(j.power)))
-        handle.start()
+        try:
+            handle.start()
+        except BaseException:
+            handle.close()
+            raise
         return handle, readings
+
+    def close(self, run: tuple[Any, list[Any]]) -> None:
+        handle, readings = run
+        handle.close()
 
     def stop(self, run: tuple[Any, list[Any]]) -> float | None:
         handle, readings = run
@@ -217,13 +246,41 @@ class JtopSampler:
         return self.last["power_w"]
 
 
+@dataclass
+class Reading:
+    """What :func:`sampling` measured: mean board power (W) over the block, None without a
+    sampler or a sample; ``details``: the sampler's summary (rails, clocks, samples)."""
+    watts: float | None = None
+    details: dict[str, Any] | None = None
+
+
+@contextmanager
+def sampling(sampler: TegrastatsSampler | JtopSampler | None) -> Iterator[Reading]:
+    """Sample power while the block runs (nothing when ``sampler`` is None). The sampler's
+    child process (tegrastats) or client (jtop) is stopped however the block ends; on an
+    exception no reading is taken and the exception goes on."""
+    reading = Reading()
+    if sampler is None:
+        yield reading
+        return
+    run = sampler.start()
+    try:
+        yield reading
+    except BaseException:
+        sampler.close(run)
+        raise
+    reading.watts = sampler.stop(run)
+    reading.details = sampler.last
+
+
 def power_sampler(interval_ms: int = 100) -> TegrastatsSampler | JtopSampler | None:
     """jetson-stats where it is installed and its service answers, else tegrastats where it
     exists (a Jetson), else None (power is then not reported)."""
     j = JtopSampler(interval_ms)
     if j.available:
         try:
-            j.stop(j.start())  # the service must be running and reachable by this user
+            with sampling(j):  # the service must be running and reachable by this user
+                pass
             return j
         except Exception:  # noqa: BLE001 - jtop raises JtopException, OSError, ...: fall back to tegrastats
             pass

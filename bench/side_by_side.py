@@ -45,7 +45,8 @@ def compare_models(models: Sequence[str | Path], dataset, *, warmup: int = 2, th
         torch.set_num_threads(threads)
     rows = []
     for path in map(Path, models):
-        runner = open_runner(path, device="auto" if backend_for(path) == "torch" else "cpu", threads=threads)
+        runner = open_runner(path, device="auto" if backend_for(path) in ("torch", "tensorrt") else "cpu",
+                             threads=threads)
         if dataset.num_classes != runner.num_classes:
             raise DeepLabEdgeError(f"{path}: predicts {runner.num_classes} classes, the data has "
                                    f"{dataset.num_classes}; compare models trained for this dataset")

@@ -15,8 +15,11 @@ tested here); those two call TensorRT's Python API and need it and a CUDA GPU:
 * I/O through the tensor-name API (``set_input_shape`` / ``set_tensor_address`` /
   ``execute_async_v3``), present in TensorRT 8.5 and later; buffers are PyTorch CUDA tensors.
 * An engine only runs on the TensorRT version and GPU it was built for. The manifest written
-  beside it records both; :func:`check_compatibility` compares them with this machine
-  *before* TensorRT deserializes anything.
+  beside it records both; :func:`check_compatibility` compares them with the GPU the engine
+  is to run on (``--device cuda:N``, by default the current one) *before* TensorRT
+  deserializes anything.
+* Every TensorRT name used here is checked against each release's bindings
+  (``tests/test_tensorrt_api.py``, fixtures from ``tests/fixtures/tensorrt_api/extract.py``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from .outputs import atomic_path
 from .errors import DeepLabEdgeError, EngineError
 
 __all__ = ["MANIFEST_FORMAT", "Shapes", "parse_shapes", "manifest_path", "read_manifest", "this_machine",
-           "check_compatibility", "trtexec_command", "build_command", "build_script", "trt_major",
+           "engine_device_index", "check_compatibility", "trtexec_command", "build_command", "build_script", "trt_major",
            "build_engine", "MIN_TRT", "tensorrt_unavailable", "import_tensorrt"]
 
 MANIFEST_FORMAT = "deeplab-edge-engine/1"
@@ -124,11 +127,35 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def this_machine() -> dict[str, Any]:
-    """TensorRT version, GPU and Jetson facts of this machine, in the manifest's terms."""
+def engine_device_index(device: str | int | torch.device | None = None) -> int:
+    """The CUDA device index an engine runs on: ``cuda:N`` / ``N`` -> N; ``None``, ``auto`` or
+    ``cuda`` -> the current CUDA device (0 where CUDA is missing). TensorRT engines run on a GPU
+    only: ``cpu`` is an error."""
+    if isinstance(device, int) and not isinstance(device, bool):
+        index = device
+    else:
+        text = "auto" if device is None else str(device)
+        if text in ("auto", "cuda"):
+            return torch.cuda.current_device() if torch.cuda.is_available() else 0
+        if text == "cpu":
+            raise EngineError("a TensorRT engine runs on a CUDA GPU, not on the CPU: use --device cuda:N (or auto)")
+        if not text.startswith("cuda:") or not text[5:].isdigit():
+            raise EngineError(f"unknown device {text!r} for a TensorRT engine; use cuda, cuda:N or auto")
+        index = int(text[5:])
+    if index < 0:
+        raise EngineError(f"device index {index} is negative; use cuda:N with N >= 0")
+    return index
+
+
+def this_machine(device: str | int | torch.device | None = None) -> dict[str, Any]:
+    """TensorRT version, GPUs and Jetson facts of this machine, in the manifest's terms.
+
+    ``gpus`` lists every CUDA device (index, name, compute capability); ``gpu`` is the one an
+    engine is built or run on: ``device`` (see :func:`engine_device_index`), by default the
+    current CUDA device, which is where TensorRT builds."""
     from importlib.metadata import PackageNotFoundError, version
 
-    info: dict[str, Any] = {"tensorrt": None, "cuda": torch.version.cuda, "gpu": None, "jetson": None}
+    info: dict[str, Any] = {"tensorrt": None, "cuda": torch.version.cuda, "gpu": None, "gpus": [], "jetson": None}
     try:
         import tensorrt as trt  # noqa: F401
 
@@ -139,12 +166,22 @@ def this_machine() -> dict[str, Any]:
         except PackageNotFoundError:
             pass
     if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        info["gpu"] = {"name": p.name, "compute_capability": f"{p.major}.{p.minor}"}
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            info["gpus"].append({"index": i, "name": p.name, "compute_capability": f"{p.major}.{p.minor}"})
+        info["gpu"] = _gpu_at(info, engine_device_index(device))
     from .jetson import jetson_info
 
     info["jetson"] = jetson_info()
     return info
+
+
+def _gpu_at(here: dict[str, Any], index: int) -> dict[str, Any] | None:
+    """The GPU ``cuda:index`` of a machine description, in the manifest's terms (name, capability)."""
+    for g in here.get("gpus") or []:
+        if g.get("index") == index:
+            return {"name": g.get("name"), "compute_capability": g.get("compute_capability")}
+    return None
 
 
 def _version_triple(v: str | None) -> tuple[int, ...] | None:
@@ -159,12 +196,14 @@ def _version_triple(v: str | None) -> tuple[int, ...] | None:
     return tuple(out) or None
 
 
-def check_compatibility(manifest: dict[str, Any], here: dict[str, Any]) -> list[str]:
+def check_compatibility(manifest: dict[str, Any], here: dict[str, Any], device: int | None = None) -> list[str]:
     """Why an engine described by ``manifest`` cannot run on the machine ``here`` (empty: it can).
 
     A serialized engine needs the TensorRT version it was built with (major.minor.patch) and a
-    GPU of the same compute capability; a different GPU model of the same capability only warns
-    (TensorRT accepts it, but tactics were timed on the other one)."""
+    GPU of the same compute capability; a different GPU model of the same capability is
+    accepted (TensorRT runs it, but tactics were timed on the other one). The GPU compared is
+    ``cuda:device`` of ``here["gpus"]`` when ``device`` is given (the one the engine will run
+    on), else ``here["gpu"]``."""
     problems = []
     if not manifest.get("engine_built"):
         problems.append("the manifest says no engine was built (a deployment bundle): run its build_engine.sh on the "
@@ -176,14 +215,24 @@ def check_compatibility(manifest: dict[str, Any], here: dict[str, Any]) -> list[
     elif _version_triple(built) != _version_triple(have):
         problems.append(f"built with TensorRT {built}, this machine has TensorRT {have}; rebuild it here with "
                         "`deeplab-edge build` (or the bundle's build_engine.sh)")
-    g_built, g_have = manifest.get("gpu") or {}, here.get("gpu") or {}
-    if not g_have:
+    g_built = manifest.get("gpu") or {}
+    gpus = here.get("gpus") or []
+    g_have = (_gpu_at(here, device) if device is not None else here.get("gpu")) or {}
+    where = f"cuda:{device}" if device is not None else "this GPU"
+    if not g_have and device is not None and gpus:
+        problems.append(f"there is no GPU cuda:{device} here (this machine has {len(gpus)}: "
+                        + ", ".join(f"cuda:{g.get('index')} {g.get('name')} ({g.get('compute_capability')})"
+                                    for g in gpus) + ")")
+    elif not g_have:
         problems.append(f"no CUDA GPU here; the engine was built for {g_built.get('name')} "
                         f"(compute capability {g_built.get('compute_capability')})")
     elif g_built.get("compute_capability") != g_have.get("compute_capability"):
+        others = [f"cuda:{g.get('index')}" for g in gpus if g.get("compute_capability") ==
+                  g_built.get("compute_capability") and g.get("index") != device]
         problems.append(f"built for {g_built.get('name')} (compute capability {g_built.get('compute_capability')}), "
-                        f"this GPU is {g_have.get('name')} ({g_have.get('compute_capability')}); rebuild it on this "
-                        "device")
+                        f"{where} is {g_have.get('name')} ({g_have.get('compute_capability')}); "
+                        + (f"run it on {' or '.join(others)} (--device) or rebuild it on this device" if others
+                           else "rebuild it on this device"))
     return problems
 
 
@@ -337,7 +386,7 @@ def build_engine(*, onnx: Path, engine: Path, shapes: Shapes, fp16: bool, int8: 
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx.read_bytes()):
+    if not parser.parse_from_file(str(onnx)):  # from the file: reads an ONNX with external data beside it
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineError(f"{onnx}: TensorRT's ONNX parser failed: {errs[:300]}")
     config = builder.create_builder_config()

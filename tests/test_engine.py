@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from deeplab_edge.cli import main
-from deeplab_edge.engine import Shapes, check_compatibility, parse_shapes, trtexec_command
+from deeplab_edge.engine import Shapes, check_compatibility, engine_device_index, parse_shapes, trtexec_command
 from deeplab_edge.errors import DeepLabEdgeError, EngineError
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
@@ -72,6 +72,53 @@ def test_compatibility_rules():
     p = check_compatibility(built, {"tensorrt": None, "gpu": None})
     assert len(p) == 2 and "not installed" in p[0] and "no CUDA GPU" in p[1]
     assert "bundle" in check_compatibility({"engine_built": False}, same)[0]
+
+
+# a machine with two different GPUs, as this_machine() describes one (cuda:0 current)
+TWO_GPUS = {"tensorrt": "10.3.0", "gpu": {"name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0"},
+            "gpus": [{"index": 0, "name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0"},
+                     {"index": 1, "name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}]}
+
+
+def test_compatibility_is_checked_against_the_gpu_the_engine_runs_on():
+    """Not GPU 0: the device asked for. An engine built on the 4090 runs on cuda:1 and is refused
+    on cuda:0 (pointing at cuda:1), and a device the machine does not have is named."""
+    built = {"engine_built": True, "tensorrt": "10.3.0",
+             "gpu": {"name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}}
+    assert check_compatibility(built, TWO_GPUS, device=1) == []
+    p = check_compatibility(built, TWO_GPUS, device=0)
+    assert len(p) == 1 and "cuda:0 is NVIDIA A100" in p[0] and "(8.0)" in p[0] and "run it on cuda:1" in p[0]
+    assert len(check_compatibility(built, TWO_GPUS)) == 1  # no device: the current one (here["gpu"], the A100)
+    p = check_compatibility(built, TWO_GPUS, device=2)
+    assert len(p) == 1 and "no GPU cuda:2" in p[0] and "has 2" in p[0] and "cuda:1 NVIDIA GeForce RTX 4090" in p[0]
+    a100 = {**built, "gpu": {"name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0"}}
+    assert check_compatibility(a100, TWO_GPUS, device=0) == []
+    p = check_compatibility(a100, TWO_GPUS, device=1)
+    assert len(p) == 1 and "cuda:1 is NVIDIA GeForce RTX 4090" in p[0] and "run it on cuda:0" in p[0]
+
+
+def test_engine_device_index():
+    assert engine_device_index("cuda:1") == 1 and engine_device_index(3) == 3
+    assert engine_device_index(torch.device("cuda", 2)) == 2
+    current = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    assert engine_device_index(None) == engine_device_index("auto") == engine_device_index("cuda") == current
+    for bad, msg in (("cpu", "CUDA GPU"), ("cuda:x", "unknown device"), ("gpu1", "unknown device"),
+                     (-1, "negative")):
+        with pytest.raises(EngineError, match=msg):
+            engine_device_index(bad)
+
+
+def test_this_machine_describes_every_gpu_and_the_one_used():
+    from deeplab_edge.engine import this_machine
+
+    here = this_machine()
+    assert len(here["gpus"]) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if here["gpus"]:
+        last = here["gpus"][-1]
+        assert this_machine(last["index"])["gpu"] == {"name": last["name"],
+                                                       "compute_capability": last["compute_capability"]}
+    else:
+        assert here["gpu"] is None
 
 
 # ----------------------------------------------------------------------------- the bundle, for real
@@ -196,6 +243,45 @@ def test_engine_refused_before_tensorrt_sees_it(tmp_path, shared):
     (tmp_path / "m.engine.json").unlink()
     r = CliRunner().invoke(main, ["eval", "--engine", str(eng), "--data", str(shared["voc"])])
     assert r.exit_code == 2 and "no manifest" in r.output
+
+
+def test_engine_runner_refuses_the_cpu_before_tensorrt(tmp_path):
+    from deeplab_edge.runtime.tensorrt import EngineRunner
+
+    eng = tmp_path / "m.engine"
+    eng.write_bytes(b"\x00" * 64)
+    (tmp_path / "m.engine.json").write_text(json.dumps({
+        "format": "deeplab-edge-engine/1", "engine_built": True, "tensorrt": "10.3.0",
+        "gpu": {"name": "Orin", "compute_capability": "8.7"}, "engine": {"file": "m.engine", "sha256": _sha(eng)},
+        "preprocess": {"size": 513}, "num_classes": 21}))
+    with pytest.raises(EngineError, match="not on the CPU"):
+        EngineRunner(eng, device="cpu")
+    with pytest.raises(EngineError, match="cannot run here"):
+        EngineRunner(eng, device="cuda:7")
+
+
+@pytest.mark.skipif(not HAVE_TRT, reason="needs TensorRT (tensorrt) and a CUDA GPU; neither is on this machine")
+def test_engine_runs_on_the_device_it_is_given(shared, imported, tmp_path):
+    """Built on the last GPU, run there while another device is current: stream, buffers and
+    output on that device (with one GPU: cuda:0, all the same)."""
+    from deeplab_edge.data import open_dataset
+    from deeplab_edge.data.preprocess import Preprocess
+    from deeplab_edge.runtime.tensorrt import EngineRunner
+
+    last = torch.cuda.device_count() - 1
+    with torch.cuda.device(last):  # TensorRT builds on the current device
+        r = CliRunner().invoke(main, ["build", "--weights", str(imported[0]), "--data", str(shared["voc"]),
+                                      "-o", str(tmp_path / "m.engine"), "--json"])
+    assert r.exit_code == 0, r.output
+    torch.cuda.set_device(0)
+    runner = EngineRunner(tmp_path / "m.engine", device=f"cuda:{last}")
+    assert runner.device == torch.device("cuda", last) and runner.stream.device == runner.device
+    x = Preprocess.from_dict(imported[2]["preprocess"])(open_dataset(shared["voc"]).load(0)[1])[0][None]
+    out = runner(x)
+    assert out.device == runner.device and out.shape[:2] == (1, 21)
+    with torch.no_grad():
+        ref = imported[1].eval()(x).argmax(1)
+    assert (out.argmax(1).cpu() == ref).float().mean() >= 0.99
 
 
 @pytest.mark.skipif(not HAVE_TRT, reason="needs TensorRT (tensorrt) and a CUDA GPU; neither is on this machine")

@@ -71,8 +71,9 @@ def open_runner(path: str | Path, *, backend: str = "auto", precision: str = "fp
                 input_size: int | None = None, output_stride: int | None = None) -> Runner:
     """A runner for the model file at ``path``.
 
-    ``precision`` and ``device`` apply to the PyTorch backends (exported models and engines carry
-    their own); ``threads`` to PyTorch's and ONNX Runtime's intra-op pools and LiteRT;
+    ``precision`` applies to the PyTorch backends (exported models and engines carry their own);
+    ``device`` to the PyTorch backends and to engines (the GPU an engine runs on; ``auto``: the current
+    one); ``threads`` to PyTorch's and ONNX Runtime's intra-op pools and LiteRT;
     ``arch`` names the architecture of a plain state dict; ``input_size`` overrides a checkpoint's
     input side (resize long side + pad); ``output_stride`` runs a checkpoint's weights at another
     output stride (``models.restride_config``)."""
@@ -105,7 +106,7 @@ def open_runner(path: str | Path, *, backend: str = "auto", precision: str = "fp
         return TFLiteRunner(path, num_threads=threads)
     from .tensorrt import EngineRunner
 
-    return EngineRunner(path)
+    return EngineRunner(path, device=None if str(device) == "auto" else device)  # the engine's GPU
 
 
 def _torch_runner(path: Path, backend: str, precision: str, device, threads, arch, input_size, output_stride=None):
