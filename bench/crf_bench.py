@@ -4,6 +4,13 @@ The network runs once per image; each CRF method then post-processes the same lo
 Accuracy is measured at each image's own size against its labels; speed is also measured
 at the issue's reference setting (513 x 513, 21 labels, 10 iterations) on resized copies,
 with label pruning on (the default) and off (all 21 labels through the mean-field).
+
+Times are medians over the images, and no timed call compiles or tunes anything: each input
+of a device method (``torch``, ``triton``, ``window``, ``triton-window``) is first run once
+untimed, so whatever its size, label count and lattice size, its Triton kernels are compiled
+and autotuned (and PyTorch's device kernels and buffers set up) before the timed call.
+pydensecrf (C++ on the CPU, nothing to compile) is warmed up once, on its first call. Each
+method's first call, compile and tuning included, is reported on its own (``first_call_s``).
 """
 
 from __future__ import annotations
@@ -16,25 +23,57 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from deeplab_edge.crf import DEVICE_METHODS
 from deeplab_edge.crf import METHODS as CRF_METHODS
 
 __all__ = ["run_crf_bench", "CRF_METHODS"]
+
+#: The benchmark's clock (a test replaces it).
+_clock = time.perf_counter
+
+#: The settings each method is timed in: native (each image at its own size), then the
+#: reference size with label pruning and with all labels.
+_SETTINGS = ("native", "pruned", "all_labels")
 
 
 def _timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[torch.Tensor, float]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
+    t0 = _clock()
     out = fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return out, time.perf_counter() - t0
+    return out, _clock() - t0
+
+
+class _MethodTimes:
+    """One method's timed calls per setting, after their warm-ups, and its first calls apart."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.timed: dict[str, list[float]] = {s: [] for s in _SETTINGS}
+        self.first: dict[str, float] = {}
+
+    def measure(self, setting: str, fn: Callable[[], torch.Tensor], device: torch.device) -> torch.Tensor:
+        """``fn()`` timed, after one untimed warm-up call of the same input (device methods: every
+        input; pydensecrf: its first call only)."""
+        first_ever = not self.first
+        if self.method in DEVICE_METHODS or first_ever:
+            warm = _timed(fn, device)[1]
+            self.first.setdefault(setting, warm)
+        out, dt = _timed(fn, device)
+        self.first.setdefault(setting, dt)
+        self.timed[setting].append(dt)
+        return out
+
+    def median(self, setting: str) -> float | None:
+        return float(np.median(self.timed[setting])) if self.timed[setting] else None
 
 
 def run_crf_bench(segmenter, dataset, methods: Iterable[str], params, *, device: torch.device,
                   size: int = 513, speed_images: int = 2, estimate_lattice: bool = False,
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """mIoU without / with each CRF method on ``dataset``, and seconds per image.
+    """mIoU without / with each CRF method on ``dataset``, and seconds per image (medians of warm calls).
 
     ``estimate_lattice``: also give the Triton lattice's roofline estimate for each speed
     image, from its real lattice size (for machines where that kernel cannot be timed)."""
@@ -50,8 +89,7 @@ def run_crf_bench(segmenter, dataset, methods: Iterable[str], params, *, device:
         raise ValueError(f"expected CRF methods from {CRF_METHODS}, got {unknown}")
     n_cls = segmenter.num_classes
     cms = {"none": ConfusionMatrix(n_cls), **{m: ConfusionMatrix(n_cls) for m in methods}}
-    seconds = {m: [] for m in methods}
-    speed: dict[str, dict[str, list[float]]] = {m: {"pruned": [], "all_labels": []} for m in methods}
+    times = {m: _MethodTimes(m) for m in methods}
     all_labels = with_overrides(params, label_threshold=0.0)
     estimates = []
     for i, (sid, image, label) in enumerate(dataset):
@@ -70,34 +108,18 @@ def run_crf_bench(segmenter, dataset, methods: Iterable[str], params, *, device:
             if progress:
                 progress(f"{sid}: {m}")
             dev = torch.device("cpu") if m == "pydensecrf" else device
-            q, dt = _timed(lambda: dense_crf(image, full, params, method=m, device=dev), dev)
-            seconds[m].append(dt)
+            q = times[m].measure("native", lambda: dense_crf(image, full, params, method=m, device=dev), dev)
             cms[m].update(q.argmax(0).cpu().numpy(), label)
             if i < speed_images:
-                speed[m]["pruned"].append(_timed(lambda: dense_crf(img_s, lg_s, params, method=m, device=dev), dev)[1])
-                speed[m]["all_labels"].append(
-                    _timed(lambda: dense_crf(img_s, lg_s, all_labels, method=m, device=dev), dev)[1])
-    base = cms["none"].compute()["miou"]
-    rows = []
-    ref_gain = None
-    for m in ["none", *methods]:
-        miou = cms[m].compute()["miou"]
-        row = {"method": m, "miou": miou, "gain_points": 100 * (miou - base)}
-        if m != "none":
-            row.update({"device": "cpu" if m == "pydensecrf" else str(device),
-                        "s_per_image_native": float(np.mean(seconds[m])),
-                        f"s_per_image_{size}x{size}": float(np.mean(speed[m]["pruned"])) if speed[m]["pruned"] else None,
-                        f"s_per_image_{size}x{size}_all_labels": (float(np.mean(speed[m]["all_labels"]))
-                                                                   if speed[m]["all_labels"] else None)})
-        if m == "pydensecrf":
-            ref_gain = row["gain_points"]
-        rows.append(row)
-    ref_time = next((r["s_per_image_native"] for r in rows if r["method"] == "pydensecrf"), None)
-    for r in rows[1:]:
-        r["fraction_of_pydensecrf_gain"] = r["gain_points"] / ref_gain if ref_gain else None
-        r["speedup_vs_pydensecrf"] = ref_time / r["s_per_image_native"] if ref_time else None
+                times[m].measure("pruned", lambda: dense_crf(img_s, lg_s, params, method=m, device=dev), dev)
+                times[m].measure("all_labels", lambda: dense_crf(img_s, lg_s, all_labels, method=m, device=dev), dev)
     res = {"images": len(dataset), "speed_images": min(speed_images, len(dataset)), "size": size,
-           "params": params.as_dict(), "rows": rows}
+           "params": params.as_dict(), "rows": _rows(cms, times, methods, device, size),
+           "timing": {"statistic": "median",
+                      "warmup": "each input of a device method run once untimed before its timed call (its kernels "
+                                "compiled and autotuned then); pydensecrf warmed up once",
+                      "first_call": "first_call_s: a method's first call (compilation, autotuning and library "
+                                    "loading included), in no median"}}
     if estimates:
         res["triton_lattice_estimate"] = {
             "label": f"roofline lower bound at {size}x{size}, all {n_cls} labels, from each image's real lattice size "
@@ -105,3 +127,30 @@ def run_crf_bench(segmenter, dataset, methods: Iterable[str], params, *, device:
             "images": estimates,
             "mean_ms": {k: float(np.mean([e[k] for e in estimates])) for k in ("sm_90", "sm_87")}}
     return res
+
+
+def _rows(cms, times: dict[str, _MethodTimes], methods: list[str], device: torch.device, size: int
+          ) -> list[dict[str, Any]]:
+    """One row per method (after ``none``): mIoU, gain, median seconds per setting, first calls."""
+    base = cms["none"].compute()["miou"]
+    rows = []
+    ref_gain = None
+    ref = f"{size}x{size}"
+    for m in ["none", *methods]:
+        miou = cms[m].compute()["miou"]
+        row = {"method": m, "miou": miou, "gain_points": 100 * (miou - base)}
+        if m != "none":
+            t = times[m]
+            row.update({"device": "cpu" if m == "pydensecrf" else str(device),
+                        "s_per_image_native": t.median("native"), f"s_per_image_{ref}": t.median("pruned"),
+                        f"s_per_image_{ref}_all_labels": t.median("all_labels"),
+                        "first_call_s": t.first.get("native"), f"first_call_s_{ref}": t.first.get("pruned"),
+                        "timed_calls": {s: len(v) for s, v in t.timed.items()}})
+        if m == "pydensecrf":
+            ref_gain = row["gain_points"]
+        rows.append(row)
+    ref_time = next((r["s_per_image_native"] for r in rows if r["method"] == "pydensecrf"), None)
+    for r in rows[1:]:
+        r["fraction_of_pydensecrf_gain"] = r["gain_points"] / ref_gain if ref_gain else None
+        r["speedup_vs_pydensecrf"] = ref_time / r["s_per_image_native"] if ref_time else None
+    return rows

@@ -2,7 +2,12 @@
 
 On a CUDA GPU every provider is timed with CUDA events (warm-up, then the median of
 ``iters`` runs with p10/p90), and converted to TFLOP/s, GB/s and the fraction of the
-device's roofline. Without a GPU nothing is timed: the benchmark prints what can be known
+device's roofline, from the bytes that provider's path moves. Each provider times what the
+runner runs for its ``--backend``: the head cast to the dtype (the fused one fused in fp32, then
+cast, as ``--backend triton`` does: its weights are cast once, not per call), fed the NCHW map
+the runner passes (the fused kernels start with its copy to channels-last, counted); the same
+modules on a channels-last map are timed beside it (``layout``), marked as not the runner's.
+Without a GPU nothing is timed: the benchmark prints what can be known
 exactly — FLOPs, the kernel launches and the bytes each path moves (eager PyTorch's counted
 by running the real module on the ``meta`` device and recording every ATen op; the fused
 path's from its tensors) — and, with the register / shared-memory figures of
@@ -12,6 +17,7 @@ such until a GPU measures it.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -22,10 +28,16 @@ from deeplab_edge.runtime.pytorch import DTYPES
 
 from .stats import percentile, time_calls
 
-__all__ = ["SHAPES", "PROVIDERS", "DEVICES", "HeadShape", "analyse", "build_head", "crf_estimate", "eager_traffic",
-           "fused_traffic", "lattice_estimate", "run"]
+__all__ = ["SHAPES", "PROVIDERS", "DEVICES", "LAYOUTS", "RUNNER_LAYOUT", "HeadShape", "analyse", "build_head",
+           "crf_estimate", "eager_traffic", "fused_traffic", "fused_module", "lattice_estimate", "run"]
 
 PROVIDERS = ("torch", "compile", "triton")
+
+#: Input layouts timed: ``nchw`` is what the runner feeds the head (TorchRunner passes the
+#: backbone's NCHW output on; the fused kernels then copy it to channels-last), ``channels_last``
+#: what a channels-last backbone would give (no copy).
+LAYOUTS = ("nchw", "channels_last")
+RUNNER_LAYOUT = "nchw"
 
 
 @dataclass(frozen=True)
@@ -144,35 +156,49 @@ def eager_traffic(shape: HeadShape, batch: int, dtype: str) -> dict[str, Any]:
     return _count_ops(lambda: head(x))
 
 
-def fused_traffic(shape: HeadShape, batch: int, dtype: str) -> dict[str, Any]:
-    """Launches and compulsory bytes of the fused path: each Triton kernel reads its input,
-    weights, bias and tap table once and writes its output once; the image-pooling bias
-    (v3) is counted op by op like eager PyTorch."""
-    from deeplab_edge.kernels.aspp import FusedASPP, TapTable, branch_specs
+def fused_module(shape: HeadShape) -> nn.Module:
+    """The fused head as ``--backend triton`` makes it: fused from the fp32 head (then cast by the caller)."""
+    from deeplab_edge.kernels.aspp import FusedASPP, FusedASPPSum
 
+    return (FusedASPPSum if shape.kind == "v2" else FusedASPP)(build_head(shape))
+
+
+def fused_traffic(shape: HeadShape, batch: int, dtype: str, layout: str = RUNNER_LAYOUT) -> dict[str, Any]:
+    """Launches and compulsory bytes of the fused path for an input in ``layout``: an NCHW map is
+    first copied to channels-last (read and written once, one launch); then each Triton kernel
+    reads its input, the weights of the taps it keeps (already in the dtype: no cast), bias and
+    tap table once and writes its output once; the image-pooling bias (v3) is counted op by op
+    like eager PyTorch."""
+    from deeplab_edge.kernels.aspp import TapTable, branch_specs
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"expected a layout in {LAYOUTS}, got {layout!r}")
     elt = DTYPES[dtype].itemsize
     b, c, h, w = batch, shape.cin, shape.height, shape.width
     x_bytes = b * c * h * w * elt
+    copy_ops, copy_bytes = (["copy:nchw->channels_last"], 2 * x_bytes) if layout == "nchw" else ([], 0)
     pad16 = shape.cout + (-shape.cout % 16)
     if shape.kind == "v2":
         taps = TapTable.build(list(branch_specs(shape.rates, False)), h, w, torch.device("cpu"), sum_groups=True)
-        w_bytes = 9 * len(shape.rates) * c * pad16 * elt
+        w_bytes = taps.num_taps * c * pad16 * elt
         out = b * shape.cout * h * w * elt
-        return {"launches": 1, "bytes": x_bytes + w_bytes + out + 4 * shape.cout + 4 * 4 * taps.num_taps,
-                "ops": ["triton:aspp_sum"], "taps": taps.num_taps}
+        return {"launches": len(copy_ops) + 1, "layout": layout,
+                "bytes": copy_bytes + x_bytes + w_bytes + out + 4 * shape.cout + 4 * 4 * taps.num_taps,
+                "ops": [*copy_ops, "triton:aspp_sum"], "taps": taps.num_taps}
     taps = TapTable.build(list(branch_specs(shape.rates, True)), h, w, torch.device("cpu"))
     groups = 1 + len(shape.rates)
     feats = b * groups * shape.cout * h * w * elt
-    w_branch = (1 + 9 * len(shape.rates)) * c * pad16 * elt
+    w_branch = taps.num_taps * c * pad16 * elt
     w_proj = groups * shape.cout * pad16 * elt
     out = b * shape.cout * h * w * elt
     branches = x_bytes + w_branch + feats + 4 * groups * shape.cout + 4 * 4 * taps.num_taps
     projection = feats + w_proj + out + 4 * b * shape.cout + 4 * 4
-    fused = FusedASPP(build_head(shape)).to("meta", DTYPES[dtype])
+    fused = fused_module(shape).to("meta", DTYPES[dtype])
     xm = torch.empty(b, c, h, w, device="meta", dtype=DTYPES[dtype])
     pool = _count_ops(lambda: fused.image_bias(xm))
-    return {"launches": 2 + pool["launches"], "bytes": branches + projection + pool["bytes"],
-            "ops": ["triton:aspp_branches", *pool["ops"], "triton:projection"], "taps": taps.num_taps,
+    return {"launches": len(copy_ops) + 2 + pool["launches"], "layout": layout,
+            "bytes": copy_bytes + branches + projection + pool["bytes"],
+            "ops": [*copy_ops, "triton:aspp_branches", *pool["ops"], "triton:projection"], "taps": taps.num_taps,
             # Fusing the projection into the branch kernel would keep the concatenated
             # features on chip: at most this much traffic saved (one write, one read).
             "projection_fusion_saves_bytes": 2 * feats}
@@ -260,21 +286,27 @@ def roofline_ms(flops: int, nbytes: int, device: Device, dtype: str) -> float:
 
 def analyse(shapes: Iterable[str], batches: Iterable[int], dtypes: Iterable[str],
             compile_results: list[dict] | None = None) -> list[dict[str, Any]]:
-    """The exact, GPU-free part: FLOPs, launches, bytes, and the roofline estimates per device."""
+    """The exact, GPU-free part: FLOPs, launches, bytes, and the roofline estimates per device.
+    ``fused_*``: the fused path as the runner feeds it (NCHW: the copy to channels-last included);
+    ``fused_channels_last_*``: on a channels-last map."""
     rows = []
     for name in shapes:
         shape = SHAPES[name]
         for batch in batches:
             flops = _flops(shape, batch)
             for dtype in dtypes:
-                eager, fused = eager_traffic(shape, batch, dtype), fused_traffic(shape, batch, dtype)
+                eager, fused = eager_traffic(shape, batch, dtype), fused_traffic(shape, batch, dtype, RUNNER_LAYOUT)
+                fused_cl = fused_traffic(shape, batch, dtype, "channels_last")
                 row = {"shape": name, "kind": shape.kind, "batch": batch, "dtype": dtype, "gflops": flops / 1e9,
                        "eager_launches": eager["launches"], "eager_mb": eager["bytes"] / 1e6,
-                       "fused_launches": fused["launches"], "fused_mb": fused["bytes"] / 1e6,
+                       "fused_layout": RUNNER_LAYOUT, "fused_launches": fused["launches"],
+                       "fused_mb": fused["bytes"] / 1e6, "fused_channels_last_launches": fused_cl["launches"],
+                       "fused_channels_last_mb": fused_cl["bytes"] / 1e6,
                        "eager_ops": eager["ops"], "fused_ops": fused["ops"], "estimates": {},
                        "projection_fusion_saves_mb": fused.get("projection_fusion_saves_bytes", 0) / 1e6}
                 for cc, dev in DEVICES.items():
                     est = {"device": dev.name, "roofline_ms_fused": roofline_ms(flops, fused["bytes"], dev, dtype),
+                           "roofline_ms_fused_channels_last": roofline_ms(flops, fused_cl["bytes"], dev, dtype),
                            "roofline_ms_eager": roofline_ms(flops, eager["bytes"], dev, dtype),
                            "projection_fusion_saves_ms": fused.get("projection_fusion_saves_bytes", 0) / (dev.gbs * 1e9)
                            * 1e3,
@@ -298,23 +330,28 @@ def analyse(shapes: Iterable[str], batches: Iterable[int], dtypes: Iterable[str]
 
 def run(shapes: Iterable[str | HeadShape], batches: Iterable[int], dtypes: Iterable[str], providers: Iterable[str],
         warmup: int = 10, iters: int = 50, progress: Callable[[str], None] | None = None,
-        device: str = "cuda") -> list[dict[str, Any]]:
-    """Time every provider side by side; one row per (shape, batch, dtype, provider).
+        device: str = "cuda", layouts: Iterable[str] = LAYOUTS) -> list[dict[str, Any]]:
+    """Time every provider side by side; one row per (shape, batch, dtype, layout, provider).
 
-    ``device="cuda"`` is the benchmark. ``device="cpu"`` only exercises the harness (the
-    Triton provider then needs ``TRITON_INTERPRET=1``; its times mean nothing)."""
+    Each provider runs the module its ``--backend`` runs (:func:`_providers`); ``layout`` is the
+    input's, ``runner_layout`` whether the runner feeds that one (NCHW). ``torch.compile`` is
+    timed on the runner's layout only (another layout would compile again). ``mb``: the bytes
+    that row's path moves (``bytes_counted`` says how they were counted), the basis of its GB/s
+    and roofline. ``device="cuda"`` is the benchmark. ``device="cpu"`` only exercises the harness
+    (the Triton provider then needs ``TRITON_INTERPRET=1``; its times mean nothing)."""
     from deeplab_edge.errors import KernelUnavailableError
 
-    providers = list(providers)
+    providers, layouts = list(providers), list(layouts)
     unknown = [p for p in providers if p not in PROVIDERS]
     if unknown:
         raise ValueError(f"expected providers from {PROVIDERS}, got {unknown}")
+    bad = [v for v in layouts if v not in LAYOUTS]
+    if bad:
+        raise ValueError(f"expected layouts from {LAYOUTS}, got {bad}")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise KernelUnavailableError("GPU timing needs a CUDA GPU; without one, `kernels bench` reports the "
                                      "analytic FLOPs / bytes / launches and roofline estimates only")
-    from deeplab_edge.kernels.aspp import FusedASPP, FusedASPPSum
-
     rows = []
     peak = DEVICES.get(int("".join(map(str, torch.cuda.get_device_capability(dev))))) if dev.type == "cuda" else None
     for shape in shapes:
@@ -323,33 +360,63 @@ def run(shapes: Iterable[str | HeadShape], batches: Iterable[int], dtypes: Itera
             flops = _flops(shape, batch)
             for dtype in dtypes:
                 dt = DTYPES[dtype]
-                head = build_head(shape).to(dev, dt).to(memory_format=torch.channels_last)
-                x = torch.randn(batch, shape.cin, shape.height, shape.width, device=dev, dtype=dt)
-                x = x.contiguous(memory_format=torch.channels_last)
-                nbytes = fused_traffic(shape, batch, dtype)["bytes"]
-                base = None
-                for provider in providers:
-                    if progress:
-                        progress(f"{shape.name} b{batch} {dtype} {provider}")
-                    if provider == "torch":
-                        fn = head
-                    elif provider == "compile":
-                        fn = torch.compile(head)
-                    else:
-                        fn = FusedASPPSum(head) if shape.kind == "v2" else FusedASPP(head)
-                    with torch.no_grad():
-                        err = (fn(x).float() - head(x).float()).abs().max().item()
-                        times = time_calls(lambda: fn(x), warmup, iters, cuda_device=dev if dev.type == "cuda" else None)
-                    med = percentile(times, 50)
-                    row = {"shape": shape.name, "batch": batch, "dtype": dtype, "provider": provider,
-                           "device": str(dev), "median_ms": med, "p10_ms": percentile(times, 10),
-                           "p90_ms": percentile(times, 90), "iters": iters, "tflops": flops / med / 1e9,
-                           "gbs": nbytes / med / 1e6, "max_abs_diff_vs_torch": err}
-                    if peak is not None:
-                        row["roofline_ms"] = roofline_ms(flops, nbytes, peak, dtype)
-                        row["fraction_of_roofline"] = row["roofline_ms"] / med
-                    if provider == "torch":
-                        base = med
-                    row["speedup_vs_torch"] = base / med if base else None
-                    rows.append(row)
+                x = torch.randn(batch, shape.cin, shape.height, shape.width, device=dev, dtype=dt)  # NCHW
+                mods = _providers(shape, providers, dev, dt)
+                with torch.no_grad():
+                    ref = mods["torch"][0](x).float()
+                eager_bytes = eager_traffic(shape, batch, dtype)["bytes"]
+                for layout in layouts:
+                    inp = x if layout == "nchw" else x.contiguous(memory_format=torch.channels_last)
+                    base = None
+                    for provider in providers:
+                        if provider == "compile" and layout != RUNNER_LAYOUT:
+                            continue
+                        if progress:
+                            progress(f"{shape.name} b{batch} {dtype} {layout} {provider}")
+                        fn = mods[provider][0 if layout == "nchw" else 1]
+                        if provider == "triton":
+                            nbytes = fused_traffic(shape, batch, dtype, layout)["bytes"]
+                            counted = "fused kernels' compulsory traffic" + (
+                                ", with the NCHW -> channels-last copy of the input" if layout == "nchw" else "")
+                        elif provider == "torch":
+                            nbytes, counted = eager_bytes, "eager PyTorch's ATen ops, recorded on the meta device"
+                        else:
+                            nbytes = fused_traffic(shape, batch, dtype, "channels_last")["bytes"]
+                            counted = ("the head's compulsory traffic (the fused kernels' on channels-last): "
+                                       "a lower bound")
+                        with torch.no_grad():
+                            err = (fn(inp).float() - ref).abs().max().item()
+                            times = time_calls(lambda: fn(inp), warmup, iters,
+                                               cuda_device=dev if dev.type == "cuda" else None)
+                        med = percentile(times, 50)
+                        row = {"shape": shape.name, "batch": batch, "dtype": dtype, "provider": provider,
+                               "layout": layout, "runner_layout": layout == RUNNER_LAYOUT, "device": str(dev),
+                               "median_ms": med, "p10_ms": percentile(times, 10), "p90_ms": percentile(times, 90),
+                               "iters": iters, "tflops": flops / med / 1e9, "mb": nbytes / 1e6,
+                               "bytes_counted": counted, "gbs": nbytes / med / 1e6, "max_abs_diff_vs_torch": err}
+                        if peak is not None:
+                            row["roofline_ms"] = roofline_ms(flops, nbytes, peak, dtype)
+                            row["fraction_of_roofline"] = row["roofline_ms"] / med
+                        if provider == "torch":
+                            base = med
+                        row["speedup_vs_torch"] = base / med if base else None  # against torch on this layout
+                        rows.append(row)
     return rows
+
+
+def _providers(shape: HeadShape, providers: list[str], dev: torch.device, dt: torch.dtype
+               ) -> dict[str, tuple[Callable, Callable]]:
+    """(module for an NCHW input, module for a channels-last one) of each provider, as the runner
+    builds it for its backend: the head cast to ``dt`` (torch: NCHW weights, as the runner keeps
+    them; channels-last weights beside it), ``torch.compile`` of that head, the fused head fused
+    in fp32 and then cast (one module: it takes either layout)."""
+    head = build_head(shape).to(dev, dt)
+    mods: dict[str, tuple[Callable, Callable]] = {
+        "torch": (head, copy.deepcopy(head).to(memory_format=torch.channels_last))}
+    if "compile" in providers:
+        compiled = torch.compile(head)
+        mods["compile"] = (compiled, compiled)
+    if "triton" in providers:
+        fused = fused_module(shape).to(dev, dt)
+        mods["triton"] = (fused, fused)
+    return mods

@@ -89,11 +89,13 @@ def plan(out: Path, inputs: Inputs, *, tensorrt: bool = False) -> list[Step]:
         Step("kernels-bench", ["kernels", "bench", "--batch", "1", "--dtype", "fp16,bf16", "--warmup", "10",
                                "--iters", "50", "--no-compile-check", "-o", f"{o}/kernels_bench.json"], 120,
              "kernels_bench.json",
-             "fused ASPP vs eager vs torch.compile on the four head shapes (warm-up and tuning untimed)"),
+             "fused ASPP vs eager vs torch.compile on the four head shapes, the modules the runner builds, fed NCHW "
+             "as it feeds them and channels-last beside (warm-up and tuning untimed)"),
         Step("crf-bench", ["crf", "bench", "--weights", voc_model, "--data", str(inputs.voc), "--methods",
                            "pydensecrf,torch,triton,window,triton-window", "--speed-images", "2", "--size", "513",
-                           "--device", "cuda", "-o", f"{o}/crf_bench.json"], 60, "crf_bench.json",
-             "the CRFs at 513x513, 21 labels, against pydensecrf"),
+                           "--device", "cuda", "-o", f"{o}/crf_bench.json"], 70, "crf_bench.json",
+             "the CRFs at 513x513, 21 labels, against pydensecrf: medians of warm calls (each input run once "
+             "untimed first), each method's first call (compile + tune) apart"),
         Step("bench-voc", ["bench", "--weights", voc_model, "--data", str(inputs.voc), "--backends", GPU_BACKENDS,
                            "--crf", "none,triton", "--warmup", "5", "--iters", "30", "--device", "cuda",
                            "--tag", "selftest-voc", "--no-plot", "-o", f"{o}/bench"], 80,

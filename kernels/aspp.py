@@ -19,7 +19,9 @@ writes its slice of the output. The same kernel gives
 Zero padding is the load mask. A tap whose offset is >= H (or W) reads only padding for
 every output pixel; it is dropped on the host when the tap table for an input size is
 built, so a rate larger than the feature map costs nothing. Inputs may be NCHW or
-channels-last (any strides), fp32, fp16 or bf16, accumulated in fp32.
+channels-last (any strides), fp32, fp16 or bf16, accumulated in fp32; the weights must be in the
+input's dtype (the modules store them so: cast once with the module, never per call). Offsets inside
+one image are int32: a map of over 2^31 elements (pixels x channels, in or out) is refused.
 
 The PyTorch references of the same math (``*_reference``) sit next to the kernels; tests
 and the kernel benchmark import both from here.
@@ -37,6 +39,7 @@ import triton.language as tl
 from torch import nn
 
 from .device import bucket, check_runnable, interpreting
+from .indexing import check_pixels
 
 __all__ = ["FusedASPP", "FusedASPPSum", "TapTable", "aspp_sum", "aspp_sum_reference", "aspp_branches", "fuse_aspp",
            "aspp_branches_reference", "autotune_configs", "INTERPRET_CONFIG", "pack_weights", "tap_conv",
@@ -227,8 +230,9 @@ def tap_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, taps: Ta
     """Run the tap-table convolution: ``y[:, g*cout:(g+1)*cout] = act(sum over group g's taps
     of x shifted by (dy, dx) @ weight[tap] + bias)``.
 
-    ``x``: [B, Cin, H, W]; ``weight``: [weight taps, Cin, >= cout] (:func:`pack_weights`);
-    ``bias``: fp32 [1 or B, groups * cout]. Returns [B, groups * cout, H, W], channels-last.
+    ``x``: [B, Cin, H, W]; ``weight``: [weight taps, Cin, >= cout] (:func:`pack_weights`) in
+    ``x``'s dtype; ``bias``: fp32 [1 or B, groups * cout]. Returns [B, groups * cout, H, W],
+    channels-last.
 
     The GEMM's reduction axis is the channel axis, so an NCHW input is first made
     channels-last (one copy): the kernel then reads 16-byte vectors along channels, as
@@ -239,12 +243,16 @@ def tap_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, taps: Ta
     bsz, cin, h, w = x.shape
     if weight.dim() != 3 or weight.shape[1] != cin or weight.shape[2] < cout:
         raise ValueError(f"expected weight [taps, {cin}, >= {cout}], got {tuple(weight.shape)}")
+    if weight.dtype != x.dtype:
+        raise ValueError(f"expected weight in the input's dtype {x.dtype}, got {weight.dtype}: cast the weights "
+                         "(or the module) once, not on every call")
     groups = taps.groups
     if bias.shape[-1] != groups * cout or bias.shape[0] not in (1, bsz):
         raise ValueError(f"expected bias [1 or {bsz}, {groups * cout}], got {tuple(bias.shape)}")
+    check_pixels(h, w, max(cin, groups * cout), "tap_conv", "channels")  # int32 offsets inside an image
     check_runnable(x)
     x = x.contiguous(memory_format=torch.channels_last)
-    weight = weight.to(x.dtype).contiguous()
+    weight = weight.contiguous()
     bias = bias.float().contiguous()
     if out is None:
         out = torch.empty((bsz, groups * cout, h, w), device=x.device, dtype=x.dtype,
@@ -342,18 +350,32 @@ def _check_conv(conv: nn.Module, size: int, rate: int) -> nn.Conv2d:
     return conv
 
 
+def _weight_dtype(head: nn.Module) -> torch.dtype:
+    """The dtype of a head's conv weights: the fused weights are folded in fp32, then stored in it."""
+    p = next(head.parameters(), None)
+    return p.dtype if p is not None and p.dtype in (torch.float16, torch.bfloat16) else torch.float32
+
+
 class _Fused(nn.Module):
-    """Biases and the tiny image-pooling matrices stay fp32 when the module is cast
-    (``.half()``, ``.to(dtype)``): the kernels add biases in fp32, and no per-call casts."""
+    """The packed weights follow the module's casts (``.half()``, ``.to(dtype)``): cast once, so
+    a forward never casts them. Biases and the tiny image-pooling matrices (``_fp32``) follow
+    its device only: they keep their fp32 values, as folded, through any cast (the kernels add
+    biases in fp32)."""
 
     _fp32 = ("bias",)
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
-        super()._apply(fn, recurse)
-        for name in self._fp32:
-            buf = getattr(self, name, None)
-            if buf is not None and buf.dtype != torch.float32:
-                setattr(self, name, buf.float())
+        kept = {n: self._buffers[n] for n in self._fp32 if self._buffers.get(n) is not None}
+        for name in kept:
+            self._buffers[name] = None  # Module._apply skips None buffers; the key keeps its place
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for name, buf in kept.items():
+                self._buffers[name] = buf
+        for name, buf in kept.items():
+            moved = fn(buf)  # where the cast sends it; the values come from the fp32 original
+            self._buffers[name] = moved if moved.dtype == torch.float32 else buf.to(moved.device)
         return self
 
 
@@ -365,7 +387,7 @@ class FusedASPPSum(_Fused):
         self.rates = tuple(aspp.rates)
         convs = [_check_conv(c, 3, r) for c, r in zip(aspp.convs, self.rates)]
         folded = [fold_bn(c, None) for c in convs]
-        self.register_buffer("weight", pack_weights([w for w, _ in folded]))
+        self.register_buffer("weight", pack_weights([w for w, _ in folded]).to(_weight_dtype(aspp)))
         self.register_buffer("bias", torch.stack([b for _, b in folded]).sum(0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -389,12 +411,13 @@ class FusedASPP(_Fused):
         folded = [fold_bn(first, convs[0][1])]
         folded += [fold_bn(_check_conv(c[0], 3, r), c[1]) for c, r in zip(convs[1:1 + len(self.rates)], self.rates)]
         self.channels = first.out_channels
-        self.register_buffer("weight", pack_weights([w for w, _ in folded]))
+        dtype = _weight_dtype(aspp)
+        self.register_buffer("weight", pack_weights([w for w, _ in folded]).to(dtype))
         self.register_buffer("bias", torch.cat([b for _, b in folded]))
 
         proj_w, proj_b = fold_bn(_check_conv(aspp.project[0], 1, 1), aspp.project[1])
         n_conv = (1 + len(self.rates)) * self.channels
-        self.register_buffer("proj_weight", pack_weights([proj_w[:, :n_conv]]))  # [1, n_conv, Cout]
+        self.register_buffer("proj_weight", pack_weights([proj_w[:, :n_conv]]).to(dtype))  # [1, n_conv, Cout]
         self.register_buffer("proj_bias", proj_b)
         if self.image_pooling:
             pool = convs[-1]

@@ -13,7 +13,8 @@ with B every offset within ``near_radius`` plus every ``dilation``-th offset out
 for), S the dense ``(2 r_s + 1)^2`` offsets, ``k_b = exp(-|d|^2 / 2 theta_alpha^2 - |I_i - I_j|^2 / 2 theta_beta^2)``,
 ``k_s = exp(-|d|^2 / 2 theta_gamma^2)``, zero outside the image, and ``n = (sum_d k)^-1/2``
 the symmetric normalisation (computed once per image). Offsets that reach H or W are
-dropped on the host.
+dropped on the host; the tap tables go to the device once per window, image size and device
+(cached), not in every iteration. Images are [3, H, W] (channels first) throughout.
 """
 
 from __future__ import annotations
@@ -205,9 +206,16 @@ def _messages(image: torch.Tensor, values: torch.Tensor, taps, inv2_pos: float, 
     return out
 
 
+def _check_image(image: torch.Tensor) -> None:
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected image [3, H, W], got {list(image.shape)}")
+
+
 def window_norms(image: torch.Tensor, params) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric normalisers ``(sum_d k)^-1/2`` of the bilateral and spatial windows, [H, W]."""
-    img = image.permute(2, 0, 1).float() if image.shape[-1] == 3 else image.float()
+    """Symmetric normalisers ``(sum_d k)^-1/2`` of the bilateral and spatial windows, [H, W];
+    ``image``: [3, H, W] RGB 0-255 (channels first, whatever its width)."""
+    _check_image(image)
+    img = image.float()
     h, w = img.shape[-2:]
     taps = window_taps(params, h, w)
     ones = torch.ones(1, h, w, device=img.device)
@@ -216,15 +224,27 @@ def window_norms(image: torch.Tensor, params) -> tuple[torch.Tensor, torch.Tenso
     return nb[0].clamp_min(1e-20).rsqrt(), ns[0].clamp_min(1e-20).rsqrt()
 
 
-def _tap_tensors(params, h: int, w: int, dev: torch.device) -> tuple[torch.Tensor, ...]:
-    taps = window_taps(params, h, w)
-    (bdy, bdx, bw), (sdy, sdx, _) = taps["bilateral"], taps["spatial"]
+@functools.lru_cache(maxsize=32)
+def _device_taps(near: int, radius: int, dilation: int, spatial: int, height: int, width: int,
+                 dev: torch.device) -> tuple[torch.Tensor, ...]:
+    """The tap tables on ``dev``, built (one host-to-device copy each) once per key."""
+    (bdy, bdx, bw), (sdy, sdx, _) = _taps(near, radius, dilation, height, width), _taps(spatial, 0, 1, height, width)
     ints = [torch.tensor(v, dtype=torch.int32, device=dev) for v in (bdy, bdx, sdy, sdx)]
     return ints[0], ints[1], torch.tensor(bw, dtype=torch.float32, device=dev), ints[2], ints[3]
 
 
+def _tap_tensors(params, h: int, w: int, dev: torch.device) -> tuple[torch.Tensor, ...]:
+    """Bilateral dy, dx, weight and spatial dy, dx on ``dev``, cached as the ASPP tap tables are:
+    per (window parameters, device) and image size, clamped to the window's reach (beyond it
+    every tap is kept, so all larger images share one entry)."""
+    reach = max(params.near_radius, params.window_radius * params.dilation, params.spatial_radius) + 1
+    return _device_taps(params.near_radius, params.window_radius, params.dilation, params.spatial_radius,
+                        min(h, reach), min(w, reach), torch.device(dev))
+
+
 def window_norms_triton(image: torch.Tensor, params) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`window_norms` in one Triton launch; ``image``: [3, H, W] float."""
+    _check_image(image)
     check_runnable(image)
     h, w = image.shape[-2:]
     check_pixels(h, w, 3, "window_norms_triton")

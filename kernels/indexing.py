@@ -4,7 +4,8 @@
 (up to about ``(d + 1) x H x W`` vertices). Products of that kind go through these helpers, so
 one test at the boundary (under ``TRITON_INTERPRET=1``, small blocks) covers every kernel that
 uses them. Pixel counts themselves stay int32: :func:`check_pixels` refuses images whose
-``planes x H x W`` would not fit.
+``planes x H x W`` would not fit (the CRF kernels' colour and corner planes; the ASPP kernel's
+channels, whose offsets inside one image are int32).
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ def row_offsets(rows, width):
     return rows.to(tl.int64) * width
 
 
-def check_pixels(h: int, w: int, planes: int, what: str) -> None:
+def check_pixels(h: int, w: int, planes: int, what: str, unit: str = "planes") -> None:
     """Refuse an image whose ``planes`` int32-indexed planes of H x W would overflow (the colour
-    image's 3 planes, the lattice's d + 1 corner planes)."""
+    image's 3 planes, the lattice's d + 1 corner planes, an ASPP feature map's channels)."""
     if planes * h * w > INT32_MAX:
-        raise ValueError(f"{what}: {h}x{w} pixels x {planes} planes pass the kernels' int32 pixel indices "
+        raise ValueError(f"{what}: {h}x{w} pixels x {planes} {unit} pass the kernels' int32 pixel indices "
                          f"(2^31); split the image into tiles of under {INT32_MAX // planes:,} pixels")

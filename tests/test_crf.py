@@ -1,16 +1,29 @@
 """Dense CRF: pydensecrf as the reference on real VOC images, the PyTorch permutohedral and window
 versions, and each Triton version (lattice, window) against its PyTorch reference (TRITON_INTERPRET=1)."""
 
+import importlib
+import sys
+
 import numpy as np
 import pytest
 import torch
 
+import deeplab_edge.crf as C
 from deeplab_edge.crf import (PRESETS, CRFParams, PermutohedralLattice, dense_crf, lattice_setup,
                               lattice_step_reference)
 from deeplab_edge.errors import DataError
 from deeplab_edge.kernels import crf_window as K
 from deeplab_edge.kernels import crf_lattice as KL
 from deeplab_edge.metrics import ConfusionMatrix
+
+LAT = importlib.import_module("deeplab_edge.crf.lattice")
+
+
+@pytest.fixture(autouse=True)
+def _validated_csr(monkeypatch):
+    """Every CSR matrix a lattice builds in these tests goes through PyTorch's invariant check
+    (sorted, distinct columns within each row: what cuSPARSE assumes on a GPU)."""
+    monkeypatch.setattr(LAT, "CHECK_CSR_INVARIANTS", True)
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +219,170 @@ def test_eval_with_crf_and_crf_bench_cli(shared, imported, tmp_path, monkeypatch
     est = data["triton_lattice_estimate"]  # triton could not run: its estimate from the real image's lattice
     assert "not a measurement" in est["label"] and len(est["images"]) == 1 and est["images"][0]["vertices"] > 0
     assert 0 < est["mean_ms"]["sm_90"] < est["mean_ms"]["sm_87"]
+
+
+# ----------------------------------------------------------------------------- window tap tables, layout
+
+def test_window_crf_builds_its_tap_tables_once_per_window_size_and_device(monkeypatch):
+    """The window CRF's tap tables go to the device once per (window parameters, image size,
+    device), not in every iteration (blocking host-to-device copies inside the loop): counted
+    as the tensors built from host lists in ``crf_window.py``. The results stay the reference's."""
+    built = []
+    real = torch.tensor
+
+    def counting(*args, **kwargs):
+        if sys._getframe(1).f_code.co_filename == K.__file__:
+            built.append(kwargs.get("device"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "tensor", counting)
+    rng = np.random.default_rng(0)
+    img = torch.from_numpy((rng.random((13, 11, 3)) * 255).astype(np.uint8))
+    unary = torch.from_numpy(rng.random((3, 13, 11)).astype(np.float32)) * 3
+    p = CRFParams(iterations=4, near_radius=1, window_radius=2, dilation=3, spatial_radius=1)
+    got = K.crf_window(img, unary, p, use_triton=True)
+    first = len(built)
+    assert 0 < first <= 5  # five tables (bilateral dy, dx, weight; spatial dy, dx), not five per iteration
+    other = CRFParams(iterations=2, w1=2.0, w2=1.0, near_radius=1, window_radius=2, dilation=3, spatial_radius=1)
+    got_other = K.crf_window(img, unary, other, use_triton=True)  # same window: same tables
+    chw = img.permute(2, 0, 1).float().contiguous()
+    nb, ns = K.window_norms_triton(chw, p)
+    K.crf_step(chw, unary, torch.softmax(-unary, 0), nb, ns, p)
+    assert len(built) == first
+    monkeypatch.setattr(torch, "tensor", real)
+    torch.testing.assert_close(got, K.crf_window(img, unary, p, use_triton=False), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got_other, K.crf_window(img, unary, other, use_triton=False), atol=1e-5, rtol=1e-4)
+
+
+def test_window_norms_read_channels_first_whatever_the_width():
+    """``window_norms`` takes [3, H, W] like the kernels: an image 3 pixels wide is not read as
+    [H, W, 3] (it used to be guessed from ``shape[-1] == 3``); anything else is refused."""
+    img = torch.rand(3, 7, 3, generator=torch.Generator().manual_seed(0)) * 255
+    p = CRFParams(near_radius=1, window_radius=2, dilation=2, spatial_radius=1)
+    nb, ns = K.window_norms(img, p)
+    assert nb.shape == ns.shape == (7, 3)
+    nb_t, ns_t = K.window_norms_triton(img, p)
+    torch.testing.assert_close(nb, nb_t, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ns, ns_t, atol=1e-6, rtol=1e-5)
+    nb_tr, _ = K.window_norms(img.transpose(1, 2).contiguous(), p)  # the windows are symmetric
+    torch.testing.assert_close(nb_tr, nb.t(), atol=1e-6, rtol=1e-5)
+    for fn in (K.window_norms, K.window_norms_triton):
+        with pytest.raises(ValueError, match=r"expected image \[3, H, W\], got \[7, 3, 3\]"):
+            fn(img.permute(1, 2, 0), p)
+
+
+# ----------------------------------------------------------------------------- lattice CSR
+
+def test_lattice_csr_rows_have_sorted_columns_and_filter_as_the_dense_maps():
+    """The lattice's CSR matrices (slice, splat, the blur of each axis) hold sorted, distinct
+    columns in every row, as PyTorch's invariant check and cuSPARSE require (blur rows came as
+    [self, +e, -e], slice rows in remainder order), with each value still beside its column: the
+    filter equals splat / blur / slice built densely from the corners, weights and neighbours."""
+    g = torch.Generator().manual_seed(0)
+    feats = torch.rand(300, 5, generator=g) * torch.tensor([6.0, 6.0, 3.0, 3.0, 3.0])
+    lat = PermutohedralLattice(feats)
+    for name, mat in [("slice", lat.slice), ("splat", lat.splat), *((f"blur {i}", b) for i, b in enumerate(lat.blur))]:
+        crow, col = mat.crow_indices(), mat.col_indices()
+        row = torch.repeat_interleave(torch.arange(mat.shape[0]), crow.diff())
+        same_row = row[1:] == row[:-1]
+        assert bool((col.diff()[same_row] > 0).all()), f"{name}: columns not sorted within a row"
+    n, m = lat.num_points, lat.num_vertices
+    splat = torch.zeros(n, m, dtype=torch.float64)
+    splat[torch.arange(n)[:, None], lat.offset] = lat.bary.double()  # a point's corners are distinct vertices
+    values = torch.rand(n, 3, generator=g, dtype=torch.float64)
+    v = splat.t() @ values
+    for axis in range(lat.d + 1):
+        out = v.clone()
+        for side in (0, 1):
+            idx = lat.neighbours[axis, side]
+            ok = idx < m
+            out[ok] += 0.5 * v[idx[ok]]
+        v = out
+    expected = lat.alpha * splat @ v
+    torch.testing.assert_close(lat.filter(values.float()).double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_lattice_csr_matrices_pass_pytorchs_invariant_check():
+    """With the check on (as in every test of this module), building a lattice validates its CSR matrices."""
+    assert LAT.CHECK_CSR_INVARIANTS
+    img = (np.random.default_rng(1).random((9, 14, 3)) * 255).astype(np.uint8)
+    lattice_setup(torch.from_numpy(img), CRFParams())
+
+
+# ----------------------------------------------------------------------------- crf bench timing
+
+class _FakeSegmenter:
+    """Logits straight from the image (a stand-in network): the CRF bench's input, nothing else."""
+
+    num_classes = 3
+
+    def logits_batch(self, images):
+        from types import SimpleNamespace
+
+        (im,) = images
+        x = torch.from_numpy(im.astype(np.float32) / 64.0).permute(2, 0, 1)
+        return [(x, SimpleNamespace(resized_hw=im.shape[:2], orig_hw=im.shape[:2]))]
+
+
+def test_crf_bench_times_warm_calls_and_reports_medians(monkeypatch):
+    """A recording wrapper around the real CRF charges a fake clock: 100 s for a warm-up call (a
+    device method's first call on each input, pydensecrf's first call), a known time for each
+    timed call. Every timed input of a device method has exactly one untimed warm-up before it,
+    the seconds reported are the medians of the timed calls (not means, not the warm-ups), and
+    each method's first call is reported as its own figure."""
+    from deeplab_edge.bench import crf_bench as B
+    from deeplab_edge.crf import DEVICE_METHODS
+
+    now = [0.0]
+    monkeypatch.setattr(B, "_clock", lambda: now[0])
+    real = C.dense_crf
+    calls: dict[tuple, int] = {}
+    charged: dict[tuple[str, str], list[float]] = {}
+    kept = []  # keeps the images alive, so that no id() is reused for another one
+    natives = []
+
+    def recording(image, scores, params, *, method, device, **kw):
+        out = real(image, scores, params, method=method, device=device, **kw)
+        kept.append(image)
+        key = (method, id(image), params.label_threshold)
+        calls[key] = calls.get(key, 0) + 1
+        method_calls = sum(v for k, v in calls.items() if k[0] == method)
+        warm = calls[key] == 1 and (method in DEVICE_METHODS or method_calls == 1)
+        if warm:
+            now[0] += 100.0
+        else:
+            setting = "native" if any(image is im for im in natives) else (
+                "all_labels" if params.label_threshold == 0 else "pruned")
+            timed = charged.setdefault((method, setting), [])
+            dt = (1.0, 2.0, 30.0)[len(timed)]  # a skewed spread: its median is not its mean
+            timed.append(dt)
+            now[0] += dt
+        return out
+
+    monkeypatch.setattr(C, "dense_crf", recording)
+    rng = np.random.default_rng(0)
+    data = []
+    for i, (h, w) in enumerate([(12, 15), (14, 11), (9, 13)]):
+        im = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+        natives.append(im)
+        data.append((f"im{i}", im, (np.arange(h * w).reshape(h, w) % 3).astype(np.uint8)))
+    methods = ["pydensecrf", "torch", "window"]
+    res = B.run_crf_bench(_FakeSegmenter(), data, methods, CRFParams(iterations=1, window_radius=1, dilation=2),
+                          device=torch.device("cpu"), size=10, speed_images=3)
+    for (method, _, _), n in calls.items():
+        if method != "pydensecrf":
+            assert n == 2  # one warm-up, one timed call: no input timed cold, none timed twice
+    assert sorted(calls.values()).count(2) == 2 * 3 * 3 + 1  # pydensecrf: only its first call warmed up
+    rows = {r["method"]: r for r in res["rows"]}
+    for m in methods:
+        r = rows[m]
+        for setting, field in (("native", "s_per_image_native"), ("pruned", "s_per_image_10x10"),
+                               ("all_labels", "s_per_image_10x10_all_labels")):
+            timed = charged[(m, setting)]
+            assert len(timed) == 3 and r[field] == pytest.approx(float(np.median(timed)))
+            assert r[field] != pytest.approx(float(np.mean(timed)))  # medians, not means
+        assert r["first_call_s"] == 100.0  # its first call: compile and tune, on a GPU
+    assert rows["torch"]["first_call_s_10x10"] == 100.0 and rows["window"]["first_call_s_10x10"] == 100.0
+    assert res["timing"]["statistic"] == "median"
+    assert rows["torch"]["speedup_vs_pydensecrf"] == pytest.approx(
+        rows["pydensecrf"]["s_per_image_native"] / rows["torch"]["s_per_image_native"])

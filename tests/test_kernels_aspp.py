@@ -143,6 +143,8 @@ def test_refuses_bad_inputs_and_missing_gpu(monkeypatch):
         A.aspp_branches(torch.zeros(1, 8, 5, 5, dtype=torch.float64), ws, torch.zeros(16), (), 16)
     with pytest.raises(ValueError, match="expected weight"):
         A.aspp_branches(torch.randn(1, 9, 5, 5), ws, torch.zeros(16), (), 16)
+    with pytest.raises(ValueError, match="expected weight in the input's dtype torch.float16, got torch.float32"):
+        A.aspp_branches(torch.randn(1, 8, 5, 5).half(), ws, torch.zeros(16), (), 16)  # never cast per call
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(KernelUnavailableError, match="need a CUDA GPU"):
         A.aspp_branches(torch.randn(1, 8, 5, 5), ws, torch.zeros(16), (), 16)
@@ -195,3 +197,43 @@ def test_fused_atrous_head_agrees_on_voc(shared, imported):
     fused = A.fuse_aspp(copy.deepcopy(model))
     assert len(fused.classifier[0].rates) == 3
     assert _agreement(model, fused, _voc_batches(shared, imported, 3)) >= 0.999
+
+
+# ----------------------------------------------------------------------------- casts
+
+@pytest.mark.parametrize("kind", ["v3", "v2"])
+def test_biases_keep_their_fp32_values_through_casts(kind):
+    """The biases and the image-pooling matrices stay fp32 *with their folded values* through
+    ``.half()``, ``.to(bf16)`` and back ``.float()``: bit-equal, not rounded to 16 bits and widened
+    back (0.0017 off after bf16 before). The packed weights do follow the cast."""
+    if kind == "v3":
+        head = ASPP(16, (1, 2), cout=24)
+        _randomize_bn(head)
+        fused = A.FusedASPP(head.eval())
+    else:
+        fused = A.FusedASPPSum(ASPPSum(16, 21, (1, 2)).eval())
+    names = type(fused)._fp32
+    assert names == (("bias",) if kind == "v2" else ("bias", "proj_bias", "pool_weight", "pool_bias",
+                                                     "proj_pool_weight"))
+    folded = {n: getattr(fused, n).clone() for n in names}
+    for cast, weight_dtype in ((lambda m: m.half(), torch.float16), (lambda m: m.to(torch.bfloat16), torch.bfloat16),
+                               (lambda m: m.float(), torch.float32), (lambda m: m.to("cpu", torch.float16),
+                                                                      torch.float16)):
+        cast(fused)
+        assert fused.weight.dtype == weight_dtype
+        for n in names:
+            buf = getattr(fused, n)
+            assert buf.dtype == torch.float32 and torch.equal(buf, folded[n]), n
+    assert list(fused.state_dict()) == list(dict(fused.named_buffers()))  # buffers keep their order
+
+
+def test_a_head_fused_after_its_cast_stores_its_weights_in_that_dtype():
+    """Fusing a head that is already fp16 folds in fp32 and stores the weights in fp16 once; an
+    input of another dtype is refused (as nn.Conv2d does), never cast per call."""
+    head = ASPP(16, (1, 2), cout=24)
+    _randomize_bn(head)
+    fused = A.FusedASPP(head.eval().half())
+    assert fused.weight.dtype == fused.proj_weight.dtype == torch.float16
+    assert fused.bias.dtype == fused.pool_weight.dtype == torch.float32
+    with pytest.raises(ValueError, match="expected weight in the input's dtype torch.float32, got torch.float16"):
+        fused(torch.randn(1, 16, 5, 5))

@@ -263,6 +263,44 @@ def test_pixel_counts_past_int32_are_refused_before_any_work():
                             crf_window_params())
 
 
+@pytest.mark.parametrize("order", ["fuse-then-cast", "cast-then-fuse"])
+def test_a_cast_fused_head_launches_on_its_own_weights(launches, order):
+    """``--backend triton`` fuses the fp32 model, then TorchRunner casts it; the kernel benchmark
+    fused a head already cast. Either way every launch reads the module's weight buffers as they
+    are, in the input's dtype: no per-call cast (88 MB a call for the v3 ResNet-101 head in fp16)."""
+    from deeplab_edge.models.heads import ASPP, ASPPSum
+
+    for head, cls in ((ASPP(16, (1, 2), 8), aspp.FusedASPP), (ASPPSum(16, 4, (1, 2)), aspp.FusedASPPSum)):
+        head.eval()
+        fused = cls(head).to(torch.bfloat16) if order == "fuse-then-cast" else cls(head.to(torch.bfloat16))
+        launches.calls.clear()
+        fused(torch.randn(1, 16, 9, 9, dtype=torch.bfloat16))
+        weights = [fused.weight] + ([fused.proj_weight] if cls is aspp.FusedASPP else [])
+        assert [c["args"]["w_ptr"].data_ptr() for c in launches.calls] == [w.data_ptr() for w in weights]
+        assert all(c["args"]["w_ptr"].dtype == torch.bfloat16 and c["args"]["bias_ptr"].dtype == torch.float32
+                   for c in launches.calls)
+
+
+def test_aspp_refuses_feature_maps_past_its_int32_offsets():
+    """The ASPP kernel's offsets inside one image (pixels x channels, of its input and of its
+    output) are int32, like the CRF kernels' pixel indices: a map that would pass 2^31 elements is
+    refused before any work, the largest that fits goes on (to the device check here). Meta
+    tensors: no memory behind them."""
+    from deeplab_edge.errors import KernelUnavailableError
+
+    meta = {"device": "meta", "dtype": torch.float16}
+    w_in = torch.empty(1, 2048, 16, **meta)
+    with pytest.raises(ValueError, match=r"tap_conv: 1024x1024 pixels x 2048 channels pass the kernels' int32 .* "
+                                         "split the image into tiles of under 1,048,575 pixels"):
+        aspp.aspp_branches(torch.empty(1, 2048, 1024, 1024, **meta), w_in, torch.zeros(16, device="meta"), (), 16)
+    with pytest.raises(KernelUnavailableError):  # past the guard: 1023 x 1024 x 2048 < 2^31
+        aspp.aspp_branches(torch.empty(2, 2048, 1023, 1024, **meta), w_in, torch.zeros(16, device="meta"), (), 16)
+    # the output side: 16 channels in, 2 groups x 1024 channels out
+    w_out = torch.empty(10, 16, 1024, **meta)
+    with pytest.raises(ValueError, match="1024x1024 pixels x 2048 channels"):
+        aspp.aspp_branches(torch.empty(1, 16, 1024, 1024, **meta), w_out, torch.zeros(2048, device="meta"), (1,), 1024)
+
+
 def crf_window_params():
     from deeplab_edge.crf import PRESETS
 

@@ -113,14 +113,16 @@ def kernels_bench(shapes, batches, dtypes, providers, warmup, iters, no_compile_
         from ..kernels.compile import compile_all, kernel_specs
 
         with console.status("compiling the kernels for sm_87 and sm_90"):
-            compiled = [r.as_dict() for r in compile_all(kernel_specs(dtypes=dts))]
+            compiled = [r.as_dict() for r in compile_all(kernel_specs(dtypes=dts), (87, 90))]
     with console.status("counting FLOPs, launches and bytes"):
         analytic = kb.analyse(names, bs, dts, compiled)
     result: dict[str, Any] = {"environment": environment(), "analytic": analytic, "crf_analytic": kb.crf_estimate(),
                               "crf_lattice_analytic": kb.lattice_estimate(), "timings": None}
     if torch.cuda.is_available():
         with progress_bar() as prog:
-            task = prog.add_task("timing", total=len(names) * len(bs) * len(dts) * len(provs))
+            # every provider on both input layouts, but torch.compile on the runner's (NCHW) only
+            per_layout = len(provs) * len(kb.LAYOUTS) - ("compile" in provs) * (len(kb.LAYOUTS) - 1)
+            task = prog.add_task("timing", total=len(names) * len(bs) * len(dts) * per_layout)
             result["timings"] = kb.run(names, bs, dts, provs, warmup, iters,
                                        progress=lambda d: prog.update(task, advance=1, description=d))
     else:
@@ -154,11 +156,13 @@ def kernels_bench(shapes, batches, dtypes, providers, warmup, iters, no_compile_
               "registers and shared memory.[/]")
     if result["timings"]:
         t = Table(title=f"Measured on {result['environment']['gpu']['name']} (median of {iters}, CUDA events)")
-        for col in ("shape", "batch", "dtype", "provider", "ms", "p10-p90", "TFLOP/s", "GB/s", "% roofline",
-                    "vs torch"):
-            t.add_column(col, justify="left" if col in ("shape", "provider") else "right", no_wrap=col == "shape")
+        for col in ("shape", "batch", "dtype", "layout", "provider", "ms", "p10-p90", "TFLOP/s", "GB/s",
+                    "% roofline", "vs torch"):
+            t.add_column(col, justify="left" if col in ("shape", "provider", "layout") else "right",
+                         no_wrap=col == "shape")
         for r in result["timings"]:
-            t.add_row(r["shape"], str(r["batch"]), r["dtype"], r["provider"], f"{r['median_ms']:.3f}",
+            layout = r["layout"] + (" (runner)" if r.get("runner_layout") else "")
+            t.add_row(r["shape"], str(r["batch"]), r["dtype"], layout, r["provider"], f"{r['median_ms']:.3f}",
                       f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}", f"{r['tflops']:.1f}", f"{r['gbs']:.0f}",
                       f"{100 * r.get('fraction_of_roofline', float('nan')):.0f}",
                       f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "-")

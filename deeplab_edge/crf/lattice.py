@@ -19,7 +19,12 @@ from ..errors import DeepLabEdgeError
 from .params import CRFParams, gaussian_1d
 
 __all__ = ["PermutohedralLattice", "SpatialFilter", "LatticeSetup", "lattice_features", "lattice_setup",
-           "permutohedral_crf", "lattice_step_reference"]
+           "permutohedral_crf", "lattice_step_reference", "CHECK_CSR_INVARIANTS"]
+
+#: Validate every CSR matrix built here with PyTorch's invariant check (crow indices, columns in
+#: range, sorted and distinct within each row: what cuSPARSE assumes). Off in use: the check costs
+#: a pass over the indices (and a device sync on a GPU); the tests turn it on.
+CHECK_CSR_INVARIANTS = False
 
 
 class PermutohedralLattice:
@@ -96,10 +101,13 @@ class PermutohedralLattice:
         offset = inverse.reshape(n, d1)
         self.offset = offset  # [N, d1]: the lattice vertex of each corner of each point's simplex
         self.alpha = alpha = 1.0 / (1.0 + 2.0 ** (-d))  # slicing weight of the blurred lattice (Adams et al.)
-        # The three linear maps as CSR matrices (rows built in order, no coalescing):
-        # slice [N, M] (row = point: its d+1 simplex vertices), splat = its transpose [M, N].
-        self.slice = _csr(torch.arange(0, n * d1 + 1, d1, device=dev), offset.reshape(-1),
-                          self.bary.reshape(-1) * alpha, (n, m))
+        # The three linear maps as CSR matrices, rows built in order and the columns sorted within
+        # each row (once per image), each value moved with its column: slice [N, M] (row = point:
+        # its d+1 simplex vertices, which come in remainder order), splat = its transpose [M, N]
+        # (already sorted: the stable sort lists a vertex's points in order).
+        slice_cols, perm = offset.sort(1)
+        self.slice = _csr(torch.arange(0, n * d1 + 1, d1, device=dev), slice_cols.reshape(-1),
+                          self.bary.gather(1, perm).reshape(-1) * alpha, (n, m))
         counts = torch.bincount(inverse, minlength=m)
         self.splat = _csr(torch.cat([counts.new_zeros(1), counts.cumsum(0)]), order // d1,
                           self.bary.reshape(-1)[order], (m, n))
@@ -119,11 +127,14 @@ class PermutohedralLattice:
                 pos = torch.searchsorted(uniq, target).clamp_max(m - 1)
                 cols.append(pos)
                 found.append(uniq[pos] == target)
-            cols_t, found_t = torch.stack(cols, 1), torch.stack(found, 1)  # [M, 3]
+            cols_t, found_t = torch.stack(cols, 1), torch.stack(found, 1)  # [M, 3]: self, +e, -e
             neighbours.append(torch.where(found_t[:, 1:], cols_t[:, 1:], m).t())
-            vals = torch.tensor([1.0, 0.5, 0.5], device=dev).expand(m, 3)
-            crow = torch.cat([counts.new_zeros(1), found_t.sum(1).cumsum(0)])
-            self.blur.append(_csr(crow, cols_t[found_t], vals[found_t], (m, m)))
+            # sorted rows: missing neighbours (column m) sort last and are dropped
+            cols_s, perm = torch.where(found_t, cols_t, m).sort(1)
+            vals = torch.tensor([1.0, 0.5, 0.5], device=dev).expand(m, 3).gather(1, perm)
+            kept = cols_s < m
+            crow = torch.cat([counts.new_zeros(1), kept.sum(1).cumsum(0)])
+            self.blur.append(_csr(crow, cols_s[kept], vals[kept], (m, m)))
         self.neighbours = torch.stack(neighbours)  # [d1, 2, M]
         self._buffers: dict[tuple[int, torch.device], list[torch.Tensor]] = {}
 
@@ -150,7 +161,8 @@ class PermutohedralLattice:
 def _csr(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     with warnings.catch_warnings():  # "sparse CSR support is in beta": the CSR @ dense product used here is stable
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, col, val.float().contiguous(), size=size, check_invariants=False)
+        return torch.sparse_csr_tensor(crow, col, val.float().contiguous(), size=size,
+                                       check_invariants=CHECK_CSR_INVARIANTS)
 
 
 class SpatialFilter:
