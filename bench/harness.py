@@ -201,17 +201,24 @@ def build_artifacts(loaded, weights: Path, dataset, work: Path, backends: list[B
 
     fp32 = work / "model_fp32.onnx"
     sha = loaded.meta.get("sha256")
-    same = fp32.is_file() and sha and read_metadata(fp32).get("checkpoint_sha256") == sha and \
-        json.dumps(read_metadata(fp32).get("config"), sort_keys=True) == json.dumps(loaded.model.config, sort_keys=True)
-    if same and (max(batches) == 1 or _dynamic_batch(fp32)):  # same weights, same config (e.g. output stride)
+    dynamic = dynamic_axes(loaded.meta, batch=max(batches) > 1)
+    # what the export is made from and with (weights, config such as the output stride, preprocessing and input
+    # size, dynamic axes): an ONNX in --artifacts is reused only when bench itself exported it so
+    export_key = json.dumps({"checkpoint_sha256": sha, "config": loaded.model.config,
+                             "preprocess": loaded.meta.get("preprocess"), "dynamic": sorted(dynamic)},
+                            sort_keys=True, default=str)
+    export_stamp = work / "export.stamp"
+    if sha and fp32.is_file() and export_stamp.is_file() and export_stamp.read_text() == export_key:
         log(f"reusing {fp32}")
         info["onnx_fp32"] = {"path": str(fp32), "reused": True}
     else:
         (work / "calibration.stamp").unlink(missing_ok=True)  # the INT8 models derive from this export
+        export_stamp.unlink(missing_ok=True)
         log(f"exporting {weights.name} to ONNX (parity check on 2 images)")
         t = time.perf_counter()
         images = [dataset.load(i)[1] for i in range(min(2, len(dataset)))]
-        rep = export_onnx(loaded, fp32, images, dynamic=dynamic_axes(loaded.meta, batch=max(batches) > 1))
+        rep = export_onnx(loaded, fp32, images, dynamic=dynamic)
+        export_stamp.write_text(export_key)
         info["onnx_fp32"] = {"path": str(fp32), "seconds": time.perf_counter() - t,
                              "parity_agreement": rep.parity["agreement"],
                              "parity_max_abs_diff": rep.parity["max_abs_diff"]}
@@ -221,7 +228,13 @@ def build_artifacts(loaded, weights: Path, dataset, work: Path, backends: list[B
         src = calib_data or Path(dataset.root)
         qdq, cpu = work / "model_qdq.onnx", work / "model_cpu_int8.onnx"
         stamp = work / "calibration.stamp"
-        key = f"{sha}|{Path(src).resolve()}|{calib_num}|{calib_method}"
+        from deeplab_edge.data.datasets import open_dataset as _open
+        from deeplab_edge.data.overlap import image_digests
+
+        # the calibration images by content (a folder whose images changed is calibrated again)
+        digests = image_digests(smp.image for smp in _open(src).subset(calib_num).samples)
+        key = json.dumps({"export": export_key, "data": str(Path(src).resolve()), "images_sha1": digests,
+                          "num": calib_num, "method": calib_method}, sort_keys=True)
         if qdq.is_file() and cpu.is_file() and stamp.is_file() and stamp.read_text() == key:
             log(f"reusing the calibration in {work}")
             info["calibration"] = {"reused": True}
@@ -255,13 +268,6 @@ def build_artifacts(loaded, weights: Path, dataset, work: Path, backends: list[B
             if w["kind"] in SHOWN_CALIBRATION_WARNINGS:
                 log(f"WARNING: {w['message']}")
     return info
-
-
-def _dynamic_batch(path: Path) -> bool:
-    import onnx
-
-    dim = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
-    return not dim.HasField("dim_value")
 
 
 # ----------------------------------------------------------------------------- runners

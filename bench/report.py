@@ -225,6 +225,9 @@ def _row_problem(doc: dict[str, Any]) -> str | None:
         return "environment: the GPU has no name"
     if not doc["rows"]:
         return "no rows"
+    if "images" in doc and (isinstance(doc["images"], bool) or not isinstance(doc["images"], int)
+                            or doc["images"] < 1):
+        return f"'images' is {doc['images']!r}, not a count of images >= 1"
     for i, r in enumerate(doc["rows"]):
         if not isinstance(r, dict):
             return f"row {i} is a {type(r).__name__}, not an object"
@@ -240,6 +243,12 @@ def _row_problem(doc: dict[str, Any]) -> str | None:
                 return problem
         if not r["batches"]:
             return f"{where}: 'batches' is empty"
+        p50 = r.get("model_ms_p50")
+        if r["latency_ms"] is not None and isinstance(p50, _NUM) and not isinstance(p50, bool):
+            crf = (r.get("crf_ms") or {}).get("p50") or 0.0  # latency = model p50 at batch 1 + CRF median
+            if not math.isclose(r["latency_ms"], p50 + crf, rel_tol=1e-6, abs_tol=1e-6):
+                return (f"{where}: 'latency_ms' is {r['latency_ms']}, not its model p50 at batch 1 ({p50}) plus its "
+                        f"CRF median ({crf})")
         for j, b in enumerate(r["batches"]):
             if not isinstance(b, dict):
                 return f"{where}: batch entry {j} is a {type(b).__name__}, not an object"

@@ -74,10 +74,15 @@ def build(*, output: Path, weights: Path | None = None, onnx: Path | None = None
 
     name = output.stem
     dest = output.parent
-    _refuse_bundle_over_inputs(dest, name, output, {"--weights": weights, "--onnx": onnx, "--qdq": qdq,
-                                                    "--calib-cache": calib_cache, "--data": data,
-                                                    "--calib-data": calib_data})
-    with staged_dir(dest) as stage:
+    inputs = {"--weights": weights, "--onnx": onnx, "--qdq": qdq, "--calib-cache": calib_cache, "--data": data,
+              "--calib-data": calib_data}
+    _refuse_bundle_over_inputs(dest, name, output, inputs, timing_cache)
+    # an earlier bundle of this NAME: its files that this build does not write again go (no stale NAME.cache
+    # beside a manifest without INT8); inputs used in place stay
+    given = [Path(p) for p in inputs.values() if p is not None]
+    earlier = [dest / n for n in _bundle_names(name, output)
+               if (dest / n).is_file() and not any(p.is_file() and os.path.samefile(p, dest / n) for p in given)]
+    with staged_dir(dest, replace=earlier) as stage:
         files = _build_in(stage, name, output, weights=weights, onnx=onnx, data=data, int8=int8, fp16=fp16,
                           calib_data=calib_data, calib_cache=calib_cache, qdq=qdq, calib_method=calib_method,
                           calib_num=calib_num, keep_float_top=keep_float_top, int8_route=int8_route,
@@ -97,8 +102,10 @@ def _bundle_names(name: str, output: Path) -> list[str]:
 _SLOTS = {"--onnx": "{name}_fp32.onnx", "--qdq": "{name}_qdq.onnx", "--calib-cache": "{name}.cache"}
 
 
-def _refuse_bundle_over_inputs(dest: Path, name: str, output: Path, inputs: dict[str, Path | None]) -> None:
-    """No bundle file is written over one of the build's inputs (other than an input in its own slot)."""
+def _refuse_bundle_over_inputs(dest: Path, name: str, output: Path, inputs: dict[str, Path | None],
+                               timing_cache: Path | None = None) -> None:
+    """No bundle file is written over one of the build's inputs (other than an input in its own slot), and the
+    timing cache (read and updated in place) is neither an input nor a file of the bundle."""
     from .outputs import refuse_overwriting_inputs, refuse_writing_over
 
     given = {opt: [Path(p)] for opt, p in inputs.items() if p is not None}
@@ -106,6 +113,12 @@ def _refuse_bundle_over_inputs(dest: Path, name: str, output: Path, inputs: dict
     for opt, paths in given.items():
         slot = _SLOTS.get(opt, "").format(name=name)
         refuse_writing_over([dest / n for n in _bundle_names(name, output) if n != slot], {opt: paths})
+    if timing_cache is not None:
+        refuse_overwriting_inputs({"--timing-cache": (Path(timing_cache), "file")}, given)
+        bundle = {os.path.abspath(dest / n) for n in _bundle_names(name, output)}
+        if os.path.abspath(timing_cache) in bundle:
+            raise DeepLabEdgeError(f"--timing-cache {timing_cache} is a file of the bundle this build writes; name "
+                                   "the timing cache apart, e.g. timing.cache")
 
 
 def _take(src: Path, target: Path, dest: Path) -> Path:
@@ -212,7 +225,9 @@ def _build_in(stage: Path, name: str, output: Path, *, weights, onnx, data, int8
     common = dict(shapes=prof, fp16=fp16, int8=int8, route=route, workspace_mb=workspace_mb, dla_core=dla_core,
                   gpu_fallback=gpu_fallback)
     input_name = inp.name
-    cmd_kw = dict(common, timing_cache=str(timing_cache) if timing_cache else None,
+    # the script runs from the bundle's folder: the timing cache as seen from there
+    tc = os.path.relpath(os.path.abspath(timing_cache), os.path.abspath(output.parent)) if timing_cache else None
+    cmd_kw = dict(common, timing_cache=tc,
                   cache=files["cache"].name if "cache" in files else None)
     trtexec = trtexec_command(onnx=eng_onnx.name, engine=output.name, input_name=input_name, **cmd_kw)
     trtexec11 = (trtexec_command(onnx=eng_onnx.name, engine=output.name, input_name=input_name, trt_major_version=11,

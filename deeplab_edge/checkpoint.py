@@ -173,5 +173,30 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, map_location: 
         restrided = get_model(config.pop("arch"), **config)
         restrided.load_state_dict(model.state_dict(), strict=True)
         model = restrided
+    _check_meta_and_weights(path, model, meta)
     meta.setdefault("sha256", file_sha256(path))
     return LoadedModel(model.eval(), meta, path)
+
+
+def _check_meta_and_weights(path: Path, model: DeepLab, meta: dict[str, Any]) -> None:
+    """What the checkpoint says beside its weights fits them (one class name per class, names told apart, a
+    preprocessing that can run), and the weights are numbers: else every result from it would be wrong."""
+    from .data.preprocess import Preprocess
+
+    classes = meta.get("classes")
+    if classes is not None:
+        if not isinstance(classes, list) or len(classes) != model.num_classes:
+            raise CheckpointError(f"{path}: {len(classes) if isinstance(classes, list) else 'no list of'} class names "
+                                  f"for a model of {model.num_classes} classes; re-save it with one name per class")
+        if len(set(map(str, classes))) != len(classes):
+            dup = next(c for c in classes if classes.count(c) > 1)
+            raise CheckpointError(f"{path}: the class name {dup!r} is given twice; re-save it with distinct names")
+    try:
+        Preprocess.from_dict(meta.get("preprocess"))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its preprocessing cannot run ({e}); re-save it with a valid one, or re-import "
+                              "or re-train the model") from e
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} weight tensors hold NaN or infinity (e.g. {bad[0]}); the model "
+                              "cannot predict anything: use an earlier checkpoint (a diverged training?)")

@@ -93,6 +93,12 @@ def refuse_overwriting_inputs(outputs: dict[str, tuple[Path, str]], inputs: dict
     folder (it would change the set the command reads, now or on the next run); an output folder
     may not be an input folder nor lie inside one. Files the command writes into an output folder
     are checked by name where the command knows them (:func:`refuse_writing_over`)."""
+    items = list(outputs.items())
+    for i, (opt, (out, _)) in enumerate(items):  # two outputs in one place would mix (or overwrite) each other
+        for opt2, (out2, _) in items[i + 1:]:
+            if _real(out) == _real(out2):
+                raise OutputError(f"{opt} {out} and {opt2} {out2} are the same place; give each its own (a folder "
+                                  "inside the other is fine)")
     for opt, (out, kind) in outputs.items():
         for iopt, paths in inputs.items():
             for inp in paths:

@@ -436,7 +436,11 @@ def read_labels(path: str | Path, num_classes: int) -> list[str]:
     if len(lines) < num_classes:
         raise ImportModelError(f"{path}: {len(lines)} class names for a {num_classes}-class model; "
                                "give one name per line")
-    return lines[:num_classes]
+    names = lines[:num_classes]
+    dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if dup is not None:  # two classes under one name: their pixels would be counted as one class
+        raise ImportModelError(f"--labels {path}: the class name {dup!r} is given twice; give each class its own name")
+    return names
 
 
 def preprocess_of(p: Parsed) -> dict[str, Any]:

@@ -51,6 +51,10 @@ LOG_EVERY = 10  # on a GPU, the loss is read (a sync) every this many steps
 LOADER_WORKERS = 4  # data-loading processes on a GPU
 # what a run writes into its folder: a folder holding any of these holds a run
 RUN_FILES = ("best.pt", "last.pt", STATE, "train_record.json", "train_record.csv", "train_curve.png", "model_qdq.onnx")
+# what --resume may change: the length of the run, validation, where it runs; every other setting is the run's
+RESUME_MAY_CHANGE = {"epochs", "max_steps", "val_data", "val_split", "val_every", "device", "resume", "output",
+                     "extra", "given", "qat",  # (a QAT run resumed without --qat, or the reverse: its own message)
+                     "data"}  # the data may have moved: its image count is checked against the run's instead
 
 
 @dataclass
@@ -87,6 +91,8 @@ class TrainConfig:
     qat_ranges: str = "mse"  # the PTQ method whose activation thresholds QAT starts from (and keeps)
     qat_calib_num: int = 64  # images of --data those thresholds are calibrated on
     extra: dict[str, Any] = field(default_factory=dict)
+    # the fields the user set (the CLI passes those typed on its command line); None: all of them
+    given: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         """The numbers the CLI checks when parsed, checked again for the Python API (NaN and infinity refused)."""
@@ -265,13 +271,48 @@ def load_state(path: Path) -> dict[str, Any]:
     return {**st, "record": record}
 
 
+def resume_config(cfg: TrainConfig, state: dict[str, Any]) -> TrainConfig:
+    """The configuration a resumed run continues with: the run's own settings, except what --resume may
+    change (:data:`RESUME_MAY_CHANGE`); a setting the user gave that differs from the run's is refused
+    (it would be recorded as used while the optimizer and the schedule keep the run's)."""
+    from dataclasses import fields, replace
+
+    started = dict(state["record"].get("config") or {})
+    if started.get("arch") is None and cfg.arch is not None:
+        started["arch"] = state["arch"]  # a run started from --weights: the architecture it trains
+    given = set(f.name for f in fields(cfg)) if cfg.given is None else set(cfg.given)
+    keep = {}
+    for f in fields(cfg):
+        if f.name in RESUME_MAY_CHANGE or f.name not in started:
+            continue
+        ours, theirs = getattr(cfg, f.name), started[f.name]
+        if f.name in given and ours != theirs and not (f.name in ("weights", "data", "val_data") and ours
+                                                       and theirs and Path(ours).resolve() == Path(theirs).resolve()):
+            flag = "--" + f.name.replace("_", "-")
+            raise DeepLabEdgeError(f"{flag} {ours} differs from the run's {theirs} (-o {cfg.output}): --resume continues "
+                                   f"the run as it was started; drop {flag}, or train a new run into another folder")
+        keep[f.name] = theirs
+    if "scale_min" in keep:  # the CLI's --scale gives both
+        keep["scale_min"], keep["scale_max"] = started["scale_min"], started["scale_max"]
+    return replace(cfg, **keep)
+
+
 def _check_run_folder(cfg: TrainConfig, out: Path, state: dict[str, Any] | None) -> None:
-    """Before any work: a new run goes into a folder without a run; a resumed run matches its folder's."""
+    """Before any work: a new run goes into a new or empty folder; a resumed run into its own (a folder
+    holding anything else is the user's: refused, never mixed with a run)."""
+    from .outputs import check_run_folder
+
+    from .outputs import refuse_writing_over
+
+    check_run_folder(out, set(RUN_FILES) | {LOCK}, "training")
     if not cfg.resume:
         held = [n for n in RUN_FILES if (out / n).exists()]
         if held:
             raise DeepLabEdgeError(f"-o {out} holds an earlier training run ({', '.join(held[:3])}); pass --resume to "
                                    "continue it, or choose a new folder (nothing there was changed)")
+    if cfg.weights:  # the run's own files are replaced as it trains: none may be its starting point
+        refuse_writing_over([out / n for n in RUN_FILES], {"--weights": [Path(cfg.weights)]})
+    if not cfg.resume:
         return
     record = state["record"]
     was_qat = "qat" in record
@@ -343,6 +384,12 @@ def train(cfg: TrainConfig, progress: Callable[[dict[str, Any]], None] | None = 
 
 def _train(cfg, device, info, progress, log) -> dict[str, Any]:
     out = Path(cfg.output)
+    state_path = out / STATE
+    if cfg.resume and not state_path.is_file():  # every input checked before any work
+        raise DeepLabEdgeError(f"{state_path}: nothing to resume; train without --resume first")
+    state = load_state(state_path) if cfg.resume else None
+    if state is not None:  # the run's own settings, before anything is checked against them
+        cfg = resume_config(cfg, state)
     ds = open_dataset(cfg.data, cfg.dataset, cfg.split)
     if ds.kind == "folder" or not ds.has_labels:
         raise DataError(f"{cfg.data}: no labelled {cfg.split} split found; training needs a VOC, Cityscapes or "
@@ -360,15 +407,14 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
     if len(ds) < cfg.batch_size:
         raise DataError(f"{cfg.data}: {len(ds)} images, fewer than one batch of {cfg.batch_size}; lower --batch-size")
 
+    if state is not None and state["record"].get("images") not in (None, len(ds)):
+        raise DataError(f"{cfg.data}: {len(ds)} images of split {cfg.split!r}, the run trained on "
+                        f"{state['record']['images']}; resume it on its own data")
     ds.check_pairs()
     ds.check_labelled_pixels("train on")
     if val is not None:
         val.check_pairs()
         val.check_labelled_pixels("validate on")
-    state_path = out / STATE
-    if cfg.resume and not state_path.is_file():  # every input checked before any work
-        raise DeepLabEdgeError(f"{state_path}: nothing to resume; train without --resume first")
-    state = load_state(state_path) if cfg.resume else None
     lock = _RunLock(out)
     try:
         # rank 0 writes the run: it holds the folder's lock and checks the folder; every process stops if it refuses
@@ -446,8 +492,12 @@ def _run(cfg, device, info, progress, log, ds, val, local_bs, state) -> dict[str
         if st["arch"] != model.config["arch"] or st["num_classes"] != ds.num_classes:
             raise DeepLabEdgeError(f"{state_path}: a {st['arch']} with {st['num_classes']} classes, not a "
                                    f"{model.config['arch']} with {ds.num_classes}; resume with the same model and data")
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
+        try:
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise DeepLabEdgeError(f"{state_path}: its weights or optimizer state do not fit this model "
+                                   f"({str(e).splitlines()[0][:120]}); resume with the run's own settings") from e
         _restore_random_and_scale(st, scaler)
         start_epoch, step, record = st["epoch"], st["step"], st["record"]
         # what this phase ran with: the same settings continue exactly; another --epochs stretches the schedule

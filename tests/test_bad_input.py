@@ -164,7 +164,7 @@ CASES = [
     ("bench-unknown-backend", "bench --weights {ckpt} --data {voc} --backends tpu-int8", "unknown backend"),
     ("bench-unknown-crf", "bench --weights {ckpt} --data {voc} --crf magic", "unknown CRF option"),
     ("bench-missing-weights", "bench --data {voc}", "needs --weights"),
-    ("kernels-compile-unknown-arch", "kernels compile --arch 75", "unknown architecture"),
+    ("kernels-compile-unknown-arch", "kernels compile --arch 70", "unknown architecture"),
     ("crf-bench-unknown-method", "crf bench --weights {ckpt} --data {voc} --methods magic", "unknown CRF method"),
     ("unknown-option", "eval --weights {ckpt} --data {voc} --frobnicate", "--frobnicate"),
     ("missing-required-option", "export --weights {ckpt} -o {w}/out/m.onnx", "--data"),
@@ -249,8 +249,40 @@ CASES_23 = [
     ("train-one-image-per-process-trainable-bn",
      "train --data {w}/camvid_ok --arch deeplabv3_mobilenet_v2 --crop 33 --batch-size 1 -o {w}/out/t",
      "one image per process"),
-    ("train-loss-not-finite", "train --data {w}/camvid_ok --weights {w}/nan11.pth --crop 33 --batch-size 2 "
-     "-o {w}/out/t", "loss became nan"),
+    ("train-from-nan-weights", "train --data {w}/camvid_ok --weights {m}/nan11.pth --crop 33 --batch-size 2 "
+     "-o {w}/out/t", "NaN or infinity"),
+    # found by an independent pass over the same classes
+    ("train-resume-with-weights-from-its-own-folder", "train --data {w}/camvid_ok --weights {w}/run_done/last.pt "
+     "--crop 33 --batch-size 2 --epochs 2 --resume -o {w}/run_done", "--weights"),
+    ("train-resume-with-another-momentum", "train --data {w}/camvid_ok --weights {ckpt} --crop 33 --batch-size 2 "
+     "--epochs 2 --momentum 0 --resume -o {w}/run_done", "differs from the run's 0.9"),
+    ("train-resume-with-another-batch-size", "train --data {w}/camvid_ok --crop 33 --batch-size 4 --epochs 2 --resume "
+     "-o {w}/run_done", "differs from the run's 2"),
+    ("train-o-holds-user-files", "train --data {w}/camvid_ok --weights {ckpt} --crop 33 --batch-size 2 -o {w}/userdir",
+     "not a training run's"),
+    ("train-seed-huge", "train --data {w}/camvid_ok --weights {ckpt} --seed 99999999999999999999 -o {w}/out/t",
+     "--seed"),
+    ("build-timing-cache-is-an-input", "build --onnx {w}/tiny_fp32.onnx --fp16 --timing-cache {w}/tiny_fp32.onnx "
+     "-o {w}/out/t.engine", "is the --onnx input"),
+    ("build-timing-cache-in-the-bundle", "build --onnx {w}/tiny_fp32.onnx --fp16 --timing-cache {w}/out/t_fp32.onnx "
+     "-o {w}/out/t.engine", "a file of the bundle"),
+    ("bench-artifacts-are-the-output", "bench --weights {ckpt} --data {voc} --artifacts {w}/adir -o {w}/adir",
+     "same place"),
+    ("import-labels-twice-the-same", "import {tflite} -o {w}/out/m.pt --labels {w}/labels_dup.txt", "given twice"),
+    ("eval-checkpoint-fewer-names-than-classes", "eval --weights {m}/two_names.pt --data {voc}",
+     "2 class names for a model of 21 classes"),
+    ("predict-checkpoint-fewer-names-than-classes", "predict --weights {m}/two_names.pt {img} -o {w}/out/p",
+     "2 class names"),
+    ("eval-checkpoint-with-std-0", "eval --weights {m}/std0.pt --data {voc}", "preprocessing cannot run"),
+    ("eval-checkpoint-with-nan-weights", "eval --weights {m}/nan11.pth --data {w}/camvid_ok --dataset camvid "
+     "--split train", "NaN or infinity"),
+    ("calibrate-percentile-with-minmax", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c --method "
+     "minmax --percentile 99", "applies only with --method percentile"),
+    ("calibrate-search-num-without-search", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c "
+     "--search-num 4", "applies only with --method search"),
+    ("eval-scales-empty-item", "eval --weights {ckpt} --data {voc} --scales 1,,", "empty item"),
+    ("eval-crf-iterations-huge", "eval --weights {ckpt} --data {voc} --crf torch --crf-iterations 999999999999",
+     "--crf-iterations"),
 ]
 
 
@@ -374,10 +406,22 @@ def _issue23_inputs(w: Path, shared, imported) -> None:
                         ("run_random", lambda p: p.write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()))):
         (w / name).mkdir()
         write(w / name / "train_state.pt")
-    # a model whose classifier bias is NaN: the first loss is NaN
+    (w / "labels_dup.txt").write_text("".join(f"{'x' if i in (3, 7) else f'c{i}'}\n" for i in range(21)))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, imported):
+    """Checkpoints that are wrong beside their weights, or in them (read by the cases, not copied for each:
+    watched for changes instead)."""
+    m = tmp_path_factory.mktemp("bad_models")
     sd = get_model("deeplabv3_mobilenet_v2", num_classes=11).state_dict()
-    sd["classifier.1.bias"][:] = float("nan")
-    torch.save(sd, w / "nan11.pth")
+    sd["classifier.1.bias"][:] = float("nan")  # a diverged training's weights
+    torch.save(sd, m / "nan11.pth")
+    ck = torch.load(imported[0], weights_only=True)
+    torch.save({**ck, "meta": {**ck["meta"], "classes": ["a", "b"]}}, m / "two_names.pt")
+    torch.save({**ck, "meta": {**ck["meta"], "preprocess": {**ck["meta"]["preprocess"], "std": [0.0] * 3}}},
+               m / "std0.pt")
+    return m
 
 
 def _snapshot(root: Path) -> dict[str, tuple]:
@@ -425,15 +469,15 @@ def test_at_least_60_cases_over_every_command():
 
 
 @pytest.mark.parametrize("case", CASES + CASES_23, ids=[c[0] for c in CASES + CASES_23])
-def test_bad_input(case, inputs, shared, imported, tmp_path):
+def test_bad_input(case, inputs, models, shared, imported, tmp_path):
     name, template, pattern = case
     w = tmp_path / "w"
     shutil.copytree(inputs, w, symlinks=True)
     import shlex
 
-    argv = shlex.split(template.format(ckpt=imported[0], voc=shared["voc"], tflite=shared["tflite"], w=w,
+    argv = shlex.split(template.format(ckpt=imported[0], voc=shared["voc"], tflite=shared["tflite"], w=w, m=models,
                                        img=shared["voc"] / "JPEGImages" / "0.png"))
-    assert_refused(argv, w, pattern, watch=(imported[0].parent, shared["voc"]))
+    assert_refused(argv, w, pattern, watch=(imported[0].parent, shared["voc"], models))
 
 
 def test_read_only_output_folder(tmp_path, imported):
@@ -687,3 +731,34 @@ def test_the_python_api_refuses_nan_where_the_cli_does():
     overlay(img, lab, pal, 0.3)
     with pytest.raises(ValueError, match="alpha"):
         overlay(img, lab, pal, float("nan"))
+
+
+def test_a_loss_that_stops_being_finite_stops_the_run_before_its_step(inputs, imported, tmp_path, monkeypatch):
+    """The first epoch trains; in the second the loss turns NaN (the cross entropy made NaN from its second epoch
+    on, as a diverging run's): one line, and last.pt is still the first epoch's, its weights finite."""
+    import torch.nn.functional as F
+
+    import deeplab_edge.train as train_mod
+
+    calls = {"n": 0}
+    real = F.cross_entropy
+
+    def cross_entropy(*args, **kw):
+        calls["n"] += 1
+        out = real(*args, **kw)
+        return out * float("nan") if calls["n"] > 2 else out  # 2 steps per epoch (4 images, batch 2)
+
+    monkeypatch.setattr(train_mod.F, "cross_entropy", cross_entropy)
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train", "--data", str(inputs / "camvid_ok"), "--weights", str(imported[0]),
+                                    "--crop", "33", "--batch-size", "2", "--epochs", "3", "-o", str(run)],
+                             catch_exceptions=False)
+    # a run that fails as it trains: its log so far, then one error line (exit 2, no traceback)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("error: the training loss became nan at epoch 2, step 3") and \
+        "last.pt holds the last epoch that finished" in last, res.output
+    record = json.loads((run / "train_record.json").read_text())
+    assert [e["epoch"] for e in record["epochs"]] == [1]
+    weights = torch.load(run / "last.pt", weights_only=True)["state_dict"]
+    assert all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point())

@@ -29,6 +29,7 @@ COUNT = click.IntRange(min=1)            # images, iterations, batch sizes, thre
 NONNEG = click.IntRange(min=0)           # warm-up calls, layers kept in float, DLA core...
 SIDE = click.IntRange(32, 4096)          # an input side in pixels (4096 x 4096 logits: ~1.4 GB for 21 classes)
 THREADS = click.IntRange(1, 1024)
+CRF_ITERATIONS = click.IntRange(0, 200)  # mean-field converges in 5-10 (the paper: 10); 200 is far past it
 
 
 class Finite(click.FloatRange):
@@ -148,8 +149,10 @@ def progress_bar():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
+    # off where stderr is no terminal (a log, a pipe): there rich draws nothing but would end with an empty
+    # line, which put a blank line before a run's one error line
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, transient=True)
+                    TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal)
 
 
 def pct(v: float | None) -> str:

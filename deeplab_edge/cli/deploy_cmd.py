@@ -58,6 +58,16 @@ def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input
 
 # ----------------------------------------------------------------------------- calibrate
 
+def _refuse_unused(ctx: click.Context, options: dict[str, tuple[str, bool, str]]) -> None:
+    """An option typed where it does nothing (e.g. --percentile with --method minmax) is refused: the run
+    would otherwise be reported as if it had been used."""
+    from click.core import ParameterSource
+
+    for name, (flag, used, needs) in options.items():
+        if not used and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            raise DeepLabEdgeError(f"{flag} applies only with {needs}; drop it, or add {needs}")
+
+
 def _trt_version(ctx, param, value):
     """--trt-version checked when parsed (before an export or any calibration work)."""
     from ..calibration.cache import check_trt_version
@@ -129,6 +139,12 @@ def calibrate_cmd(weights, onnx_path, data, num, method, no_bias_correction, sea
     if (weights is None) == (onnx_path is None):
         raise DeepLabEdgeError(f"{'no model' if weights is onnx_path is None else 'both --weights and --onnx'} given; "
                                "pass exactly one of --weights FILE or --onnx FILE")
+    _refuse_unused(click.get_current_context(), {"percentile": ("--percentile", method == "percentile",
+                                                                  "--method percentile"),
+                                                 "search_num": ("--search-num", method == "search", "--method search"),
+                                                 "sensitivity_num": ("--sensitivity-num", bool(
+                                                     sensitivity or sensitivity_data or keep_float_top),
+                                                     "--sensitivity or --keep-float K")})
     # OUTPUT is the new run's whole content: an earlier calibrate run there is replaced, anything else refused
     earlier = check_run_folder(output, CALIBRATE_FILES, "calibrate")
     for opt, given in (("--weights", weights), ("--onnx", onnx_path), ("--sensitivity-data", sensitivity_data)):

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (COUNT, NONNEG, SIDE, THREADS, Finite, console, emit, out, output_option, output_stride_option,
+from .common import (COUNT, CRF_ITERATIONS, NONNEG, SIDE, THREADS, Finite, console, emit, out, output_option, output_stride_option,
                      finite_float, pct, print_json, progress_bar)
 
 # ----------------------------------------------------------------------------- shared
@@ -54,7 +54,8 @@ def model_options(f):
     f = click.option("--crf-preset", type=click.Choice(["deeplab-v2", "deeplab-v1"]), default="deeplab-v2",
                      show_default=True, help="CRF parameters: DeepLab-v2's VOC values (w1 4, theta_alpha 67, "
                                              "theta_beta 3, w2 3, theta_gamma 1) or DeepLab-v1's.")(f)
-    f = click.option("--crf-iterations", type=NONNEG, help="Mean-field iterations (default: the preset's, 10).")(f)
+    f = click.option("--crf-iterations", type=CRF_ITERATIONS,
+                     help="Mean-field iterations (default: the preset's, 10).")(f)
     f = click.option("--backend", type=click.Choice(["torch", "triton"]), default="torch", show_default=True,
                      help="PyTorch model as is, or with its ASPP head swapped for the fused Triton kernels "
                           "(needs a CUDA GPU; TRITON_INTERPRET=1 runs them slowly on the CPU).")(f)
@@ -67,8 +68,12 @@ def model_options(f):
 
 
 def parse_scales(ctx, param, value: str) -> tuple[float, ...]:
+    items = [v.strip() for v in value.split(",")]
+    if "" in items:
+        raise click.BadParameter(f"{value!r} has an empty item; give numbers separated by single commas, e.g. "
+                                 "0.75,1,1.25", ctx, param)
     try:
-        scales = tuple(finite_float(v, "scale") for v in value.split(",") if v.strip())
+        scales = tuple(finite_float(v, "scale") for v in items)
     except DeepLabEdgeError as e:
         raise click.BadParameter(str(e), ctx, param) from None
     if not scales or min(scales) < 0.1 or max(scales) > 4:

@@ -10,6 +10,15 @@ from .app import main
 from .common import CALIB_METHODS, COUNT, NONNEG, Finite, console, out, output_option, output_stride_option, pct, print_json, progress_bar
 
 
+def _given(ctx: click.Context) -> tuple[str, ...]:
+    """The TrainConfig fields the user typed (--resume keeps the run's own value for the others)."""
+    from click.core import ParameterSource
+
+    names = {"kind": "dataset", "no_flip": "flip", "scale": "scale_min"}
+    typed = [p for p in ctx.params if ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE]
+    return tuple(names.get(p, p) for p in typed) + (("scale_max",) if "scale" in typed else ())
+
+
 @main.command("train")
 @click.option("--data", required=True, type=click.Path(), help="Labelled training data (VOC, Cityscapes, CamVid).")
 @click.option("--split", default="train", show_default=True, help="Training split.")
@@ -41,7 +50,7 @@ from .common import CALIB_METHODS, COUNT, NONNEG, Finite, console, out, output_o
 @click.option("--class-weights", type=click.Choice(["none", "median-frequency"]), default="none", show_default=True,
               help="Weight the loss per class (median frequency balancing, as SegNet on CamVid).")
 @click.option("--val-every", default=1, type=COUNT, show_default=True, help="Validate every N epochs.")
-@click.option("--seed", default=0, type=NONNEG, show_default=True)
+@click.option("--seed", default=0, type=click.IntRange(0, 2**32 - 1), show_default=True)
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--max-steps", type=COUNT, help="Stop after N optimizer steps (a smoke run).")
 @click.option("--qat", is_flag=True,
@@ -83,7 +92,7 @@ def train_cmd(data, split, val_data, val_split, kind, weights, arch, output_stri
                       flip=not no_flip, freeze_bn=freeze_bn, dropout=dropout, sync_bn=sync_bn, class_weights=class_weights,
                       val_every=val_every, seed=seed, device=device, max_steps=max_steps, resume=resume,
                       qat=qat, qat_ranges=qat_ranges, qat_calib_num=qat_calib_num,
-                      extra={"environment": environment()})
+                      extra={"environment": environment()}, given=_given(click.get_current_context()))
     main_rank = os.environ.get("RANK", "0") == "0"
     with progress_bar() as prog:
         task = prog.add_task("train", total=None) if main_rank else None
@@ -93,8 +102,9 @@ def train_cmd(data, split, val_data, val_split, kind, weights, arch, output_stri
                         description=f"epoch {p['epoch']}/{p['epochs']} loss {p['loss']:.3f} lr {p['lr']:.2e} "
                                     f"{p['images_per_s']:.1f} img/s")
 
-        record = train(cfg, progress=progress if main_rank else None,
-                       log=lambda s: console.print(f"[dim]{s}[/]", highlight=False, soft_wrap=True))
+        record = train(cfg, progress=progress if main_rank else None,  # one log: the main process's
+                       log=(lambda s: console.print(f"[dim]{s}[/]", highlight=False, soft_wrap=True)) if main_rank
+                       else (lambda s: None))
     if not main_rank:
         return
     if as_json:
