@@ -95,7 +95,8 @@ def ckpt11(imported, tmp_path_factory):
     """The imported VOC model with an 11-class classifier (untrained), evaluating CamVid at its own size."""
     from deeplab_edge.checkpoint import save_checkpoint
 
-    model, meta = _initial_model(TrainConfig(data="", output="", weights=str(imported[0])), 11, ["c"] * 11)
+    model, meta = _initial_model(TrainConfig(data="", output="", weights=str(imported[0])), 11,
+                                 [f"c{i}" for i in range(11)])  # distinct names: a checkpoint needs them
     path = tmp_path_factory.mktemp("ckpt11") / "m11.pt"
     save_checkpoint(model, {**meta, "preprocess": {**meta["preprocess"], "size": None, "resize": "none",
                                                    "pad": False}}, path)
