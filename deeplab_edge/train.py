@@ -300,9 +300,7 @@ def resume_config(cfg: TrainConfig, state: dict[str, Any]) -> TrainConfig:
 def _check_run_folder(cfg: TrainConfig, out: Path, state: dict[str, Any] | None) -> None:
     """Before any work: a new run goes into a new or empty folder; a resumed run into its own (a folder
     holding anything else is the user's: refused, never mixed with a run)."""
-    from .outputs import check_run_folder
-
-    from .outputs import refuse_writing_over
+    from .outputs import check_run_folder, refuse_writing_over
 
     check_run_folder(out, set(RUN_FILES) | {LOCK}, "training")
     if not cfg.resume:
