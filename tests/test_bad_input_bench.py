@@ -51,6 +51,9 @@ CASES_BENCH = [
     ("compare-miou-null", "bench compare {w}/a.json {w}/miou_null.json",
      f"miou_null.json: a malformed bench result ({ROW1}: 'miou' is null, not a number"),
     ("compare-miou-missing", "bench compare {w}/a.json {w}/miou_missing.json", f"({ROW1}: 'miou' missing"),
+    ("compare-latency-not-its-p50", "bench compare {w}/a.json {w}/latency_not_p50.json",
+     "not its model p50 at batch 1"),
+    ("compare-no-images", "bench compare {w}/a.json {w}/doc_images_0.json", "not a count of images"),
     ("compare-latency-negative", "bench compare {w}/a.json {w}/latency_negative.json",
      f"latency_negative.json: a malformed bench result ({ROW1}: 'latency_ms' is -5, not above 0"),
     ("compare-latency-zero", "bench compare {w}/a.json {w}/latency_zero.json",
@@ -193,11 +196,12 @@ def bench_inputs(tmp_path_factory):
            "ips_nan": (1, ("batches", 0, "images_per_s"), math.nan), "batches_empty": (1, ("batches",), []),
            "file_mb_negative": (1, ("file_mb",), -2.0), "rss_text": (1, ("memory", "peak_rss_mb"), "a lot"),
            "speedup_negative": (1, ("speedup",), -1.5), "is_speed_text": (1, ("latency_is_speed",), "yes"),
-           "images_0": (1, ("images",), 0)}
+           "images_0": (1, ("images",), 0), "latency_not_p50": (1, ("latency_ms",), 1e-300)}
     for name, (row, path, value) in bad.items():
         (w / f"{name}.json").write_text(json.dumps(_corrupt(a, row, path, value)))  # NaN/Infinity as json writes them
     (w / "gpu_text.json").write_text(json.dumps({**a, "environment": {**a["environment"], "gpu": "H100"}}))
     (w / "no_rows.json").write_text(json.dumps({**a, "rows": []}))
+    (w / "doc_images_0.json").write_text(json.dumps({**a, "images": 0}))
     for name in ("a", "b", "copy_of_a"):
         load_result(w / f"{name}.json")  # the good ones are good
     _onnx_with_meta(_three_convs(), w / "three_convs.onnx", (torch.zeros(1, 3, 32, 32),), ["input"])
