@@ -361,18 +361,27 @@ def inputs(tmp_path_factory, shared, imported):
     return w
 
 
-def _camvid(root: Path, shared, n: int, void: bool = False) -> Path:
-    """A CamVid folder (images/ + labels/ + train.txt) of ``n`` real frames scaled to 64 x 48."""
-    src = shared["camvid"]
+def camvid_folder(root: Path, src: Path, ids: list[str], split: str = "val", size=(64, 48)) -> Path:
+    """images/ + labels/ + <split>.txt from real CamVid frames of ``src`` (resized: image bilinear, label
+    nearest)."""
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
-    ids = sorted(p.stem for p in (src / "images").iterdir())[:n]
-    for sid in ids:
-        Image.open(src / "images" / f"{sid}.png").convert("RGB").resize((64, 48), Image.BILINEAR).save(
-            root / "images" / f"{sid}.png")
-        lab = Image.open(src / "labels" / f"{sid}.png").resize((64, 48), Image.NEAREST)
-        (Image.fromarray(np.full((48, 64), 11, np.uint8), mode="L") if void else lab).save(root / "labels" / f"{sid}.png")
-    (root / "train.txt").write_text("".join(f"{sid}\n" for sid in ids))
+    for i in ids:
+        Image.open(src / "images" / f"{i}.png").convert("RGB").resize(size, Image.BILINEAR).save(
+            root / "images" / f"{i}.png")
+        Image.open(src / "labels" / f"{i}.png").resize(size, Image.NEAREST).save(root / "labels" / f"{i}.png")
+    (root / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    return root
+
+
+def _camvid(root: Path, shared, n: int, void: bool = False) -> Path:
+    """A CamVid train split (images/ + labels/ + train.txt) of ``n`` real frames at 64 x 48; ``void``: every
+    label pixel CamVid's void (11)."""
+    ids = sorted(p.stem for p in (shared["camvid"] / "images").iterdir())[:n]
+    camvid_folder(root, shared["camvid"], ids, split="train")
+    if void:
+        for i in ids:
+            Image.fromarray(np.full((48, 64), 11, np.uint8), mode="L").save(root / "labels" / f"{i}.png")
     return root
 
 

@@ -26,7 +26,7 @@ from deeplab_edge.data.datasets import CAMVID_COLORS, _palette_from, voc_palette
 from deeplab_edge.errors import DataError
 from deeplab_edge.models import get_model
 
-from test_bad_input import assert_one_line_error, assert_refused  # tests/
+from test_bad_input import assert_one_line_error, assert_refused, camvid_folder  # tests/
 
 TRAIN = "--weights {ckpt} --epochs 1 --batch-size 1 --crop 33 --max-steps 1 -o {w}/out/t"
 
@@ -78,17 +78,6 @@ def _exif_jpeg(path: Path, pixels: np.ndarray, orientation: int) -> None:
     Image.fromarray(pixels).save(path, exif=exif, quality=95)
 
 
-def _camvid_folder(root: Path, src: Path, ids: list[str], size=(64, 48)) -> None:
-    """images/ + labels/ from real CamVid frames (resized: image bilinear, label nearest), with val.txt."""
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    for i in ids:
-        Image.open(src / "images" / f"{i}.png").convert("RGB").resize(size, Image.BILINEAR).save(
-            root / "images" / f"{i}.png")
-        Image.open(src / "labels" / f"{i}.png").resize(size, Image.NEAREST).save(root / "labels" / f"{i}.png")
-    (root / "val.txt").write_text("".join(f"{i}\n" for i in ids))
-
-
 def _adaptive(label: np.ndarray, palette: np.ndarray) -> Image.Image:
     """A colour label (class colours) converted the way image editors and scripts do: 'P', adaptive palette."""
     return Image.fromarray(palette[label]).convert("P", palette=Image.ADAPTIVE)
@@ -103,11 +92,11 @@ def data_inputs(tmp_path_factory, shared):
     cv_src = shared["camvid"]
     ids = (cv_src / "val.txt").read_text().split()[:3]
     # a CamVid folder with two split files
-    _camvid_folder(w / "camvid", cv_src, ids)
+    camvid_folder(w / "camvid", cv_src, ids)
     (w / "camvid" / "val.txt").write_text("".join(f"{i}\n" for i in ids[:2]))
     (w / "camvid" / "train.txt").write_text(f"{ids[2]}\n")
     # one with val.txt only (train's default split is train)
-    _camvid_folder(w / "camvid_valonly", cv_src, ids[:2])
+    camvid_folder(w / "camvid_valonly", cv_src, ids[:2])
     # the SegNet layout: train/ + trainannot/, val/ + valannot/
     for split, part in (("train", ids[:1]), ("val", ids[1:2])):
         (w / "segnet" / split).mkdir(parents=True)
@@ -125,7 +114,7 @@ def data_inputs(tmp_path_factory, shared):
             w / "cityscapes" / "gtFine" / split / "aachen" / "aachen_000000_000019_gtFine_labelIds.png")
     # the CamVid label as a colour image converted to an adaptive palette
     cam_pal = _palette_from(CAMVID_COLORS)
-    _camvid_folder(w / "camvid_adaptive", cv_src, ids[:1])
+    camvid_folder(w / "camvid_adaptive", cv_src, ids[:1])
     lab = np.asarray(Image.open(w / "camvid_adaptive" / "labels" / f"{ids[0]}.png"))
     _adaptive(lab, cam_pal).save(w / "camvid_adaptive" / "labels" / f"{ids[0]}.png")
     # a VOC label the same way (VOC colours, adaptive palette)
@@ -137,17 +126,17 @@ def data_inputs(tmp_path_factory, shared):
     _adaptive(vlab, voc_palette()).save(voc / "SegmentationClass" / "120.png")
     (voc / "ImageSets/Segmentation/val.txt").write_text("120\n")
     # a 16-bit CamVid label holding 300
-    _camvid_folder(w / "camvid_16bit", cv_src, ids[:1])
+    camvid_folder(w / "camvid_16bit", cv_src, ids[:1])
     lab16 = np.asarray(Image.open(w / "camvid_16bit" / "labels" / f"{ids[0]}.png")).astype(np.uint16)
     lab16[:4, :4] = 300
     Image.fromarray(lab16).save(w / "camvid_16bit" / "labels" / f"{ids[0]}.png")
     # a JPEG stored 64x48 with EXIF orientation 6 (shown 48x64), its label 64x48
-    _camvid_folder(w / "camvid_exif", cv_src, ids[:1])
+    camvid_folder(w / "camvid_exif", cv_src, ids[:1])
     img = w / "camvid_exif" / "images" / f"{ids[0]}.png"
     _exif_jpeg(img.with_suffix(".jpg"), np.asarray(Image.open(img)), 6)
     img.unlink()
     # every label pixel void
-    _camvid_folder(w / "camvid_void", cv_src, ids[:1])
+    camvid_folder(w / "camvid_void", cv_src, ids[:1])
     Image.fromarray(np.full((48, 64), 11, np.uint8), mode="L").save(w / "camvid_void" / "labels" / f"{ids[0]}.png")
     # huge images: one to predict, one in a VOC folder
     _huge_png(w / "huge.png", 20000, 20000)
@@ -209,7 +198,7 @@ def test_camvid_unknown_split_names_the_splits(data_inputs):
 def test_camvid_without_split_files_keeps_every_image(tmp_path, shared):
     """Kept behaviour: no split file, no split folders -> every image of images/, whatever the split's name."""
     ids = sorted(p.stem for p in (shared["camvid"] / "images").iterdir())[:3]
-    _camvid_folder(tmp_path, shared["camvid"], ids)
+    camvid_folder(tmp_path, shared["camvid"], ids)
     (tmp_path / "val.txt").unlink()
     (tmp_path / "notes.txt").write_text("not a split: names no image\n")
     for split in ("val", "train", "anything"):
