@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -83,9 +85,9 @@ def _warn_collapsed(names: list[str], stats: dict, amax: dict[str, float]) -> No
 
 
 def calibrate(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Calibrate an FP32 export (see :func:`_calibrate` for the arguments). The report's ``warnings`` lists every
-    calibration warning raised on the way as ``{"kind", "message"}`` (kinds: :data:`.alerts.KINDS`); the
-    warnings also reach the caller as Python warnings."""
+    """Calibrate an FP32 export (the arguments: :func:`_calibrate`'s, whose signature this shows). The report's
+    ``warnings`` lists every calibration warning raised on the way as ``{"kind", "message"}`` (kinds:
+    :data:`.alerts.KINDS`); the warnings also reach the caller as Python warnings."""
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
@@ -221,3 +223,6 @@ def _calibrate(onnx_path: str | Path, data: str | Path, out_dir: str | Path, *, 
                               "images (a kernel issue of this CPU and ONNX Runtime build); measure it with `eval --onnx` "
                               "here, or deploy the QDQ/TensorRT or FP32 model", KernelDisagreementWarning, stacklevel=2)
     return report
+
+
+calibrate.__signature__ = inspect.signature(_calibrate)  # help() and IDEs show the real arguments

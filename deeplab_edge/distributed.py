@@ -96,7 +96,6 @@ def evaluate_sharded(segmenter, dataset, info: DistInfo, device: torch.device | 
     return res
 
 
-
 def on_main(fn: Callable[[], object], info: DistInfo) -> None:
     """Run ``fn`` on the main process only (a check of what only it writes); every process learns whether it
     refused, with one all-reduce, so that all stop together instead of the others waiting in a collective."""

@@ -39,8 +39,8 @@ from .outputs import atomic_path
 from .errors import DeepLabEdgeError, EngineError
 
 __all__ = ["MANIFEST_FORMAT", "Shapes", "parse_shapes", "manifest_path", "read_manifest", "this_machine",
-           "engine_device_index", "check_compatibility", "trtexec_command", "build_command", "build_script", "trt_major",
-           "build_engine", "MIN_TRT", "tensorrt_unavailable", "import_tensorrt"]
+           "engine_device_index", "check_compatibility", "trtexec_command", "build_command", "build_script",
+           "trt_major", "build_engine", "MIN_TRT", "tensorrt_unavailable", "import_tensorrt"]
 
 MANIFEST_FORMAT = "deeplab-edge-engine/1"
 MIN_TRT = (8, 5)

@@ -256,7 +256,8 @@ def load_state(path: Path) -> dict[str, Any]:
         raise
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... on what is not its file
         raise DeepLabEdgeError(f"{path}: not a deeplab-edge training state ({type(e).__name__} while reading it); "
-                               "resume only from a folder `deeplab-edge train` wrote, or train into a new folder") from e
+                               "resume only from a folder `deeplab-edge train` wrote, or train into a new folder"
+                               ) from e
     bad = [k for k, t in _STATE_KEYS.items() if not isinstance(st, dict) or not isinstance(st.get(k), t)] \
         if isinstance(st, dict) else list(_STATE_KEYS)
     record = None
@@ -286,11 +287,12 @@ def resume_config(cfg: TrainConfig, state: dict[str, Any]) -> TrainConfig:
         if f.name in RESUME_MAY_CHANGE or f.name not in started:
             continue
         ours, theirs = getattr(cfg, f.name), started[f.name]
-        if f.name in given and ours != theirs and not (f.name in ("weights", "data", "val_data") and ours
-                                                       and theirs and Path(ours).resolve() == Path(theirs).resolve()):
+        same_file = f.name == "weights" and ours and theirs and Path(ours).resolve() == Path(theirs).resolve()
+        if f.name in given and ours != theirs and not same_file:
             flag = "--" + f.name.replace("_", "-")
-            raise DeepLabEdgeError(f"{flag} {ours} differs from the run's {theirs} (-o {cfg.output}): --resume continues "
-                                   f"the run as it was started; drop {flag}, or train a new run into another folder")
+            raise DeepLabEdgeError(f"{flag} {ours} differs from the run's {theirs} (-o {cfg.output}): --resume "
+                                   f"continues the run as it was started; drop {flag}, or train a new run into "
+                                   "another folder")
         keep[f.name] = theirs
     if "scale_min" in keep:  # the CLI's --scale gives both
         keep["scale_min"], keep["scale_max"] = started["scale_min"], started["scale_max"]

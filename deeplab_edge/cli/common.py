@@ -15,7 +15,8 @@ from rich.console import Console
 from ..errors import DeepLabEdgeError
 
 __all__ = ["console", "out", "print_json", "emit", "progress_bar", "pct", "COUNT", "NONNEG", "SIDE", "THREADS",
-           "Finite", "finite_float", "output_option", "output_stride_option", "check_tag", "int_list", "choices"]
+           "CRF_ITERATIONS", "Finite", "finite_float", "OutputOption", "io_paths", "output_option",
+           "output_stride_option", "check_tag", "int_list", "choices"]
 
 console = Console(stderr=True)
 # Results: wide enough for the tables when stdout is a pipe or a file.

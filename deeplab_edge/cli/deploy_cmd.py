@@ -9,8 +9,8 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (CALIB_METHODS, COUNT, NONNEG, SIDE, Finite, console, out, output_option, output_stride_option, pct,
-                     print_json, progress_bar)
+from .common import (CALIB_METHODS, COUNT, NONNEG, SIDE, Finite, console, out, output_option, output_stride_option,
+                     pct, print_json, progress_bar)
 
 # ----------------------------------------------------------------------------- export
 

@@ -11,8 +11,8 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (COUNT, CRF_ITERATIONS, NONNEG, SIDE, THREADS, Finite, console, emit, out, output_option, output_stride_option,
-                     finite_float, pct, print_json, progress_bar)
+from .common import (COUNT, CRF_ITERATIONS, NONNEG, SIDE, THREADS, Finite, console, emit, finite_float, out,
+                     output_option, output_stride_option, pct, print_json, progress_bar)
 
 # ----------------------------------------------------------------------------- shared
 

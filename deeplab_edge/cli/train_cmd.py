@@ -7,7 +7,8 @@ import os
 import click
 
 from .app import main
-from .common import CALIB_METHODS, COUNT, NONNEG, Finite, console, out, output_option, output_stride_option, pct, print_json, progress_bar
+from .common import (CALIB_METHODS, COUNT, NONNEG, Finite, console, out, output_option, output_stride_option, pct,
+                     print_json, progress_bar)
 
 
 def _given(ctx: click.Context) -> tuple[str, ...]:

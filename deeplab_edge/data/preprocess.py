@@ -51,8 +51,8 @@ class Preprocess:
             raise ValueError(f"expected resize in ('long_side', 'none'), got {self.resize!r}")
         if self.resize == "long_side" and (self.size is None or self.size < 1):
             raise ValueError(f"expected a positive size with resize='long_side', got {self.size}")
-        if len(self.mean) != 3 or len(self.std) != 3 or not all(
-                isinstance(v, (int, float)) and math.isfinite(v) for v in (*self.mean, *self.std)) or min(self.std) <= 0:
+        finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (*self.mean, *self.std))
+        if len(self.mean) != 3 or len(self.std) != 3 or not finite or min(self.std) <= 0:
             raise ValueError(f"expected 3 finite means and 3 positive stds, got {self.mean} and {self.std}")
 
     @classmethod
