@@ -23,8 +23,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from deeplab_edge.crf import DEVICE_METHODS
+from deeplab_edge.crf import DEVICE_METHODS, PermutohedralLattice, dense_crf, lattice_features, with_overrides
 from deeplab_edge.crf import METHODS as CRF_METHODS
+from deeplab_edge.data.preprocess import Preprocess
+from deeplab_edge.metrics import ConfusionMatrix
+
+from .kernel_bench import lattice_estimate
 
 __all__ = ["run_crf_bench", "CRF_METHODS"]
 
@@ -77,12 +81,6 @@ def run_crf_bench(segmenter, dataset, methods: Iterable[str], params, *, device:
 
     ``estimate_lattice``: also give the Triton lattice's roofline estimate for each speed
     image, from its real lattice size (for machines where that kernel cannot be timed)."""
-    from deeplab_edge.crf import PermutohedralLattice, dense_crf, lattice_features, with_overrides
-    from deeplab_edge.data.preprocess import Preprocess
-    from deeplab_edge.metrics import ConfusionMatrix
-
-    from .kernel_bench import lattice_estimate
-
     methods = list(methods)
     unknown = [m for m in methods if m not in CRF_METHODS]
     if unknown:

@@ -23,8 +23,13 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
-from deeplab_edge.runtime.pytorch import DTYPES
+from deeplab_edge.crf import CRFParams, gaussian_radius
+from deeplab_edge.errors import KernelUnavailableError
+from deeplab_edge.kernels.dtypes import DTYPES
+from deeplab_edge.models.heads import ASPP, ASPPSum
 
 from .stats import percentile, time_calls
 
@@ -90,8 +95,6 @@ _NO_WORK_OPS = {"view", "_unsafe_view", "expand", "t", "detach", "permute", "as_
 
 def build_head(shape: HeadShape) -> nn.Module:
     """The deeplab-edge head for a shape, with non-trivial batch-norm statistics, in eval mode."""
-    from deeplab_edge.models.heads import ASPP, ASPPSum
-
     torch.manual_seed(0)
     if shape.kind == "v2":
         head = ASPPSum(shape.cin, shape.cout, shape.rates)
@@ -119,8 +122,6 @@ def _flatten(obj: Any) -> list[Any]:
 def _count_ops(fn: Callable[[], Any]) -> dict[str, Any]:
     """Run ``fn`` (on meta tensors) and count ATen ops that launch work, with the bytes each
     reads and writes (each tensor once per op: no cache reuse)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     ops: list[tuple[str, int]] = []
 
     class Recorder(TorchDispatchMode):
@@ -140,8 +141,6 @@ def _count_ops(fn: Callable[[], Any]) -> dict[str, Any]:
 
 def _flops(shape: HeadShape, batch: int) -> int:
     """Convolution FLOPs of the head (2 per multiply-accumulate, every tap, as F.conv2d computes)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     head = build_head(shape).to("meta")
     x = torch.empty(batch, shape.cin, shape.height, shape.width, device="meta")
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -207,7 +206,6 @@ def fused_traffic(shape: HeadShape, batch: int, dtype: str, layout: str = RUNNER
 def crf_estimate(height: int = 513, width: int = 513, labels: int = 21, params: Any = None) -> dict[str, Any]:
     """FLOPs and compulsory bytes of the Triton window CRF (``--crf triton-window``: norm pass + ``iterations`` steps) and its
     roofline time per image on each device (CUDA-core fp32; exp counted as one op)."""
-    from deeplab_edge.crf import CRFParams
     from deeplab_edge.kernels.crf_window import window_taps
 
     p = params or CRFParams()
@@ -241,14 +239,12 @@ def lattice_estimate(height: int = 513, width: int = 513, labels: int = 21, para
     splats (D1 atomic adds per pixel and label, counted once as the splat buffer's bytes; their
     contention is not modelled); each of the D1 blur passes reads and writes the [M, L] values
     and two neighbour indices. Not counted: building the lattice (once per image, PyTorch)."""
-    from deeplab_edge.crf import CRFParams, gaussian_radius
+    from deeplab_edge.kernels.crf_lattice import separable_spatial
 
     p = params or CRFParams()
     px = height * width
     m = px if vertices is None else int(vertices)
     d1, lab = 6, labels
-    from deeplab_edge.kernels.crf_lattice import separable_spatial
-
     radius = gaussian_radius(p.theta_gamma)
     side = 2 * radius + 1
     separable = separable_spatial(radius, lab)
@@ -339,8 +335,6 @@ def run(shapes: Iterable[str | HeadShape], batches: Iterable[int], dtypes: Itera
     that row's path moves (``bytes_counted`` says how they were counted), the basis of its GB/s
     and roofline. ``device="cuda"`` is the benchmark. ``device="cpu"`` only exercises the harness
     (the Triton provider then needs ``TRITON_INTERPRET=1``; its times mean nothing)."""
-    from deeplab_edge.errors import KernelUnavailableError
-
     providers, layouts = list(providers), list(layouts)
     unknown = [p for p in providers if p not in PROVIDERS]
     if unknown:

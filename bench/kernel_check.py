@@ -15,6 +15,12 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from deeplab_edge.crf import PRESETS, lattice_setup, lattice_step_reference
+from deeplab_edge.errors import KernelUnavailableError
+from deeplab_edge.kernels.device import triton_unavailable
+from deeplab_edge.kernels.dtypes import DTYPES
+from deeplab_edge.testing import KERNEL_TOLERANCES
+
 from .kernel_bench import SHAPES, HeadShape
 
 __all__ = ["check_kernels", "TINY_SHAPES", "CRF_TOLERANCE"]
@@ -29,9 +35,6 @@ TINY_SHAPES = {s.name: s for s in [
 #: (atol, rtol) on probabilities: fp32 sums in another order (atomic splat, 2-D window).
 CRF_TOLERANCE = (1e-5, 1e-4)
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
 def _row(kernel: str, shape: str, dtype: str, got: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float,
          seconds: float) -> dict[str, Any]:
     diff = (got.double() - ref.double()).abs()
@@ -43,9 +46,8 @@ def _row(kernel: str, shape: str, dtype: str, got: torch.Tensor, ref: torch.Tens
 
 def _aspp_rows(shape: HeadShape, dtype: str, dev: torch.device, gen: torch.Generator) -> list[dict[str, Any]]:
     from deeplab_edge.kernels import aspp as A
-    from deeplab_edge.testing import KERNEL_TOLERANCES
 
-    dt = _DTYPES[dtype]
+    dt = DTYPES[dtype]
     atol, rtol = KERNEL_TOLERANCES[dt]
     x = torch.randn(1, shape.cin, shape.height, shape.width, generator=gen).to(dev, dt)
     k = 3
@@ -84,7 +86,6 @@ def _crf_inputs(h: int, w: int, labels: int, dev: torch.device, gen: torch.Gener
 
 
 def _crf_rows(h: int, w: int, labels: int, dev: torch.device, gen: torch.Generator) -> list[dict[str, Any]]:
-    from deeplab_edge.crf import PRESETS, lattice_setup, lattice_step_reference
     from deeplab_edge.kernels import crf_lattice as KL
     from deeplab_edge.kernels import crf_window as KW
 
@@ -130,18 +131,14 @@ def check_kernels(device: str | torch.device = "cuda", dtypes: Iterable[str] = (
     ``tiny``: small shapes (the interpreter on a CPU); otherwise DeepLab's real head shapes and
     the CRFs at ``crf_size`` (default 513 x 513). Times include the first launch (compilation
     and autotuning): this is a correctness check, not a benchmark."""
-    from deeplab_edge.kernels.device import triton_unavailable
-
     dev = torch.device(device)
     reason = triton_unavailable(dev)
     if reason:
-        from deeplab_edge.errors import KernelUnavailableError
-
         raise KernelUnavailableError(reason)
     dtypes = list(dtypes)
-    unknown = [d for d in dtypes if d not in _DTYPES]
+    unknown = [d for d in dtypes if d not in DTYPES]
     if unknown:
-        raise ValueError(f"expected dtypes from {list(_DTYPES)}, got {unknown}")
+        raise ValueError(f"expected dtypes from {list(DTYPES)}, got {unknown}")
     gen = torch.Generator().manual_seed(0)
     shapes = TINY_SHAPES if tiny else SHAPES
     h, w = crf_size or ((24, 32) if tiny else (513, 513))

@@ -22,6 +22,8 @@ from typing import Any, Callable
 from deeplab_edge.errors import DeepLabEdgeError
 from deeplab_edge.interrupts import child
 
+from .env import environment
+
 __all__ = ["Step", "Inputs", "plan", "missing_inputs", "run_plan", "BUDGET_S", "GPU_BACKENDS"]
 
 #: The whole check's budget on one H100-class GPU (issue #18): 8 minutes.
@@ -128,8 +130,6 @@ def run_plan(steps: list[Step], out: Path, *, budget_s: float = BUDGET_S,
              log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Run the steps in order, each as its own ``deeplab-edge`` process (a crash or a hang in one
     cannot take the others with it), within ``budget_s`` overall; returns the results document."""
-    from .env import environment
-
     t0 = time.monotonic()
     results = []
     for step in steps:

@@ -38,7 +38,10 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from .device import bucket, check_runnable, interpreting
+from ..models.fold import fold_bn
+from ..models.heads import ASPP, ASPPSum
+from .device import bucket, check_runnable, launch
+from .dtypes import DTYPES
 from .indexing import check_pixels
 
 __all__ = ["FusedASPP", "FusedASPPSum", "TapTable", "aspp_sum", "aspp_sum_reference", "aspp_branches", "fuse_aspp",
@@ -61,7 +64,8 @@ _CONFIGS = {
 
 
 def _config_class(dtype: torch.dtype | str, cout: int) -> tuple[str, str]:
-    width = "fp32" if str(dtype) in ("torch.float32", "fp32") else "16bit"
+    """The config table's key: operand width (``dtype`` a torch dtype or its name) and output width."""
+    width = "fp32" if DTYPES.get(dtype, dtype) == torch.float32 else "16bit"
     return width, "narrow" if cout <= 32 else "wide"
 
 
@@ -262,22 +266,15 @@ def tap_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, taps: Ta
     args = (out, *out.stride(), x, *x.stride(), weight, weight.stride(0), weight.stride(1), bias,
             bias.stride(0) if bias.shape[0] > 1 else 0, taps.tap_w, taps.tap_dy, taps.tap_dx, taps.group_start,
             h, w, cin, cout, bucket(h * w))
-    precision = _dot_precision(x.dtype)
-    if interpreting():
-        cfg = INTERPRET_CONFIG
-        grid = (bsz * triton.cdiv(h * w, cfg["BLOCK_M"]), triton.cdiv(cout, cfg["BLOCK_N"]), groups)
-        # Triton 3.7's interpreter computes tl.dot of two bf16 tiles wrongly (a 16x16 dot of
-        # N(0,1) values came out ~1e10 off); bf16 products are exact in fp32, so upcasting
-        # the tiles gives the same sums a bf16 tensor-core MMA with fp32 accumulation does.
-        upcast = x.dtype == torch.bfloat16
-        _tap_conv_kernel[grid](*args, RELU=relu, DOT_PRECISION="ieee" if upcast else precision, UPCAST=upcast,
-                               **cfg)
-    else:
-        def grid(meta):
-            return bsz * triton.cdiv(h * w, meta["BLOCK_M"]), triton.cdiv(cout, meta["BLOCK_N"]), groups
+    def grid(meta):
+        return bsz * triton.cdiv(h * w, meta["BLOCK_M"]), triton.cdiv(cout, meta["BLOCK_N"]), groups
 
-        with torch.cuda.device(x.device):
-            _tap_conv_autotuned[grid](*args, RELU=relu, DOT_PRECISION=precision, UPCAST=False)
+    # Triton 3.7's interpreter computes tl.dot of two bf16 tiles wrongly (a 16x16 dot of N(0,1)
+    # values came out ~1e10 off); bf16 products are exact in fp32, so upcasting the tiles there
+    # gives the same sums a bf16 tensor-core MMA with fp32 accumulation does.
+    upcast = {"DOT_PRECISION": "ieee", "UPCAST": True} if x.dtype == torch.bfloat16 else {}
+    launch(_tap_conv_kernel, _tap_conv_autotuned, grid, x.device, *args, RELU=relu,
+           DOT_PRECISION=_dot_precision(x.dtype), UPCAST=False, interpret={**INTERPRET_CONFIG, **upcast})
     return out
 
 
@@ -330,14 +327,10 @@ def aspp_branches_reference(x: torch.Tensor, weights: list[torch.Tensor], biases
 
 # ----------------------------------------------------------------------------- modules
 
-def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Conv (+ eval-mode BN) -> weight, bias in fp32."""
-    w = conv.weight.detach().float()
-    b = conv.bias.detach().float() if conv.bias is not None else torch.zeros(w.shape[0], device=w.device)
-    if bn is None:
-        return w, b
-    scale = bn.weight.detach().float() / torch.sqrt(bn.running_var.float() + bn.eps)
-    return w * scale[:, None, None, None], (b - bn.running_mean.float()) * scale + bn.bias.detach().float()
+def _fold_fp32(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conv (+ eval-mode BN) -> weight, bias folded in fp32 (zeros where there is no bias: the kernels add one)."""
+    w, b = fold_bn(conv, bn, torch.float32)
+    return w, b if b is not None else torch.zeros(w.shape[0], device=w.device)
 
 
 def _check_conv(conv: nn.Module, size: int, rate: int) -> nn.Conv2d:
@@ -386,7 +379,7 @@ class FusedASPPSum(_Fused):
         super().__init__()
         self.rates = tuple(aspp.rates)
         convs = [_check_conv(c, 3, r) for c, r in zip(aspp.convs, self.rates)]
-        folded = [fold_bn(c, None) for c in convs]
+        folded = [_fold_fp32(c, None) for c in convs]
         self.register_buffer("weight", pack_weights([w for w, _ in folded]).to(_weight_dtype(aspp)))
         self.register_buffer("bias", torch.stack([b for _, b in folded]).sum(0))
 
@@ -408,20 +401,20 @@ class FusedASPP(_Fused):
         self.image_pooling = bool(aspp.image_pooling)
         convs = list(aspp.convs)
         first = _check_conv(convs[0][0], 1, 1)
-        folded = [fold_bn(first, convs[0][1])]
-        folded += [fold_bn(_check_conv(c[0], 3, r), c[1]) for c, r in zip(convs[1:1 + len(self.rates)], self.rates)]
+        folded = [_fold_fp32(first, convs[0][1])]
+        folded += [_fold_fp32(_check_conv(c[0], 3, r), c[1]) for c, r in zip(convs[1:1 + len(self.rates)], self.rates)]
         self.channels = first.out_channels
         dtype = _weight_dtype(aspp)
         self.register_buffer("weight", pack_weights([w for w, _ in folded]).to(dtype))
         self.register_buffer("bias", torch.cat([b for _, b in folded]))
 
-        proj_w, proj_b = fold_bn(_check_conv(aspp.project[0], 1, 1), aspp.project[1])
+        proj_w, proj_b = _fold_fp32(_check_conv(aspp.project[0], 1, 1), aspp.project[1])
         n_conv = (1 + len(self.rates)) * self.channels
         self.register_buffer("proj_weight", pack_weights([proj_w[:, :n_conv]]).to(dtype))  # [1, n_conv, Cout]
         self.register_buffer("proj_bias", proj_b)
         if self.image_pooling:
             pool = convs[-1]
-            pw, pb = fold_bn(_check_conv(pool[1], 1, 1), pool[2])
+            pw, pb = _fold_fp32(_check_conv(pool[1], 1, 1), pool[2])
             self.register_buffer("pool_weight", pw[:, :, 0, 0])  # [C, Cin]
             self.register_buffer("pool_bias", pb)
             self.register_buffer("proj_pool_weight", proj_w[:, n_conv:, 0, 0])  # [Cout, C]
@@ -445,8 +438,6 @@ def fuse_aspp(model: nn.Module) -> nn.Module:
 
     The model is put in eval mode (batch-norm statistics are folded into the weights).
     Returns the model; raises ``ValueError`` when it has no ASPP module."""
-    from ..models.heads import ASPP, ASPPSum
-
     model.eval()
     swaps = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, (ASPP, ASPPSum))]
     if not swaps:

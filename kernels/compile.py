@@ -15,11 +15,13 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..errors import KernelUnavailableError
+from .dtypes import DTYPES
 
 __all__ = ["ARCHS", "CompileResult", "KernelSpec", "compile_all", "explain", "kernel_specs", "occupancy"]
 
@@ -119,9 +121,6 @@ class CompileResult:
         return asdict(self)
 
 
-_TRITON_DTYPES = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
-
-
 # What Triton's runtime specialises for the head shapes (16-byte aligned tensors; ints that
 # are multiples of 16 get tt.divisibility=16). v3: Cin, Cout and all strides are multiples of
 # 16 (320/2048 channels in, 256 out; also the projection). v2: 21 class logits, so Cout and
@@ -144,12 +143,12 @@ def _tap_conv_specs(dtypes: Iterable[str]) -> list[KernelSpec]:
         fn = JITFunction(fn.fn)
     specs = []
     for (variant, (cout, divisible)), dtype in itertools.product(_TAP_CONV_VARIANTS.items(), dtypes):
-        t = _TRITON_DTYPES[dtype]
         # As the runtime specialises a channels-last input and the branch output: unit channel strides.
         constexprs: dict[str, Any] = {"stride_xc": 1, "stride_yc": 1, "RELU": True,
                                       "DOT_PRECISION": "tf32", "UPCAST": False}
         sig = {name: "i32" for name in fn.arg_names}
-        sig.update({"y_ptr": f"*{t}", "x_ptr": f"*{t}", "w_ptr": f"*{t}", "bias_ptr": "*fp32",
+        # ``dtype`` is a name from DTYPES, which Triton's types share (*fp16, *bf16, *fp32).
+        sig.update({"y_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "bias_ptr": "*fp32",
                     "tap_w_ptr": "*i32", "tap_dy_ptr": "*i32", "tap_dx_ptr": "*i32", "group_start_ptr": "*i32"})
         for cfg in aspp.autotune_configs(dtype, cout):
             c = {**constexprs, **cfg.kwargs}
@@ -222,9 +221,9 @@ def kernel_specs(kernels: Iterable[str] | None = None, dtypes: Iterable[str] = (
     unknown = [n for n in names if n not in KERNELS]
     if unknown:
         raise ValueError(f"expected kernels from {sorted(KERNELS)}, got {unknown}")
-    bad = [d for d in dtypes if d not in _TRITON_DTYPES]
+    bad = [d for d in dtypes if d not in DTYPES]
     if bad:
-        raise ValueError(f"expected dtypes from {sorted(_TRITON_DTYPES)}, got {bad}")
+        raise ValueError(f"expected dtypes from {sorted(DTYPES)}, got {bad}")
     return [s for n in names for s in KERNELS[n](dtypes)]
 
 
@@ -266,8 +265,6 @@ def _check_not_interpreted() -> None:
 
 
 def compile_one(spec: KernelSpec, cc: int) -> CompileResult:
-    import time
-
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource

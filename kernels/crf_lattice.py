@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .device import bucket, check_runnable, interpreting, label_pad
+from .device import bucket, check_runnable, label_pad, launch
 from .indexing import check_pixels, plane_offsets, row_offsets
 
 __all__ = ["crf_lattice", "lattice_step", "step_configs", "blur_configs", "INTERPRET_STEP", "INTERPRET_BLUR"]
@@ -231,17 +231,20 @@ class _Launcher:
         self.device = self.corner.device
         self.separable = separable_spatial(self.gauss.numel() // 2, labels)
 
+    def _pixel_grid(self, meta) -> tuple[int]:
+        """One program per ``BLOCK`` pixels (the step and the row pass)."""
+        return (triton.cdiv(self.h * self.w, meta["BLOCK"]),)
+
+    def _vertex_grid(self, meta) -> tuple[int]:
+        """One program per ``BLOCK`` lattice vertices (a blur pass)."""
+        return (triton.cdiv(self.m, meta["BLOCK"]),)
+
     def rows(self, out, q) -> torch.Tensor:
         """The spatial message's row pass of ``q`` into ``out``."""
         h, w, labels, r = self.scalars[:4]
         args = (out, q, self.ns, self.gauss, h, w, labels, r, self.scalars[-1])
-        n = self.h * self.w
-        if interpreting():
-            _spatial_rows_kernel[(triton.cdiv(n, INTERPRET_STEP["BLOCK"]),)](*args, L_PAD=self.l_pad,
-                                                                             **INTERPRET_STEP)
-        else:
-            with torch.cuda.device(self.device):
-                _rows_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](*args, L_PAD=self.l_pad)
+        launch(_spatial_rows_kernel, _rows_autotuned, self._pixel_grid, self.device, *args, L_PAD=self.l_pad,
+               interpret=INTERPRET_STEP)
         return out
 
     def step(self, q_out, q, rows, unary, vert, splat, messages: bool, do_splat: bool) -> None:
@@ -250,24 +253,16 @@ class _Launcher:
                 *self.scalars)
         const = {"D1": self.d1, "L_PAD": self.l_pad, "MESSAGES": messages, "SPLAT": do_splat,
                  "SEPARABLE": self.separable}
-        n = self.h * self.w
-        if interpreting():
-            _lattice_step_kernel[(triton.cdiv(n, INTERPRET_STEP["BLOCK"]),)](*args, **const, **INTERPRET_STEP)
-        else:
-            with torch.cuda.device(self.device):
-                _step_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](*args, **const)
+        launch(_lattice_step_kernel, _step_autotuned, self._pixel_grid, self.device, *args, **const,
+               interpret=INTERPRET_STEP)
 
     def blur(self, splat, a, b) -> torch.Tensor:
         """Blur ``splat`` along every lattice axis, ping-ponging between ``a`` and ``b``; returns the result."""
         src, dst = splat, a
         for axis in range(self.d1):
             args = (dst, src, self.neighbours[axis, 0], self.neighbours[axis, 1], self.m, self.labels, bucket(self.m))
-            if interpreting():
-                _lattice_blur_kernel[(triton.cdiv(self.m, INTERPRET_BLUR["BLOCK"]),)](*args, L_PAD=self.l_pad,
-                                                                                      **INTERPRET_BLUR)
-            else:
-                with torch.cuda.device(self.device):
-                    _blur_autotuned[lambda meta: (triton.cdiv(self.m, meta["BLOCK"]),)](*args, L_PAD=self.l_pad)
+            launch(_lattice_blur_kernel, _blur_autotuned, self._vertex_grid, self.device, *args, L_PAD=self.l_pad,
+                   interpret=INTERPRET_BLUR)
             src, dst = dst, (b if dst is a else a)
         return src
 

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any, Callable
 
 import torch
 import triton
 import triton.language as tl
 
-from .device import bucket, check_runnable, interpreting, label_pad
+from .device import bucket, check_runnable, label_pad, launch
 from .indexing import check_pixels, plane_offsets
 
 __all__ = ["crf_step", "crf_step_reference", "crf_window", "window_norms", "window_norms_triton", "window_taps",
@@ -242,6 +243,11 @@ def _tap_tensors(params, h: int, w: int, dev: torch.device) -> tuple[torch.Tenso
                         min(h, reach), min(w, reach), torch.device(dev))
 
 
+def _pixel_grid(pixels: int) -> Callable[[dict[str, Any]], tuple[int]]:
+    """The launch grid of both kernels: one program per ``BLOCK`` pixels."""
+    return lambda meta: (triton.cdiv(pixels, meta["BLOCK"]),)
+
+
 def window_norms_triton(image: torch.Tensor, params) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`window_norms` in one Triton launch; ``image``: [3, H, W] float."""
     _check_image(image)
@@ -254,11 +260,7 @@ def window_norms_triton(image: torch.Tensor, params) -> tuple[torch.Tensor, torc
     ns = torch.empty_like(nb)
     args = (nb, ns, img, bdy, bdx, bw, bdy.numel(), sdy, sdx, sdy.numel(), h, w, 0.5 / params.theta_alpha ** 2,
             0.5 / params.theta_beta ** 2, 0.5 / params.theta_gamma ** 2, bucket(h * w))
-    if interpreting():
-        _crf_norm_kernel[(triton.cdiv(h * w, INTERPRET_CONFIG["BLOCK"]),)](*args, **INTERPRET_CONFIG)
-    else:
-        with torch.cuda.device(img.device):
-            _crf_norm_autotuned[lambda meta: (triton.cdiv(h * w, meta["BLOCK"]),)](*args)
+    launch(_crf_norm_kernel, _crf_norm_autotuned, _pixel_grid(h * w), img.device, *args, interpret=INTERPRET_CONFIG)
     return nb, ns
 
 
@@ -293,13 +295,8 @@ def crf_step(image: torch.Tensor, unary: torch.Tensor, q: torch.Tensor, norm_b: 
     args = (out, q, unary, image, norm_b, norm_s, bdy, bdx, bw, bdy.numel(), sdy, sdx, sdy.numel(), h, w, labels,
             float(params.w1), float(params.w2), 0.5 / params.theta_alpha ** 2, 0.5 / params.theta_beta ** 2,
             0.5 / params.theta_gamma ** 2, bucket(h * w))
-    l_pad = label_pad(labels)
-    if interpreting():
-        grid = (triton.cdiv(h * w, INTERPRET_CONFIG["BLOCK"]),)
-        _crf_step_kernel[grid](*args, L_PAD=l_pad, **INTERPRET_CONFIG)
-    else:
-        with torch.cuda.device(dev):
-            _crf_step_autotuned[lambda meta: (triton.cdiv(h * w, meta["BLOCK"]),)](*args, L_PAD=l_pad)
+    launch(_crf_step_kernel, _crf_step_autotuned, _pixel_grid(h * w), dev, *args, L_PAD=label_pad(labels),
+           interpret=INTERPRET_CONFIG)
     return out
 
 

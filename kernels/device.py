@@ -1,12 +1,14 @@
 """Where the Triton kernels can run: the one answer to "can Triton run here?".
 
-Every caller asks :func:`triton_unavailable` (the CLI, the benchmarks, the CRF stage) and every
-kernel wrapper calls :func:`check_runnable` on its input, so the rules live in one place:
+Every caller asks :func:`triton_unavailable` (the CLI, the benchmarks, the CRF stage), every
+kernel wrapper calls :func:`check_runnable` on its input and launches through :func:`launch`, so
+the rules live in one place:
 
 * Triton must be installed;
 * under ``TRITON_INTERPRET=1`` the kernels run in Triton's interpreter on CPU tensors (tests),
   correct but far too slow to time;
-* otherwise they are compiled for a CUDA GPU and need CUDA tensors.
+* otherwise they are compiled for a CUDA GPU, need CUDA tensors and launch on their tensors'
+  device.
 
 Nothing here imports Triton, so asking is cheap.
 """
@@ -15,12 +17,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Any, Callable
 
 import torch
 
 from ..errors import KernelUnavailableError
 
-__all__ = ["interpreting", "triton_unavailable", "check_runnable", "bucket", "label_pad"]
+__all__ = ["interpreting", "triton_unavailable", "check_runnable", "launch", "bucket", "label_pad"]
 
 
 def interpreting() -> bool:
@@ -53,6 +56,27 @@ def check_runnable(x: torch.Tensor) -> None:
     reason = triton_unavailable(x.device)
     if reason:
         raise KernelUnavailableError(reason)
+
+
+def launch(kernel: Any, autotuned: Any, grid: Callable[[dict[str, Any]], tuple[int, ...]], device: torch.device,
+           *args: Any, interpret: dict[str, Any], **kwargs: Any) -> None:
+    """Launch a Triton kernel: the one place that decides how, so no wrapper can get it wrong.
+
+    Compiled (a CUDA GPU): ``autotuned[grid](*args, **kwargs)`` inside ``torch.cuda.device(device)``.
+    Triton launches on the *current* CUDA device, so without the guard a kernel given tensors on
+    cuda:1 would run on cuda:0. The autotuner picks the block sizes and passes them to ``grid``
+    in ``meta``.
+
+    Interpreted (``TRITON_INTERPRET=1``, CPU tensors): the plain ``@triton.jit`` ``kernel`` on
+    the fixed block sizes ``interpret`` (autotuning would only multiply the interpreter's cost),
+    which may also override constexprs the interpreter needs set otherwise; no device guard.
+    """
+    if interpreting():
+        meta = {**kwargs, **interpret}
+        kernel[grid(meta)](*args, **meta)
+        return
+    with torch.cuda.device(device):
+        autotuned[grid](*args, **kwargs)
 
 
 def bucket(n: int) -> int:

@@ -1,9 +1,10 @@
 """What a GPU run needs from the kernels, checked here without one (issue #18).
 
-The compiled-GPU launch path (autotuned kernels inside ``torch.cuda.device``) never runs under
-``TRITON_INTERPRET=1``. These tests take that path with the autotuned kernels replaced by
-recorders and ``torch.cuda.device`` by a recording context: nothing is computed, but every
-launch a GPU would make is seen with its autotuning key and the device guard around it.
+The compiled-GPU launch path (:func:`deeplab_edge.kernels.device.launch`: autotuned kernels inside
+``torch.cuda.device``) never runs under ``TRITON_INTERPRET=1``. These tests take that path with the
+autotuned kernels replaced by recorders and ``torch.cuda.device`` by a recording context: nothing
+is computed, but every launch a GPU would make is seen with its autotuning key and the device
+guard around it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from deeplab_edge.kernels import aspp, crf_lattice, crf_window
-from deeplab_edge.kernels.device import bucket, label_pad
+from deeplab_edge.kernels import aspp, crf_lattice, crf_window, device
+from deeplab_edge.kernels.device import bucket, label_pad, launch
 from deeplab_edge.kernels.indexing import INT32_MAX, check_pixels, plane_offsets, row_offsets
 
 KERNELS = Path(aspp.__file__).parent
@@ -63,13 +64,20 @@ class Launches:
         return Recorder()
 
 
+def _compiled_launches(monkeypatch) -> None:
+    """:func:`launch` takes the compiled path while the CPU tensors stand in for CUDA ones (the
+    kernels may run on them: :func:`check_runnable` lets them through)."""
+    monkeypatch.setattr(device, "interpreting", lambda: False)
+    monkeypatch.setattr(device, "triton_unavailable", lambda dev, timing=False: None)
+
+
 @pytest.fixture
 def launches(monkeypatch):
     rec = Launches()
     monkeypatch.setattr(torch.cuda, "device", rec.device)
+    _compiled_launches(monkeypatch)
     for mod, names in ((aspp, ["_tap_conv_autotuned"]), (crf_window, ["_crf_norm_autotuned", "_crf_step_autotuned"]),
                        (crf_lattice, ["_step_autotuned", "_blur_autotuned", "_rows_autotuned"])):
-        monkeypatch.setattr(mod, "interpreting", lambda: False)
         for name in names:
             monkeypatch.setattr(mod, name, rec.kernel(name, getattr(mod, name)))
     return rec
@@ -185,33 +193,92 @@ def test_every_gpu_launch_runs_under_its_tensors_device(launches):
         assert c["devices"] == {c["guard"]}, c
 
 
-def test_no_launch_site_outside_a_device_guard():
-    """The same rule read from the source, so a launch added later cannot skip it: every launch
-    ``k[grid](...)`` of a ``@triton.jit`` function or a ``triton.autotune(...)`` object is in an
-    ``if interpreting():`` branch (CPU tensors) or inside ``with torch.cuda.device(...)``."""
-    sites = 0
-    for path in sorted(KERNELS.glob("*.py")):
-        tree = ast.parse(path.read_text())
-        launchable = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
-                      and any("triton.jit" in ast.unparse(d) for d in n.decorator_list)}
-        launchable |= {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) and "triton.autotune(" in
-                       ast.unparse(n.value) for t in n.targets if isinstance(t, ast.Name)}
-        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
-        for node in ast.walk(tree):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript)
-                    and isinstance(node.func.value, ast.Name) and node.func.value.id in launchable):
+def _launch_problems(sources: dict[str, str]) -> tuple[list[str], int]:
+    """(what is wrong, how many launches go through the helper) in the kernel modules' ``sources``
+    (file name -> source). Launchable: a ``@triton.jit`` function or a ``triton.autotune(...)(kernel)``
+    object. A launch ``k[grid](...)`` of one, by name or as ``module.k``, is wrong anywhere: it must
+    be ``launch(kernel, autotuned, ...)`` (:func:`deeplab_edge.kernels.device.launch`), with a
+    ``@triton.jit`` kernel and the autotuned object made from that same kernel."""
+    jit: dict[str, str] = {}  # name -> file
+    tuned: dict[str, str] = {}  # autotuned name -> the kernel it tunes
+    trees = {name: ast.parse(src) for name, src in sources.items()}
+    for name, tree in trees.items():
+        for n in ast.walk(tree):
+            if isinstance(n, ast.FunctionDef) and any("triton.jit" in ast.unparse(d) for d in n.decorator_list):
+                jit[n.name] = name
+            if (isinstance(n, ast.Assign) and isinstance(n.value, ast.Call) and "triton.autotune(" in
+                    ast.unparse(n.value.func) and n.value.args and isinstance(n.value.args[0], ast.Name)):
+                tuned.update({t.id: n.value.args[0].id for t in n.targets if isinstance(t, ast.Name)})
+    problems, through = [], 0
+    for name, tree in trees.items():
+        for n in ast.walk(tree):
+            if not isinstance(n, ast.Call):
                 continue
-            sites += 1
-            ok, child, up = False, node, parents.get(node)
-            while up is not None and not ok:
-                if isinstance(up, ast.With) and any("torch.cuda.device" in ast.unparse(i.context_expr)
-                                                     for i in up.items):
-                    ok = True
-                if isinstance(up, ast.If) and ast.unparse(up.test) == "interpreting()" and child in up.body:
-                    ok = True
-                child, up = up, parents.get(up)
-            assert ok, f"{path.name}:{node.lineno}: {node.func.value.id} launches outside a device guard"
-    assert sites >= 12  # 6 autotuned launches and their 6 interpreter twins
+            if isinstance(n.func, ast.Subscript):
+                target = n.func.value
+                called = target.id if isinstance(target, ast.Name) else getattr(target, "attr", None)
+                if called in jit or called in tuned:
+                    problems.append(f"{name}:{n.lineno}: {called} launched outside launch()")
+            elif isinstance(n.func, ast.Name) and n.func.id == "launch":
+                through += 1
+                kernel, autotuned = (ast.unparse(a) for a in n.args[:2])
+                if kernel not in jit or tuned.get(autotuned) != kernel:
+                    problems.append(f"{name}:{n.lineno}: launch({kernel}, {autotuned}, ...) is not a @triton.jit "
+                                    "kernel and its own autotuned object")
+    return problems, through
+
+
+def test_every_launch_goes_through_the_launch_helper():
+    """The same rule read from the source, so a launch added later cannot skip it: every launch of
+    a ``@triton.jit`` function or a ``triton.autotune(...)`` object in the kernel modules goes
+    through :func:`launch`, which alone writes ``kernel[grid](...)`` (the device guard inside it
+    is checked in :func:`test_the_launch_helper_guards_compiled_launches_only`)."""
+    sources = {path.name: path.read_text() for path in sorted(KERNELS.glob("*.py"))}
+    problems, through = _launch_problems(sources)
+    assert not problems, problems
+    assert through >= 6  # the 6 autotuned kernels, each with its interpreter twin
+
+    # ... and the check fails on a launch written by hand, or on a helper given mismatched kernels
+    bad = {"k.py": (
+        "@triton.jit\ndef _a(x): pass\n@triton.jit\ndef _b(x): pass\n"
+        "_a_tuned = triton.autotune(configs=[], key=[])(_a)\n"
+        "def run(x):\n    _a_tuned[(1,)](x)\n    _a[(1,)](x)\n    mod._a[(1,)](x)\n"
+        "    launch(_b, _a_tuned, grid, x.device, x, interpret={})\n")}
+    problems, through = _launch_problems(bad)
+    assert through == 1 and [p.split(": ", 1)[1] for p in problems] == [
+        "_a_tuned launched outside launch()", "_a launched outside launch()", "_a launched outside launch()",
+        "launch(_b, _a_tuned, ...) is not a @triton.jit kernel and its own autotuned object"]
+
+
+def test_the_launch_helper_guards_compiled_launches_only(monkeypatch):
+    """Compiled: the autotuned kernel, given the grid function, inside ``torch.cuda.device`` of the
+    tensors. Interpreted: the plain kernel on the interpreter's block sizes (which override the
+    constexprs they name), its grid computed from them, no guard."""
+    rec = Launches()
+    monkeypatch.setattr(torch.cuda, "device", rec.device)
+    seen = []
+
+    class Kernel:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: seen.append((self.name, grid, args, kwargs,
+                                                        rec.guards[-1] if rec.guards else None))
+
+    def grid(meta):
+        return (10 // meta["BLOCK"],)
+
+    x = torch.zeros(3)
+    monkeypatch.setattr(device, "interpreting", lambda: True)
+    launch(Kernel("jit"), Kernel("tuned"), grid, torch.device("cuda", 1), x, 7, L_PAD=4, UPCAST=False,
+           interpret={"BLOCK": 5, "UPCAST": True})
+    assert seen.pop() == ("jit", (2,), (x, 7), {"L_PAD": 4, "UPCAST": True, "BLOCK": 5}, None)
+    monkeypatch.setattr(device, "interpreting", lambda: False)
+    launch(Kernel("jit"), Kernel("tuned"), grid, torch.device("cuda", 1), x, 7, L_PAD=4, UPCAST=False,
+           interpret={"BLOCK": 5, "UPCAST": True})
+    assert seen.pop() == ("tuned", grid, (x, 7), {"L_PAD": 4, "UPCAST": False}, torch.device("cuda", 1))
+    assert not rec.guards  # the guard is left after the launch
 
 
 # ----------------------------------------------------------------------------- 3. index width

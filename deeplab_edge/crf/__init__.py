@@ -38,7 +38,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import DataError, DeepLabEdgeError
+from ..errors import DataError, DeepLabEdgeError, KernelUnavailableError
+from ..kernels.device import triton_unavailable
 from .lattice import (LatticeSetup, PermutohedralLattice, lattice_features, lattice_setup, lattice_step_reference,
                       permutohedral_crf)
 from .params import (DEVICE_METHODS, METHODS, PRESETS, TRITON_METHODS, CRFParams, gaussian_1d, gaussian_radius,
@@ -123,9 +124,6 @@ class CRFStage:
             raise ValueError(f"expected method in {METHODS}, got {method!r}")
         self.method, self.params, self.device = method, params, torch.device(device)
         if method in TRITON_METHODS:
-            from ..errors import KernelUnavailableError
-            from ..kernels.device import triton_unavailable
-
             reason = triton_unavailable(self.device)
             if reason:
                 raise KernelUnavailableError(reason)

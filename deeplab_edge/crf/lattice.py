@@ -38,104 +38,20 @@ class PermutohedralLattice:
         if features.dim() != 2:
             raise ValueError(f"expected features [N, d], got {list(features.shape)}")
         n, d = features.shape
-        dev = features.device
         self.d = d
-        d1 = d + 1
-        f = features.float()
-        # Elevate onto the hyperplane x . 1 = 0 in R^{d+1}, scaled so that the lattice's
-        # blur is a unit-variance Gaussian in feature space (Adams et al. 2010, Sec. 3.1).
-        inv_std = math.sqrt(2.0 / 3.0) * d1
-        scale = torch.tensor([inv_std / math.sqrt((i + 1) * (i + 2)) for i in range(d)], dtype=torch.float32,
-                             device=dev)
-        cf = f * scale  # [N, d]
-        higher = torch.flip(torch.cumsum(torch.flip(cf, [1]), 1), [1])  # sum_{i >= j} cf_i
-        elevated = torch.empty(n, d1, dtype=torch.float32, device=dev)
-        elevated[:, 0] = higher[:, 0]
-        j = torch.arange(1, d1, dtype=torch.float32, device=dev)
-        sm_above = torch.cat([higher[:, 1:], torch.zeros(n, 1, dtype=torch.float32, device=dev)], 1)
-        elevated[:, 1:] = sm_above - j * cf
-        # Closest remainder-0 lattice point, then the rank order of the differences.
-        v = elevated / d1
-        up, down = torch.ceil(v) * d1, torch.floor(v) * d1
-        rem0 = torch.where(up - elevated < elevated - down, up, down)
-        total = torch.round(rem0.sum(1) / d1).long()
-        diff = elevated - rem0
-        idx = torch.arange(d1, device=dev)
-        greater = diff[:, :, None] < diff[:, None, :]  # [N, i, j]: diff_i < diff_j
-        later = idx[None, :] > idx[:, None]  # j > i
-        rank = (greater & later).sum(2) + ((~greater.transpose(1, 2)) & ~later & (idx[None, :] != idx[:, None])).sum(2)
-        rank = rank + total[:, None]
-        low, high = rank < 0, rank > d
-        rank = torch.where(low, rank + d1, torch.where(high, rank - d1, rank))
-        rem0 = torch.where(low, rem0 + d1, torch.where(high, rem0 - d1, rem0))
-        # Barycentric coordinates of the point in its simplex.
-        bary = torch.zeros(n, d + 2, dtype=torch.float32, device=dev)
-        val = (elevated - rem0) / d1
-        bary.scatter_add_(1, d - rank, val)
-        bary.scatter_add_(1, d - rank + 1, -val)
-        bary[:, 0] += 1.0 + bary[:, d + 1]
-        self.bary = bary[:, :d1].float()  # [N, d1]
-        # Lattice keys of the d+1 simplex vertices (first d coordinates identify a vertex).
-        rem = torch.arange(d1, device=dev)
-        canonical = torch.where(idx[None, :] <= d - rem[:, None], rem[:, None], rem[:, None] - d1)  # [rem, rank]
-        keys = rem0.long()[:, None, :d] + canonical[:, rank[:, :d]].permute(1, 0, 2)  # [N, d1, d]
-        # Pack a key's d integers into one int64 (fields offset to >= 0, with room for +-d).
-        lo = keys.amin((0, 1)) - d1
-        span = keys.amax((0, 1)) + d1 - lo + 1
-        bits = [max(1, int(math.ceil(math.log2(int(s) + 1)))) for s in span.tolist()]
-        if sum(bits) > 62:
-            raise DeepLabEdgeError(f"permutohedral lattice keys need {sum(bits)} bits; features are too spread "
-                                   "for this implementation (scale them down)")
-        shifts = torch.tensor(np.concatenate([[0], np.cumsum(bits[:-1])]), dtype=torch.long, device=dev)
-        self._weights = torch.bitwise_left_shift(torch.ones_like(shifts), shifts)
-        packed = ((keys - lo) * self._weights).sum(2)  # [N, d1]
-        flat = packed.reshape(-1)
-        sorted_keys, order = torch.sort(flat, stable=True)  # one sort gives the vertices and the splat order
-        is_new = torch.ones_like(sorted_keys, dtype=torch.bool)
-        is_new[1:] = sorted_keys[1:] != sorted_keys[:-1]
-        uniq = sorted_keys[is_new]
-        m = uniq.numel()
-        inverse = torch.empty_like(flat)
-        inverse[order] = torch.cumsum(is_new, 0) - 1
-        self.num_points, self.num_vertices = n, m
-        offset = inverse.reshape(n, d1)
-        self.offset = offset  # [N, d1]: the lattice vertex of each corner of each point's simplex
-        self.alpha = alpha = 1.0 / (1.0 + 2.0 ** (-d))  # slicing weight of the blurred lattice (Adams et al.)
-        # The three linear maps as CSR matrices, rows built in order and the columns sorted within
-        # each row (once per image), each value moved with its column: slice [N, M] (row = point:
-        # its d+1 simplex vertices, which come in remainder order), splat = its transpose [M, N]
-        # (already sorted: the stable sort lists a vertex's points in order).
-        slice_cols, perm = offset.sort(1)
-        self.slice = _csr(torch.arange(0, n * d1 + 1, d1, device=dev), slice_cols.reshape(-1),
-                          self.bary.gather(1, perm).reshape(-1) * alpha, (n, m))
-        counts = torch.bincount(inverse, minlength=m)
-        self.splat = _csr(torch.cat([counts.new_zeros(1), counts.cumsum(0)]), order // d1,
-                          self.bary.reshape(-1)[order], (m, n))
-        # Blur along each of the d+1 lattice axes: v_i + (v_{i + e} + v_{i - e}) / 2,
-        # e = (1, ..., 1, -d, 1, ..., 1) in key space; missing neighbours count as 0.
-        self.blur = []
-        neighbours = []  # per axis: [2, M] index of the +e / -e neighbour, M where it is missing
-        rows = torch.arange(m, device=dev)
-        for axis in range(d1):
-            delta = torch.ones(d, dtype=torch.long, device=dev)
-            if axis < d:
-                delta[axis] = -d
-            step = int((delta * self._weights).sum())
-            cols, found = [rows], [torch.ones(m, dtype=torch.bool, device=dev)]
-            for sign in (1, -1):
-                target = uniq + sign * step
-                pos = torch.searchsorted(uniq, target).clamp_max(m - 1)
-                cols.append(pos)
-                found.append(uniq[pos] == target)
-            cols_t, found_t = torch.stack(cols, 1), torch.stack(found, 1)  # [M, 3]: self, +e, -e
-            neighbours.append(torch.where(found_t[:, 1:], cols_t[:, 1:], m).t())
-            # sorted rows: missing neighbours (column m) sort last and are dropped
-            cols_s, perm = torch.where(found_t, cols_t, m).sort(1)
-            vals = torch.tensor([1.0, 0.5, 0.5], device=dev).expand(m, 3).gather(1, perm)
-            kept = cols_s < m
-            crow = torch.cat([counts.new_zeros(1), kept.sum(1).cumsum(0)])
-            self.blur.append(_csr(crow, cols_s[kept], vals[kept], (m, m)))
-        self.neighbours = torch.stack(neighbours)  # [d1, 2, M]
+        elevated = _elevate(features.float())
+        rem0, rank = _enclosing_simplex(elevated)
+        self.bary = _barycentric(elevated, rem0, rank)  # [N, d1]
+        packed, key_weights = _pack_keys(_simplex_keys(rem0, rank))
+        uniq, order, inverse = _unique_vertices(packed)
+        self.num_points, self.num_vertices = n, uniq.numel()
+        self.offset = inverse.reshape(n, d + 1)  # [N, d1]: the lattice vertex of each corner of each point's simplex
+        self.alpha = 1.0 / (1.0 + 2.0 ** (-d))  # slicing weight of the blurred lattice (Adams et al.)
+        self.slice, self.splat = _slice_and_splat(self.offset, self.bary, order, inverse, self.alpha,
+                                                  self.num_vertices)
+        axes = [_blur_axis(uniq, key_weights, axis) for axis in range(d + 1)]
+        self.blur = [csr for csr, _ in axes]
+        self.neighbours = torch.stack([nb for _, nb in axes])  # [d1, 2, M]
         self._buffers: dict[tuple[int, torch.device], list[torch.Tensor]] = {}
 
     def filter(self, values: torch.Tensor) -> torch.Tensor:
@@ -163,6 +79,142 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, size: tuple[i
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(crow, col, val.float().contiguous(), size=size,
                                        check_invariants=CHECK_CSR_INVARIANTS)
+
+
+# ----------------------------------------------------------------------------- building the lattice
+# The steps of PermutohedralLattice.__init__, in order (Adams et al. 2010, Sec. 3.1 - 4); N points,
+# d features, d1 = d + 1 lattice coordinates.
+
+def _elevate(f: torch.Tensor) -> torch.Tensor:
+    """[N, d] features -> [N, d1] points on the hyperplane x . 1 = 0 in R^{d+1}, scaled so that the
+    lattice's blur is a unit-variance Gaussian in feature space."""
+    n, d = f.shape
+    dev = f.device
+    d1 = d + 1
+    inv_std = math.sqrt(2.0 / 3.0) * d1
+    scale = torch.tensor([inv_std / math.sqrt((i + 1) * (i + 2)) for i in range(d)], dtype=torch.float32,
+                         device=dev)
+    cf = f * scale  # [N, d]
+    higher = torch.flip(torch.cumsum(torch.flip(cf, [1]), 1), [1])  # sum_{i >= j} cf_i
+    elevated = torch.empty(n, d1, dtype=torch.float32, device=dev)
+    elevated[:, 0] = higher[:, 0]
+    j = torch.arange(1, d1, dtype=torch.float32, device=dev)
+    sm_above = torch.cat([higher[:, 1:], torch.zeros(n, 1, dtype=torch.float32, device=dev)], 1)
+    elevated[:, 1:] = sm_above - j * cf
+    return elevated
+
+
+def _enclosing_simplex(elevated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the closest remainder-0 lattice point, the rank order of each coordinate's difference from
+    it), both [N, d1]: together they name the simplex that encloses each point."""
+    d1 = elevated.shape[1]
+    d = d1 - 1
+    v = elevated / d1
+    up, down = torch.ceil(v) * d1, torch.floor(v) * d1
+    rem0 = torch.where(up - elevated < elevated - down, up, down)
+    total = torch.round(rem0.sum(1) / d1).long()
+    diff = elevated - rem0
+    idx = torch.arange(d1, device=elevated.device)
+    greater = diff[:, :, None] < diff[:, None, :]  # [N, i, j]: diff_i < diff_j
+    later = idx[None, :] > idx[:, None]  # j > i
+    rank = (greater & later).sum(2) + ((~greater.transpose(1, 2)) & ~later & (idx[None, :] != idx[:, None])).sum(2)
+    rank = rank + total[:, None]
+    low, high = rank < 0, rank > d
+    rank = torch.where(low, rank + d1, torch.where(high, rank - d1, rank))
+    rem0 = torch.where(low, rem0 + d1, torch.where(high, rem0 - d1, rem0))
+    return rem0, rank
+
+
+def _barycentric(elevated: torch.Tensor, rem0: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+    """[N, d1] barycentric coordinates of each point in its simplex (the splat and slice weights)."""
+    n, d1 = elevated.shape
+    d = d1 - 1
+    bary = torch.zeros(n, d + 2, dtype=torch.float32, device=elevated.device)
+    val = (elevated - rem0) / d1
+    bary.scatter_add_(1, d - rank, val)
+    bary.scatter_add_(1, d - rank + 1, -val)
+    bary[:, 0] += 1.0 + bary[:, d + 1]
+    return bary[:, :d1].float()
+
+
+def _simplex_keys(rem0: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+    """[N, d1, d] lattice keys of the d1 vertices of each point's simplex (the first d coordinates
+    identify a vertex)."""
+    d1 = rank.shape[1]
+    d = d1 - 1
+    idx = torch.arange(d1, device=rank.device)
+    rem = torch.arange(d1, device=rank.device)
+    canonical = torch.where(idx[None, :] <= d - rem[:, None], rem[:, None], rem[:, None] - d1)  # [rem, rank]
+    return rem0.long()[:, None, :d] + canonical[:, rank[:, :d]].permute(1, 0, 2)
+
+
+def _pack_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each key's d integers packed into one int64 ([N, d1]; fields offset to >= 0, with room for
+    +-d), and the field weights ([d]: a step along a lattice axis is then one integer offset)."""
+    d1 = keys.shape[1]
+    lo = keys.amin((0, 1)) - d1
+    span = keys.amax((0, 1)) + d1 - lo + 1
+    bits = [max(1, int(math.ceil(math.log2(int(s) + 1)))) for s in span.tolist()]
+    if sum(bits) > 62:
+        raise DeepLabEdgeError(f"permutohedral lattice keys need {sum(bits)} bits; features are too spread "
+                               "for this implementation (scale them down)")
+    shifts = torch.tensor(np.concatenate([[0], np.cumsum(bits[:-1])]), dtype=torch.long, device=keys.device)
+    weights = torch.bitwise_left_shift(torch.ones_like(shifts), shifts)
+    return ((keys - lo) * weights).sum(2), weights
+
+
+def _unique_vertices(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the M distinct vertex keys, sorted; the stable sort order of the N x d1 corners; each
+    corner's vertex index): one sort gives the vertices and the splat order."""
+    flat = packed.reshape(-1)
+    sorted_keys, order = torch.sort(flat, stable=True)
+    is_new = torch.ones_like(sorted_keys, dtype=torch.bool)
+    is_new[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    inverse = torch.empty_like(flat)
+    inverse[order] = torch.cumsum(is_new, 0) - 1
+    return sorted_keys[is_new], order, inverse
+
+
+def _slice_and_splat(offset: torch.Tensor, bary: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor,
+                     alpha: float, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The slice [N, M] and splat [M, N] maps as CSR matrices, rows built in order and the columns
+    sorted within each row (once per image), each value moved with its column: slice (row = point:
+    its d+1 simplex vertices, which come in remainder order), splat = its transpose (already sorted:
+    the stable sort lists a vertex's points in order)."""
+    n, d1 = offset.shape
+    slice_cols, perm = offset.sort(1)
+    slice_ = _csr(torch.arange(0, n * d1 + 1, d1, device=offset.device), slice_cols.reshape(-1),
+                  bary.gather(1, perm).reshape(-1) * alpha, (n, m))
+    counts = torch.bincount(inverse, minlength=m)
+    splat = _csr(torch.cat([counts.new_zeros(1), counts.cumsum(0)]), order // d1, bary.reshape(-1)[order], (m, n))
+    return slice_, splat
+
+
+def _blur_axis(uniq: torch.Tensor, key_weights: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The blur along one lattice axis, v_i + (v_{i + e} + v_{i - e}) / 2 with e = (1, ..., 1, -d,
+    1, ..., 1) in key space (missing neighbours count as 0): as a CSR [M, M] matrix, and as the
+    [2, M] index of each vertex's +e / -e neighbour (M where it is missing) for the Triton blur."""
+    m, d = uniq.numel(), key_weights.numel()
+    dev = uniq.device
+    rows = torch.arange(m, device=dev)
+    delta = torch.ones(d, dtype=torch.long, device=dev)
+    if axis < d:
+        delta[axis] = -d
+    step = int((delta * key_weights).sum())
+    cols, found = [rows], [torch.ones(m, dtype=torch.bool, device=dev)]
+    for sign in (1, -1):
+        target = uniq + sign * step
+        pos = torch.searchsorted(uniq, target).clamp_max(m - 1)
+        cols.append(pos)
+        found.append(uniq[pos] == target)
+    cols_t, found_t = torch.stack(cols, 1), torch.stack(found, 1)  # [M, 3]: self, +e, -e
+    neighbours = torch.where(found_t[:, 1:], cols_t[:, 1:], m).t()
+    # sorted rows: missing neighbours (column m) sort last and are dropped
+    cols_s, perm = torch.where(found_t, cols_t, m).sort(1)
+    vals = torch.tensor([1.0, 0.5, 0.5], device=dev).expand(m, 3).gather(1, perm)
+    kept = cols_s < m
+    crow = torch.cat([rows.new_zeros(1), kept.sum(1).cumsum(0)])
+    return _csr(crow, cols_s[kept], vals[kept], (m, m)), neighbours
 
 
 class SpatialFilter:

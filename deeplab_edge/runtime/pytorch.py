@@ -6,10 +6,9 @@ import torch
 
 from ..data.preprocess import Preprocess
 from ..errors import DeepLabEdgeError
+from ..kernels.dtypes import DTYPES
 
 __all__ = ["TorchRunner", "DTYPES"]
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class TorchRunner:
