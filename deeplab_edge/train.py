@@ -16,11 +16,14 @@ over processes; only rank 0 writes files.
 
 from __future__ import annotations
 
+import csv
+import fcntl
+import io
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,16 +33,19 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
+from .calibration.qat import FakeQuant, ptq_ranges, qdq_from_model
+from .checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from .data.datasets import IGNORE, SegmentationDataset, open_dataset
-from .data.preprocess import Preprocess
+from .data.overlap import image_digests
+from .data.preprocess import IMAGENET, Preprocess
 from .errors import DataError, DeepLabEdgeError
 from .inference import Segmenter
 from .interrupts import temp_dir
 from .models import MODELS, OUTPUT_STRIDES, get_model
 from .models.heads import ASPPPooling
-from .outputs import atomic_path, nearest_existing
+from .outputs import atomic_path, check_run_folder, nearest_existing, refuse_writing_over
 from .runtime import resolve_device
+from .runtime.onnx import OnnxRunner
 from .runtime.pytorch import TorchRunner
 
 __all__ = ["TrainConfig", "train", "augment", "median_frequency_weights", "folded_batch_norms"]
@@ -57,8 +63,11 @@ RESUME_MAY_CHANGE = {"epochs", "max_steps", "val_data", "val_split", "val_every"
                      "data"}  # the data may have moved: its image count is checked against the run's instead
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
+    """A training's settings, as given (the CLI's options) and as recorded; frozen: a stage that needs another
+    setting (QAT's frozen batch norms, a resumed run's own values) derives a new one with ``dataclasses.replace``."""
+
     data: str
     output: str
     weights: str | None = None  # start from this checkpoint (a different class count gets a new classifier)
@@ -190,8 +199,6 @@ def _initial_model(cfg: TrainConfig, num_classes: int, classes: list[str]):
         return model, {**loaded.meta, "classes": classes}
     if not cfg.arch or cfg.arch not in MODELS:
         raise DeepLabEdgeError(f"give --weights FILE or --arch NAME (one of {', '.join(MODELS)})")
-    from .data.preprocess import IMAGENET
-
     stride = {} if cfg.output_stride is None else {"output_stride": cfg.output_stride}
     if stride and cfg.output_stride not in OUTPUT_STRIDES[cfg.arch]:
         raise DeepLabEdgeError(f"{cfg.arch} runs at output stride "
@@ -276,8 +283,6 @@ def resume_config(cfg: TrainConfig, state: dict[str, Any]) -> TrainConfig:
     """The configuration a resumed run continues with: the run's own settings, except what --resume may
     change (:data:`RESUME_MAY_CHANGE`); a setting the user gave that differs from the run's is refused
     (it would be recorded as used while the optimizer and the schedule keep the run's)."""
-    from dataclasses import fields, replace
-
     started = dict(state["record"].get("config") or {})
     if started.get("arch") is None and cfg.arch is not None:
         started["arch"] = state["arch"]  # a run started from --weights: the architecture it trains
@@ -302,8 +307,6 @@ def resume_config(cfg: TrainConfig, state: dict[str, Any]) -> TrainConfig:
 def _check_run_folder(cfg: TrainConfig, out: Path, state: dict[str, Any] | None) -> None:
     """Before any work: a new run goes into a new or empty folder; a resumed run into its own (a folder
     holding anything else is the user's: refused, never mixed with a run)."""
-    from .outputs import check_run_folder, refuse_writing_over
-
     check_run_folder(out, set(RUN_FILES) | {LOCK}, "training")
     if not cfg.resume:
         held = [n for n in RUN_FILES if (out / n).exists()]
@@ -336,8 +339,6 @@ class _RunLock:
         self.out, self.fd, self.existing = out, None, out
 
     def acquire(self) -> None:
-        import fcntl
-
         self.existing = nearest_existing(self.out)  # the folders below it are this run's to remove on failure
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / LOCK
@@ -368,28 +369,124 @@ class _RunLock:
             folder = folder.parent
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- the run's parts
+
+@dataclass(frozen=True)
+class _Setting:
+    """Where the run runs and whom it tells: the same for every stage."""
+
+    device: torch.device
+    info: distributed.DistInfo
+    progress: Callable[[dict[str, Any]], None] | None
+    log: Callable[[str], None]
+
+    @property
+    def amp(self) -> bool:
+        """Mixed precision (float16 autocast, the GradScaler) on a GPU only."""
+        return self.device.type == "cuda"
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The checked training and validation data, and each process's share of a global batch."""
+
+    train: SegmentationDataset
+    val: SegmentationDataset | None
+    local_bs: int
+
+
+@dataclass(frozen=True)
+class _Model:
+    """The model being trained (never DDP's wrapper: that is :class:`_Fit`'s), what its checkpoints carry, and the
+    two preprocessings: the training images' normalisation, and whole images for validation and the checkpoints."""
+
+    net: torch.nn.Module
+    meta: dict[str, Any]
+    pre: Preprocess
+    eval_pre: Preprocess
+    qat: FakeQuant | None = None
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """What the steps run: the module (DDP's wrapper under torchrun), the optimizer, the loss scaler, the class
+    weights, and the batches with the length of the whole schedule."""
+
+    module: torch.nn.Module
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    class_weights: torch.Tensor | None
+    train_set: _TrainSet
+    sampler: torch.utils.data.DistributedSampler
+    loader: torch.utils.data.DataLoader
+    total: int
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One training once it is set up: every stage of the epoch loop takes it whole."""
+
+    cfg: TrainConfig
+    where: _Setting
+    data: _Data
+    model: _Model
+    fit: _Fit
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.output)
+
+
+# ----------------------------------------------------------------------------- set-up, resume, data
 
 def train(cfg: TrainConfig, progress: Callable[[dict[str, Any]], None] | None = None,
           log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Run the training; returns the record (config, one row per epoch, best validation)."""
+    """Run the training; returns the record (config, one row per epoch, best validation). Under torchrun every
+    process returns it; ``progress`` and ``log`` are called on the main process only (one log for the job)."""
     device = resolve_device(cfg.device)
     info = distributed.init(device)
     try:
         with distributed.peer_failures(info):
-            return _train(cfg, device, info, progress, log)
+            quiet = not info.is_main
+            return _train(cfg, _Setting(device, info, None if quiet else progress, (lambda s: None) if quiet else log))
     finally:
         distributed.shutdown()
 
 
-def _train(cfg, device, info, progress, log) -> dict[str, Any]:
+def _train(cfg: TrainConfig, where: _Setting) -> dict[str, Any]:
+    """Every input checked before any work; then the run, holding its folder's lock (released, and the folders
+    it made removed when empty, if it fails)."""
+    cfg, state = _resumed(cfg)
+    data = _open_data(cfg, where.info, state)
     out = Path(cfg.output)
-    state_path = out / STATE
-    if cfg.resume and not state_path.is_file():  # every input checked before any work
+    lock = _RunLock(out)
+    try:
+        # rank 0 writes the run: it holds the folder's lock and checks the folder; every process stops if it refuses
+        distributed.on_main(lambda: (lock.acquire(), _check_run_folder(cfg, out, state)), where.info)
+        run, record, start_epoch, step = _set_up(cfg, where, data, state)
+        return _epochs(run, record, start_epoch, step)
+    except BaseException:
+        lock.release(failed=True)
+        raise
+    finally:
+        lock.release()
+
+
+def _resumed(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """With --resume: the run's checked state, and the configuration it continues with (the run's own settings,
+    before anything is checked against them). Without: ``cfg`` as it is, and no state."""
+    if not cfg.resume:
+        return cfg, None
+    state_path = Path(cfg.output) / STATE
+    if not state_path.is_file():
         raise DeepLabEdgeError(f"{state_path}: nothing to resume; train without --resume first")
-    state = load_state(state_path) if cfg.resume else None
-    if state is not None:  # the run's own settings, before anything is checked against them
-        cfg = resume_config(cfg, state)
+    state = load_state(state_path)
+    return resume_config(cfg, state), state
+
+
+def _open_data(cfg: TrainConfig, info: distributed.DistInfo, state: dict[str, Any] | None) -> _Data:
+    """The training and validation data, checked whole before the run starts: layout, labels, classes, the batch
+    against the processes and the images, a resumed run's image count, every image-label pair."""
     ds = open_dataset(cfg.data, cfg.dataset, cfg.split)
     if ds.kind == "folder" or not ds.has_labels:
         raise DataError(f"{cfg.data}: no labelled {cfg.split} split found; training needs a VOC, Cityscapes or "
@@ -403,10 +500,8 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
     if cfg.batch_size % info.world:
         raise DeepLabEdgeError(f"--batch-size {cfg.batch_size} is not divisible by the {info.world} processes; "
                                "give a multiple")
-    local_bs = cfg.batch_size // info.world
     if len(ds) < cfg.batch_size:
         raise DataError(f"{cfg.data}: {len(ds)} images, fewer than one batch of {cfg.batch_size}; lower --batch-size")
-
     if state is not None and state["record"].get("images") not in (None, len(ds)):
         raise DataError(f"{cfg.data}: {len(ds)} images of split {cfg.split!r}, the run trained on "
                         f"{state['record']['images']}; resume it on its own data")
@@ -415,235 +510,272 @@ def _train(cfg, device, info, progress, log) -> dict[str, Any]:
     if val is not None:
         val.check_pairs()
         val.check_labelled_pixels("validate on")
-    lock = _RunLock(out)
-    try:
-        # rank 0 writes the run: it holds the folder's lock and checks the folder; every process stops if it refuses
-        distributed.on_main(lambda: (lock.acquire(), _check_run_folder(cfg, out, state)), info)
-        return _run(cfg, device, info, progress, log, ds, val, local_bs, state)
-    except BaseException:
-        lock.release(failed=True)
-        raise
-    finally:
-        lock.release()
+    return _Data(ds, val, cfg.batch_size // info.world)
 
 
-def _run(cfg, device, info, progress, log, ds, val, local_bs, state) -> dict[str, Any]:
-    """The training itself, once the data, the state and the run folder passed their checks."""
-    out = Path(cfg.output)
+# ----------------------------------------------------------------------------- model and optimizer
+
+def _set_up(cfg: TrainConfig, where: _Setting, data: _Data, state: dict[str, Any] | None
+            ) -> tuple[_Run, dict[str, Any], int, int]:
+    """The run once the data, the state and the folder passed their checks: the model, the optimizer, the batches
+    and the record, new or the resumed run's (its weights, optimizer, random states and loss scale restored
+    last, just before DDP wraps the model). Returns the run, its record and the epoch and step it starts at."""
     torch.manual_seed(cfg.seed)
-    model, meta = _initial_model(cfg, ds.num_classes, ds.classes)
+    cfg, model, extra = _prepare_model(cfg, where, data)
+    params = [p for p in model.net.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    weights = median_frequency_weights(data.train).to(where.device) if cfg.class_weights == "median-frequency" \
+        else None
+    train_set = _TrainSet(data.train, cfg, model.pre)
+    info = where.info
+    sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=info.world, rank=info.rank, shuffle=True,
+                                                  seed=cfg.seed, drop_last=True)
+    loader = _loader(train_set, sampler, data.local_bs, where.device)
+    record: dict[str, Any] = {"config": asdict(cfg), "world_size": info.world, "steps_per_epoch": len(loader),
+                              "images": len(data.train), "classes": data.train.classes, "epochs": [], "best": None,
+                              **extra}
+    scaler = torch.amp.GradScaler("cuda", enabled=where.amp)
+    start_epoch, step = 0, 0
+    if state is not None:
+        start_epoch, step, record = _restore(cfg, state, model.net, opt, scaler, data.train)
+        where.log(f"resuming at epoch {start_epoch + 1}, step {step}")
+    module = model.net
+    if info.distributed:
+        module = torch.nn.parallel.DistributedDataParallel(model.net, device_ids=[where.device.index]
+                                                           if where.device.type == "cuda" else None)
+    fit = _Fit(module, opt, scaler, weights, train_set, sampler, loader, cfg.epochs * len(loader))
+    return _Run(cfg, where, data, model, fit), record, start_epoch, step
+
+
+def _prepare_model(cfg: TrainConfig, where: _Setting, data: _Data) -> tuple[TrainConfig, _Model, dict[str, Any]]:
+    """The model on its device, ready for the optimizer: dropout and SyncBatchNorm as asked, the aux head trained
+    (or left as it is, under QAT), fake quantization started, the batch norms frozen where asked or where the
+    checkpoint folded them. Returns the configuration derived with ``freeze_bn`` where QAT or the folding sets
+    it, the model, and what the record notes of it (its ``notes``, and ``qat`` under QAT)."""
+    net, meta = _initial_model(cfg, data.train.num_classes, data.train.classes)
     pre = Preprocess.from_dict(meta.get("preprocess") or {})
     eval_pre = Preprocess.from_dict({**(meta.get("preprocess") or {}), "size": None, "resize": "none", "pad": False})
     if cfg.dropout is not None:
-        for m in model.modules():
+        for m in net.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = cfg.dropout
-    if cfg.sync_bn and info.distributed:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    if getattr(model, "aux_classifier", None) is not None:
+    if cfg.sync_bn and where.info.distributed:
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    net.to(where.device)
+    if where.device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    if getattr(net, "aux_classifier", None) is not None:
         # a torchvision checkpoint's aux head: forward would never call it (DDP then fails on its unused
         # parameters); it trains as in torchvision's reference, its loss weighted AUX_WEIGHT. QAT fine-tunes
         # what the QDQ model runs, which has no aux head: there it is left as it is.
         if cfg.qat:
-            model.aux_classifier.requires_grad_(False)
+            net.aux_classifier.requires_grad_(False)
         else:
-            model.train_aux = True
-            log(f"training the aux head too (loss weight {AUX_WEIGHT}, as torchvision's reference)")
-    qat = None
+            net.train_aux = True
+            where.log(f"training the aux head too (loss weight {AUX_WEIGHT}, as torchvision's reference)")
+    model, extra = _Model(net, meta, pre, eval_pre), {"notes": []}
     if cfg.qat:  # before the batch norms are frozen below and before DDP wraps the model
-        qat, record_qat = _start_qat(cfg, model, meta, eval_pre, ds, log)
-    if not cfg.freeze_bn and cfg.weights and folded_batch_norms(model):
-        log("the checkpoint's batch norms are folded into its convolutions (e.g. imported from TFLite): "
-            "training them from batch statistics would change the network; freezing them (--freeze-bn)")
-        cfg.freeze_bn = True
-        record_note = "batch norm frozen: folded in the initial checkpoint"
-    else:
-        record_note = None
+        fq, extra["qat"] = _start_qat(cfg, model, data.train, where.log)
+        cfg, model = replace(cfg, freeze_bn=True), replace(model, qat=fq)
+    if not cfg.freeze_bn and cfg.weights and folded_batch_norms(net):
+        where.log("the checkpoint's batch norms are folded into its convolutions (e.g. imported from TFLite): "
+                  "training them from batch statistics would change the network; freezing them (--freeze-bn)")
+        cfg = replace(cfg, freeze_bn=True)
+        extra["notes"].append("batch norm frozen: folded in the initial checkpoint")
     if cfg.freeze_bn:  # before the optimizer and DDP: frozen parameters are no parameters of theirs
-        for bn in _batch_norms(model):
+        for bn in _batch_norms(net):
             bn.requires_grad_(False)
-    elif local_bs == 1 and any(isinstance(m, ASPPPooling) and _batch_norms(m) for m in model.modules()):
-        raise DeepLabEdgeError(f"--batch-size {cfg.batch_size} over {info.world} process(es) is one image per process: "
-                               "the batch norm after image pooling cannot train on one value per channel; give "
-                               f"--batch-size {2 * info.world} or more, or --freeze-bn")
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    weights = median_frequency_weights(ds).to(device) if cfg.class_weights == "median-frequency" else None
-
-    train_set = _TrainSet(ds, cfg, pre)
-    sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=info.world, rank=info.rank, shuffle=True,
-                                                  seed=cfg.seed, drop_last=True)
-    loader = _loader(train_set, sampler, local_bs, device)
-    steps_per_epoch = len(loader)
-    total = cfg.epochs * steps_per_epoch
-    record: dict[str, Any] = {"config": asdict(cfg), "world_size": info.world, "steps_per_epoch": steps_per_epoch,
-                              "images": len(ds), "classes": ds.classes, "epochs": [], "best": None,
-                              "notes": [record_note] if record_note else []}
-    if qat is not None:
-        record["qat"] = record_qat
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    start_epoch, step = 0, 0
-    if cfg.resume:
-        st, state_path = state, out / STATE
-        if st["arch"] != model.config["arch"] or st["num_classes"] != ds.num_classes:
-            raise DeepLabEdgeError(f"{state_path}: a {st['arch']} with {st['num_classes']} classes, not a "
-                                   f"{model.config['arch']} with {ds.num_classes}; resume with the same model and data")
-        try:
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise DeepLabEdgeError(f"{state_path}: its weights or optimizer state do not fit this model "
-                                   f"({str(e).splitlines()[0][:120]}); resume with the run's own settings") from e
-        _restore_random_and_scale(st, scaler)
-        start_epoch, step, record = st["epoch"], st["step"], st["record"]
-        # what this phase ran with: the same settings continue exactly; another --epochs stretches the schedule
-        record.setdefault("resumed", []).append({"at_epoch": start_epoch, "at_step": step, "config": asdict(cfg)})
-        log(f"resuming at epoch {start_epoch + 1}, step {step}")
-    ddp = model
-    if info.distributed:
-        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
-
-    for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
-        train_set.epoch = epoch
-        ddp.train()
-        if cfg.freeze_bn:  # running statistics stay as they are
-            for bn in _batch_norms(model):
-                bn.eval()
-        t0, seen, n_steps = time.perf_counter(), 0, 0
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per step
-        lr = poly_lr(cfg, min(step, total - 1), total)
-        for x, y in loader:
-            if cfg.max_steps is not None and step >= cfg.max_steps:
-                break
-            lr = poly_lr(cfg, step, total)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            valid = y != IGNORE
-            w_valid = (weights[y.clamp_max(ds.num_classes - 1)] * valid).sum() if weights is not None \
-                else valid.sum()
-            denom = distributed.all_reduce_sum(w_valid.double().detach(), info).clamp_min(1)
-            try:
-                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                    logits = ddp(x)
-                aux = None
-                if isinstance(logits, tuple):  # the aux head's logits too (torchvision's recipe: weight 0.5)
-                    logits, aux = logits
-                loss = F.cross_entropy(logits.float(), y, weight=weights, ignore_index=IGNORE, reduction="sum")
-                if aux is not None:
-                    loss = loss + AUX_WEIGHT * F.cross_entropy(aux.float(), y, weight=weights, ignore_index=IGNORE,
-                                                               reduction="sum")
-                loss = loss * info.world / denom.to(loss)  # DDP averages over processes: the global-batch mean
-                # on the CPU the value costs nothing and is checked before the step; on a GPU reading it is a
-                # sync, so it is read every LOG_EVERY steps (AMP's GradScaler skips steps with non-finite grads)
-                value = loss.item() if not amp or (step + 1) % LOG_EVERY == 0 else None
-                if value is not None and not math.isfinite(value):  # the weights stay the last finite ones
-                    raise DeepLabEdgeError(f"the training loss became {value} at epoch {epoch + 1}, step {step + 1}; "
-                                           "lower --lr (or check the data); "
-                                           + ("last.pt holds the last epoch that finished" if record["epochs"]
-                                              else "no checkpoint was written"))
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            except torch.OutOfMemoryError as e:
-                raise DeepLabEdgeError(f"out of memory at batch {local_bs} x {cfg.crop}^2 per process; lower "
-                                       "--crop or --batch-size") from e
-            step += 1
-            n_steps += 1
-            seen += x.shape[0] * info.world
-            loss_sum += loss.detach() / info.world  # this process's share of the global-batch loss
-            if progress and info.is_main and value is not None:
-                elapsed = time.perf_counter() - t0
-                progress({"epoch": epoch + 1, "epochs": cfg.epochs, "step": step, "steps": total,
-                          "loss": float(loss_sum) / n_steps, "lr": lr, "images_per_s": seen / max(elapsed, 1e-9)})
-        seconds = time.perf_counter() - t0
-        epoch_loss = float(distributed.all_reduce_sum(loss_sum, info)) / max(n_steps, 1)
-        if not math.isfinite(epoch_loss):
-            raise DeepLabEdgeError(f"the training loss became {epoch_loss} in epoch {epoch + 1}; lower --lr (or check "
-                                   "the data); " + ("last.pt holds the last epoch that finished" if record["epochs"]
-                                                    else "no checkpoint was written"))
-        row = {"epoch": epoch + 1, "step": step, "lr": lr if n_steps else None, "seconds": seconds,
-               "loss": epoch_loss, "images_per_s": seen / max(seconds, 1e-9)}
-        if val is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-            res = _validate(model, val, eval_pre, device, info)
-            row.update(val_miou=res["miou"], val_pixel_acc=res["pixel_acc"],
-                       val_class_iou=dict(zip(ds.classes, res["class_iou"])))
-            if record["best"] is None or res["miou"] > record["best"]["val_miou"]:
-                record["best"] = {"epoch": epoch + 1, "val_miou": res["miou"]}
-                if info.is_main:
-                    _save_model(model, meta, eval_pre, cfg, record, out / "best.pt")
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            raise DeepLabEdgeError(f"the weights are no longer finite after epoch {epoch + 1}; lower --lr; "
-                                   + ("last.pt holds the last epoch that finished" if record["epochs"]
-                                      else "no checkpoint was written"))
-        record["epochs"].append(row)
-        if info.is_main:
-            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}"
-                + (f", val mIoU {100 * row['val_miou']:.2f}%" if "val_miou" in row else ""))
-            _save_model(model, meta, eval_pre, cfg, record, out / "last.pt")
-            _save_state(model, opt, scaler, epoch + 1, step, record, out / STATE)
-            write_record(record, out)
-        if cfg.max_steps is not None and step >= cfg.max_steps:
-            break
-    if qat is not None and info.is_main:
-        _finish_qat(cfg, qat, model, meta, eval_pre, ds, record, log)
-        write_record(record, out)
-    return record
+    elif data.local_bs == 1 and any(isinstance(m, ASPPPooling) and _batch_norms(m) for m in net.modules()):
+        raise DeepLabEdgeError(f"--batch-size {cfg.batch_size} over {where.info.world} process(es) is one image per "
+                               "process: the batch norm after image pooling cannot train on one value per channel; "
+                               f"give --batch-size {2 * where.info.world} or more, or --freeze-bn")
+    return cfg, model, extra
 
 
-def _start_qat(cfg: TrainConfig, model, meta, eval_pre: Preprocess, ds: SegmentationDataset, log):
+def _restore(cfg: TrainConfig, state: dict[str, Any], net: torch.nn.Module, opt: torch.optim.Optimizer,
+             scaler: torch.amp.GradScaler, ds: SegmentationDataset) -> tuple[int, int, dict[str, Any]]:
+    """A resumed run's weights, optimizer, random states and loss scale into this one; returns the epoch and step
+    it stands at and its record, which notes what this phase runs with."""
+    state_path = Path(cfg.output) / STATE
+    if state["arch"] != net.config["arch"] or state["num_classes"] != ds.num_classes:
+        raise DeepLabEdgeError(f"{state_path}: a {state['arch']} with {state['num_classes']} classes, not a "
+                               f"{net.config['arch']} with {ds.num_classes}; resume with the same model and data")
+    try:
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise DeepLabEdgeError(f"{state_path}: its weights or optimizer state do not fit this model "
+                               f"({str(e).splitlines()[0][:120]}); resume with the run's own settings") from e
+    _restore_random_and_scale(state, scaler)
+    record = state["record"]
+    # what this phase ran with: the same settings continue exactly; another --epochs stretches the schedule
+    record.setdefault("resumed", []).append({"at_epoch": state["epoch"], "at_step": state["step"],
+                                             "config": asdict(cfg)})
+    return state["epoch"], state["step"], record
+
+
+def _start_qat(cfg: TrainConfig, model: _Model, ds: SegmentationDataset, log: Callable[[str], None]
+               ) -> tuple[FakeQuant, dict[str, Any]]:
     """Fake quantization on ``model`` at the PTQ thresholds of its FP32 export (``calibrate``'s method
-    ``cfg.qat_ranges`` on the first ``cfg.qat_calib_num`` images of the training data)."""
-    from .calibration.qat import FakeQuant, ptq_ranges
-
+    ``cfg.qat_ranges`` on the first ``cfg.qat_calib_num`` images of the training data); returns it and the
+    record's ``qat``. QAT trains with frozen batch norms: the caller derives its configuration so."""
     if not cfg.weights:
         raise DeepLabEdgeError("--qat fine-tunes a trained FP32 model; pass --weights FILE")
     if cfg.sync_bn:
         raise DeepLabEdgeError("--qat keeps batch norms frozen (folded into the Convs); drop --sync-bn")
-    cfg.freeze_bn = True
     n = min(len(ds), cfg.qat_calib_num)
-    images = [ds.load(i)[1] for i in range(n)]
+    calib = ds.take(range(n))
+    images = [calib.load(i)[1] for i in range(n)]
     log(f"QAT: {cfg.qat_ranges} thresholds from {n} images of {cfg.data} (the FP32 export, as `calibrate`)")
-    qmeta = {**meta, "preprocess": asdict(eval_pre)}
+    qmeta = {**model.meta, "preprocess": asdict(model.eval_pre)}
     with temp_dir() as work:
-        ranges, plan = ptq_ranges(model, qmeta, images, cfg.qat_ranges, Path(work))
-    fq = FakeQuant(model, plan, ranges)
-    from .data.overlap import image_digests
-
-    return fq, {"images_sha1": image_digests(smp.image for smp in ds.samples[:n]), "ranges": ranges,
+        ranges, plan = ptq_ranges(model.net, qmeta, images, cfg.qat_ranges, Path(work))
+    fq = FakeQuant(model.net, plan, ranges)
+    return fq, {"images_sha1": image_digests(smp.image for smp in calib.samples), "ranges": ranges,
                 "ranges_method": cfg.qat_ranges, "calibration_images": n, "calibration_data": cfg.data,
                 "quantized_convs": len(plan.pairs), "residual_adds": len(plan.blocks),
                 "notes": "batch norm frozen and folded into the Convs; activation "
                 "thresholds fixed at the PTQ ones; weights per channel, recomputed every step"}
 
 
-def _finish_qat(cfg: TrainConfig, fq, model, meta, eval_pre: Preprocess, ds: SegmentationDataset, record, log) -> None:
-    """model_qdq.onnx from the last weights, checked against the fake-quant model it came from."""
-    from .calibration.qat import qdq_from_model
-    from .runtime.onnx import OnnxRunner
+# ----------------------------------------------------------------------------- the epoch loop
 
-    out = Path(cfg.output)
-    m = model.module if hasattr(model, "module") else model
-    images = [ds.load(i)[1] for i in range(min(2, len(ds)))]
+def _epochs(run: _Run, record: dict[str, Any], start_epoch: int, step: int) -> dict[str, Any]:
+    """Epoch after epoch from where the run stands, each one validated, checked and saved; a QAT run ends with
+    its QDQ model. Returns the record."""
+    cfg = run.cfg
+    for epoch in range(start_epoch, cfg.epochs):
+        row = _train_epoch(run, record, epoch, step)
+        step = row["step"]
+        _end_epoch(run, record, row)
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+    if run.model.qat is not None and run.where.info.is_main:
+        _finish_qat(run, record)
+        write_record(record, run.out)
+    return record
+
+
+def _train_epoch(run: _Run, record: dict[str, Any], epoch: int, step: int) -> dict[str, Any]:
+    """One epoch's steps from global step ``step`` (up to --max-steps); returns its row of the record (without
+    validation). Its loss is summed on the device and read once, at the end (on a GPU a read is a sync)."""
+    cfg, fit, info = run.cfg, run.fit, run.where.info
+    fit.sampler.set_epoch(epoch)
+    fit.train_set.epoch = epoch
+    fit.module.train()
+    if cfg.freeze_bn:  # running statistics stay as they are
+        for bn in _batch_norms(run.model.net):
+            bn.eval()
+    t0, seen, n_steps = time.perf_counter(), 0, 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.where.device)  # summed on the device: no sync per step
+    lr = poly_lr(cfg, min(step, fit.total - 1), fit.total)
+    for x, y in fit.loader:
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+        lr = poly_lr(cfg, step, fit.total)
+        loss, value = _step(run, record, x, y, lr, epoch, step)
+        step += 1
+        n_steps += 1
+        seen += x.shape[0] * info.world
+        loss_sum += loss / info.world  # this process's share of the global-batch loss
+        if run.where.progress and value is not None:
+            elapsed = time.perf_counter() - t0
+            run.where.progress({"epoch": epoch + 1, "epochs": cfg.epochs, "step": step, "steps": fit.total,
+                                "loss": float(loss_sum) / n_steps, "lr": lr, "images_per_s": seen / max(elapsed, 1e-9)})
+    seconds = time.perf_counter() - t0
+    epoch_loss = float(distributed.all_reduce_sum(loss_sum, info)) / max(n_steps, 1)
+    if not math.isfinite(epoch_loss):
+        raise _diverged(f"the training loss became {epoch_loss} in epoch {epoch + 1}", "lower --lr (or check the data)",
+                        record)
+    return {"epoch": epoch + 1, "step": step, "lr": lr if n_steps else None, "seconds": seconds,
+            "loss": epoch_loss, "images_per_s": seen / max(seconds, 1e-9)}
+
+
+def _step(run: _Run, record: dict[str, Any], x: torch.Tensor, y: torch.Tensor, lr: float, epoch: int,
+          step: int) -> tuple[torch.Tensor, float | None]:
+    """One optimizer step at ``lr`` on this process's share of a global batch; returns its loss (detached, on the
+    device) and the loss's value where it was read (every step on a CPU, every LOG_EVERY-th on a GPU)."""
+    fit, info, device, n = run.fit, run.where.info, run.where.device, run.data.train.num_classes
+    for g in fit.opt.param_groups:
+        g["lr"] = lr
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    valid = y != IGNORE
+    w_valid = (fit.class_weights[y.clamp_max(n - 1)] * valid).sum() if fit.class_weights is not None else valid.sum()
+    denom = distributed.all_reduce_sum(w_valid.double().detach(), info).clamp_min(1)
+    try:
+        with torch.autocast(device.type, dtype=torch.float16, enabled=run.where.amp):
+            logits = fit.module(x)
+        aux = None
+        if isinstance(logits, tuple):  # the aux head's logits too (torchvision's recipe: weight 0.5)
+            logits, aux = logits
+        loss = F.cross_entropy(logits.float(), y, weight=fit.class_weights, ignore_index=IGNORE, reduction="sum")
+        if aux is not None:
+            loss = loss + AUX_WEIGHT * F.cross_entropy(aux.float(), y, weight=fit.class_weights,
+                                                       ignore_index=IGNORE, reduction="sum")
+        loss = loss * info.world / denom.to(loss)  # DDP averages over processes: the global-batch mean
+        # on the CPU the value costs nothing and is checked before the step; on a GPU reading it is a
+        # sync, so it is read every LOG_EVERY steps (AMP's GradScaler skips steps with non-finite grads)
+        value = loss.item() if not run.where.amp or (step + 1) % LOG_EVERY == 0 else None
+        if value is not None and not math.isfinite(value):  # the weights stay the last finite ones
+            raise _diverged(f"the training loss became {value} at epoch {epoch + 1}, step {step + 1}",
+                            "lower --lr (or check the data)", record)
+        fit.opt.zero_grad(set_to_none=True)
+        fit.scaler.scale(loss).backward()
+        fit.scaler.step(fit.opt)
+        fit.scaler.update()
+    except torch.OutOfMemoryError as e:
+        raise DeepLabEdgeError(f"out of memory at batch {run.data.local_bs} x {run.cfg.crop}^2 per process; lower "
+                               "--crop or --batch-size") from e
+    return loss.detach(), value
+
+
+def _diverged(problem: str, fix: str, record: dict[str, Any]) -> DeepLabEdgeError:
+    """The one line for a run whose loss or weights stopped being finite, saying what its folder holds."""
+    return DeepLabEdgeError(f"{problem}; {fix}; " + ("last.pt holds the last epoch that finished" if record["epochs"]
+                                                     else "no checkpoint was written"))
+
+
+# ----------------------------------------------------------------------------- saving and records
+
+def _end_epoch(run: _Run, record: dict[str, Any], row: dict[str, Any]) -> None:
+    """An epoch's end: validation where due (best.pt when it is the best), the weights checked finite, the row
+    recorded; the main process logs it and writes last.pt, the state and the record."""
+    cfg, model, info, epoch = run.cfg, run.model, run.where.info, row["epoch"]
+    val = run.data.val
+    if val is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+        res = _validate(model.net, val, model.eval_pre, run.where.device, info)
+        row.update(val_miou=res["miou"], val_pixel_acc=res["pixel_acc"],
+                   val_class_iou=dict(zip(run.data.train.classes, res["class_iou"])))
+        if record["best"] is None or res["miou"] > record["best"]["val_miou"]:
+            record["best"] = {"epoch": epoch, "val_miou": res["miou"]}
+            if info.is_main:
+                _save_model(model, cfg, record, run.out / "best.pt")
+    if not all(bool(torch.isfinite(p).all()) for p in model.net.parameters()):
+        raise _diverged(f"the weights are no longer finite after epoch {epoch}", "lower --lr", record)
+    record["epochs"].append(row)
+    if info.is_main:
+        run.where.log(f"epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f}"
+                      + (f", val mIoU {100 * row['val_miou']:.2f}%" if "val_miou" in row else ""))
+        _save_model(model, cfg, record, run.out / "last.pt")
+        _save_state(model.net, run.fit.opt, run.fit.scaler, epoch, row["step"], record, run.out / STATE)
+        write_record(record, run.out)
+
+
+def _finish_qat(run: _Run, record: dict[str, Any]) -> None:
+    """model_qdq.onnx from the last weights, checked against the fake-quant model it came from."""
+    cfg, out, fq, eval_pre = run.cfg, run.out, run.model.qat, run.model.eval_pre
+    m = run.model.net
+    images = [run.data.train.load(i)[1] for i in range(min(2, len(run.data.train)))]
     m.eval()
     x = [eval_pre(im)[0][None] for im in images]
     dev = next(m.parameters()).device
     with torch.no_grad():
         fake = [m(t.to(dev)).float().cpu() for t in x]
     fq.remove()
-    from .checkpoint import file_sha256
-
     # the QDQ model belongs to last.pt (build --weights last.pt --qdq model_qdq.onnx checks that)
-    qmeta = {**meta, "preprocess": asdict(eval_pre), "sha256": file_sha256(out / "last.pt")}
+    qmeta = {**run.model.meta, "preprocess": asdict(eval_pre), "sha256": file_sha256(out / "last.pt")}
     with temp_dir() as work:
         info = qdq_from_model(m, qmeta, fq.ranges, fq.plan, images, out / "model_qdq.onnx", Path(work),
                               ranges_method=cfg.qat_ranges, images_sha1=record["qat"]["images_sha1"])
@@ -657,18 +789,20 @@ def _finish_qat(cfg: TrainConfig, fq, model, meta, eval_pre: Preprocess, ds: Seg
         worst = max(worst, float((q - f).abs().max()))
     record["qat"].update(qdq_onnx=info["qdq_onnx"], qdq_from="last.pt", qdq_vs_fake_quant_agreement=same / total,
                          qdq_vs_fake_quant_max_abs=worst, logit_range=float(np.max([f.abs().max() for f in fake])))
-    log(f"QAT: wrote {info['qdq_onnx']} ({info['quantized_convs']} Convs in int8); against the fake-quant model "
-        f"on {len(x)} images: argmax agreement {100 * same / total:.3f}%, max |logit diff| {worst:.2e}")
+    run.where.log(f"QAT: wrote {info['qdq_onnx']} ({info['quantized_convs']} Convs in int8); against the fake-quant "
+                  f"model on {len(x)} images: argmax agreement {100 * same / total:.3f}%, max |logit diff| "
+                  f"{worst:.2e}")
 
 
-def _save_model(model, meta, eval_pre: Preprocess, cfg: TrainConfig, record: dict[str, Any], path: Path) -> None:
-    m = model.module if hasattr(model, "module") else model
+def _save_model(model: _Model, cfg: TrainConfig, record: dict[str, Any], path: Path) -> None:
+    """A checkpoint of the model as it stands (plain BatchNorm, whole-image preprocessing, where it came from)."""
+    m = model.net
     if any(isinstance(x, torch.nn.SyncBatchNorm) for x in m.modules()):  # checkpoints hold plain BatchNorm
         config = dict(m.config)
         plain = get_model(config.pop("arch"), **config)
         plain.load_state_dict(m.state_dict())  # SyncBatchNorm's parameters and buffers are BatchNorm's
         m = plain
-    meta = {**meta, "preprocess": asdict(eval_pre),
+    meta = {**model.meta, "preprocess": asdict(model.eval_pre),
             "source": {"format": "train", "data": cfg.data, "split": cfg.split, "init": cfg.weights or cfg.arch,
                        "epochs": len(record["epochs"]), "best": record["best"]}}
     meta.pop("sha256", None)
@@ -707,9 +841,6 @@ def _restore_random_and_scale(st: dict[str, Any], scaler) -> None:
 
 def write_record(record: dict[str, Any], out: Path) -> dict[str, str]:
     """train_record.json, train_record.csv (one row per epoch) and train_curve.png (loss and val mIoU)."""
-    import csv
-    import io
-
     files = {"json": out / "train_record.json", "csv": out / "train_record.csv"}
     with atomic_path(files["json"]) as tmp:
         tmp.write_text(json.dumps(record, indent=1, default=str))

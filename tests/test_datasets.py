@@ -108,3 +108,15 @@ def test_folder_and_errors(tmp_path):
     empty.mkdir()
     with pytest.raises(DataError, match="no images found"):
         open_dataset(empty)
+
+
+def test_take_selects_samples_and_leaves_the_dataset_whole(shared):
+    """`take` is how a shard, the first N or the images after calibration's are selected: a range or a list, in
+    that order, the same kind of dataset; the dataset it came from keeps all its samples."""
+    ds = open_dataset(shared["voc"])
+    ids = [s.id for s in ds.samples]
+    rest = ds.take(range(2, len(ds)))
+    assert type(rest) is type(ds) and [s.id for s in rest.samples] == ids[2:] and rest.classes == ds.classes
+    assert [s.id for s in ds.take([3, 0]).samples] == [ids[3], ids[0]] and len(ds.take(range(0))) == 0
+    assert [s.id for s in ds.subset(2).samples] == ids[:2] and ds.subset(None) is ds
+    assert [s.id for s in ds.samples] == ids

@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
-import os
+from typing import Any, Callable
 
 import click
+from click.core import ParameterSource
 
 from .app import main
-from .common import (CALIB_METHODS, COUNT, NONNEG, Finite, console, out, output_option, output_stride_option, pct,
+from .common import (CALIB_METHODS, COUNT, Finite, console, out, output_option, output_stride_option, pct,
                      print_json, progress_bar)
 
 
 def _given(ctx: click.Context) -> tuple[str, ...]:
     """The TrainConfig fields the user typed (--resume keeps the run's own value for the others)."""
-    from click.core import ParameterSource
-
     names = {"kind": "dataset", "no_flip": "flip", "scale": "scale_min"}
     typed = [p for p in ctx.params if ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE]
     return tuple(names.get(p, p) for p in typed) + (("scale_max",) if "scale" in typed else ())
+
+
+def _progress(prog, task) -> Callable[[dict[str, Any]], None]:
+    """The bar's line for train's progress reports: epoch, loss, learning rate, throughput."""
+    def show(p: dict[str, Any]) -> None:
+        prog.update(task, total=p["steps"], completed=p["step"],
+                    description=f"epoch {p['epoch']}/{p['epochs']} loss {p['loss']:.3f} lr {p['lr']:.2e} "
+                                f"{p['images_per_s']:.1f} img/s")
+
+    return show
+
+
+def _log(line: str) -> None:
+    console.print(f"[dim]{line}[/]", highlight=False, soft_wrap=True)
 
 
 @main.command("train")
@@ -82,6 +95,7 @@ def train_cmd(data, split, val_data, val_split, kind, weights, arch, output_stri
     INT8 that holds: after FP32 training, fine-tune a few epochs with --qat at a low
     --lr (e.g. 0.001), validating the fake-quant model every epoch."""
     from ..bench.env import environment
+    from ..distributed import launched
     from ..train import TrainConfig, train
 
     if scale[0] > scale[1]:
@@ -90,22 +104,15 @@ def train_cmd(data, split, val_data, val_split, kind, weights, arch, output_stri
                       output_stride=output_stride, dataset=kind, split=split,
                       val_data=val_data, val_split=val_split, epochs=epochs, batch_size=batch_size, crop=crop, lr=lr,
                       momentum=momentum, weight_decay=weight_decay, scale_min=scale[0], scale_max=scale[1],
-                      flip=not no_flip, freeze_bn=freeze_bn, dropout=dropout, sync_bn=sync_bn, class_weights=class_weights,
+                      flip=not no_flip, freeze_bn=freeze_bn, dropout=dropout, sync_bn=sync_bn,
+                      class_weights=class_weights,
                       val_every=val_every, seed=seed, device=device, max_steps=max_steps, resume=resume,
                       qat=qat, qat_ranges=qat_ranges, qat_calib_num=qat_calib_num,
                       extra={"environment": environment()}, given=_given(click.get_current_context()))
-    main_rank = os.environ.get("RANK", "0") == "0"
+    main_rank = launched().is_main  # under torchrun only the main process shows progress and prints (and logs)
     with progress_bar() as prog:
         task = prog.add_task("train", total=None) if main_rank else None
-
-        def progress(p):
-            prog.update(task, total=p["steps"], completed=p["step"],
-                        description=f"epoch {p['epoch']}/{p['epochs']} loss {p['loss']:.3f} lr {p['lr']:.2e} "
-                                    f"{p['images_per_s']:.1f} img/s")
-
-        record = train(cfg, progress=progress if main_rank else None,  # one log: the main process's
-                       log=(lambda s: console.print(f"[dim]{s}[/]", highlight=False, soft_wrap=True)) if main_rank
-                       else (lambda s: None))
+        record = train(cfg, progress=_progress(prog, task), log=_log)
     if not main_rank:
         return
     if as_json:

@@ -154,7 +154,8 @@ class SegmentationDataset:
             yield self.load(i)
 
     def subset(self, n: int | None) -> "SegmentationDataset":
-        """The first ``n`` samples (all of them for None)."""
+        """The first ``n`` samples (all of them for None), as a user's image count asks: :meth:`take` of
+        ``range(n)``, the count checked."""
         if n is not None and n < 1:
             raise DataError(f"asked for {n} images; give a number of images >= 1")
         if n is None or n >= len(self.samples):
@@ -162,7 +163,9 @@ class SegmentationDataset:
         return self.take(range(n))
 
     def take(self, indices: Iterable[int]) -> "SegmentationDataset":
-        """The same dataset with only the samples at ``indices``, in that order."""
+        """The same dataset with only the samples at ``indices`` (a range, a list...), in that order: the one way to
+        select samples (a process's shard, the first N, the images calibration left); ``self`` keeps all of its
+        own. It may be empty, which no dataset opened from a folder is."""
         out = object.__new__(type(self))
         out.__dict__.update(self.__dict__)
         out.samples = [self.samples[i] for i in indices]
