@@ -21,6 +21,7 @@ import torch
 from deeplab_edge.data.datasets import open_dataset
 from deeplab_edge.data.preprocess import Preprocess
 from deeplab_edge.errors import CalibrationError, DataError
+from deeplab_edge.export import ort_session
 
 from .alerts import DegenerateCalibrationWarning, FewImagesWarning
 from .histograms import NUM_BINS
@@ -102,7 +103,6 @@ def activation_tensors(model) -> list[str]:
 def _session_with_outputs(model, names: list[str]):
     import onnx
 
-    from deeplab_edge.export import ort_session
 
     m = onnx.ModelProto()
     m.CopyFrom(model)

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from deeplab_edge.export import ort_session
+from deeplab_edge.hostinfo import cpu_flags
 from deeplab_edge.interrupts import temp_dir
 from deeplab_edge.outputs import atomic_path
 
@@ -40,14 +42,7 @@ ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percenti
 def cpu_features(cpuinfo: str | None = None, machine: str | None = None) -> dict[str, Any]:
     """The int8-relevant instruction sets of this CPU (Linux /proc/cpuinfo flags)."""
     machine = machine or platform.machine()
-    if cpuinfo is None:
-        p = Path("/proc/cpuinfo")
-        cpuinfo = p.read_text(errors="replace") if p.is_file() else ""
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        if line.split(":")[0].strip() in ("flags", "Features"):
-            flags = set(line.split(":", 1)[1].split())
-            break
+    flags = cpu_flags(cpuinfo)
     x86 = machine.lower() in ("x86_64", "amd64", "i686", "x86")
     return {"machine": machine, "x86": x86, "known": bool(flags), "avx2": "avx2" in flags,
             "avx512_vnni": "avx512_vnni" in flags, "avx_vnni": "avx_vnni" in flags, "amx_int8": "amx_int8" in flags}
@@ -113,8 +108,6 @@ def quantize_cpu_int8(fp32_path: str | Path, out_path: str | Path, inputs: list[
 def kernel_agreement(model_path: str | Path, inputs: list[torch.Tensor]) -> float:
     """Fraction of output pixels whose argmax is the same through this CPU's ONNX Runtime int8 kernels
     (graph optimizations on) as through the model's exact arithmetic (optimizations off)."""
-    from deeplab_edge.export import ort_session
-
     fast, exact = ort_session(model_path, optimize=True), ort_session(model_path, optimize=False)
     name = fast.get_inputs()[0].name
     same = total = 0

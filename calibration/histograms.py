@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from .methods import HISTOGRAM_METHODS
+
 __all__ = ["NUM_BINS", "NUM_QUANT_BINS", "amax_from_histogram", "METHODS"]
 
 NUM_BINS = 2048
 NUM_QUANT_BINS = 128
-METHODS = ("entropy", "minmax", "percentile", "mse")
+METHODS = HISTOGRAM_METHODS
 
 
 def _kl(p: np.ndarray, q: np.ndarray) -> float:

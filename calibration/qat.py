@@ -21,12 +21,22 @@ checked: the ONNX weight must equal the PyTorch weight with its batch norm folde
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from deeplab_edge.checkpoint import LoadedModel
+from deeplab_edge.data.preprocess import Preprocess
+from deeplab_edge.export import dynamic_axes, export_onnx
+from deeplab_edge.models.fold import fold_bn
+from deeplab_edge.outputs import atomic_path
+
+from .pipeline import Calibrator, Recipe
+from .qdq import conv_nodes, insert_qdq, residual_skips, tag_quantized
 
 __all__ = ["fake_quant_act", "fake_quant_weight", "conv_bn_pairs", "residual_blocks", "QATPlan", "FakeQuant",
            "onnx_conv_modules", "skip_tensors", "ptq_ranges", "qdq_from_model"]
@@ -56,18 +66,6 @@ def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
     s = w.detach().abs().flatten(1).amax(dim=1) / 127.0
     s = torch.where(s > 0, s, torch.ones_like(s)).reshape(-1, *([1] * (w.dim() - 1)))
     return torch.clamp(_round_ste(w / s), -127, 127) * s
-
-
-def folded(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The Conv's weight and bias with ``bn`` (eval statistics) folded in, as the ONNX export folds them."""
-    if bn is None:
-        return conv.weight, conv.bias
-    inv = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    w = conv.weight * inv.reshape(-1, 1, 1, 1)
-    b = bn.bias - bn.running_mean * inv
-    if conv.bias is not None:
-        b = b + conv.bias * inv
-    return w, b
 
 
 def _run_hooked(model: torch.nn.Module, x: torch.Tensor, hooks: list) -> None:
@@ -166,7 +164,7 @@ class FakeQuant:
         def forward(x: torch.Tensor) -> torch.Tensor:
             if bn is not None and bn.training:
                 raise RuntimeError("QAT needs frozen batch norms (eval statistics): they are folded into the Convs")
-            w, b = folded(conv, bn)
+            w, b = fold_bn(conv, bn)
             return conv._conv_forward(fake_quant_act(x, amax), fake_quant_weight(w), b)
         return forward
 
@@ -190,7 +188,7 @@ def onnx_conv_modules(model: torch.nn.Module, onnx_model, pairs: list[tuple[str,
     out: dict[str, str] = {}
     with torch.no_grad():
         for node, (c, b) in zip(nodes, pairs):
-            w, bias = folded(mods[c], mods[b] if b else None)
+            w, bias = fold_bn(mods[c], mods[b] if b else None)
             w = w.detach().cpu().numpy()
             bias = np.zeros(w.shape[0], np.float32) if bias is None else bias.detach().cpu().numpy()
             wo = numpy_helper.to_array(inits[node.input[1]])
@@ -209,8 +207,6 @@ def onnx_conv_modules(model: torch.nn.Module, onnx_model, pairs: list[tuple[str,
 def skip_tensors(onnx_model, plan: QATPlan) -> dict[str, str]:
     """Residual block -> the ONNX tensor ``insert_qdq`` quantizes on its Add, checked against the block's
     own Convs (its first Conv's input, or its downsample Conv's output)."""
-    from .qdq import residual_skips
-
     skips = residual_skips(onnx_model)
     if len(skips) != len(plan.blocks):
         raise ValueError(f"the ONNX model has {len(skips)} fusible residual Adds, the PyTorch model runs "
@@ -230,19 +226,12 @@ def skip_tensors(onnx_model, plan: QATPlan) -> dict[str, str]:
 
 
 def _weighted_convs(onnx_model) -> list:
-    from .qdq import conv_nodes
-
     inits = {t.name for t in onnx_model.graph.initializer}
     return [n for n in conv_nodes(onnx_model) if n.input[1] in inits]
 
 
 def _export(model: torch.nn.Module, meta: dict[str, Any], images: list[np.ndarray], path: Path):
-    import copy
-
     import onnx
-
-    from deeplab_edge.checkpoint import LoadedModel
-    from deeplab_edge.export import dynamic_axes, export_onnx
 
     cpu = copy.deepcopy(model).cpu().eval()  # the training model stays where it is, in its mode
     export_onnx(LoadedModel(cpu, meta, None), path, images, dynamic=dynamic_axes(meta))
@@ -253,18 +242,12 @@ def ptq_ranges(model: torch.nn.Module, meta: dict[str, Any], images: list[np.nda
                work: Path, percentile: float = 99.99, search_num: int = 16) -> tuple[dict[str, float], QATPlan]:
     """The thresholds ``calibrate`` chooses on ``images`` (uint8 RGB) for this model's FP32 export, for each
     Conv2d's input and each residual block's skip input; returns (ranges, plan)."""
-    from deeplab_edge.data.preprocess import Preprocess
-
-    from .collect import collect_histograms
-    from .search import thresholds
-
     pre = Preprocess.from_dict(meta.get("preprocess") or {})
     inputs = [pre(im)[0] for im in images]
     x = inputs[0][None].to(next(model.parameters()).device)
     plan = QATPlan(conv_bn_pairs(model, x), residual_blocks(model, x))
     onnx_model = _export(model, meta, images[:2], work / "qat_start_fp32.onnx")
-    stats = collect_histograms(onnx_model, inputs)
-    amax = thresholds(onnx_model, inputs, stats, method, percentile, search_num)
+    amax = Calibrator(onnx_model, inputs).thresholds(Recipe(method, percentile, search_num))
     onnx_conv_modules(model, onnx_model, plan.pairs)  # same modules, same order, weights checked
     # Convs reading the same tensor (the ASPP branches) get the same threshold: its one QDQ pair
     ranges = {c: float(amax[node.input[0]]) for node, (c, _) in zip(_weighted_convs(onnx_model), plan.pairs)}
@@ -277,12 +260,7 @@ def qdq_from_model(model: torch.nn.Module, meta: dict[str, Any], ranges: dict[st
                    images_sha1: list[str] | None = None) -> dict:
     """The TensorRT QDQ ONNX of a QAT model (its fake quantization removed): its FP32 export with
     ``insert_qdq`` at the trained ranges, residual Adds included."""
-
     import onnx
-
-    from deeplab_edge.outputs import atomic_path
-
-    from .qdq import insert_qdq, tag_quantized
 
     onnx_model = _export(model, meta, images[:2], work / "qat_end_fp32.onnx")
     nodes = _weighted_convs(onnx_model)

@@ -20,7 +20,10 @@ downsample output). :func:`residual_skips` lists them; QAT fake-quantizes the sa
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import torch
 
 __all__ = ["insert_qdq", "conv_nodes", "quantize_weight", "residual_skips", "bias_corrections", "tag_quantized"]
 
@@ -29,8 +32,6 @@ def tag_quantized(model, precision: str, calibration: dict | None = None, like=N
     """deeplab-edge's metadata on a quantized ONNX model: ``like``'s (its FP32 export's) when given, then
     the precision and, when given, the calibration record (method, the calibration images' digests that
     `eval` compares its images with)."""
-    import json
-
     if like is not None:
         del model.metadata_props[:]
         model.metadata_props.extend(like.metadata_props)
@@ -76,7 +77,6 @@ def bias_corrections(model, means: dict[str, np.ndarray]) -> dict[str, np.ndarra
     per-channel mean of the Conv's input over the calibration images (empirical bias correction,
     Nagel et al., "Data-Free Quantization Through Weight Equalization and Bias Correction", ICCV
     2019, Sec. 4.2; zero padding at the borders is ignored, as there)."""
-    import torch
     from onnx import helper, numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from deeplab_edge.data.datasets import SegmentationDataset
 from deeplab_edge.inference import Segmenter, evaluate
 from deeplab_edge.interrupts import temp_dir
+from deeplab_edge.runtime.onnx import OnnxRunner
 
 from .qdq import conv_nodes, insert_qdq
 
@@ -27,7 +28,6 @@ __all__ = ["layer_sensitivity"]
 def _miou(model, dataset: SegmentationDataset, work: Path, tag: str) -> float:
     import onnx
 
-    from deeplab_edge.runtime.onnx import OnnxRunner
 
     path = work / f"{tag}.onnx"
     onnx.save(model, str(path))

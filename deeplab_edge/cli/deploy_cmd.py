@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from rich.table import Table
 
 from ..errors import DeepLabEdgeError
@@ -61,8 +62,6 @@ def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input
 def _refuse_unused(ctx: click.Context, options: dict[str, tuple[str, bool, str]]) -> None:
     """An option typed where it does nothing (e.g. --percentile with --method minmax) is refused: the run
     would otherwise be reported as if it had been used."""
-    from click.core import ParameterSource
-
     for name, (flag, used, needs) in options.items():
         if not used and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
             raise DeepLabEdgeError(f"{flag} applies only with {needs}; drop it, or add {needs}")
@@ -78,10 +77,6 @@ def _trt_version(ctx, param, value):
         raise click.BadParameter(str(e).removeprefix("--trt-version "), ctx, param) from None
     return value
 
-
-# everything calibrate writes into its output folder
-CALIBRATE_FILES = {"model_fp32.onnx", "calibration.cache", "model_qdq.onnx", "model_cpu_int8.onnx", "ranges.json",
-                   "sensitivity.json"}
 
 @main.command("calibrate")
 @click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint: exported to OUT/model_fp32.onnx first.")
@@ -131,53 +126,31 @@ def calibrate_cmd(weights, onnx_path, data, num, method, no_bias_correction, sea
       ranges.json           every tensor's max|x| and chosen threshold
       sensitivity.json      with --sensitivity or --keep-float K: Convs ranked by mIoU cost
     Same inputs and method give byte-identical files."""
-    import warnings
+    from ..calibration.workflow import CalibrationConfig, calibrate_folder, check_one_model
 
-    from ..calibration import calibrate
-    from ..outputs import check_run_folder, staged_dir
-
-    if (weights is None) == (onnx_path is None):
-        raise DeepLabEdgeError(f"{'no model' if weights is onnx_path is None else 'both --weights and --onnx'} given; "
-                               "pass exactly one of --weights FILE or --onnx FILE")
+    check_one_model(weights, onnx_path)
     _refuse_unused(click.get_current_context(), {"percentile": ("--percentile", method == "percentile",
                                                                   "--method percentile"),
                                                  "search_num": ("--search-num", method == "search", "--method search"),
                                                  "sensitivity_num": ("--sensitivity-num", bool(
                                                      sensitivity or sensitivity_data or keep_float_top),
                                                      "--sensitivity or --keep-float K")})
-    # OUTPUT is the new run's whole content: an earlier calibrate run there is replaced, anything else refused
-    earlier = check_run_folder(output, CALIBRATE_FILES, "calibrate")
-    for opt, given in (("--weights", weights), ("--onnx", onnx_path), ("--sensitivity-data", sensitivity_data)):
-        if given is not None and any(Path(given).resolve() == p.resolve() for p in earlier):
-            raise DeepLabEdgeError(f"{opt} {given} lies in -o {output}, whose earlier calibrate files this run "
-                                   "replaces; copy it elsewhere or choose another output folder")
-    # with --weights the export lands in OUTPUT too: stage it with the calibration, all or nothing
-    with staged_dir(output, replace=earlier) as stage, progress_bar() as prog, \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # calibration warnings come back in the report, by kind
-        if weights is not None:
-            from ..checkpoint import load_checkpoint
-            from ..data.datasets import open_dataset
-            from ..export import export_onnx
-
-            loaded = load_checkpoint(weights)
-            ds = open_dataset(data).subset(4)
-            onnx_path = stage / "model_fp32.onnx"
-            with console.status("exporting FP32 ONNX..."):
-                export_onnx(loaded, onnx_path, [ds.load(i)[1] for i in range(len(ds))])
-
+    config = CalibrationConfig(num=num, method=method, percentile=percentile, search_num=search_num,
+                               bias_correction=not no_bias_correction, keep_float=tuple(keep_float),
+                               trt_version=trt_version, cpu_int8=not no_cpu_int8, keep_float_top=keep_float_top,
+                               sensitivity=sensitivity, sensitivity_data=sensitivity_data,
+                               sensitivity_num=sensitivity_num, sensitivity_mode=sensitivity_mode)
+    with progress_bar() as prog:
         def progress(desc: str, total: int):
             task = prog.add_task(desc, total=total)
             return lambda: prog.advance(task)
 
-        rep = calibrate(onnx_path, data, stage, num=num, method=method, percentile=percentile, search_num=search_num,
-                        bias_correction=not no_bias_correction,
-                        keep_float=tuple(keep_float), trt_version=trt_version, cpu_int8=not no_cpu_int8,
-                        keep_float_top=keep_float_top, sensitivity=sensitivity, sensitivity_data=sensitivity_data,
-                        sensitivity_num=sensitivity_num, sensitivity_mode=sensitivity_mode, progress=progress)
-    # the report names the files where they landed
-    rep = {k: str(output / Path(v).name) if isinstance(v, str) and Path(v).parent == stage else v
-           for k, v in rep.items()}
+        rep = calibrate_folder(output, data, config, weights=weights, onnx_path=onnx_path, progress=progress,
+                               exporting=lambda: console.status("exporting FP32 ONNX..."))
+    _print_calibration(rep, as_json)
+
+
+def _print_calibration(rep: dict, as_json: bool) -> None:
     for w in rep.get("warnings") or []:  # every calibration warning, chosen by kind (alerts.KINDS)
         console.print(f"[yellow]warning:[/] {w['message']}", highlight=False, soft_wrap=True)
     if as_json:
