@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
 import subprocess
 from pathlib import Path
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import torch
+
+from deeplab_edge.hostinfo import cpu_model
+from deeplab_edge.jetson import jetson_info
+
 __all__ = ["environment", "cpu_model", "git_commit"]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def git_commit() -> str | None:
@@ -36,8 +33,6 @@ def git_commit() -> str | None:
 
 
 def _version(module: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(module)
     except PackageNotFoundError:
@@ -45,10 +40,6 @@ def _version(module: str) -> str | None:
 
 
 def environment() -> dict[str, Any]:
-    import os
-
-    import torch
-
     env: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
@@ -68,8 +59,6 @@ def environment() -> dict[str, Any]:
         env["gpu"] = {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
                       "sm_count": props.multi_processor_count, "memory_gib": props.total_memory / 2**30,
                       "cuda": torch.version.cuda, "driver": _driver()}
-    from deeplab_edge.jetson import jetson_info
-
     env["jetson"] = jetson_info()
     return env
 

@@ -22,24 +22,36 @@ is not INT8 speed, so it is kept off the Pareto front and the plot.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib.util
 import json
-import re
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 
-from deeplab_edge.crf import METHODS as CRF_METHODS, TRITON_METHODS
+from deeplab_edge.checkpoint import load_checkpoint
+from deeplab_edge.crf import METHODS as CRF_METHODS, PRESETS, TRITON_METHODS, CRFStage
+from deeplab_edge.data.datasets import open_dataset
+from deeplab_edge.data.overlap import image_digests, shared_images
+from deeplab_edge.engine import tensorrt_unavailable
 from deeplab_edge.errors import DeepLabEdgeError
+from deeplab_edge.export import dynamic_axes, export_onnx
+from deeplab_edge.hostinfo import cpu_flags
+from deeplab_edge.inference import Segmenter, evaluate
+from deeplab_edge.kernels.device import triton_unavailable
+from deeplab_edge.runtime import open_runner, resolve_device
 
+from .env import environment
 from .power import sampling
-from .stats import latency_summary, pareto_front, percentile, time_calls
+from .report import FORMAT, mark_pareto
+from .stats import latency_summary, percentile, time_calls
 
 __all__ = ["Backend", "BACKENDS", "CRF_CHOICES", "select_backends", "run_bench", "peak_rss_reset", "peak_rss_mb"]
 
@@ -80,24 +92,10 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in [
 
 # ----------------------------------------------------------------------------- what can run here
 
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def _cannot_run(b: Backend, device: torch.device) -> str | None:
     """Why ``b`` cannot run on this machine at all (None when it can)."""
-    import importlib.util
-
     cuda = device.type == "cuda"
     if b.family == "triton":
-        from deeplab_edge.kernels.device import triton_unavailable
-
         return triton_unavailable(device, timing=True)
     if b.family in ("torch", "compile") and b.precision == "fp16" and not cuda:
         return "PyTorch has no fp16 convolutions on the CPU; needs a CUDA GPU"
@@ -110,15 +108,13 @@ def _cannot_run(b: Backend, device: torch.device) -> str | None:
     if b.family in ("ort", "qdq") and importlib.util.find_spec("onnxruntime") is None:
         return "onnxruntime is not installed (pip install 'deeplab-edge[onnx]')"
     if b.family == "trt":
-        from deeplab_edge.engine import tensorrt_unavailable
-
         return tensorrt_unavailable()
     return None
 
 
 def _not_by_default(b: Backend, device: torch.device) -> str | None:
     """Why ``auto`` leaves a runnable backend out (it still runs when named in --backends)."""
-    if b.precision == "bf16" and device.type == "cpu" and not {"avx512_bf16", "amx_bf16"} & _cpu_flags():
+    if b.precision == "bf16" and device.type == "cpu" and not {"avx512_bf16", "amx_bf16"} & cpu_flags():
         return "this CPU has no native bf16 (avx512_bf16 / amx_bf16): PyTorch emulates it, many times slower " \
                "than fp32; name torch-bf16 in --backends to measure it anyway"
     if b.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -190,18 +186,24 @@ def peak_rss_mb() -> float | None:
 def build_artifacts(loaded, weights: Path, dataset, work: Path, backends: list[Backend], *, batches: list[int],
                     calib_data: Path | None, calib_num: int, calib_method: str,
                     log: Callable[[str], None]) -> dict[str, Any]:
-    """The FP32 ONNX export and the INT8 models the chosen backends need, in ``work``."""
+    """The FP32 ONNX export and the INT8 models the chosen backends need, in ``work``; what ``work`` already
+    holds is reused only when its stamp says it was made from the same weights, settings and images."""
     families = {(b.family, b.precision) for b in backends}
-    need_onnx = any(f in ("ort", "qdq", "trt") for f, _ in families)
-    need_calib = ("ort", "int8") in families or ("qdq", "int8") in families or ("trt", "int8") in families
-    info: dict[str, Any] = {}
-    if not need_onnx:
-        return info
-    from deeplab_edge.export import dynamic_axes, export_onnx, read_metadata
+    if not any(f in ("ort", "qdq", "trt") for f, _ in families):
+        return {}
+    export_key, info = _export_artifact(loaded, weights, dataset, work, max(batches) > 1, log)
+    art = {"onnx_fp32": info}
+    if {("ort", "int8"), ("qdq", "int8"), ("trt", "int8")} & families:
+        art["calibration"] = _calibration_artifact(work, export_key, dataset, calib_data, calib_num, calib_method, log)
+    return art
 
+
+def _export_artifact(loaded, weights: Path, dataset, work: Path, batch: bool, log: Callable[[str], None]
+                     ) -> tuple[str, dict[str, Any]]:
+    """(the export's stamp, its record): ``work/model_fp32.onnx`` exported, or reused when its stamp matches."""
     fp32 = work / "model_fp32.onnx"
     sha = loaded.meta.get("sha256")
-    dynamic = dynamic_axes(loaded.meta, batch=max(batches) > 1)
+    dynamic = dynamic_axes(loaded.meta, batch=batch)
     # what the export is made from and with (weights, config such as the output stride, preprocessing and input
     # size, dynamic axes): an ONNX in --artifacts is reused only when bench itself exported it so
     export_key = json.dumps({"checkpoint_sha256": sha, "config": loaded.model.config,
@@ -210,63 +212,57 @@ def build_artifacts(loaded, weights: Path, dataset, work: Path, backends: list[B
     export_stamp = work / "export.stamp"
     if sha and fp32.is_file() and export_stamp.is_file() and export_stamp.read_text() == export_key:
         log(f"reusing {fp32}")
-        info["onnx_fp32"] = {"path": str(fp32), "reused": True}
+        return export_key, {"path": str(fp32), "reused": True}
+    (work / "calibration.stamp").unlink(missing_ok=True)  # the INT8 models derive from this export
+    export_stamp.unlink(missing_ok=True)
+    log(f"exporting {weights.name} to ONNX (parity check on 2 images)")
+    t = time.perf_counter()
+    images = [dataset.load(i)[1] for i in range(min(2, len(dataset)))]
+    rep = export_onnx(loaded, fp32, images, dynamic=dynamic)
+    export_stamp.write_text(export_key)
+    return export_key, {"path": str(fp32), "seconds": time.perf_counter() - t,
+                        "parity_agreement": rep.parity["agreement"], "parity_max_abs_diff": rep.parity["max_abs_diff"]}
+
+
+def _calibration_artifact(work: Path, export_key: str, dataset, calib_data: Path | None, calib_num: int,
+                          calib_method: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """The QDQ and CPU INT8 models in ``work`` (calibrated, or reused for the same export, method and images by
+    content), with how many of the benchmark's images calibrated them."""
+    from deeplab_edge.calibration.workflow import calibrate
+
+    src = calib_data or Path(dataset.root)
+    qdq, cpu, stamp = work / "model_qdq.onnx", work / "model_cpu_int8.onnx", work / "calibration.stamp"
+    calib_images = [smp.image for smp in open_dataset(src).subset(calib_num).samples]
+    # the calibration images by content (a folder whose images changed is calibrated again)
+    key = json.dumps({"export": export_key, "data": str(Path(src).resolve()), "images_sha1": image_digests(calib_images),
+                      "num": calib_num, "method": calib_method}, sort_keys=True)
+    if qdq.is_file() and cpu.is_file() and stamp.is_file() and stamp.read_text() == key:
+        log(f"reusing the calibration in {work}")
+        info: dict[str, Any] = {"reused": True}
     else:
-        (work / "calibration.stamp").unlink(missing_ok=True)  # the INT8 models derive from this export
-        export_stamp.unlink(missing_ok=True)
-        log(f"exporting {weights.name} to ONNX (parity check on 2 images)")
+        log(f"calibrating ({calib_method}, up to {calib_num} images of {src})")
         t = time.perf_counter()
-        images = [dataset.load(i)[1] for i in range(min(2, len(dataset)))]
-        rep = export_onnx(loaded, fp32, images, dynamic=dynamic)
-        export_stamp.write_text(export_key)
-        info["onnx_fp32"] = {"path": str(fp32), "seconds": time.perf_counter() - t,
-                             "parity_agreement": rep.parity["agreement"],
-                             "parity_max_abs_diff": rep.parity["max_abs_diff"]}
-    if need_calib:
-        from deeplab_edge.calibration import calibrate
-
-        src = calib_data or Path(dataset.root)
-        qdq, cpu = work / "model_qdq.onnx", work / "model_cpu_int8.onnx"
-        stamp = work / "calibration.stamp"
-        from deeplab_edge.data.datasets import open_dataset as _open
-        from deeplab_edge.data.overlap import image_digests
-
-        # the calibration images by content (a folder whose images changed is calibrated again)
-        digests = image_digests(smp.image for smp in _open(src).subset(calib_num).samples)
-        key = json.dumps({"export": export_key, "data": str(Path(src).resolve()), "images_sha1": digests,
-                          "num": calib_num, "method": calib_method}, sort_keys=True)
-        if qdq.is_file() and cpu.is_file() and stamp.is_file() and stamp.read_text() == key:
-            log(f"reusing the calibration in {work}")
-            info["calibration"] = {"reused": True}
-        else:
-            log(f"calibrating ({calib_method}, up to {calib_num} images of {src})")
-            t = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # recorded in the report, shown below by kind
-                rep = calibrate(fp32, src, work, num=calib_num, method=calib_method)
-            stamp.write_text(key)
-            info["calibration"] = {"seconds": time.perf_counter() - t, "images": rep["images"],
-                                   "warnings": rep["warnings"], "cpu_int8": rep.get("cpu_int8")}
-        info["calibration"].update({"method": calib_method, "data": str(src), "qdq_onnx": str(qdq),
-                                    "cpu_int8_onnx": str(cpu), "cache": str(work / "calibration.cache")})
-        from deeplab_edge.data.datasets import open_dataset
-        from deeplab_edge.data.overlap import shared_images
-
-        calib_images = [smp.image for smp in open_dataset(src).subset(calib_num).samples]
-        shared = shared_images(calib_images, [smp.image for smp in dataset.samples])
-        info["calibration"]["overlap_images"] = len(shared)
-        info["calibration"]["held_out"] = not shared
-        if shared:
-            why = ("no --calib-data: calibrated on the benchmark's own images" if calib_data is None else
-                   f"{len(shared)} of the {len(calib_images)} calibration images are also evaluated "
-                   f"(e.g. {shared[0][1].name})")
-            info["calibration"]["note"] = (f"{why}: the INT8 accuracy is not held out and is optimistic by however "
-                                           "much calibration overfits; pass --calib-data with other images (e.g. the "
-                                           "train split)")
-            log(f"WARNING: {info['calibration']['note']}")
-        for w in info["calibration"].get("warnings", []):
-            if w["kind"] in SHOWN_CALIBRATION_WARNINGS:
-                log(f"WARNING: {w['message']}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # recorded in the report, shown below by kind
+            rep = calibrate(work / "model_fp32.onnx", src, work, num=calib_num, method=calib_method)
+        stamp.write_text(key)
+        info = {"seconds": time.perf_counter() - t, "images": rep["images"], "warnings": rep["warnings"],
+                "cpu_int8": rep.get("cpu_int8")}
+    info.update({"method": calib_method, "data": str(src), "qdq_onnx": str(qdq), "cpu_int8_onnx": str(cpu),
+                 "cache": str(work / "calibration.cache")})
+    shared = shared_images(calib_images, [smp.image for smp in dataset.samples])
+    info["overlap_images"] = len(shared)
+    info["held_out"] = not shared
+    if shared:
+        why = ("no --calib-data: calibrated on the benchmark's own images" if calib_data is None else
+               f"{len(shared)} of the {len(calib_images)} calibration images are also evaluated "
+               f"(e.g. {shared[0][1].name})")
+        info["note"] = (f"{why}: the INT8 accuracy is not held out and is optimistic by however much calibration "
+                        "overfits; pass --calib-data with other images (e.g. the train split)")
+        log(f"WARNING: {info['note']}")
+    for w in info.get("warnings", []):
+        if w["kind"] in SHOWN_CALIBRATION_WARNINGS:
+            log(f"WARNING: {w['message']}")
     return info
 
 
@@ -278,8 +274,6 @@ def _make_runner(b: Backend, weights: Path, arch: str | None, device: torch.devi
     """(runner, file the model came from, extra info) for backend ``b``, through the runtime's one factory.
     ``output_stride``: the PyTorch backends run the checkpoint's weights at it (the ONNX and INT8 models
     were exported at it already)."""
-    from deeplab_edge.runtime import open_runner
-
     if b.family in ("torch", "compile", "triton"):
         path, kw = weights, {"backend": b.family, "precision": b.precision, "device": device, "arch": arch,
                              "output_stride": output_stride}
@@ -319,48 +313,88 @@ def _ms_summary(values: list[float]) -> dict[str, float] | None:
     return {"p50": percentile(values, 50), "p90": percentile(values, 90), "mean": float(np.mean(values))}
 
 
-def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: list[str], crf_preset: str = "deeplab-v2",
-              batches: Iterable[int] = (1,), warmup: int = 5, iters: int = 30, device: str = "auto",
-              arch: str | None = None, threads: int | None = None, work: Path, calib_data: Path | None = None,
-              calib_num: int = 256, calib_method: str = "mse", engines: dict[str, Path] | None = None,
-              tflite: Path | None = None, scales: tuple[float, ...] = (1.0,), flip: bool = False,
-              output_stride: int | None = None, power: Any = None, skipped: list[dict[str, str]] | None = None,
-              settings: dict[str, Any] | None = None,
+@dataclass(frozen=True)
+class BenchConfig:
+    """What ``run_bench`` measures: the ``backends`` (from :func:`select_backends`) x ``crf_methods`` (with
+    ``crf_preset``'s parameters), latency at each of ``batches`` (``warmup`` untimed calls, then ``iters``);
+    the model options (``device``, ``arch``, ``threads``, ``output_stride``, test-time ``scales`` and ``flip``,
+    ``engines`` by precision, a ``tflite`` model); the calibration (``calib_data``, ``calib_num``,
+    ``calib_method``); ``settings`` recorded with the result."""
+
+    backends: tuple[Backend, ...]
+    crf_methods: tuple[str, ...] = ("none",)
+    crf_preset: str = "deeplab-v2"
+    batches: tuple[int, ...] = (1,)
+    warmup: int = 5
+    iters: int = 30
+    device: str = "auto"
+    arch: str | None = None
+    threads: int | None = None
+    calib_data: Path | None = None
+    calib_num: int = 256
+    calib_method: str = "mse"
+    engines: Mapping[str, Path] = field(default_factory=dict)
+    tflite: Path | None = None
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    output_stride: int | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("backends", "crf_methods", "scales"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "batches", tuple(sorted(set(self.batches))))
+        object.__setattr__(self, "engines", dict(self.engines or {}))
+        object.__setattr__(self, "settings", dict(self.settings or {}))
+        if self.crf_preset not in PRESETS:
+            raise DeepLabEdgeError(f"unknown CRF preset {self.crf_preset!r}; choose one of {', '.join(PRESETS)}")
+        if not self.backends:
+            raise DeepLabEdgeError("no backend given to run; pass backends from select_backends()")
+        if self.warmup < 0 or self.iters < 1:
+            raise DeepLabEdgeError(f"--warmup must be >= 0 and --iters >= 1, got {self.warmup} and {self.iters}")
+
+    @property
+    def msc(self) -> bool:
+        """Test-time scales or flip: the model runs at other input sizes."""
+        return self.scales != (1.0,) or self.flip
+
+
+@dataclass
+class _Run:
+    """One benchmark run's shared state: what every backend's pass reads."""
+
+    config: BenchConfig
+    weights: Path
+    dataset: Any
+    dev: torch.device
+    loaded: Any
+    art: dict[str, Any]
+    stages: dict[str, Any]        # CRF option -> its Segmenter stage ("none" has none)
+    crfs: list[str]
+    power: Any
+    progress: Callable[[str, int], Callable[[str], None]] | None
+
+    def tick(self, desc: str, total: int):
+        return self.progress(desc, total) if self.progress else None
+
+
+def run_bench(weights: Path, dataset, config: BenchConfig | None = None, *, work: Path, power: Any = None,
+              skipped: list[dict[str, str]] | None = None,
               progress: Callable[[str, int], Callable[[str], None]] | None = None,
-              log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Run the matrix; returns the complete result document (what ``bench -o`` writes and
-    :func:`~deeplab_edge.bench.report.load_result` reads): the format, the machine, the data and
-    settings, the rows, what was skipped (``skipped``: backends left out before the run) and the
-    artefacts."""
-    from deeplab_edge.bench.env import environment
-
-    from .report import FORMAT
-
-    from deeplab_edge.checkpoint import load_checkpoint
-    from deeplab_edge.crf import PRESETS, CRFStage
-    from deeplab_edge.inference import Segmenter, evaluate
-    from deeplab_edge.kernels.device import triton_unavailable
-    from deeplab_edge.runtime import resolve_device
-
-    batches = sorted(set(batches))
-    if not backends:
-        raise DeepLabEdgeError("no backend given to run; pass backends from select_backends()")
-    if warmup < 0 or iters < 1:
-        raise DeepLabEdgeError(f"--warmup must be >= 0 and --iters >= 1, got {warmup} and {iters}")
-    dev = resolve_device(device)
-    if threads:
-        torch.set_num_threads(threads)
-    loaded = load_checkpoint(weights, arch=arch, output_stride=output_stride)
-    if dataset.num_classes != loaded.model.num_classes:
-        raise DeepLabEdgeError(f"the model predicts {loaded.model.num_classes} classes but {dataset.kind} has "
-                               f"{dataset.num_classes}; use a model trained for this dataset")
-    if not dataset.has_labels:
-        raise DeepLabEdgeError(f"{dataset.root}: has no labels, and bench measures mIoU; pass a labelled VOC, "
-                               "Cityscapes or CamVid folder")
+              log: Callable[[str], None] = lambda s: None, **options: Any) -> dict[str, Any]:
+    """Run the matrix of ``config`` (or the :class:`BenchConfig` fields in ``options``); returns the complete
+    result document (what ``bench -o`` writes and :func:`~deeplab_edge.bench.report.load_result` reads): the
+    format, the machine, the data and settings, the rows, what was skipped (``skipped``: backends left out
+    before the run) and the artefacts."""
+    config = dataclasses.replace(config, **options) if config is not None else BenchConfig(**options)
+    dev = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    loaded = _checked_model(weights, dataset, config)
     work.mkdir(parents=True, exist_ok=True)
     skipped = list(skipped or [])
-    msc = scales != (1.0,) or flip
-    if msc:  # before the artefacts: nothing exported or calibrated for backends that cannot take other sizes
+    backends = list(config.backends)
+    if config.msc:  # before the artefacts: nothing exported or calibrated for backends that cannot take other sizes
         fixed = [b for b in backends if b.family not in ("torch", "compile", "triton")]
         skipped += [{"backend": b.name, "reason": "--scales/--flip run the model at other input sizes; this "
                                                   "backend's model has a fixed input"} for b in fixed]
@@ -368,102 +402,22 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
         if not backends:
             raise DeepLabEdgeError("--scales/--flip need a PyTorch backend (torch-*, compile-*, triton-*); the "
                                    "selected ones all have fixed inputs")
-    art = build_artifacts(loaded, weights, dataset, work, backends, batches=batches, calib_data=calib_data,
-                          calib_num=calib_num, calib_method=calib_method, log=log)
-
-    skipped_crf, stages = [], {}
-    params = PRESETS[crf_preset]
-    for m in crf_methods:
-        if m == "none":
-            continue
-        reason = triton_unavailable(dev, timing=True) if m in TRITON_METHODS else None
-        if reason:
-            skipped_crf.append({"crf": m, "reason": reason})
-            continue
-        try:
-            stages[m] = CRFStage(m, params, "cpu" if m == "pydensecrf" else dev)
-        except DeepLabEdgeError as e:
-            skipped_crf.append({"crf": m, "reason": str(e)})
-    crfs = ["none", *stages] if "none" in crf_methods else list(stages)
+    art = build_artifacts(loaded, weights, dataset, work, backends, batches=list(config.batches),
+                          calib_data=config.calib_data, calib_num=config.calib_num, calib_method=config.calib_method,
+                          log=log)
+    stages, skipped_crf = _crf_stages(config, dev)
+    crfs = ["none", *stages] if "none" in config.crf_methods else list(stages)
     if not crfs:
         raise DeepLabEdgeError("no CRF option can run here (" + "; ".join(f"{s['crf']}: {s['reason']}"
                                                                      for s in skipped_crf) + "); add --crf none")
-
-    n_cls = loaded.model.num_classes
-    classes = loaded.classes
+    run = _Run(config, weights, dataset, dev, loaded, art, stages, crfs, power, progress)
     rows: list[dict[str, Any]] = []
     for b in backends:
-        peak_rss_reset()
-        rss0 = _status_mb("VmRSS")
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(dev)
-        try:
-            runner, source, extra = _make_runner(b, weights, arch, dev, art, threads, engines or {}, tflite,
-                                                 output_stride=output_stride)
-        except DeepLabEdgeError as e:
-            skipped.append({"backend": b.name, "reason": str(e)})
-            continue
-        pre = runner.preprocess  # the checkpoint's, or what the exported file carries
-        if runner.num_classes != n_cls:
-            skipped.append({"backend": b.name, "reason": f"{source}: predicts {runner.num_classes} classes, the "
-                                                         f"checkpoint {n_cls}; give the matching model"})
-            continue
-
-        # first call: compilation, engine set-up, lazy initialisation — reported, never timed as latency
-        x0 = pre(dataset.load(0)[1])[0][None]
-        t = time.perf_counter()
-        runner(x0)
-        _sync(runner)
-        first_call_s = time.perf_counter() - t
-
-        # accuracy pass: the one evaluation loop (eval's), every CRF option on the same network outputs
-        seg = Segmenter(runner, scales=scales, flip=flip)
-        tick = progress(f"{b.name}: accuracy", len(dataset)) if progress else None
-        ev = evaluate(seg, dataset, on_image=tick, options={c: stages.get(c) for c in crfs})
-        samples = ev["samples_ms"]
-
-        latency = []
-        for bs in batches:
-            idx = [i % len(dataset) for i in range(bs)]
-            xb = torch.stack([pre(dataset.load(i)[1])[0] for i in idx])
-            lt = progress(f"{b.name}: latency, batch {bs}", 1) if progress else None
-            with sampling(power) as reading:  # tegrastats / jtop stopped however the timing ends
-                dev_r = getattr(runner, "device", None)  # PyTorch runners on a GPU: CUDA events
-                cuda = dev_r if isinstance(dev_r, torch.device) and dev_r.type == "cuda" else None
-                xr = xb.to(cuda) if cuda is not None else xb
-                ms = time_calls(functools.partial(seg.forward if msc else runner, xr), warmup, iters,
-                                cuda_device=cuda, sync=getattr(runner, "synchronize", None))
-            summary = latency_summary(ms, bs)
-            if reading.watts is not None:
-                summary["power_w"] = reading.watts
-                summary["energy_mj_per_image"] = reading.watts * summary["mean_ms"] / bs
-            latency.append(summary)
-            if lt:
-                lt(f"batch {bs}")
-        mem = {"peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0}
-        if dev.type == "cuda" and b.family in ("torch", "compile", "triton"):
-            mem["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
-        model_p50 = latency[0]["p50_ms"] if latency[0]["batch"] == 1 else None
-        harness = {k: _ms_summary(samples.get(k, [])) for k in ("load", "preprocess", "postprocess", "restore_logits")
-                   if samples.get(k)}
-        for c in crfs:
-            res = ev["options"][c]
-            c_ms = _ms_summary(samples[f"crf:{c}"]) if c != "none" else None
-            row = {"backend": b.name, "family": b.family, "precision": b.precision, "description": b.description,
-                   "crf": c, "miou": res["miou"], "pixel_acc": res["pixel_acc"], "mean_acc": res["mean_acc"],
-                   "class_iou": dict(zip(classes, res["class_iou"])), "images": len(dataset),
-                   "model_ms_p50": model_p50, "crf_ms": c_ms,
-                   "latency_ms": (model_p50 + (c_ms["p50"] if c_ms else 0.0)) if model_p50 is not None else None,
-                   "latency_is_speed": b.family != "qdq",
-                   "batches": latency, "accuracy_pass_model_ms": _ms_summary(samples["model"]),
-                   "harness_ms": harness, "first_call_s": first_call_s, "memory": mem,
-                   "file": str(source), "file_mb": Path(source).stat().st_size / 1e6, **extra}
-            if c != "none":
-                row["crf_params"] = params.as_dict()
-            rows.append(row)
-        del runner
-
+        got = _bench_backend(run, b)
+        if isinstance(got, str):
+            skipped.append({"backend": b.name, "reason": got})
+        else:
+            rows += got
     if not rows:
         raise DeepLabEdgeError("every selected backend failed to start: " +
                                "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped))
@@ -473,37 +427,135 @@ def run_bench(weights: Path, dataset, *, backends: list[Backend], crf_methods: l
         r["speedup"] = (base["latency_ms"] / r["latency_ms"]
                         if r["latency_is_speed"] and r["latency_ms"] and base["latency_ms"] else None)
     mark_pareto(rows)
+    return _document(run, backends, rows, base, skipped, skipped_crf)
+
+
+def _checked_model(weights: Path, dataset, config: BenchConfig):
+    """The checkpoint at the config's output stride, refused when it does not fit the labelled ``dataset``."""
+    loaded = load_checkpoint(weights, arch=config.arch, output_stride=config.output_stride)
+    if dataset.num_classes != loaded.model.num_classes:
+        raise DeepLabEdgeError(f"the model predicts {loaded.model.num_classes} classes but {dataset.kind} has "
+                               f"{dataset.num_classes}; use a model trained for this dataset")
+    if not dataset.has_labels:
+        raise DeepLabEdgeError(f"{dataset.root}: has no labels, and bench measures mIoU; pass a labelled VOC, "
+                               "Cityscapes or CamVid folder")
+    return loaded
+
+
+def _crf_stages(config: BenchConfig, dev: torch.device) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """The CRF options that can run here as Segmenter stages, and the others with the reason."""
+    skipped_crf, stages = [], {}
+    for m in config.crf_methods:
+        if m == "none":
+            continue
+        reason = triton_unavailable(dev, timing=True) if m in TRITON_METHODS else None
+        if reason:
+            skipped_crf.append({"crf": m, "reason": reason})
+            continue
+        try:
+            stages[m] = CRFStage(m, PRESETS[config.crf_preset], "cpu" if m == "pydensecrf" else dev)
+        except DeepLabEdgeError as e:
+            skipped_crf.append({"crf": m, "reason": str(e)})
+    return stages, skipped_crf
+
+
+def _bench_backend(run: _Run, b: Backend) -> list[dict[str, Any]] | str:
+    """Backend ``b``'s rows (one per CRF option), or why it could not start. The first call (compilation,
+    engine set-up, lazy initialisation) is reported, never timed as latency; the accuracy pass is eval's one
+    loop, every CRF option on the same network outputs; then the latency pass per batch size."""
+    cfg, dev, dataset = run.config, run.dev, run.dataset
+    peak_rss_reset()
+    rss0 = _status_mb("VmRSS")
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+    try:
+        runner, source, extra = _make_runner(b, run.weights, cfg.arch, dev, run.art, cfg.threads, dict(cfg.engines),
+                                             cfg.tflite, output_stride=cfg.output_stride)
+    except DeepLabEdgeError as e:
+        return str(e)
+    n_cls = run.loaded.model.num_classes
+    if runner.num_classes != n_cls:
+        return f"{source}: predicts {runner.num_classes} classes, the checkpoint {n_cls}; give the matching model"
+    x0 = runner.preprocess(dataset.load(0)[1])[0][None]  # the checkpoint's, or what the exported file carries
+    t = time.perf_counter()
+    runner(x0)
+    _sync(runner)
+    first_call_s = time.perf_counter() - t
+    seg = Segmenter(runner, scales=cfg.scales, flip=cfg.flip)
+    ev = evaluate(seg, dataset, on_image=run.tick(f"{b.name}: accuracy", len(dataset)),
+                  options={c: run.stages.get(c) for c in run.crfs})
+    latency = _latency_pass(run, b, runner, seg)
+    mem = {"peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0}
+    if dev.type == "cuda" and b.family in ("torch", "compile", "triton"):
+        mem["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    rows = _rows(run, b, ev, latency, {"first_call_s": first_call_s, "memory": mem, "file": str(source),
+                                       "file_mb": Path(source).stat().st_size / 1e6, **extra})
+    del runner
+    return rows
+
+
+def _latency_pass(run: _Run, b: Backend, runner, seg) -> list[dict[str, Any]]:
+    """The model alone (or the multi-scale forward) on preprocessed real images, per batch size, with the
+    mean power over the pass where a sampler reads it."""
+    cfg, dataset = run.config, run.dataset
+    latency = []
+    for bs in cfg.batches:
+        xb = torch.stack([runner.preprocess(dataset.load(i % len(dataset))[1])[0] for i in range(bs)])
+        lt = run.tick(f"{b.name}: latency, batch {bs}", 1)
+        with sampling(run.power) as reading:  # tegrastats / jtop stopped however the timing ends
+            dev_r = getattr(runner, "device", None)  # PyTorch runners on a GPU: CUDA events
+            cuda = dev_r if isinstance(dev_r, torch.device) and dev_r.type == "cuda" else None
+            xr = xb.to(cuda) if cuda is not None else xb
+            ms = time_calls(functools.partial(seg.forward if cfg.msc else runner, xr), cfg.warmup, cfg.iters,
+                            cuda_device=cuda, sync=getattr(runner, "synchronize", None))
+        summary = latency_summary(ms, bs)
+        if reading.watts is not None:
+            summary["power_w"] = reading.watts
+            summary["energy_mj_per_image"] = reading.watts * summary["mean_ms"] / bs
+        latency.append(summary)
+        if lt:
+            lt(f"batch {bs}")
+    return latency
+
+
+def _rows(run: _Run, b: Backend, ev: dict[str, Any], latency: list[dict[str, Any]],
+          extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per CRF option: its accuracy, the model's p50 at batch 1 plus the CRF's median as its latency."""
+    samples = ev["samples_ms"]
+    model_p50 = latency[0]["p50_ms"] if latency[0]["batch"] == 1 else None
+    harness = {k: _ms_summary(samples.get(k, [])) for k in ("load", "preprocess", "postprocess", "restore_logits")
+               if samples.get(k)}
+    params = PRESETS[run.config.crf_preset]
+    rows = []
+    for c in run.crfs:
+        res = ev["options"][c]
+        c_ms = _ms_summary(samples[f"crf:{c}"]) if c != "none" else None
+        row = {"backend": b.name, "family": b.family, "precision": b.precision, "description": b.description,
+               "crf": c, "miou": res["miou"], "pixel_acc": res["pixel_acc"], "mean_acc": res["mean_acc"],
+               "class_iou": dict(zip(run.loaded.classes, res["class_iou"])), "images": len(run.dataset),
+               "model_ms_p50": model_p50, "crf_ms": c_ms,
+               "latency_ms": (model_p50 + (c_ms["p50"] if c_ms else 0.0)) if model_p50 is not None else None,
+               "latency_is_speed": b.family != "qdq",
+               "batches": latency, "accuracy_pass_model_ms": _ms_summary(samples["model"]),
+               "harness_ms": harness, **extra}
+        if c != "none":
+            row["crf_params"] = params.as_dict()
+        rows.append(row)
+    return rows
+
+
+def _document(run: _Run, backends: list[Backend], rows: list[dict[str, Any]], base: dict[str, Any],
+              skipped: list[dict[str, str]], skipped_crf: list[dict[str, str]]) -> dict[str, Any]:
+    cfg, dataset = run.config, run.dataset
+    settings = dict(cfg.settings)
     return {"format": FORMAT, "environment": environment(), "data": str(dataset.root), "dataset": dataset.kind,
-            "split": (settings or {}).get("split"), "images": len(dataset), "weights": str(weights), "device": str(dev),
-            "settings": {"backends": [b.name for b in backends], "crf": list(crf_methods), "crf_preset": crf_preset,
-                         "batches": batches, "iters": iters, "warmup": warmup,
-                         "threads": threads or torch.get_num_threads(), "calib_method": calib_method,
-                         "scales": list(scales), "flip": flip,
-                         "output_stride": loaded.model.config.get("output_stride"), **(settings or {})},
-            "power": getattr(power, "source", None), "baseline": {"backend": base["backend"], "crf": base["crf"]},
-            "rows": rows, "skipped": skipped, "skipped_crf": skipped_crf, "artifacts": art}
-
-
-def mark_pareto(rows: list[dict[str, Any]], key: str = "pareto") -> None:
-    """Set ``row[key]``: Pareto-optimal in (latency, mIoU) among the rows whose latency is a speed."""
-    pts = [(r["latency_ms"] if r.get("latency_is_speed", True) else None, r["miou"]) for r in rows]
-    for r, flag in zip(rows, pareto_front(pts)):
-        r[key] = flag
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "machine"
-
-
-def device_label(env: dict[str, Any]) -> str:
-    """A short name of the machine a result came from: its GPU (and Jetson model), else its CPU."""
-    if env.get("jetson"):
-        return env["jetson"].get("model") or "jetson"
-    if env.get("gpu"):
-        return env["gpu"]["name"]
-    return f"{env.get('cpu', 'cpu')} ({env.get('cpu_count', '?')} cores)"
-
-
-def default_tag(env: dict[str, Any]) -> str:
-    return slug(device_label(env)) if (env.get("gpu") or env.get("jetson")) else "cpu-" + slug(env.get("cpu", ""))
-
+            "split": settings.get("split"), "images": len(dataset), "weights": str(run.weights),
+            "device": str(run.dev),
+            "settings": {"backends": [b.name for b in backends], "crf": list(cfg.crf_methods),
+                         "crf_preset": cfg.crf_preset, "batches": list(cfg.batches), "iters": cfg.iters,
+                         "warmup": cfg.warmup, "threads": cfg.threads or torch.get_num_threads(),
+                         "calib_method": cfg.calib_method, "scales": list(cfg.scales), "flip": cfg.flip,
+                         "output_stride": run.loaded.model.config.get("output_stride"), **settings},
+            "power": getattr(run.power, "source", None), "baseline": {"backend": base["backend"], "crf": base["crf"]},
+            "rows": rows, "skipped": skipped, "skipped_crf": skipped_crf, "artifacts": run.art}

@@ -21,6 +21,8 @@ watts are in ``reading.watts`` after the block), which stops it on an exception 
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -216,13 +218,9 @@ class JtopSampler:
 
     @property
     def available(self) -> bool:
-        import importlib.util
-
         return importlib.util.find_spec("jtop") is not None
 
     def start(self) -> tuple[Any, list[Any]]:
-        import copy
-
         from jtop import jtop
 
         readings: list[Any] = []

@@ -7,18 +7,43 @@ import csv
 import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 from deeplab_edge.outputs import atomic_path, staged_dir
 from deeplab_edge.errors import DeepLabEdgeError
 
-from .harness import device_label, mark_pareto
+from .stats import pareto_front
 
-__all__ = ["FORMAT", "csv_text", "write_results", "result_names", "check_not_outputs", "plot", "load_result",
+__all__ = ["FORMAT", "mark_pareto", "device_label", "default_tag", "slug", "csv_text", "write_results", "result_names", "check_not_outputs", "plot", "load_result",
            "merge"]
 
 FORMAT = "deeplab-edge-bench/1"
+
+
+def mark_pareto(rows: list[dict[str, Any]], key: str = "pareto") -> None:
+    """Set ``row[key]``: Pareto-optimal in (latency, mIoU) among the rows whose latency is a speed."""
+    pts = [(r["latency_ms"] if r.get("latency_is_speed", True) else None, r["miou"]) for r in rows]
+    for r, flag in zip(rows, pareto_front(pts)):
+        r[key] = flag
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "machine"
+
+
+def device_label(env: dict[str, Any]) -> str:
+    """A short name of the machine a result came from: its GPU (and Jetson model), else its CPU."""
+    if env.get("jetson"):
+        return env["jetson"].get("model") or "jetson"
+    if env.get("gpu"):
+        return env["gpu"]["name"]
+    return f"{env.get('cpu', 'cpu')} ({env.get('cpu_count', '?')} cores)"
+
+
+def default_tag(env: dict[str, Any]) -> str:
+    return slug(device_label(env)) if (env.get("gpu") or env.get("jetson")) else "cpu-" + slug(env.get("cpu", ""))
 
 CSV_COLUMNS = ["device", "backend", "precision", "crf", "miou_pct", "miou_delta_points", "latency_ms", "speedup",
                "pareto", "model_ms_p50", "model_ms_p90", "model_ms_p99", "crf_ms_p50", "images_per_s_batch1",

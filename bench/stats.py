@@ -7,6 +7,8 @@ import math
 import time
 from typing import Any, Callable, Iterable, Sequence
 
+import torch
+
 __all__ = ["time_calls", "percentile", "latency_summary", "pareto_front"]
 
 
@@ -28,8 +30,6 @@ def time_calls(fn: Callable[[], Any], warmup: int, iters: int, *, cuda_device: A
                 sync()
             times.append(1e3 * (time.perf_counter() - t0))
         return times
-    import torch
-
     torch.cuda.synchronize(cuda_device)
     times = []
     for _ in range(iters):

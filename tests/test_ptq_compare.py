@@ -1,5 +1,5 @@
-"""bench/ptq_compare.py, the by-hand INT8 comparison, on 6 real CamVid val frames (96 x 72): the folds are
-disjoint and cover every image once, FP32 pooled over the folds is the whole set's mIoU as `evaluate`
+"""bench.ptq.compare_methods (run by hand as bench/experiments/ptq_compare.py), the INT8 comparison, on 6 real
+CamVid val frames (96 x 72): the folds are disjoint and cover every image once, FP32 pooled over the folds is the whole set's mIoU as `evaluate`
 computes it, and each method's row is there."""
 
 import json
@@ -32,13 +32,13 @@ def small(shared, tmp_path_factory):
 
 
 def test_folds_pool_to_the_whole_set(small, tmp_path):
-    from deeplab_edge.bench.ptq_compare import run
+    from deeplab_edge.bench.ptq import compare_methods
     from deeplab_edge.data.datasets import open_dataset
     from deeplab_edge.inference import Segmenter, evaluate
     from deeplab_edge.runtime.onnx import OnnxRunner
 
-    res = run(small / "fp32.onnx", str(small / "val"), tmp_path / "r.json", calib_dir=None, num=1, folds=3,
-              methods=["minmax", "search", "ort-u8s8"], modelopt_python=None, log=lambda s: None)
+    res = compare_methods(small / "fp32.onnx", str(small / "val"), tmp_path / "r.json", calib_dir=None, num=1,
+                          folds=3, methods=["minmax", "search", "ort-u8s8"], modelopt_python=None, log=lambda s: None)
     assert json.loads((tmp_path / "r.json").read_text())["methods"].keys() == {"minmax", "search", "ort-u8s8"}
     assert res["calibration_images"] == [4, 4, 4] and res["evaluation_images"] == 6
     whole = evaluate(Segmenter(OnnxRunner(small / "fp32.onnx")), open_dataset(small / "val"))

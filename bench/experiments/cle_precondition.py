@@ -4,7 +4,7 @@ between is positively homogeneous (ReLU, not ReLU6: Nagel et al., ICCV 2019, rep
 for it). This replaces every ReLU6 (ONNX Clip 0..6) of an FP32 export by ReLU and scores both on a
 labelled folder: what the FP32 network loses before any quantization.
 
-    python -m deeplab_edge.bench.cle_precondition FP32.onnx DATA -o OUT.json
+    python bench/experiments/cle_precondition.py FP32.onnx DATA -o OUT.json
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ import json
 import tempfile
 from pathlib import Path
 
+import onnx
+
+from deeplab_edge.bench.env import environment
+from deeplab_edge.bench.ptq import score
+from deeplab_edge.data.datasets import open_dataset
+from deeplab_edge.metrics import ConfusionMatrix
+
 
 def run(fp32: Path, data: str, out: Path) -> dict:
-    import onnx
-
-    from deeplab_edge.bench.env import environment
-    from deeplab_edge.bench.ptq_compare import _score
-    from deeplab_edge.data.datasets import open_dataset
-    from deeplab_edge.metrics import ConfusionMatrix
-
     env = environment()
     m = onnx.load(str(fp32))
     clips = [n for n in m.graph.node if n.op_type == "Clip"]
@@ -34,8 +34,8 @@ def run(fp32: Path, data: str, out: Path) -> dict:
     with tempfile.TemporaryDirectory() as work:
         relu = Path(work) / "relu.onnx"
         onnx.save(m, str(relu))
-        cm0, _, _, p0 = _score(fp32, ds, None, ds.num_classes, optimize=True)
-        cm1, same, total, _ = _score(relu, ds, p0, ds.num_classes, optimize=True)
+        cm0, _, _, p0 = score(fp32, ds, None, ds.num_classes, optimize=True)
+        cm1, same, total, _ = score(relu, ds, p0, ds.num_classes, optimize=True)
     res = {"fp32": str(fp32), "data": data, "images": len(ds), "relu6_replaced": len(clips),
            "miou_relu6": ConfusionMatrix.summarize(cm0)["miou"], "miou_relu": ConfusionMatrix.summarize(cm1)["miou"],
            "pixels_unchanged": same / total, "environment": env}

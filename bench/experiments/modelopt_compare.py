@@ -1,17 +1,17 @@
 """NVIDIA ModelOpt's ONNX INT8 PTQ beside this project's, on the same FP32 export, the same
 calibration images and the same evaluation (issue #17). ModelOpt lives in its own environment
-(its ``[onnx]`` extra replaces onnxruntime and pins onnx). ``bench/ptq_compare.py --modelopt-python``
+(its ``[onnx]`` extra replaces onnxruntime and pins onnx). ``bench/experiments/ptq_compare.py --modelopt-python``
 runs the ``quantize`` step below in that environment and everything else in one run; the three
 steps also run by hand:
 
     # 1. in deeplab-edge's environment: the calibration tensors, exactly as `calibrate` makes them
-    python -m deeplab_edge.bench.modelopt_compare inputs MODEL_FP32.onnx CALIB_DIR NUM OUT.npy
+    python bench/experiments/modelopt_compare.py inputs MODEL_FP32.onnx CALIB_DIR NUM OUT.npy
     # 2. in ModelOpt's environment (python -m venv mo && pip install torch==2.13.0
     #    'nvidia-modelopt[onnx]==0.47.0' huggingface_hub transformers):
-    python bench/modelopt_compare.py quantize MODEL_FP32.onnx OUT.npy {entropy,max} MO.onnx
+    python bench/experiments/modelopt_compare.py quantize MODEL_FP32.onnx OUT.npy {entropy,max} MO.onnx
     # 3. back in deeplab-edge's environment: the metadata of the FP32 export copied over, then
     #    evaluated as every QDQ model here is (ONNX Runtime, graph optimizations off: exact emulation)
-    python -m deeplab_edge.bench.modelopt_compare evaluate MODEL_FP32.onnx MO.onnx VAL_DIR OUT.json
+    python bench/experiments/modelopt_compare.py evaluate MODEL_FP32.onnx MO.onnx VAL_DIR OUT.json
 
 Step 2 imports nothing from deeplab-edge.
 """

@@ -10,10 +10,8 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .kernels_cmd import kernels_bench
-from .run_cmd import parse_scales
-from .common import (CALIB_METHODS, COUNT, NONNEG, THREADS, choices, console, int_list, out, output_option,
-                     output_stride_option, pct, print_json, progress_bar, check_tag)
+from .common import (CALIB_METHODS, COUNT, NONNEG, THREADS, check_tag, choices, console, int_list, out, output_option,
+                     output_stride_option, parse_scales, pct, print_json, progress_bar)
 
 # ----------------------------------------------------------------------------- bench
 
@@ -97,10 +95,9 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
       deeplab-edge bench kernels                     fused-ASPP micro-benchmarks"""
     if ctx.invoked_subcommand is not None:
         return
-    from ..bench.harness import (CRF_CHOICES, SHOWN_CALIBRATION_WARNINGS, default_tag, device_label, run_bench,
-                                 select_backends)
+    from ..bench.harness import CRF_CHOICES, SHOWN_CALIBRATION_WARNINGS, run_bench, select_backends
     from ..bench.power import power_sampler
-    from ..bench.report import write_results
+    from ..bench.report import default_tag, device_label, write_results
     from ..data.datasets import open_dataset
     from ..interrupts import temp_dir
     from ..runtime import resolve_device
@@ -227,5 +224,3 @@ def bench_compare(results, tag, output, as_json) -> None:
     for k, v in files.items():
         out.print(f"[green]wrote[/] {v}")
 
-
-bench_group.add_command(kernels_bench, "kernels")
