@@ -19,77 +19,117 @@ passed, so a failed build leaves no partial files (and no folder it created).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import stat
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from .engine import (Shapes, build_command, build_engine, build_script, file_entry, manifest_path, new_manifest,
                      parse_shapes, tensorrt_unavailable, this_machine, trtexec_command)
+from .calibration.cache import check_cache_against_onnx
+from .checkpoint import load_checkpoint
+from .data.datasets import open_dataset
+from .data.preprocess import Preprocess
 from .errors import DeepLabEdgeError
-from .export import read_metadata
-from .outputs import check_output_file, staged_dir
+from .export import dynamic_axes, export_onnx, read_metadata
+from .outputs import check_output_file, refuse_overwriting_inputs, refuse_writing_over, staged_dir
 
-__all__ = ["build"]
+__all__ = ["build", "BuildSpec"]
 
 
-def build(*, output: Path, weights: Path | None = None, onnx: Path | None = None, data: Path | None = None,
-          int8: bool = False, fp16: bool = False, calib_data: Path | None = None, calib_cache: Path | None = None,
-          qdq: Path | None = None, calib_method: str = "mse", calib_num: int = 256, keep_float_top: int = 0,
-          int8_route: str = "qdq", shapes: str | None = None, dla_core: int | None = None,
-          gpu_fallback: bool = False, workspace_mb: int | None = None, timing_cache: Path | None = None,
-          log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Run the chain; returns the manifest (with ``files``: what was written)."""
-    output = Path(output)
-    if output.suffix in ("", ".onnx", ".json"):
-        raise DeepLabEdgeError(f"-o {output}: give the engine's file name, e.g. -o out/model.engine")
-    if (weights is None) == (onnx is None):
-        raise DeepLabEdgeError(f"{'no model' if weights is onnx is None else 'both --weights and --onnx'} given; "
-                               "pass exactly one of --weights FILE (checkpoint) or --onnx FILE (FP32 export)")
-    for p, what in ((weights, "checkpoint"), (onnx, "ONNX model"), (calib_cache, "calibration cache"),
-                    (qdq, "QDQ ONNX model")):
-        if p is not None and not Path(p).is_file():
-            raise DeepLabEdgeError(f"{p}: {what} not found; check the path")
-    sources = [s for s in (calib_data, calib_cache, qdq) if s is not None]
-    if int8 and not sources:
-        raise DeepLabEdgeError("--int8 needs calibration: --calib-data DIR (calibrate here), --calib-cache FILE or "
-                               "--qdq FILE (from `deeplab-edge calibrate`)")
-    if not int8 and sources:
-        raise DeepLabEdgeError("--calib-data / --calib-cache / --qdq only make sense with --int8")
-    if len(sources) > 1 and not (calib_cache is not None and qdq is not None):
-        raise DeepLabEdgeError("give one INT8 source: --calib-data, or --qdq and/or --calib-cache")
-    if dla_core is not None and not (fp16 or int8):
-        raise DeepLabEdgeError("DLA runs FP16 or INT8 only: add --fp16 or --int8 to --dla")
-    if gpu_fallback and dla_core is None:
-        raise DeepLabEdgeError("--allow-gpu-fallback only applies with --dla N")
-    if workspace_mb is not None and workspace_mb < 1:
-        raise DeepLabEdgeError(f"--workspace must be >= 1 MB, got {workspace_mb}")
+@dataclass(frozen=True)
+class BuildSpec:
+    """What ``build`` makes: ``output`` (``out/NAME.engine``, the bundle beside it) from ``weights`` (a checkpoint,
+    exported with a parity check on ``data``) or ``onnx`` (an FP32 export); INT8 from ``calib_data`` (calibrated
+    here: ``calib_method``, ``calib_num`` images, the ``keep_float_top`` most sensitive Convs in float),
+    ``qdq`` and/or ``calib_cache``, by ``int8_route``; FP16; the profile ``shapes``; DLA (``dla_core``,
+    ``gpu_fallback``); the builder's ``workspace_mb`` and ``timing_cache``. Checked by :meth:`check`."""
 
-    if calib_num < 1 or keep_float_top < 0 or (dla_core is not None and dla_core < 0):
-        raise DeepLabEdgeError(f"expected --calib-num >= 1, --keep-float >= 0 and --dla >= 0, got {calib_num}, "
-                               f"{keep_float_top} and {dla_core}")
+    output: Path
+    weights: Path | None = None
+    onnx: Path | None = None
+    data: Path | None = None
+    int8: bool = False
+    fp16: bool = False
+    calib_data: Path | None = None
+    calib_cache: Path | None = None
+    qdq: Path | None = None
+    calib_method: str = "mse"
+    calib_num: int = 256
+    keep_float_top: int = 0
+    int8_route: str = "qdq"
+    shapes: str | None = None
+    dla_core: int | None = None
+    gpu_fallback: bool = False
+    workspace_mb: int | None = None
+    timing_cache: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return Path(self.output).stem
+
+    @property
+    def dest(self) -> Path:
+        return Path(self.output).parent
+
+    @property
+    def inputs(self) -> dict[str, Path | None]:
+        """The build's input files by option."""
+        return {"--weights": self.weights, "--onnx": self.onnx, "--qdq": self.qdq, "--calib-cache": self.calib_cache,
+                "--data": self.data, "--calib-data": self.calib_data}
+
+    def check(self) -> None:
+        """Refuse options that do not make a build, before any work."""
+        if Path(self.output).suffix in ("", ".onnx", ".json"):
+            raise DeepLabEdgeError(f"-o {self.output}: give the engine's file name, e.g. -o out/model.engine")
+        if (self.weights is None) == (self.onnx is None):
+            raise DeepLabEdgeError(f"{'no model' if self.weights is self.onnx is None else 'both --weights and --onnx'}"
+                                   " given; pass exactly one of --weights FILE (checkpoint) or --onnx FILE (FP32 export)")
+        for p, what in ((self.weights, "checkpoint"), (self.onnx, "ONNX model"), (self.calib_cache, "calibration cache"),
+                        (self.qdq, "QDQ ONNX model")):
+            if p is not None and not Path(p).is_file():
+                raise DeepLabEdgeError(f"{p}: {what} not found; check the path")
+        sources = [s for s in (self.calib_data, self.calib_cache, self.qdq) if s is not None]
+        if self.int8 and not sources:
+            raise DeepLabEdgeError("--int8 needs calibration: --calib-data DIR (calibrate here), --calib-cache FILE or "
+                                   "--qdq FILE (from `deeplab-edge calibrate`)")
+        if not self.int8 and sources:
+            raise DeepLabEdgeError("--calib-data / --calib-cache / --qdq only make sense with --int8")
+        if len(sources) > 1 and not (self.calib_cache is not None and self.qdq is not None):
+            raise DeepLabEdgeError("give one INT8 source: --calib-data, or --qdq and/or --calib-cache")
+        if self.dla_core is not None and not (self.fp16 or self.int8):
+            raise DeepLabEdgeError("DLA runs FP16 or INT8 only: add --fp16 or --int8 to --dla")
+        if self.gpu_fallback and self.dla_core is None:
+            raise DeepLabEdgeError("--allow-gpu-fallback only applies with --dla N")
+        if self.workspace_mb is not None and self.workspace_mb < 1:
+            raise DeepLabEdgeError(f"--workspace must be >= 1 MB, got {self.workspace_mb}")
+        if self.calib_num < 1 or self.keep_float_top < 0 or (self.dla_core is not None and self.dla_core < 0):
+            raise DeepLabEdgeError(f"expected --calib-num >= 1, --keep-float >= 0 and --dla >= 0, got {self.calib_num}, "
+                                   f"{self.keep_float_top} and {self.dla_core}")
+
+
+def build(spec: BuildSpec | None = None, *, log: Callable[[str], None] = lambda s: None,
+          **options: Any) -> dict[str, Any]:
+    """Run the chain for ``spec`` (or the :class:`BuildSpec` fields in ``options``: ``build(output=..., weights=...,
+    int8=True, calib_data=...)``); returns the manifest (with ``files``: what was written)."""
+    spec = dataclasses.replace(spec, **options) if spec is not None else BuildSpec(**options)
+    spec.check()
+    output = Path(spec.output)
     check_output_file(output, "-o", "model.engine")
-
-    name = output.stem
-    dest = output.parent
-    inputs = {"--weights": weights, "--onnx": onnx, "--qdq": qdq, "--calib-cache": calib_cache, "--data": data,
-              "--calib-data": calib_data}
-    _refuse_bundle_over_inputs(dest, name, output, inputs, timing_cache)
+    _refuse_bundle_over_inputs(spec.dest, spec.name, output, spec.inputs, spec.timing_cache)
     # an earlier bundle of this NAME: its files that this build does not write again go (no stale NAME.cache
     # beside a manifest without INT8); inputs used in place stay
-    given = [Path(p) for p in inputs.values() if p is not None]
-    earlier = [dest / n for n in _bundle_names(name, output)
-               if (dest / n).is_file() and not any(p.is_file() and os.path.samefile(p, dest / n) for p in given)]
-    with staged_dir(dest, replace=earlier) as stage:
-        files = _build_in(stage, name, output, weights=weights, onnx=onnx, data=data, int8=int8, fp16=fp16,
-                          calib_data=calib_data, calib_cache=calib_cache, qdq=qdq, calib_method=calib_method,
-                          calib_num=calib_num, keep_float_top=keep_float_top, int8_route=int8_route,
-                          shapes=shapes, dla_core=dla_core, gpu_fallback=gpu_fallback, workspace_mb=workspace_mb,
-                          timing_cache=timing_cache, log=log)
-        manifest = files.pop("_manifest")
-    manifest["files"] = {key: str(dest / p.name) for key, p in files.items()}
+    given = [Path(p) for p in spec.inputs.values() if p is not None]
+    earlier = [spec.dest / n for n in _bundle_names(spec.name, output)
+               if (spec.dest / n).is_file() and not any(p.is_file() and os.path.samefile(p, spec.dest / n) for p in given)]
+    with staged_dir(spec.dest, replace=earlier) as stage:
+        files, manifest = _build_in(stage, spec, log)
+    manifest["files"] = {key: str(spec.dest / p.name) for key, p in files.items()}
     return manifest
 
 
@@ -106,8 +146,6 @@ def _refuse_bundle_over_inputs(dest: Path, name: str, output: Path, inputs: dict
                                timing_cache: Path | None = None) -> None:
     """No bundle file is written over one of the build's inputs (other than an input in its own slot), and the
     timing cache (read and updated in place) is neither an input nor a file of the bundle."""
-    from .outputs import refuse_overwriting_inputs, refuse_writing_over
-
     given = {opt: [Path(p)] for opt, p in inputs.items() if p is not None}
     refuse_overwriting_inputs({"-o": (output, "file")}, given)
     for opt, paths in given.items():
@@ -131,140 +169,152 @@ def _take(src: Path, target: Path, dest: Path) -> Path:
     return target
 
 
-def _build_in(stage: Path, name: str, output: Path, *, weights, onnx, data, int8, fp16, calib_data, calib_cache, qdq,
-              calib_method, calib_num, keep_float_top, int8_route, shapes, dla_core, gpu_fallback, workspace_mb,
-              timing_cache, log) -> dict[str, Any]:
-    import onnx as onnx_lib  # `onnx` is the --onnx path here
-
-    files: dict[str, Any] = {}
-    fp32 = stage / f"{name}_fp32.onnx"
-    checkpoint = None
-    if weights is not None:
-        from .checkpoint import load_checkpoint
-        from .data.datasets import open_dataset
-        from .data.preprocess import Preprocess
-        from .export import dynamic_axes, export_onnx
-
-        img_src = data or calib_data
-        if img_src is None:
-            raise DeepLabEdgeError("exporting a checkpoint needs real images for the parity check: pass --data DIR "
-                                   "(or --calib-data DIR)")
-        loaded = load_checkpoint(weights)
-        pre = Preprocess.from_dict(loaded.meta.get("preprocess") or {})
-        prof = parse_shapes(shapes, pre.fixed_input_hw)
-        ds = open_dataset(img_src).subset(4)
-        log(f"exporting {weights.name} to ONNX (parity check on {len(ds)} images)")
-        # without a fixed input size H and W are dynamic; --shapes (required then) gives the engine's profile
-        export_onnx(loaded, fp32, [ds.load(i)[1] for i in range(len(ds))],
-                    dynamic=dynamic_axes(loaded.meta, batch=prof.min[0] != prof.max[0]))
-        checkpoint = {"file": str(weights), "sha256": loaded.meta.get("sha256")}
-    else:
-        meta = read_metadata(onnx)
+def _export_fp32(stage: Path, spec: BuildSpec, log: Callable[[str], None]) -> tuple[Path, dict[str, Any] | None]:
+    """The bundle's FP32 export: the checkpoint exported (parity-checked on real images), or the given export
+    (used in place when it already is the bundle's file); with the checkpoint's record when exported here."""
+    fp32 = stage / f"{spec.name}_fp32.onnx"
+    if spec.weights is None:
+        meta = read_metadata(spec.onnx)
         if meta.get("precision") not in (None, "fp32") or "preprocess" not in meta:
-            raise DeepLabEdgeError(f"{onnx}: not a deeplab-edge FP32 export (precision {meta.get('precision')!r}); "
+            raise DeepLabEdgeError(f"{spec.onnx}: not a deeplab-edge FP32 export (precision {meta.get('precision')!r}); "
                                    "export one with `deeplab-edge export`")
-        fp32 = _take(onnx, fp32, output.parent)
-    meta = read_metadata(fp32)
-    from .data.preprocess import Preprocess
+        return _take(spec.onnx, fp32, spec.dest), None
+    img_src = spec.data or spec.calib_data
+    if img_src is None:
+        raise DeepLabEdgeError("exporting a checkpoint needs real images for the parity check: pass --data DIR "
+                               "(or --calib-data DIR)")
+    loaded = load_checkpoint(spec.weights)
+    prof = parse_shapes(spec.shapes, Preprocess.from_dict(loaded.meta.get("preprocess") or {}).fixed_input_hw)
+    ds = open_dataset(img_src).subset(4)
+    log(f"exporting {Path(spec.weights).name} to ONNX (parity check on {len(ds)} images)")
+    # without a fixed input size H and W are dynamic; --shapes (required then) gives the engine's profile
+    export_onnx(loaded, fp32, [ds.load(i)[1] for i in range(len(ds))],
+                dynamic=dynamic_axes(loaded.meta, batch=prof.min[0] != prof.max[0]))
+    return fp32, {"file": str(spec.weights), "sha256": loaded.meta.get("sha256")}
 
-    prof: Shapes = parse_shapes(shapes, Preprocess.from_dict(meta["preprocess"]).fixed_input_hw)
-    model = onnx_lib.load(str(fp32), load_external_data=False)
-    inp = model.graph.input[0]
+
+def _profile(spec: BuildSpec, fp32: Path, meta: dict[str, Any]) -> tuple[Shapes, str]:
+    """The engine's optimization profile and the export's input name; a profile past a fixed batch is refused."""
+    import onnx
+
+    prof: Shapes = parse_shapes(spec.shapes, Preprocess.from_dict(meta["preprocess"]).fixed_input_hw)
+    inp = onnx.load(str(fp32), load_external_data=False).graph.input[0]
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
     if dims[0] is not None and prof.max[0] > dims[0]:
         raise DeepLabEdgeError(f"{fp32.name} has a fixed batch of {dims[0]}; --shapes asks for {prof.max[0]}: "
                                "re-export with --dynamic batch")
-    files["onnx_fp32"] = fp32
+    return prof, inp.name
 
-    route = None
-    calib_info: dict[str, Any] | None = None
-    if int8:
-        from .calibration import check_cache_against_onnx
 
-        if calib_data is not None:
-            from .calibration import calibrate
+def _calibrate_here(stage: Path, spec: BuildSpec, fp32: Path, log: Callable[[str], None]
+                    ) -> tuple[dict[str, Path], dict[str, Any]]:
+    """``--calib-data``: ``calibrate`` into the stage, its files renamed into the bundle's slots."""
+    from .calibration.workflow import calibrate
 
-            log(f"calibrating ({calib_method}, up to {calib_num} images of {calib_data})")
-            cal_dir = stage / "calib"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # recorded in the report: the manifest keeps them, the log shows them
-                rep = calibrate(fp32, calib_data, cal_dir, num=calib_num, method=calib_method, cpu_int8=False,
-                                keep_float_top=keep_float_top)
-            for w in rep["warnings"]:
-                if w["kind"] != "few_images":
-                    log(f"warning: {w['message']}")
-            os.replace(cal_dir / "model_qdq.onnx", stage / f"{name}_qdq.onnx")
-            os.replace(cal_dir / "calibration.cache", stage / f"{name}.cache")
-            os.replace(cal_dir / "ranges.json", stage / f"{name}_ranges.json")
-            shutil.rmtree(cal_dir, ignore_errors=True)
-            files.update(qdq_onnx=stage / f"{name}_qdq.onnx", cache=stage / f"{name}.cache",
-                         ranges=stage / f"{name}_ranges.json")
-            calib_info = {"method": calib_method, "images": rep["images"], "data": str(calib_data),
-                          "keep_float": rep.get("keep_float", []), "warnings": rep["warnings"],
-                          "images_sha1": (read_metadata(files["qdq_onnx"]).get("calibration") or {}).get("images_sha1")}
-        if qdq is not None:
-            qmeta = read_metadata(qdq)
-            if qmeta.get("precision") != "int8-qdq-tensorrt":
-                raise DeepLabEdgeError(f"{qdq}: not a TensorRT QDQ model from `deeplab-edge calibrate` (precision "
-                                       f"{qmeta.get('precision')!r})")
-            if qmeta.get("checkpoint_sha256") != meta.get("checkpoint_sha256"):
-                raise DeepLabEdgeError(f"{qdq}: calibrated from another checkpoint than {fp32.name}; recalibrate")
-            files["qdq_onnx"] = _take(qdq, stage / f"{name}_qdq.onnx", output.parent)
-            calib_info = {"method": (qmeta.get("calibration") or {}).get("method"), "source": str(qdq),
-                          "images_sha1": (qmeta.get("calibration") or {}).get("images_sha1")}
-        if calib_cache is not None:
-            check_cache_against_onnx(calib_cache, fp32)  # names must match the FP32 export
-            files["cache"] = _take(calib_cache, stage / f"{name}.cache", output.parent)
-            calib_info = calib_info or {"source": str(calib_cache)}
-        route = "qdq" if "qdq_onnx" in files and int8_route == "qdq" else "cache"
-        if route == "cache" and "cache" not in files:
-            raise DeepLabEdgeError("--int8-route cache needs a calibration cache (--calib-cache or --calib-data)")
+    log(f"calibrating ({spec.calib_method}, up to {spec.calib_num} images of {spec.calib_data})")
+    cal_dir = stage / "calib"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # recorded in the report: the manifest keeps them, the log shows them
+        rep = calibrate(fp32, spec.calib_data, cal_dir, num=spec.calib_num, method=spec.calib_method, cpu_int8=False,
+                        keep_float_top=spec.keep_float_top)
+    for w in rep["warnings"]:
+        if w["kind"] != "few_images":
+            log(f"warning: {w['message']}")
+    files = {"qdq_onnx": stage / f"{spec.name}_qdq.onnx", "cache": stage / f"{spec.name}.cache",
+             "ranges": stage / f"{spec.name}_ranges.json"}
+    for key, made in (("qdq_onnx", "model_qdq.onnx"), ("cache", "calibration.cache"), ("ranges", "ranges.json")):
+        os.replace(cal_dir / made, files[key])
+    shutil.rmtree(cal_dir, ignore_errors=True)
+    info = {"method": spec.calib_method, "images": rep["images"], "data": str(spec.calib_data),
+            "keep_float": rep.get("keep_float", []), "warnings": rep["warnings"],
+            "images_sha1": (read_metadata(files["qdq_onnx"]).get("calibration") or {}).get("images_sha1")}
+    return files, info
 
-    engine_file = stage / output.name
+
+def _int8_sources(stage: Path, spec: BuildSpec, fp32: Path, meta: dict[str, Any], log: Callable[[str], None]
+                  ) -> tuple[dict[str, Path], dict[str, Any] | None, str | None]:
+    """The INT8 files in the bundle (QDQ model, cache, ranges), the calibration record and the INT8 route."""
+    if not spec.int8:
+        return {}, None, None
+    files: dict[str, Path] = {}
+    calib_info = None
+    if spec.calib_data is not None:
+        files, calib_info = _calibrate_here(stage, spec, fp32, log)
+    if spec.qdq is not None:
+        qmeta = read_metadata(spec.qdq)
+        if qmeta.get("precision") != "int8-qdq-tensorrt":
+            raise DeepLabEdgeError(f"{spec.qdq}: not a TensorRT QDQ model from `deeplab-edge calibrate` (precision "
+                                   f"{qmeta.get('precision')!r})")
+        if qmeta.get("checkpoint_sha256") != meta.get("checkpoint_sha256"):
+            raise DeepLabEdgeError(f"{spec.qdq}: calibrated from another checkpoint than {fp32.name}; recalibrate")
+        files["qdq_onnx"] = _take(spec.qdq, stage / f"{spec.name}_qdq.onnx", spec.dest)
+        calib_info = {"method": (qmeta.get("calibration") or {}).get("method"), "source": str(spec.qdq),
+                      "images_sha1": (qmeta.get("calibration") or {}).get("images_sha1")}
+    if spec.calib_cache is not None:
+        check_cache_against_onnx(spec.calib_cache, fp32)  # names must match the FP32 export
+        files["cache"] = _take(spec.calib_cache, stage / f"{spec.name}.cache", spec.dest)
+        calib_info = calib_info or {"source": str(spec.calib_cache)}
+    route = "qdq" if "qdq_onnx" in files and spec.int8_route == "qdq" else "cache"
+    if route == "cache" and "cache" not in files:
+        raise DeepLabEdgeError("--int8-route cache needs a calibration cache (--calib-cache or --calib-data)")
+    return files, calib_info, route
+
+
+def _commands(spec: BuildSpec, files: dict[str, Path], fp32: Path, engine_kw: dict[str, Any],
+              input_name: str) -> dict[str, Any]:
+    """The commands that build this engine on the target: deeplab-edge's, trtexec's, and trtexec's for 11."""
+    output, route = Path(spec.output), engine_kw["route"]
     eng_onnx = files["qdq_onnx"] if route == "qdq" else fp32
-    common = dict(shapes=prof, fp16=fp16, int8=int8, route=route, workspace_mb=workspace_mb, dla_core=dla_core,
-                  gpu_fallback=gpu_fallback)
-    input_name = inp.name
     # the script runs from the bundle's folder: the timing cache as seen from there
-    tc = os.path.relpath(os.path.abspath(timing_cache), os.path.abspath(output.parent)) if timing_cache else None
-    cmd_kw = dict(common, timing_cache=tc,
-                  cache=files["cache"].name if "cache" in files else None)
+    tc = (os.path.relpath(os.path.abspath(spec.timing_cache), os.path.abspath(spec.dest))
+          if spec.timing_cache else None)
+    cmd_kw = dict(engine_kw, timing_cache=tc, cache=files["cache"].name if "cache" in files else None)
     trtexec = trtexec_command(onnx=eng_onnx.name, engine=output.name, input_name=input_name, **cmd_kw)
     trtexec11 = (trtexec_command(onnx=eng_onnx.name, engine=output.name, input_name=input_name, trt_major_version=11,
                                  **cmd_kw) if route != "cache" else None)
     de_cmd = build_command(fp32_onnx=fp32.name, qdq_onnx=files["qdq_onnx"].name if "qdq_onnx" in files else None,
                            engine=output.name, **cmd_kw)
+    return {"deeplab_edge": de_cmd, "trtexec": trtexec, "trtexec_trt11": trtexec11}
 
+
+def _build_in(stage: Path, spec: BuildSpec, log: Callable[[str], None]) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Every file of the bundle, written into ``stage``; returns (files by key, manifest)."""
+    fp32, checkpoint = _export_fp32(stage, spec, log)
+    meta = read_metadata(fp32)
+    prof, input_name = _profile(spec, fp32, meta)
+    int8_files, calib_info, route = _int8_sources(stage, spec, fp32, meta, log)
+    files: dict[str, Path] = {"onnx_fp32": fp32, **int8_files}
+    engine_kw = dict(shapes=prof, fp16=spec.fp16, int8=spec.int8, route=route, workspace_mb=spec.workspace_mb,
+                     dla_core=spec.dla_core, gpu_fallback=spec.gpu_fallback)
+    commands = _commands(spec, files, fp32, engine_kw, input_name)
+
+    engine_file = stage / Path(spec.output).name
     here = this_machine()
     reason = tensorrt_unavailable()
     built = None
     if reason is None:
         log(f"building the TensorRT {here['tensorrt']} engine on {here['gpu']['name']}")
-        built = build_engine(onnx=eng_onnx, engine=engine_file, cache=files.get("cache"), timing_cache=timing_cache,
-                             **common)
+        built = build_engine(onnx=files["qdq_onnx"] if route == "qdq" else fp32, engine=engine_file,
+                             cache=files.get("cache"), timing_cache=spec.timing_cache, **engine_kw)
         files["engine"] = engine_file
     manifest = new_manifest(
         engine=file_entry(engine_file) if built else None, engine_built=built is not None,
-        not_built_reason=None if built else f"{reason}; run {name}_build_engine.sh on the target",
+        not_built_reason=None if built else f"{reason}; run {spec.name}_build_engine.sh on the target",
         tensorrt=here["tensorrt"] if built else None, cuda=here["cuda"] if built else None,
         gpu=here["gpu"] if built else None, jetson=here["jetson"] if built else None,
-        built_on=here, precision={"fp16": fp16, "int8": int8, "int8_route": route,
+        built_on=here, precision={"fp16": spec.fp16, "int8": spec.int8, "int8_route": route,
                                   "strongly_typed": (built or {}).get("strongly_typed")},
-        dla_core=dla_core, gpu_fallback=gpu_fallback, workspace_mb=workspace_mb,
+        dla_core=spec.dla_core, gpu_fallback=spec.gpu_fallback, workspace_mb=spec.workspace_mb,
         input={"name": input_name, "shapes": prof.as_dict()}, onnx_fp32=file_entry(fp32),
         onnx_qdq=file_entry(files.get("qdq_onnx")), calibration_cache=file_entry(files.get("cache")),
         calibration=calib_info, checkpoint=checkpoint or {"sha256": meta.get("checkpoint_sha256")},
         arch=meta.get("arch"), num_classes=meta["num_classes"], classes=meta.get("classes"),
-        preprocess=meta["preprocess"], build_s=(built or {}).get("build_s"),
-        build={"deeplab_edge": de_cmd, "trtexec": trtexec, "trtexec_trt11": trtexec11})
-    man = stage / manifest_path(output.name).name
-    import json
-
+        preprocess=meta["preprocess"], build_s=(built or {}).get("build_s"), build=commands)
+    man = stage / manifest_path(Path(spec.output).name).name
     man.write_text(json.dumps(manifest, indent=1, default=str))
     files["manifest"] = man
-    script = stage / f"{name}_build_engine.sh"
+    script = stage / f"{spec.name}_build_engine.sh"
     script.write_text(build_script(manifest))
     script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     files["script"] = script
-    files["_manifest"] = manifest
-    return files
+    return files, manifest

@@ -25,16 +25,21 @@ tested here); those two call TensorRT's Python API and need it and a CUDA GPU:
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.util
 import json
 import shlex
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
 
+from . import __version__
 from .checkpoint import file_sha256
+from .jetson import jetson_info
 from .outputs import atomic_path
 from .errors import DeepLabEdgeError, EngineError
 
@@ -153,8 +158,6 @@ def this_machine(device: str | int | torch.device | None = None) -> dict[str, An
     ``gpus`` lists every CUDA device (index, name, compute capability); ``gpu`` is the one an
     engine is built or run on: ``device`` (see :func:`engine_device_index`), by default the
     current CUDA device, which is where TensorRT builds."""
-    from importlib.metadata import PackageNotFoundError, version
-
     info: dict[str, Any] = {"tensorrt": None, "cuda": torch.version.cuda, "gpu": None, "gpus": [], "jetson": None}
     try:
         import tensorrt as trt  # noqa: F401
@@ -170,8 +173,6 @@ def this_machine(device: str | int | torch.device | None = None) -> dict[str, An
             p = torch.cuda.get_device_properties(i)
             info["gpus"].append({"index": i, "name": p.name, "compute_capability": f"{p.major}.{p.minor}"})
         info["gpu"] = _gpu_at(info, engine_device_index(device))
-    from .jetson import jetson_info
-
     info["jetson"] = jetson_info()
     return info
 
@@ -343,8 +344,6 @@ def build_script(manifest: dict[str, Any]) -> str:
 
 def tensorrt_unavailable() -> str | None:
     """Why TensorRT cannot build or run engines on this machine (None when it can)."""
-    import importlib.util
-
     if importlib.util.find_spec("tensorrt") is None:
         return ("TensorRT's Python package (tensorrt) is not installed on this machine: it comes with JetPack on a "
                 "Jetson, or `pip install tensorrt` on a CUDA machine")
@@ -370,8 +369,6 @@ def build_engine(*, onnx: Path, engine: Path, shapes: Shapes, fp16: bool, int8: 
                  cache: Path | None, workspace_mb: int | None, dla_core: int | None, gpu_fallback: bool,
                  timing_cache: Path | None) -> dict[str, Any]:
     """Build and serialize an engine with TensorRT's Python API; returns build facts."""
-    import time
-
     trt = import_tensorrt()
     major = trt_major(trt.__version__)
     logger = trt.Logger(trt.Logger.WARNING)
@@ -455,7 +452,5 @@ def _cache_calibrator(trt, cache: Path | None):
 
 
 def new_manifest(**kw: Any) -> dict[str, Any]:
-    from . import __version__
-
     return {"format": MANIFEST_FORMAT, "deeplab_edge": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **kw}
