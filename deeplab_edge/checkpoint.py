@@ -23,7 +23,7 @@ import torch
 
 from .data.datasets import VOC_CLASSES
 from .outputs import atomic_path
-from .data.preprocess import IMAGENET
+from .data.preprocess import IMAGENET, Preprocess
 from .errors import CheckpointError
 from .models import MODELS, DeepLab, get_model, restride_config
 
@@ -96,6 +96,22 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, map_location: 
     ``output_stride`` runs the same weights at another output stride (e.g. 8 for a model trained
     at 16, as DeepLab-v3 evaluates; see ``models.restride_config``)."""
     path = Path(path)
+    obj = _read(path, map_location)
+    if obj.get("format") == FORMAT:
+        config, sd, meta = _own_format(path, obj, arch)
+    else:
+        config, sd, meta = _plain_state_dict(path, obj, arch)
+    model = _build(path, config, sd)
+    if output_stride is not None and output_stride != model.config.get("output_stride"):
+        model = _restride(path, model, output_stride)
+    _check_meta_and_weights(path, model, meta)
+    meta.setdefault("sha256", file_sha256(path))
+    return LoadedModel(model.eval(), meta, path)
+
+
+def _read(path: Path, map_location: str) -> dict[str, Any]:
+    """The file's dict, tensors and containers only (``weights_only``), refused with the reason when it is no
+    model file: missing, not a torch file, Python objects inside, not a dict, train's resume state."""
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; create one with `deeplab-edge import` or pass a .pt/.pth")
     try:
@@ -118,34 +134,51 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, map_location: 
         raise CheckpointError(f"{path}: is `deeplab-edge train`'s resume state, not a model (its preprocessing and "
                               f"classes are in the checkpoints); use {path.parent / 'last.pt'} or "
                               f"{path.parent / 'best.pt'} beside it")
-    if obj.get("format") == FORMAT:
-        config, sd = obj.get("config"), obj.get("state_dict")
-        if not isinstance(config, dict) or not isinstance(sd, dict):
-            raise CheckpointError(f"{path}: a {FORMAT} checkpoint without its "
-                                  f"{'config' if not isinstance(config, dict) else 'state_dict'} dict; write "
-                                  "checkpoints with deeplab_edge.checkpoint.save_checkpoint")
-        config, meta = dict(config), dict(obj.get("meta") or {})
-        if arch is not None and arch != config.get("arch"):
-            raise CheckpointError(f"{path}: checkpoint is a {config.get('arch')}, not a {arch}; drop --arch or "
-                                  "pass the matching checkpoint")
-    else:
-        sd = obj.get("state_dict") or obj.get("model") or obj.get("model_state") or obj
-        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-            raise CheckpointError(f"{path}: no state dict of tensors inside; pass a deeplab-edge .pt or a state dict")
-        sd = {k.removeprefix("module."): v for k, v in sd.items()}
-        arch = arch or _guess_arch(sd)
-        if arch is None:
-            raise CheckpointError(f"{path}: cannot tell the architecture from its keys; pass --arch "
-                                  f"(one of {', '.join(MODELS)})")
-        n = _num_classes(sd)
-        if n is None:
-            raise CheckpointError(f"{path}: no classifier weights found for a {arch}; is this a segmentation model?")
-        config = {"arch": arch, "num_classes": n}
-        if any(k.startswith("aux_classifier.") for k in sd):
-            config["aux_loss"] = True
-        meta = {"classes": VOC_CLASSES if n == 21 else [f"class_{i}" for i in range(n)],
-                "preprocess": {"size": None, "resize": "none", "pad": False, **IMAGENET},
-                "source": {"format": "state_dict", "file": path.name}}
+    return obj
+
+
+def _own_format(path: Path, obj: dict[str, Any], arch: str | None
+                ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """(builder config, state dict, meta) of a deeplab-edge checkpoint; ``arch``, when given, must be its own."""
+    config, sd = obj.get("config"), obj.get("state_dict")
+    if not isinstance(config, dict) or not isinstance(sd, dict):
+        raise CheckpointError(f"{path}: a {FORMAT} checkpoint without its "
+                              f"{'config' if not isinstance(config, dict) else 'state_dict'} dict; write "
+                              "checkpoints with deeplab_edge.checkpoint.save_checkpoint")
+    config, meta = dict(config), dict(obj.get("meta") or {})
+    if arch is not None and arch != config.get("arch"):
+        raise CheckpointError(f"{path}: checkpoint is a {config.get('arch')}, not a {arch}; drop --arch or "
+                              "pass the matching checkpoint")
+    return config, sd, meta
+
+
+def _plain_state_dict(path: Path, obj: dict[str, Any], arch: str | None
+                      ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """(builder config, state dict, meta) of a plain (or wrapped) state dict: the architecture from ``arch`` or
+    its keys, the class count from its classifier, VOC's names for 21 classes, ImageNet's normalisation."""
+    sd = obj.get("state_dict") or obj.get("model") or obj.get("model_state") or obj
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path}: no state dict of tensors inside; pass a deeplab-edge .pt or a state dict")
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    arch = arch or _guess_arch(sd)
+    if arch is None:
+        raise CheckpointError(f"{path}: cannot tell the architecture from its keys; pass --arch "
+                              f"(one of {', '.join(MODELS)})")
+    n = _num_classes(sd)
+    if n is None:
+        raise CheckpointError(f"{path}: no classifier weights found for a {arch}; is this a segmentation model?")
+    config = {"arch": arch, "num_classes": n}
+    if any(k.startswith("aux_classifier.") for k in sd):
+        config["aux_loss"] = True
+    meta = {"classes": VOC_CLASSES if n == 21 else [f"class_{i}" for i in range(n)],
+            "preprocess": {"size": None, "resize": "none", "pad": False, **IMAGENET},
+            "source": {"format": "state_dict", "file": path.name}}
+    return config, sd, meta
+
+
+def _build(path: Path, config: dict[str, Any], sd: dict[str, torch.Tensor]) -> DeepLab:
+    """The model of ``config`` with the weights ``sd`` (strict); a mismatch names what is missing, unexpected or
+    of the wrong shape."""
     name = config.pop("arch", None)
     if name not in MODELS:
         raise CheckpointError(f"{path}: unknown architecture {name!r}; expected one of {', '.join(MODELS)}")
@@ -165,24 +198,23 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, map_location: 
                            (("missing", missing), ("unexpected", unexpected), ("wrong shape", shape)) if ks)
         raise CheckpointError(f"{path}: weights do not fit {name} with {model.num_classes} classes "
                               f"({detail}); pass the matching --arch or checkpoint") from e
-    if output_stride is not None and output_stride != model.config.get("output_stride"):
-        try:
-            config = restride_config(model.config, output_stride)
-        except ValueError as e:
-            raise CheckpointError(f"{path}: {e}; pick another --output-stride") from e
-        restrided = get_model(config.pop("arch"), **config)
-        restrided.load_state_dict(model.state_dict(), strict=True)
-        model = restrided
-    _check_meta_and_weights(path, model, meta)
-    meta.setdefault("sha256", file_sha256(path))
-    return LoadedModel(model.eval(), meta, path)
+    return model
+
+
+def _restride(path: Path, model: DeepLab, output_stride: int) -> DeepLab:
+    """The same weights in a model built for ``output_stride`` (``models.restride_config``)."""
+    try:
+        config = restride_config(model.config, output_stride)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}; pick another --output-stride") from e
+    restrided = get_model(config.pop("arch"), **config)
+    restrided.load_state_dict(model.state_dict(), strict=True)
+    return restrided
 
 
 def _check_meta_and_weights(path: Path, model: DeepLab, meta: dict[str, Any]) -> None:
     """What the checkpoint says beside its weights fits them (one class name per class, names told apart, a
     preprocessing that can run), and the weights are numbers: else every result from it would be wrong."""
-    from .data.preprocess import Preprocess
-
     classes = meta.get("classes")
     if classes is not None:
         if not isinstance(classes, list) or len(classes) != model.num_classes:

@@ -15,6 +15,7 @@ by TensorRT 8.6+ and ONNX Runtime.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import warnings
@@ -144,23 +145,9 @@ def export_onnx(loaded: LoadedModel, output: str | Path, images: Sequence[np.nda
 
     ``fp16`` exports the model in half precision (float16 weights, input and output); the parity
     check still compares against the float32 PyTorch model."""
-    import copy
+    import onnx  # noqa: F401  (without it, fail before the export's work, not after it)
 
-    import onnx
-
-    if opset < MIN_OPSET:
-        raise ExportError(f"opset {opset} is too old; use --opset {MIN_OPSET} or newer")
-    bad = [d for d in dynamic if d not in DYNAMIC_CHOICES]
-    if bad:
-        raise ExportError(f"unknown dynamic axes {bad}; choose from {', '.join(DYNAMIC_CHOICES)}")
-    if not images:
-        raise ExportError("no images for the parity check; pass --data with at least one image")
-    pre_dict = dict(loaded.meta.get("preprocess") or {})
-    if input_size is not None:
-        pre_dict.update(size=input_size, resize="long_side", pad=True)
-    pre = Preprocess.from_dict(pre_dict)
-    if pre.fixed_input_hw is None and "hw" not in dynamic:
-        raise ExportError("this model's preprocessing has no fixed input size; pass --input-size N or --dynamic hw")
+    pre = _export_preprocess(loaded, images, input_size=input_size, opset=opset, dynamic=dynamic)
     model = loaded.model.eval().float()
     output = Path(output)
     prepared = [pre(im) for im in images]
@@ -176,34 +163,8 @@ def export_onnx(loaded: LoadedModel, output: str | Path, images: Sequence[np.nda
         else:
             _export(model, x0, tmp, opset, dynamic, exporter)
         report.steps_s["export"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        m = onnx.load(str(tmp))
-        try:
-            onnx.checker.check_model(m, full_check=True)
-        except Exception as e:  # onnx raises ValidationError / InferenceError
-            raise ExportError(f"the exported graph fails onnx.checker ({str(e).splitlines()[0]})") from e
-        report.nodes_exported = len(m.graph.node)
-        report.steps_s["check"] = time.perf_counter() - t
-
-        if simplify:
-            import onnxslim
-
-            t = time.perf_counter()
-            m = onnxslim.slim(m)
-            report.steps_s["simplify"] = time.perf_counter() - t
-        report.nodes_final = len(m.graph.node)
-
-        meta = {"version": __version__, "arch": loaded.model.config.get("arch"), "config": loaded.model.config,
-                "classes": loaded.classes, "num_classes": loaded.model.num_classes, "preprocess": pre.to_dict(),
-                "checkpoint_sha256": loaded.meta.get("sha256"), "source": loaded.meta.get("source"),
-                "precision": "fp16" if fp16 else "fp32"}
-        del m.metadata_props[:]
-        for k, v in meta.items():
-            entry = m.metadata_props.add()
-            entry.key, entry.value = f"deeplab_edge.{k}", json.dumps(v, default=str)
-        m.producer_name, m.producer_version = "deeplab-edge", __version__
-        onnx.save(m, str(tmp))
+        m = _checked_graph(tmp, report, simplify)
+        _save_with_metadata(m, tmp, loaded, pre, fp16)
 
         t = time.perf_counter()
         inputs = [x for x, _ in prepared]
@@ -218,6 +179,66 @@ def export_onnx(loaded: LoadedModel, output: str | Path, images: Sequence[np.nda
                               "the export is wrong — report it with the model")
     report.bytes = output.stat().st_size
     return report
+
+
+def _export_preprocess(loaded: LoadedModel, images: Sequence[np.ndarray], *, input_size: int | None, opset: int,
+                       dynamic: Sequence[str]) -> Preprocess:
+    """The preprocessing the export is made for (``input_size`` overriding the checkpoint's), once the
+    arguments are checked: before anything is exported."""
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old; use --opset {MIN_OPSET} or newer")
+    bad = [d for d in dynamic if d not in DYNAMIC_CHOICES]
+    if bad:
+        raise ExportError(f"unknown dynamic axes {bad}; choose from {', '.join(DYNAMIC_CHOICES)}")
+    if not images:
+        raise ExportError("no images for the parity check; pass --data with at least one image")
+    pre_dict = dict(loaded.meta.get("preprocess") or {})
+    if input_size is not None:
+        pre_dict.update(size=input_size, resize="long_side", pad=True)
+    pre = Preprocess.from_dict(pre_dict)
+    if pre.fixed_input_hw is None and "hw" not in dynamic:
+        raise ExportError("this model's preprocessing has no fixed input size; pass --input-size N or --dynamic hw")
+    return pre
+
+
+def _checked_graph(path: Path, report: ExportReport, simplify: bool):
+    """The exported graph at ``path`` once ``onnx.checker`` passes it, simplified with onnxslim when asked
+    (node counts and step times into ``report``)."""
+    import onnx
+
+    t = time.perf_counter()
+    m = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(m, full_check=True)
+    except Exception as e:  # onnx raises ValidationError / InferenceError
+        raise ExportError(f"the exported graph fails onnx.checker ({str(e).splitlines()[0]})") from e
+    report.nodes_exported = len(m.graph.node)
+    report.steps_s["check"] = time.perf_counter() - t
+
+    if simplify:
+        import onnxslim
+
+        t = time.perf_counter()
+        m = onnxslim.slim(m)
+        report.steps_s["simplify"] = time.perf_counter() - t
+    report.nodes_final = len(m.graph.node)
+    return m
+
+
+def _save_with_metadata(m, path: Path, loaded: LoadedModel, pre: Preprocess, fp16: bool) -> None:
+    """Write graph ``m`` to ``path`` with deeplab-edge's metadata (what :func:`read_metadata` reads back)."""
+    import onnx
+
+    meta = {"version": __version__, "arch": loaded.model.config.get("arch"), "config": loaded.model.config,
+            "classes": loaded.classes, "num_classes": loaded.model.num_classes, "preprocess": pre.to_dict(),
+            "checkpoint_sha256": loaded.meta.get("sha256"), "source": loaded.meta.get("source"),
+            "precision": "fp16" if fp16 else "fp32"}
+    del m.metadata_props[:]
+    for k, v in meta.items():
+        entry = m.metadata_props.add()
+        entry.key, entry.value = f"deeplab_edge.{k}", json.dumps(v, default=str)
+    m.producer_name, m.producer_version = "deeplab-edge", __version__
+    onnx.save(m, str(path))
 
 
 def parity(model: torch.nn.Module, onnx_path: str | Path, inputs: Sequence[torch.Tensor]) -> dict[str, Any]:

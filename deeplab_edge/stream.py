@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from .data.datasets import voc_palette
 from .errors import DataError, DeepLabEdgeError
 from .interrupts import deferred_stop
 from .outputs import atomic_path
+from .visualize import overlay
 
 __all__ = ["segment_stream", "open_capture"]
 
@@ -50,9 +52,6 @@ def segment_stream(segmenter, source: str | int, output: Path, *, alpha: float =
 
     Returns frame count, end-to-end FPS, the model's median time per frame and, per frame, the
     fraction of pixels of each class."""
-    from .data.datasets import voc_palette
-    from .visualize import overlay
-
     cv2 = _cv2()
     cap = open_capture(source)
     fps_in = cap.get(cv2.CAP_PROP_FPS) or 25.0

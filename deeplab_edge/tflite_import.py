@@ -258,20 +258,36 @@ def input_normalization(g: TFLiteGraph, inp: int) -> tuple[float, float]:
 
 
 def parse(g: TFLiteGraph) -> Parsed:
+    """The DeepLab-v3 MobileNetV2 in ``g``, read from the graph in order: the input and its normalisation,
+    the stem conv, the inverted residual blocks, the ASPP branches on the trunk's output, their
+    concatenation and projection, the logits conv and the final resize."""
+    inp, hw, mean, std = _input(g)
+    first = g.only_consumer(inp)
+    _expect(first is not None and first.name == "CONV_2D", "the input does not feed one CONV_2D (the stem)")
+    stem = _conv(g, first)
+    _expect(stem.weight.shape[1] == 3 and stem.act == "relu6", "the stem is not a 3-channel ReLU6 conv")
+    blocks, features = _blocks(g, first.outputs[0])
+    aspp0, atrous, pooling, branch_of = _aspp_branches(g, features)
+    order, projection, after = _concat_projection(g, branch_of)
+    logits, align = _logits(g, after)
+    return Parsed(inp, hw, mean, std, stem, blocks, aspp0, atrous, pooling, order, projection, logits, align)
+
+
+def _input(g: TFLiteGraph) -> tuple[int, tuple[int, int], float, float]:
+    """(the one input tensor, its (H, W), the mean and std it is normalised with)."""
     sg = g.sg
     _expect(sg.InputsLength() == 1, f"expected 1 input, got {sg.InputsLength()}")
     inp = sg.Inputs(0)
     shape = g.shape(inp)
     _expect(len(shape) == 4 and shape[3] == 3, f"expected an NHWC RGB input, got shape {shape}")
     mean, std = input_normalization(g, inp)
+    return inp, (shape[1], shape[2]), mean, std
 
-    first = g.only_consumer(inp)
-    _expect(first is not None and first.name == "CONV_2D", "the input does not feed one CONV_2D (the stem)")
-    stem = _conv(g, first)
-    _expect(stem.weight.shape[1] == 3 and stem.act == "relu6", "the stem is not a 3-channel ReLU6 conv")
 
+def _blocks(g: TFLiteGraph, cur: int) -> tuple[list[Block], int]:
+    """The MobileNetV2 inverted residual blocks that follow tensor ``cur`` (the stem's output), and the
+    tensor after the last (the trunk's output)."""
     blocks: list[Block] = []
-    cur = first.outputs[0]
     while True:
         nxt = g.consumers.get(cur, [])
         # A MobileNetV2 block starts with a 1x1 expand conv or directly with the depthwise conv.
@@ -297,9 +313,13 @@ def parse(g: TFLiteGraph) -> Parsed:
         blocks.append(Block(expand, depthwise, project, residual, out))
         cur = out
     _expect(len(blocks) > 0, "no inverted residual blocks follow the stem")
-    features = cur
+    return blocks, cur
 
-    # Head: the trunk's output feeds the 1x1 branch, atrous branches and an average pool.
+
+def _aspp_branches(g: TFLiteGraph, features: int
+                   ) -> tuple[ConvW, list[ConvW], ConvW | None, dict[int, str]]:
+    """The head's branches on the trunk's output: (the 1x1 conv, the atrous convs, the image pooling conv
+    behind its average pool or None, each branch's output tensor -> its key in :attr:`Parsed.concat_order`)."""
     aspp0 = None
     atrous: list[ConvW] = []
     pooling = None
@@ -326,30 +346,36 @@ def parse(g: TFLiteGraph) -> Parsed:
             raise ImportModelError(f"not a DeepLab-v3 MobileNetV2 TFLite model: unexpected {op.name} on the trunk "
                                    "output (a decoder or another head?)")
     _expect(aspp0 is not None, "no 1x1 ASPP branch on the trunk output")
+    return aspp0, atrous, pooling, branch_of
+
+
+def _concat_projection(g: TFLiteGraph, branch_of: dict[int, str]) -> tuple[list[str], ConvW, int]:
+    """(the branches' keys in the concatenation's order, the 1x1 projection after it, the projection's output)."""
     cat_candidates = {op.index: op for t in branch_of for op in g.ops if op.name == "CONCATENATION"
                       and t in [_passthrough(g, i) for i in op.inputs]}
-    if cat_candidates:
-        _expect(len(cat_candidates) == 1, "ASPP branches feed several concatenations")
-        cat = next(iter(cat_candidates.values()))
-        srcs = [_passthrough(g, i) for i in cat.inputs]
-        _expect(all(s in branch_of for s in srcs) and len(srcs) == len(branch_of),
-                "the concatenation does not join exactly the ASPP branches")
-        order = [branch_of[s] for s in srcs]
-        proj_op = g.only_consumer(cat.outputs[0], "CONV_2D")
-        _expect(proj_op is not None, "the ASPP concatenation is not followed by a 1x1 projection")
-        projection = _conv(g, proj_op)
-        after = proj_op.outputs[0]
-    else:
+    if not cat_candidates:
         raise ImportModelError("not a DeepLab-v3 MobileNetV2 TFLite model: the ASPP branches are not concatenated")
+    _expect(len(cat_candidates) == 1, "ASPP branches feed several concatenations")
+    cat = next(iter(cat_candidates.values()))
+    srcs = [_passthrough(g, i) for i in cat.inputs]
+    _expect(all(s in branch_of for s in srcs) and len(srcs) == len(branch_of),
+            "the concatenation does not join exactly the ASPP branches")
+    order = [branch_of[s] for s in srcs]
+    proj_op = g.only_consumer(cat.outputs[0], "CONV_2D")
+    _expect(proj_op is not None, "the ASPP concatenation is not followed by a 1x1 projection")
+    return order, _conv(g, proj_op), proj_op.outputs[0]
+
+
+def _logits(g: TFLiteGraph, after: int) -> tuple[ConvW, bool]:
+    """(the linear 1x1 logits conv on tensor ``after``, whether the final resize aligns corners)."""
     lg_op = g.only_consumer(after, "CONV_2D")
     _expect(lg_op is not None, "the ASPP projection is not followed by the logits conv")
     logits = _conv(g, lg_op)
     _expect(logits.act == "none" and logits.weight.shape[-1] == 1, "the logits conv is not a linear 1x1 conv")
-    end, resizes = _forward_passthrough(g, lg_op.outputs[0])
+    _, resizes = _forward_passthrough(g, lg_op.outputs[0])
     align = bool(resizes[-1].options.get("AlignCorners", False)) if any(
         o.name == "RESIZE_BILINEAR" for o in resizes) else False
-    return Parsed(inp, (shape[1], shape[2]), mean, std, stem, blocks, aspp0, atrous, pooling, order, projection,
-                  logits, align)
+    return logits, align
 
 
 # ------------------------------------------------------------------------------ loading

@@ -1,4 +1,7 @@
+import dataclasses
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,7 +11,9 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from deeplab_edge.cli import main
+from deeplab_edge.cli.run_cmd import MODEL_OPTIONS
 from deeplab_edge.models import get_model
+from deeplab_edge.runtime.spec import ModelSpec
 
 
 def run(*args):
@@ -146,3 +151,18 @@ def test_compare_side_by_side(shared, imported, tmp_path):
     ev = json.loads(run("eval", "--tflite", shared["tflite"], "--data", shared["voc"], "--num-images", "2",
                         "--json").output)
     assert ev["miou"] == b["miou"]
+
+
+def test_importing_the_cli_imports_no_torch():
+    """`--help` and option errors stay instant: the command modules import the library inside the commands."""
+    code = "import sys, deeplab_edge.cli; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]", res.stdout + res.stderr
+
+
+def test_model_options_fill_the_model_spec():
+    """The CLI's list of model options (kept beside the options, so the CLI starts without torch) names
+    fields of runtime.spec.ModelSpec, every field but the library-only threads."""
+    assert set(MODEL_OPTIONS) == {f.name for f in dataclasses.fields(ModelSpec)} - {"threads"}
+    params = {p.name for p in main.commands["eval"].params} & {p.name for p in main.commands["predict"].params}
+    assert set(MODEL_OPTIONS) <= params

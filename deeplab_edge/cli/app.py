@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from ..errors import DeepLabEdgeError
 from ..interrupts import exit_on_signal
-from .common import console
+from .common import console, io_paths
 
 __all__ = ["main"]
 
@@ -43,7 +43,6 @@ _NO_ARGS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 def _check_io(ctx: click.Context) -> None:
     """Before a command runs: none of its outputs is, or lies inside, one of its inputs."""
     from ..outputs import refuse_overwriting_inputs
-    from .common import io_paths
 
     refuse_overwriting_inputs(*io_paths(ctx))
 

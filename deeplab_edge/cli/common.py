@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ..calibration.methods import METHODS as CALIB_METHODS  # data only: no onnx, no torch
 from ..errors import DeepLabEdgeError
 
-__all__ = ["console", "out", "print_json", "emit", "progress_bar", "pct", "COUNT", "NONNEG", "SIDE", "THREADS",
-           "CRF_ITERATIONS", "Finite", "finite_float", "OutputOption", "io_paths", "output_option",
-           "output_stride_option", "check_tag", "int_list", "choices"]
+__all__ = ["console", "out", "print_json", "print_warning", "emit", "progress_bar", "pct", "COUNT", "NONNEG",
+           "SIDE", "THREADS", "CRF_ITERATIONS", "Finite", "finite_float", "parse_scales", "OutputOption", "io_paths",
+           "output_option", "output_stride_option", "check_tag", "int_list", "choices"]
 
 console = Console(stderr=True)
 # Results: wide enough for the tables when stdout is a pipe or a file.
@@ -24,8 +28,6 @@ out = Console(width=None if sys.stdout.isatty() else 160)
 
 # Numeric option types: a value outside the range is a one-line error when it is parsed, and
 # `--help` shows the range.
-# calibration.METHODS, written here so that the CLI starts without importing onnx (a test keeps them equal)
-CALIB_METHODS = ("entropy", "minmax", "percentile", "mse", "search")
 COUNT = click.IntRange(min=1)            # images, iterations, batch sizes, threads...
 NONNEG = click.IntRange(min=0)           # warm-up calls, layers kept in float, DLA core...
 SIDE = click.IntRange(32, 4096)          # an input side in pixels (4096 x 4096 logits: ~1.4 GB for 21 classes)
@@ -57,6 +59,21 @@ def finite_float(value: str, what: str) -> float:
     return v
 
 
+def parse_scales(ctx, param, value: str) -> tuple[float, ...]:
+    """A click callback for ``--scales``: comma-separated test-time scales, each finite and in 0.1-4."""
+    items = [v.strip() for v in value.split(",")]
+    if "" in items:
+        raise click.BadParameter(f"{value!r} has an empty item; give numbers separated by single commas, e.g. "
+                                 "0.75,1,1.25", ctx, param)
+    try:
+        scales = tuple(finite_float(v, "scale") for v in items)
+    except DeepLabEdgeError as e:
+        raise click.BadParameter(str(e), ctx, param) from None
+    if not scales or min(scales) < 0.1 or max(scales) > 4:
+        raise click.BadParameter(f"{value!r} has a scale outside 0.1-4 (or none); give e.g. 0.75,1,1.25", ctx, param)
+    return scales
+
+
 def check_output(kind: str, example: str = "result.json"):
     """A click callback checking an output path when it is parsed (before any work)."""
     from ..outputs import check_output_dir, check_output_file
@@ -74,8 +91,6 @@ def check_output(kind: str, example: str = "result.json"):
 
 def check_tag(ctx, param, value):
     """A --tag names files: letters, digits, '.', '_' and '-' only (no folders, no spaces)."""
-    import re
-
     if value is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", value):
         raise click.BadParameter(f"{value!r} has characters other than letters, digits, '.', '_' and '-'; choose "
                                  "a plain name such as orin-maxn", ctx, param)
@@ -130,6 +145,11 @@ def print_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
 
+def print_warning(message: str) -> None:
+    """One yellow ``warning:`` line on stderr (e.g. for the warnings a model runner reports)."""
+    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+
+
 def write_json(obj: Any, path: Path) -> None:
     from ..outputs import atomic_path
 
@@ -147,9 +167,6 @@ def emit(result: Any, output: Path | None, as_json: bool) -> bool:
 
 
 def progress_bar():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-
     # off where stderr is no terminal (a log, a pipe): there rich draws nothing but would end with an empty
     # line, which put a blank line before a run's one error line
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -12,8 +12,7 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .run_cmd import model_runner
-from .common import (COUNT, NONNEG, SIDE, choices, console, emit, int_list, out, output_option, pct,
+from .common import (COUNT, NONNEG, SIDE, choices, console, emit, int_list, out, output_option, pct, print_warning,
                      progress_bar)
 
 # ----------------------------------------------------------------------------- kernels
@@ -241,6 +240,7 @@ def crf_bench(weights, data, methods, preset, iterations, num_images, speed_imag
     from ..crf import PRESETS, TRITON_METHODS, with_overrides
     from ..data.datasets import open_dataset
     from ..runtime import resolve_device
+    from ..runtime.spec import ModelSpec, open_segmenter
 
     wanted = choices(methods, list(CRF_METHODS), "CRF method")
     dev = resolve_device(device)
@@ -261,7 +261,7 @@ def crf_bench(weights, data, methods, preset, iterations, num_images, speed_imag
         raise DeepLabEdgeError("no CRF method can run here (" + "; ".join(f"{m}: {r}" for m, r in skipped.items()) +
                                "); pick others with --methods")
     params = with_overrides(PRESETS[preset], iterations=iterations)
-    segmenter, _, info = model_runner(weights, None, None, None, str(dev), "fp32", None)
+    segmenter, _, info = open_segmenter(ModelSpec(weights=weights, device=str(dev)), warn=print_warning)
     ds = open_dataset(data, "auto", "val").subset(num_images)
     if ds.kind == "folder":
         raise DeepLabEdgeError(f"{data}: no labelled dataset found; the CRF benchmark needs labels")

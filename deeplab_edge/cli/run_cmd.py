@@ -6,28 +6,31 @@ import functools
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (COUNT, CRF_ITERATIONS, NONNEG, SIDE, THREADS, Finite, console, emit, finite_float, out,
-                     output_option, output_stride_option, pct, print_json, progress_bar)
+from .common import (COUNT, CRF_ITERATIONS, NONNEG, SIDE, THREADS, Finite, console, emit, out, output_option,
+                     output_stride_option, parse_scales, pct, print_json, print_warning, progress_bar)
 
 # ----------------------------------------------------------------------------- shared
 
+# The ModelSpec fields these options fill, named as the spec names them (a test keeps them in step); written
+# here so that the CLI starts without importing torch.
 MODEL_OPTIONS = ("weights", "tflite", "onnx_path", "engine_path", "arch", "device", "precision", "input_size",
                  "output_stride", "crf_method", "crf_preset", "crf_iterations", "backend", "scales", "flip")
 
 
 def model_options(f):
-    """The model options of eval / predict, handed to the command as one dict ``model`` (see
-    :func:`model_from_options`)."""
+    """The model options of eval / predict, handed to the command as one
+    :class:`~deeplab_edge.runtime.spec.ModelSpec` ``model`` (opened with ``open_segmenter``)."""
     command = f
 
     @functools.wraps(command)
     def f(**kwargs):  # click sees the command's own options (copied by wraps) and the model options below
-        return command(model={name: kwargs.pop(name) for name in MODEL_OPTIONS}, **kwargs)
+        from ..runtime.spec import ModelSpec
+
+        return command(model=ModelSpec(**{name: kwargs.pop(name) for name in MODEL_OPTIONS}), **kwargs)
 
     f = click.option("--weights", type=click.Path(path_type=Path),
                      help="deeplab-edge checkpoint (.pt) or torchvision state dict (.pth).")(f)
@@ -67,97 +70,6 @@ def model_options(f):
     return f
 
 
-def parse_scales(ctx, param, value: str) -> tuple[float, ...]:
-    items = [v.strip() for v in value.split(",")]
-    if "" in items:
-        raise click.BadParameter(f"{value!r} has an empty item; give numbers separated by single commas, e.g. "
-                                 "0.75,1,1.25", ctx, param)
-    try:
-        scales = tuple(finite_float(v, "scale") for v in items)
-    except DeepLabEdgeError as e:
-        raise click.BadParameter(str(e), ctx, param) from None
-    if not scales or min(scales) < 0.1 or max(scales) > 4:
-        raise click.BadParameter(f"{value!r} has a scale outside 0.1-4 (or none); give e.g. 0.75,1,1.25", ctx, param)
-    return scales
-
-
-def _crf_stage(method: str, preset: str, iterations: int | None, device: str):
-    """The --crf options as a Segmenter post-processing stage (None for --crf none)."""
-    if method == "none":
-        if iterations is not None:
-            raise DeepLabEdgeError("--crf-iterations needs a CRF; add --crf torch (or pydensecrf, triton, window, "
-                                   "triton-window)")
-        return None
-    from ..crf import DEVICE_METHODS, PRESETS, CRFStage, with_overrides
-    from ..runtime import resolve_device
-
-    params = with_overrides(PRESETS[preset], iterations=iterations)
-    dev = resolve_device(device) if method in DEVICE_METHODS else "cpu"
-    return CRFStage(method, params, dev)
-
-
-def model_from_options(model: dict):
-    """:func:`model_runner` for the options of :func:`model_options`."""
-    m = model
-    return model_runner(m["weights"], m["tflite"], m["onnx_path"], m["arch"], m["device"], m["precision"],
-                        m["input_size"], backend=m["backend"], crf=(m["crf_method"], m["crf_preset"],
-                                                                   m["crf_iterations"]),
-                        engine=m["engine_path"], scales=m["scales"], flip=m["flip"], output_stride=m["output_stride"])
-
-
-def calibration_overlap(model: dict, ds) -> dict | None:
-    """How many of ``ds``'s images calibrated the INT8 model in ``model`` (an ONNX model's metadata or an
-    engine's manifest records their digests); None for models that record none."""
-    import json
-
-    from ..data.overlap import recorded_overlap
-    from ..engine import manifest_path
-    from ..export import read_metadata
-
-    recorded = None
-    if model.get("onnx_path") is not None:
-        recorded = (read_metadata(model["onnx_path"]).get("calibration") or {}).get("images_sha1")
-    elif model.get("engine_path") is not None and manifest_path(model["engine_path"]).is_file():
-        man = json.loads(manifest_path(model["engine_path"]).read_text())
-        recorded = (man.get("calibration") or {}).get("images_sha1")
-    if not recorded:
-        return None
-    shared = recorded_overlap(recorded, [smp.image for smp in ds.samples])
-    return {"images": len(shared), "calibration_images": len(recorded), "example": shared[0].name if shared else None}
-
-
-def model_runner(weights: Path | None, tflite: Path | None, onnx_path: Path | None, arch: str | None, device: str,
-               precision: str, input_size: int | None, threads: int | None = None, backend: str = "torch",
-               crf: tuple[str, str, int | None] = ("none", "deeplab-v2", None), engine: Path | None = None,
-               scales: tuple[float, ...] = (1.0,), flip: bool = False, output_stride: int | None = None):
-    """(Segmenter, class names or None, info) for the model options of eval / predict / compare."""
-    from ..inference import Segmenter
-    from ..runtime import open_runner
-
-    given = [(p, b) for p, b in ((weights, backend), (onnx_path, "onnxruntime"), (tflite, "litert"),
-                                 (engine, "tensorrt")) if p is not None]
-    if len(given) != 1:
-        raise DeepLabEdgeError(f"{'no model' if not given else 'several models'} given; pass exactly one of "
-                               "--weights FILE, --onnx FILE, --tflite FILE or --engine FILE")
-    if backend != "torch" and weights is None:
-        raise DeepLabEdgeError(f"--backend {backend} runs a PyTorch checkpoint; use it with --weights, not "
-                               "--onnx/--tflite/--engine")
-    stage = _crf_stage(*crf, device)
-    path, be = given[0]
-    runner = open_runner(path, backend=be, precision=precision, device=device, threads=threads, arch=arch,
-                         input_size=input_size, output_stride=output_stride)
-    for w in runner.info.get("warnings") or []:
-        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
-    info = {k: v for k, v in runner.info.items() if k != "warnings"}
-    info.update({"crf": crf[0]} if stage is None else {"crf": crf[0], "crf_params": stage.params.as_dict()})
-    if (scales != (1.0,) or flip) and runner.info["backend"] not in ("torch", "compile", "triton"):
-        raise DeepLabEdgeError(f"--scales/--flip run the model at other input sizes; a {runner.info['backend']} "
-                               "model's input is fixed, so use its PyTorch checkpoint (--weights)")
-    if scales != (1.0,) or flip:
-        info.update(scales=list(scales), flip=flip)
-    return (Segmenter(runner, runner.preprocess, runner.num_classes, stage, scales=scales, flip=flip),
-            runner.classes or None, info)
-
 # ----------------------------------------------------------------------------- eval
 
 @main.command("eval")
@@ -180,10 +92,11 @@ def eval_cmd(model, data, kind, split, num_images, batch_size, reference_dir, ou
     union), from one confusion matrix over all images; label 255 (and CamVid's void) is
     ignored."""
     from ..data.datasets import open_dataset
+    from ..runtime.spec import calibration_overlap, open_segmenter
 
     if reference_dir is not None and not Path(reference_dir).is_dir():
         raise DeepLabEdgeError(f"{reference_dir}: reference folder not found; pass a folder of <id>.png label maps")
-    segmenter, classes, info = model_from_options(model)
+    segmenter, classes, info = open_segmenter(model, warn=print_warning)
     ds = open_dataset(data, kind, split).subset(num_images)
     if ds.kind == "folder":
         raise DeepLabEdgeError(f"{data}: no VOC/Cityscapes/CamVid layout found; eval needs labels "
@@ -193,22 +106,20 @@ def eval_cmd(model, data, kind, split, num_images, batch_size, reference_dir, ou
                                f"{ds.num_classes}; use a model trained for this dataset")
     ds.check_labelled_pixels("score")  # before the model runs on every image
     classes = classes or ds.classes
-    # under torchrun: every world-th image per process, the confusion matrices summed
+    # under torchrun: every world-th image per process, the confusion matrices summed; the main process prints
     from .. import distributed
     from ..runtime import resolve_device
 
-    dev = resolve_device(info.get("device", "cpu"))
-    dinfo = distributed.init(dev)
-    try:
-        with distributed.peer_failures(dinfo), progress_bar() as prog:
-            task = prog.add_task(f"eval {ds.kind}/{split}", total=-(-len(ds) // dinfo.world)) if dinfo.is_main \
-                else None
-            res = distributed.evaluate_sharded(segmenter, ds, dinfo, dev, batch_size=batch_size,
-                                               reference_dir=reference_dir,
-                                               on_image=lambda _sid: prog.advance(task) if task is not None else None)
-    finally:
-        distributed.shutdown()
-    if not dinfo.is_main:
+    with progress_bar() as prog:
+        task = []  # the main process's bar, added when it knows its share of the images
+
+        def start(total: int) -> None:
+            task.append(prog.add_task(f"eval {ds.kind}/{split}", total=total))
+
+        res = distributed.evaluate_launched(segmenter, ds, resolve_device(info.get("device", "cpu")), on_start=start,
+                                            on_image=lambda _sid: prog.advance(task[0]) if task else None,
+                                            batch_size=batch_size, reference_dir=reference_dir)
+    if res is None:
         return
     res = {"model": info, "data": {"path": str(data), "kind": ds.kind, "split": split},
            "classes": classes, **res}
@@ -264,7 +175,10 @@ def predict_cmd(model, inputs, video, camera, max_frames, output, alpha, as_json
     import numpy as np
 
     from ..data.datasets import ImageFolder, voc_palette
-    from ..data.io import save_png
+    from ..data.io import probe_image, save_png
+    from ..outputs import refuse_writing_over
+    from ..runtime.spec import open_segmenter
+    from ..stream import segment_stream
     from ..visualize import overlay
 
     if sum(bool(x) for x in (inputs, video is not None, camera is not None)) != 1:
@@ -272,10 +186,8 @@ def predict_cmd(model, inputs, video, camera, max_frames, output, alpha, as_json
                                "segment; give image files or folders, or --video FILE, or --camera N (one of them)")
     if video is not None and not Path(video).is_file():
         raise DeepLabEdgeError(f"{video}: video file not found; check the path")
-    segmenter, classes, info = model_from_options(model)
+    segmenter, classes, info = open_segmenter(model, warn=print_warning)
     if video is not None or camera is not None:
-        from ..stream import segment_stream
-
         res = segment_stream(segmenter, str(video) if video is not None else camera, output, alpha=alpha,
                              max_frames=max_frames, classes=classes, console=console)
         if as_json:
@@ -291,9 +203,6 @@ def predict_cmd(model, inputs, video, camera, max_frames, output, alpha, as_json
         same = [i for i in stems if list(stems.values()).count(stems[i]) > 1][:2]
         raise DeepLabEdgeError(f"inputs {same[0]!r} and {same[1]!r} would both be written as "
                                f"{stems[same[0]]}_mask.png; rename one or predict them into different -o folders")
-    from ..data.io import probe_image
-    from ..outputs import refuse_writing_over
-
     for smp in ds.samples:  # every input opens (header only) before the first mask is written
         probe_image(smp.image)
     refuse_writing_over([output / f"{stem}_{what}.png" for stem in stems.values() for what in ("mask", "overlay")],

@@ -13,6 +13,9 @@ Backends: ``torch`` (eager), ``compile`` (``torch.compile``), ``triton`` (PyTorc
 Triton ASPP) for checkpoints; ``onnxruntime`` for ``.onnx`` exports (QDQ models run as exact
 fake-quant arithmetic); ``litert`` for ``.tflite`` models; ``tensorrt`` for engines from
 ``deeplab-edge build``. ``auto`` picks by the file's suffix.
+
+:mod:`.spec` holds a whole model as the CLI names it (the file, the CRF after the network,
+test-time scales) in one :class:`~.spec.ModelSpec`, and opens it as a Segmenter.
 """
 
 from __future__ import annotations
@@ -22,8 +25,14 @@ from typing import Any, Protocol
 
 import torch
 
+from ..checkpoint import load_checkpoint
 from ..data.preprocess import Preprocess
 from ..errors import DeepLabEdgeError
+from ..kernels.device import triton_unavailable
+from .litert import TFLiteRunner
+from .onnx import OnnxRunner
+from .pytorch import TorchRunner
+from .tensorrt import EngineRunner
 
 __all__ = ["Runner", "open_runner", "resolve_device", "backend_for", "BACKENDS", "SUFFIXES"]
 
@@ -97,26 +106,15 @@ def open_runner(path: str | Path, *, backend: str = "auto", precision: str = "fp
     if backend in _TORCH_FAMILY:
         return _torch_runner(path, backend, precision, device, threads, arch, input_size, output_stride)
     if backend == "onnxruntime":
-        from .onnx import OnnxRunner
-
         return OnnxRunner(path, threads=threads)
     if backend == "litert":
-        from .litert import TFLiteRunner
-
         return TFLiteRunner(path, num_threads=threads)
-    from .tensorrt import EngineRunner
-
     return EngineRunner(path, device=None if str(device) == "auto" else device)  # the engine's GPU
 
 
 def _torch_runner(path: Path, backend: str, precision: str, device, threads, arch, input_size, output_stride=None):
-    from ..checkpoint import load_checkpoint
-    from .pytorch import TorchRunner
-
     dev = resolve_device(device)
     if backend == "triton":
-        from ..kernels.device import triton_unavailable
-
         reason = triton_unavailable(dev)
         if reason:
             raise DeepLabEdgeError(f"--backend triton: {reason}")
@@ -134,7 +132,7 @@ def _torch_runner(path: Path, backend: str, precision: str, device, threads, arc
                             f"weights differs from PyTorch's there (e.g. use {good})")
     model = loaded.model
     if backend == "triton":
-        from ..kernels import fuse_aspp
+        from ..kernels.aspp import fuse_aspp  # imports triton
 
         try:
             model = fuse_aspp(model)

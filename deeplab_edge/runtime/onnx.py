@@ -9,6 +9,7 @@ import torch
 
 from ..data.preprocess import Preprocess
 from ..errors import DeepLabEdgeError
+from ..export import ort_session, read_metadata
 
 __all__ = ["OnnxRunner", "OnnxInputError"]
 
@@ -48,7 +49,6 @@ class OnnxRunner:
             import onnxruntime  # noqa: F401
         except ImportError as e:
             raise DeepLabEdgeError("running .onnx models needs onnxruntime; pip install onnxruntime") from e
-        from ..export import ort_session, read_metadata
 
         try:
             meta = read_metadata(path)
