@@ -580,13 +580,15 @@ def test_sigterm_during_export_leaves_no_temp_file(tmp_path, shared, imported):
 
 
 # In the child: the signal is sent at the moment an extension module runs Python while it initialises
-# (nanobind creating onnx's enums as `calibrate` imports onnx). That is where CI's runs died twice with
-# SIGABRT / SIGSEGV when the handler raised; a timed signal hits it only by chance.
+# (nanobind creating onnx's enums as onnx is first imported, inside a staged run). That is where CI's runs
+# died twice with SIGABRT / SIGSEGV when the handler raised; a timed signal hits it only by chance. `build
+# --weights` imports onnx first in its export, after it staged its bundle (calibrate now imports onnx before
+# it stages anything).
 _SIGNAL_INSIDE_NATIVE = """
 import glob, os, signal, sys
-def prof(frame, event, arg):  # once calibrate has made its staging folder (else it runs to the end: rc 0)
+def prof(frame, event, arg):  # once build has made its staging folder (else it runs to the end: rc 0)
     if (event == "call" and frame.f_back is not None and frame.f_back.f_code.co_name == "_call_with_frames_removed"
-            and frame.f_code.co_filename.endswith("enum.py") and glob.glob(".int8.partial-*")):
+            and frame.f_code.co_filename.endswith("enum.py") and glob.glob(".eng.partial-*")):
         sys.setprofile(None)
         os.kill(os.getpid(), signal.{sig})
 sys.setprofile(prof)
@@ -596,12 +598,13 @@ sys.setprofile(prof)
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code, word", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")],
                          ids=["sigterm", "ctrl-c"])
-def test_signal_while_native_code_calls_python_leaves_nothing(tmp_path, shared, calib_fp32, sig, code, word):
+def test_signal_while_native_code_calls_python_leaves_nothing(tmp_path, shared, imported, sig, code, word):
     """A signal that lands inside Python code called from C++ ends the run cleanly: no abort, no staged folder,
     no temporary files (the child's TMPDIR is checked too)."""
     work, tmp, env = _work_and_tmp(tmp_path)
-    r = subprocess.run([sys.executable, "-c", _SIGNAL_INSIDE_NATIVE.format(sig=sig) + CLI, "calibrate", "--onnx",
-                        str(calib_fp32), "--data", str(shared["voc"]), "-o", "int8"], cwd=work, capture_output=True,
+    r = subprocess.run([sys.executable, "-c", _SIGNAL_INSIDE_NATIVE.format(sig=sig) + CLI, "build", "--weights",
+                        str(imported[0]), "--data", str(shared["voc"]), "-o", "eng/model.engine"], cwd=work,
+                       capture_output=True,
                        text=True, timeout=300, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     out = r.stdout + r.stderr
     assert r.returncode == code and word in out and "Traceback" not in out, (r.returncode, out[-2000:])
