@@ -41,7 +41,7 @@ from .data.preprocess import IMAGENET, Preprocess
 from .errors import DataError, DeepLabEdgeError
 from .inference import Segmenter
 from .interrupts import temp_dir
-from .models import MODELS, OUTPUT_STRIDES, get_model
+from .models import MODELS, OUTPUT_STRIDES, get_model, with_trunk
 from .models.heads import ASPPPooling
 from .outputs import atomic_path, check_run_folder, nearest_existing, refuse_writing_over
 from .runtime import resolve_device
@@ -72,6 +72,8 @@ class TrainConfig:
     output: str
     weights: str | None = None  # start from this checkpoint (a different class count gets a new classifier)
     arch: str | None = None  # or from scratch with this architecture
+    trunk: str | None = None  # with arch: start from this checkpoint's trunk (weights copied), the head new
+    aspp_rates: tuple[int, ...] | None = None  # with arch: the new model's atrous rates (default: the builder's)
     output_stride: int | None = None  # another output stride than the checkpoint's (or the builder's default)
     dataset: str = "auto"
     split: str = "train"
@@ -119,6 +121,12 @@ class TrainConfig:
                                        "that range")
         if self.scale_min > self.scale_max:
             raise DeepLabEdgeError(f"scale range {self.scale_min} > {self.scale_max}; give MIN MAX")
+        if self.trunk and (self.weights or not self.arch):
+            raise DeepLabEdgeError("--trunk starts a new --arch from a checkpoint's trunk; give --arch NAME and drop "
+                                   "--weights (which continues a checkpoint's own architecture)")
+        if self.aspp_rates is not None and not self.arch:
+            raise DeepLabEdgeError("--aspp-rates builds a new model; give --arch NAME (and --trunk FILE to start "
+                                   "from a checkpoint's trunk)")
 
 
 # ----------------------------------------------------------------------------- data
@@ -204,9 +212,23 @@ def _initial_model(cfg: TrainConfig, num_classes: int, classes: list[str]):
         raise DeepLabEdgeError(f"{cfg.arch} runs at output stride "
                                f"{' or '.join(map(str, OUTPUT_STRIDES[cfg.arch]))}, not {cfg.output_stride}; "
                                "pick another --output-stride")
-    return get_model(cfg.arch, num_classes=num_classes, **stride), {"classes": classes,
+    rates = {} if cfg.aspp_rates is None else {"aspp_rates": [int(r) for r in cfg.aspp_rates]}
+    if cfg.trunk:
+        return _on_trunk(cfg, num_classes, classes, {**stride, **rates})
+    return get_model(cfg.arch, num_classes=num_classes, **stride, **rates), {"classes": classes,
                                                          "preprocess": {"size": None, "resize": "none",
                                                                         "pad": False, **IMAGENET}}
+
+
+def _on_trunk(cfg: TrainConfig, num_classes: int, classes: list[str], options: dict[str, Any]):
+    """(model, meta): ``cfg.arch`` with a new head on the trunk of ``cfg.trunk`` (its preprocessing kept)."""
+    source = load_checkpoint(cfg.trunk, output_stride=options.get("output_stride"))
+    try:
+        model = with_trunk(source.model, cfg.arch, num_classes, **options)
+    except ValueError as e:
+        raise DeepLabEdgeError(f"--trunk {cfg.trunk}: {e}; start {cfg.arch} from a checkpoint with its trunk") from None
+    trunk = {"file": str(cfg.trunk), "sha256": source.meta.get("sha256"), "arch": source.model.config.get("arch")}
+    return model, {"classes": classes, "preprocess": source.meta.get("preprocess"), "trunk": trunk}
 
 
 def _batch_norms(model: torch.nn.Module) -> list[torch.nn.Module]:

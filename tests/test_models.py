@@ -191,3 +191,54 @@ def test_restride_refusals():
         restride_config(cfg, 32)
     with pytest.raises(ValueError, match="no whole equivalent"):
         restride_config(dict(cfg, aspp_rates=[3, 5]), 16)
+
+
+# ----------------------------------------------------------------------------- the seed's heads on MobileNetV2
+
+@pytest.mark.parametrize("name, rates", [("deeplab_largefov_mobilenet_v2", (12,)),
+                                         ("deeplabv2_mobilenet_v2", (6, 12, 18, 24))])
+def test_summed_logit_heads_on_mobilenet_v2_follow_their_definitions(name, rates):
+    """LargeFOV (one 3x3 atrous conv, rate 12) and DeepLab-v2's ASPP-L (one per rate, 6/12/18/24): each branch goes
+    from the trunk's 320 channels straight to the class logits, with its rate as padding and dilation, and the
+    logits are the sum of the branches (computed here with F.conv2d in float64); the parameter count is the
+    trunk's plus 320 * 9 * C + C per branch."""
+    model = get_model(name, num_classes=11).eval().double()
+    head = model.classifier
+    assert isinstance(head, ASPPSum) and head.rates == rates and model.config["aspp_rates"] == list(rates)
+    for conv, r in zip(head.convs, rates):
+        assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (320, 11, (3, 3))
+        assert conv.dilation == (r, r) and conv.padding == (r, r) and conv.bias is not None
+    x = torch.randn(1, 320, 7, 9, dtype=torch.float64)
+    ref = sum(F.conv2d(x, c.weight, c.bias, padding=r, dilation=r) for c, r in zip(head.convs, rates))
+    torch.testing.assert_close(head(x), ref)
+    trunk = count_params(get_model("deeplabv3_mobilenet_v2", num_classes=11).backbone)
+    assert count_params(model) == trunk + len(rates) * (320 * 9 * 11 + 11)
+    assert model(torch.zeros(1, 3, 33, 47, dtype=torch.float64)).shape == (1, 11, 33, 47)
+
+
+def test_summed_logit_heads_restride_their_rates():
+    from deeplab_edge.models import restride_config
+
+    config = get_model("deeplabv2_mobilenet_v2", num_classes=3).config
+    assert restride_config(config, 8)["aspp_rates"] == [12, 24, 36, 48]
+    assert get_model("deeplab_largefov_mobilenet_v2", num_classes=3, output_stride=8).backbone.output_stride == 8
+
+
+def test_a_new_head_on_a_checkpoints_trunk_keeps_every_trunk_weight(imported):
+    """with_trunk: the imported VOC model's backbone copied exactly (its explicit blocks carried over), the head
+    built new with its own rates; a trunk of another shape is refused."""
+    from deeplab_edge.models import with_trunk
+
+    source = imported[1]
+    src = source.state_dict()
+    for name, options in (("deeplabv2_mobilenet_v2", {}), ("deeplabv3_mobilenet_v2", {"aspp_rates": [6, 12, 18]}),
+                          ("deeplabv3plus_mobilenet_v2", {})):
+        model = with_trunk(source, name, 11, **options)
+        sd = model.state_dict()
+        trunk = [k for k in sd if k.startswith("backbone.")]
+        assert trunk == [k for k in src if k.startswith("backbone.")]
+        assert all(torch.equal(sd[k], src[k]) for k in trunk), name
+        assert model.num_classes == 11 and model.config["arch"] == name
+    assert with_trunk(source, "deeplabv3_mobilenet_v2", 11, aspp_rates=[6, 12, 18]).classifier[0].rates == (6, 12, 18)
+    with pytest.raises(ValueError, match="trunk"):
+        with_trunk(source, "deeplabv3_mobilenet_v3_large", 11)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from deeplab_edge.cli import main
 from deeplab_edge.data import open_dataset
+from deeplab_edge.errors import DeepLabEdgeError
 from deeplab_edge.train import (TrainConfig, _initial_model, augment, folded_batch_norms,
                                 median_frequency_weights, poly_lr)
 
@@ -88,6 +89,24 @@ def test_new_class_count_replaces_only_the_classifier(imported):
     assert changed and all(k.startswith("classifier.") for k in changed)
     same = [k for k in sd if k not in changed]
     assert all(torch.equal(sd[k], loaded_sd[k]) for k in same)
+
+
+def test_a_new_architecture_starts_from_the_trunk_of_a_checkpoint(imported):
+    """--trunk with --arch: the new head on the imported trunk (weights equal), the trunk's preprocessing and a
+    record of where it came from; --trunk without --arch, or with --weights, and --aspp-rates without --arch are
+    refused when the config is made."""
+    cfg = TrainConfig(data="", output="", arch="deeplabv3_mobilenet_v2", trunk=str(imported[0]), aspp_rates=(6, 12, 18))
+    model, meta = _initial_model(cfg, 11, ["c"] * 11)
+    src, sd = imported[1].state_dict(), model.state_dict()
+    assert all(torch.equal(sd[k], src[k]) for k in sd if k.startswith("backbone."))
+    assert model.config["aspp_rates"] == [6, 12, 18] and len(model.classifier[0].convs) == 5  # 1x1, 3 rates, pool
+    assert meta["preprocess"] == imported[2]["preprocess"] and meta["trunk"]["arch"] == "deeplabv3_mobilenet_v2"
+    for bad, match in (({"trunk": str(imported[0])}, "--trunk"),
+                       ({"trunk": str(imported[0]), "arch": "deeplabv2_mobilenet_v2", "weights": str(imported[0])},
+                        "--trunk"),
+                       ({"aspp_rates": (6,)}, "--aspp-rates")):
+        with pytest.raises(DeepLabEdgeError, match=match):
+            TrainConfig(data="", output="", **bad)
 
 
 @pytest.fixture(scope="module")

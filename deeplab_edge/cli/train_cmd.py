@@ -7,9 +7,10 @@ from typing import Any, Callable
 import click
 from click.core import ParameterSource
 
+from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (CALIB_METHODS, COUNT, Finite, console, out, output_option, output_stride_option, pct,
-                     print_json, progress_bar)
+from .common import (CALIB_METHODS, COUNT, Finite, console, int_list, out, output_option, output_stride_option,
+                     pct, print_json, progress_bar)
 
 
 def _given(ctx: click.Context) -> tuple[str, ...]:
@@ -17,6 +18,13 @@ def _given(ctx: click.Context) -> tuple[str, ...]:
     names = {"kind": "dataset", "no_flip": "flip", "scale": "scale_min"}
     typed = [p for p in ctx.params if ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE]
     return tuple(names.get(p, p) for p in typed) + (("scale_max",) if "scale" in typed else ())
+
+
+def _rates(value: str, ctx: click.Context, param: click.Parameter) -> tuple[int, ...]:
+    try:
+        return tuple(int_list(value, "--aspp-rates"))
+    except DeepLabEdgeError as e:
+        raise click.BadParameter(str(e).removeprefix("--aspp-rates "), ctx, param) from None
 
 
 def _progress(prog, task) -> Callable[[dict[str, Any]], None]:
@@ -43,6 +51,11 @@ def _log(line: str) -> None:
 @click.option("--weights", type=click.Path(), help="Start from this checkpoint; another class count gets a new "
                                                      "classifier, the rest is kept.")
 @click.option("--arch", help="Or train this architecture from scratch (see `deeplab-edge models`).")
+@click.option("--trunk", type=click.Path(), help="With --arch: start it from this checkpoint's trunk (its weights "
+                                                   "copied, the head new; e.g. the imported VOC MobileNetV2).")
+@click.option("--aspp-rates", callback=lambda ctx, param, v: None if v is None else _rates(v, ctx, param),
+              help="With --arch: the new model's atrous rates, comma-separated (e.g. 6,12,18; default: the "
+                   "architecture's).")
 @output_stride_option("Train at this output stride: the checkpoint's weights re-planned (8: finer, about 2.5x "
                       "the compute of 16 for MobileNetV2), or the architecture built so (default: the "
                       "checkpoint's or the architecture's).")
@@ -79,7 +92,7 @@ def _log(line: str) -> None:
 @output_option("dir", "Run folder: best.pt, last.pt, train_state.pt, train_record.json/.csv, train_curve.png.",
                required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the training record as JSON.")
-def train_cmd(data, split, val_data, val_split, kind, weights, arch, output_stride, epochs, batch_size, crop, lr,
+def train_cmd(data, split, val_data, val_split, kind, weights, arch, trunk, aspp_rates, output_stride, epochs, batch_size, crop, lr,
               momentum, weight_decay, scale, no_flip, freeze_bn, dropout, sync_bn, class_weights, val_every, seed,
               device, max_steps, qat, qat_ranges, qat_calib_num, resume, output, as_json) -> None:
     """Fine-tune DeepLab on your data (the paper's recipe: SGD momentum 0.9, poly learning rate,
@@ -100,7 +113,7 @@ def train_cmd(data, split, val_data, val_split, kind, weights, arch, output_stri
 
     if scale[0] > scale[1]:
         raise click.BadParameter(f"{scale[0]} > {scale[1]}; give MIN MAX", param_hint="--scale")
-    cfg = TrainConfig(data=str(data), output=str(output), weights=weights, arch=arch,
+    cfg = TrainConfig(data=str(data), output=str(output), weights=weights, arch=arch, trunk=trunk, aspp_rates=aspp_rates,
                       output_stride=output_stride, dataset=kind, split=split,
                       val_data=val_data, val_split=val_split, epochs=epochs, batch_size=batch_size, crop=crop, lr=lr,
                       momentum=momentum, weight_decay=weight_decay, scale_min=scale[0], scale_max=scale[1],

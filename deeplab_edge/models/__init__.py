@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -14,7 +15,7 @@ from .deeplab import OUTPUT_STRIDES, DeepLab, restride_config
 from .flops import count_flops, count_params
 
 __all__ = ["DeepLab", "OUTPUT_STRIDES", "restride_config", "ModelInfo", "MODELS", "get_model", "list_models",
-           "count_flops", "count_params"]
+           "count_flops", "count_params", "with_trunk"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ MODELS: dict[str, ModelInfo] = {m.name: m for m in [
               "v3 head + low-level decoder"),
     ModelInfo("deeplabv3plus_mobilenet_v2", _d.deeplabv3plus_mobilenet_v2, "v3+", "MobileNetV2", False,
               "v3 head + low-level decoder"),
+    ModelInfo("deeplabv2_mobilenet_v2", _d.deeplabv2_mobilenet_v2, "v2", "MobileNetV2", False,
+              "ASPP-L, four atrous 3x3 branches to logits, summed"),
+    ModelInfo("deeplab_largefov_mobilenet_v2", _d.deeplab_largefov_mobilenet_v2, "v1", "MobileNetV2", False,
+              "LargeFOV: one atrous 3x3 (rate 12) to logits"),
 ]}
 
 
@@ -56,3 +61,25 @@ def get_model(name: str, **kwargs: Any) -> DeepLab:
     if name not in MODELS:
         raise ValueError(f"expected one of {', '.join(MODELS)}, got {name!r}")
     return MODELS[name].builder(**kwargs)
+
+
+#: what describes a trunk in a builder's config (MobileNetV2's width and explicit blocks, as an import records them)
+TRUNK_CONFIG = ("output_stride", "width_mult", "stem", "blocks")
+
+
+def with_trunk(source: DeepLab, arch: str, num_classes: int, **options: Any) -> DeepLab:
+    """``arch`` built on ``source``'s trunk: the trunk's config carried over where ``arch``'s builder takes it
+    (``options`` win, e.g. another ``aspp_rates``), every backbone weight copied from ``source`` (all of them
+    must fit, or ValueError); the head is new. How the model zoo starts each head from the imported VOC trunk."""
+    if arch not in MODELS:
+        raise ValueError(f"expected one of {', '.join(MODELS)}, got {arch!r}")
+    params = inspect.signature(MODELS[arch].builder).parameters
+    kwargs = {k: source.config[k] for k in TRUNK_CONFIG if k in source.config and k in params}
+    model = get_model(arch, **{**kwargs, **options, "num_classes": num_classes})
+    trunk = {k: v for k, v in source.state_dict().items() if k.startswith("backbone.")}
+    own = {k: v.shape for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    if own != {k: v.shape for k, v in trunk.items()}:
+        raise ValueError(f"{arch}'s trunk is not the checkpoint's ({source.config.get('arch')}): "
+                         f"{len(set(own) ^ set(trunk))} backbone tensors differ by name or shape")
+    model.load_state_dict(trunk, strict=False)
+    return model

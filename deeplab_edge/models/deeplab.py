@@ -5,6 +5,8 @@ atrous branches (rates 6/12/18/24) each predict class logits, summed.
 DeepLab-v3 (Chen et al., arXiv 1706.05587): ASPP = 1x1 + three atrous 3x3 (rates 6/12/18
 at OS16, doubled at OS8) + image pooling, concatenated and projected.
 DeepLab-v3+ (Chen et al., ECCV 2018): the v3 head plus a low-level-feature decoder.
+DeepLab-LargeFOV (Chen et al., ICLR 2015, the seed's baseline) and DeepLab-v2's ASPP-L on MobileNetV2: one
+3x3 atrous conv (rate 12), or one per rate (6/12/18/24), straight to class logits, summed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from .resnet import RESNET_LAYERS, ResNetBackbone
 
 __all__ = ["DeepLab", "deeplabv2_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101",
            "deeplabv3_mobilenet_v2", "deeplabv3_mobilenet_v3_large", "deeplabv3plus_resnet50",
-           "deeplabv3plus_resnet101", "deeplabv3plus_mobilenet_v2", "restride_config", "OUTPUT_STRIDES"]
+           "deeplabv3plus_resnet101", "deeplabv3plus_mobilenet_v2", "deeplabv2_mobilenet_v2",
+           "deeplab_largefov_mobilenet_v2", "restride_config", "OUTPUT_STRIDES"]
 
 
 class DeepLab(nn.Module):
@@ -66,7 +69,8 @@ class DeepLab(nn.Module):
 OUTPUT_STRIDES: dict[str, tuple[int, ...]] = {
     "deeplabv2_resnet101": (8, 16), "deeplabv3_resnet50": (8, 16), "deeplabv3_resnet101": (8, 16),
     "deeplabv3_mobilenet_v2": (8, 16, 32), "deeplabv3_mobilenet_v3_large": (16,),
-    "deeplabv3plus_resnet50": (8, 16), "deeplabv3plus_resnet101": (8, 16), "deeplabv3plus_mobilenet_v2": (8, 16)}
+    "deeplabv3plus_resnet50": (8, 16), "deeplabv3plus_resnet101": (8, 16), "deeplabv3plus_mobilenet_v2": (8, 16),
+    "deeplabv2_mobilenet_v2": (8, 16, 32), "deeplab_largefov_mobilenet_v2": (8, 16, 32)}
 
 
 def _check(num_classes: int, output_stride: int, arch: str) -> None:
@@ -197,14 +201,47 @@ def deeplabv3plus_resnet101(*, num_classes: int = 21, output_stride: int = 16, a
 
 
 def deeplabv3plus_mobilenet_v2(*, num_classes: int = 21, output_stride: int = 16, aspp_rates=None,
-                               width_mult: float = 1.0, align_corners: bool = False) -> DeepLab:
-    """DeepLab-v3+ on MobileNetV2 (decoder on the stride-4, 24-channel features)."""
+                               width_mult: float = 1.0, align_corners: bool = False, stem: int | None = None,
+                               blocks: list | None = None) -> DeepLab:
+    """DeepLab-v3+ on MobileNetV2 (decoder on the stride-4, 24-channel features); ``stem``/``blocks`` give the
+    trunk explicitly (an imported model's, see :func:`deeplabv3_mobilenet_v2`)."""
     _check(num_classes, output_stride, "deeplabv3plus_mobilenet_v2")
     rates = _default_rates(output_stride) if aspp_rates is None else tuple(aspp_rates)
-    trunk, _, _ = _v2_backbone(output_stride, width_mult, None, None)
-    return _v3plus(trunk, dict(arch="deeplabv3plus_mobilenet_v2", num_classes=num_classes,
-                               output_stride=output_stride, aspp_rates=list(rates), width_mult=width_mult,
-                               align_corners=align_corners))
+    trunk, stem, as_lists = _v2_backbone(output_stride, width_mult, stem, blocks)
+    config = dict(arch="deeplabv3plus_mobilenet_v2", num_classes=num_classes, output_stride=output_stride,
+                  aspp_rates=list(rates), width_mult=width_mult, align_corners=align_corners)
+    if blocks is not None:  # the table's trunk keeps its old config (checkpoints without stem/blocks load as before)
+        config.update(stem=stem, blocks=as_lists)
+    return _v3plus(trunk, config)
+
+
+def _summed_logits_mobilenet_v2(arch: str, num_classes: int, output_stride: int, rates, width_mult: float,
+                                align_corners: bool, stem: int | None, blocks: list | None) -> DeepLab:
+    _check(num_classes, output_stride, arch)
+    trunk, stem, as_lists = _v2_backbone(output_stride, width_mult, stem, blocks)
+    config = dict(arch=arch, num_classes=num_classes, output_stride=output_stride, aspp_rates=[int(r) for r in rates],
+                  width_mult=width_mult, align_corners=align_corners, stem=stem, blocks=as_lists)
+    return DeepLab(trunk, ASPPSum(trunk.out_channels["out"], num_classes, rates), align_corners=align_corners,
+                   config=config)
+
+
+def deeplabv2_mobilenet_v2(*, num_classes: int = 21, output_stride: int = 16,
+                           aspp_rates: tuple[int, ...] | list[int] = (6, 12, 18, 24), width_mult: float = 1.0,
+                           align_corners: bool = False, stem: int | None = None, blocks: list | None = None) -> DeepLab:
+    """DeepLab-v2's head on MobileNetV2: ASPP-L, one 3x3 atrous conv per rate (6/12/18/24, the seed's) from the
+    trunk's 320 channels straight to class logits, the branches summed (as DeepLab-v2's ResNet-101 model)."""
+    return _summed_logits_mobilenet_v2("deeplabv2_mobilenet_v2", num_classes, output_stride, aspp_rates, width_mult,
+                                       align_corners, stem, blocks)
+
+
+def deeplab_largefov_mobilenet_v2(*, num_classes: int = 21, output_stride: int = 16,
+                                  aspp_rates: tuple[int, ...] | list[int] = (12,), width_mult: float = 1.0,
+                                  align_corners: bool = False, stem: int | None = None,
+                                  blocks: list | None = None) -> DeepLab:
+    """DeepLab-LargeFOV's head on MobileNetV2 (the seed's single-scale baseline): one 3x3 atrous conv, rate 12,
+    from the trunk straight to class logits."""
+    return _summed_logits_mobilenet_v2("deeplab_largefov_mobilenet_v2", num_classes, output_stride, aspp_rates,
+                                       width_mult, align_corners, stem, blocks)
 
 
 def restride_config(config: dict[str, Any], output_stride: int) -> dict[str, Any]:
