@@ -21,7 +21,7 @@ from deeplab_edge.data.datasets import open_dataset
 from deeplab_edge.data.overlap import image_digests
 from deeplab_edge.data.preprocess import Preprocess
 from deeplab_edge.errors import CalibrationError
-from deeplab_edge.export import export_onnx, load_onnx, read_metadata
+from deeplab_edge.export import dynamic_axes, export_onnx, load_onnx, read_metadata
 from deeplab_edge.checkpoint import load_checkpoint
 from deeplab_edge.outputs import check_run_folder, staged_dir
 
@@ -173,8 +173,9 @@ def calibrate_folder(output: Path, data: str | Path, config: CalibrationConfig, 
             loaded = load_checkpoint(weights)
             ds = open_dataset(data).subset(4)
             onnx_path = stage / "model_fp32.onnx"
-            with exporting():  # e.g. the CLI's spinner
-                export_onnx(loaded, onnx_path, [ds.load(i)[1] for i in range(len(ds))])
+            with exporting():  # e.g. the CLI's spinner; H and W dynamic for a model without a fixed input size
+                export_onnx(loaded, onnx_path, [ds.load(i)[1] for i in range(len(ds))],
+                            dynamic=dynamic_axes(loaded.meta))
         rep = calibrate(onnx_path, data, stage, config, progress=progress)
     return {k: str(Path(output) / Path(v).name) if isinstance(v, str) and Path(v).parent == stage else v
             for k, v in rep.items()}

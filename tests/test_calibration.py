@@ -460,3 +460,37 @@ def test_bias_correction_against_einsum_and_onnxruntime(tmp_path, groups, bias):
     err_plain = np.abs((plain - ref).mean(axis=(0, 2, 3)))
     err_fixed = np.abs((fixed - ref).mean(axis=(0, 2, 3)))
     assert err_plain.max() > 1e-3 and err_fixed.max() < 0.05 * err_plain.max(), (err_plain, err_fixed)
+
+
+def test_calibrate_weights_of_a_model_without_a_fixed_input_size(shared, tmp_path):
+    """The committed CamVid model runs at each image's own size: `calibrate --weights` exports it with dynamic H
+    and W (as build and bench do) and its QDQ model runs on frames of two sizes, agreeing with PyTorch's argmax
+    (an independent runtime: ONNX Runtime against the checkpoint in PyTorch)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from deeplab_edge.checkpoint import load_checkpoint
+    from deeplab_edge.data.preprocess import Preprocess
+    from deeplab_edge.runtime.onnx import OnnxRunner
+
+    weights = Path(__file__).resolve().parents[1] / "weights" / "deeplabv3_mnv2_camvid.pt"
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    src = sorted((shared["camvid"] / "images").iterdir())[:3]
+    for p, size in zip(src, [(96, 72), (96, 72), (80, 64)]):
+        Image.open(p).convert("RGB").resize(size, Image.BILINEAR).save(frames / f"{p.stem}.png")
+    res = CliRunner().invoke(main, ["calibrate", "--weights", str(weights), "--data", str(frames), "--num", "2",
+                                    "--no-cpu-int8", "--method", "minmax", "-o", str(tmp_path / "out"), "--json"])
+    assert res.exit_code == 0, res.output
+    dims = onnx.load(str(tmp_path / "out" / "model_fp32.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.HasField("dim_value") for d in dims[2:]] == [False, False]  # H and W symbolic
+    loaded = load_checkpoint(weights)
+    qdq = OnnxRunner(tmp_path / "out" / "model_qdq.onnx", optimize=False)
+    pre = Preprocess.from_dict(loaded.meta["preprocess"])
+    for p in sorted(frames.iterdir()):
+        x = pre(np.asarray(Image.open(p)))[0][None]
+        with torch.no_grad():
+            ref = loaded.model(x).argmax(1)
+        got = torch.as_tensor(np.asarray(qdq(x))).argmax(1)
+        assert got.shape == ref.shape and (got == ref).float().mean() > 0.9, p.name
