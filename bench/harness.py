@@ -3,7 +3,8 @@
 For each backend that can run here (the rest are listed with the reason they cannot):
 
 1. **Artefacts** are built once and shared: the FP32 ONNX export (with its parity check), the
-   calibration (TensorRT QDQ model and ONNX Runtime CPU INT8 model).
+   calibration (TensorRT QDQ model and ONNX Runtime CPU INT8 model), held out by default
+   (:func:`plan_calibration`: the train split, else folds of the benchmark's images pooled).
 2. **Accuracy pass**: every image of the dataset through the shared preprocessing, the model
    and the argmax (exactly what ``deeplab-edge eval`` does) and, on the same logits, each CRF
    option; one confusion matrix per (backend, CRF) cell. Data loading, preprocessing,
@@ -38,7 +39,8 @@ import torch
 
 from deeplab_edge.checkpoint import load_checkpoint
 from deeplab_edge.crf import METHODS as CRF_METHODS, PRESETS, TRITON_METHODS, CRFStage
-from deeplab_edge.data.datasets import open_dataset
+from deeplab_edge.calibration.collect import as_dataset
+from deeplab_edge.data.datasets import SegmentationDataset, open_dataset
 from deeplab_edge.data.overlap import image_digests, shared_images
 from deeplab_edge.engine import tensorrt_unavailable
 from deeplab_edge.errors import DeepLabEdgeError
@@ -46,6 +48,7 @@ from deeplab_edge.export import dynamic_axes, export_onnx
 from deeplab_edge.hostinfo import cpu_flags
 from deeplab_edge.inference import Segmenter, evaluate
 from deeplab_edge.kernels.device import triton_unavailable
+from deeplab_edge.metrics import ConfusionMatrix
 from deeplab_edge.runtime import open_runner, resolve_device
 
 from .env import environment
@@ -60,6 +63,8 @@ CRF_CHOICES = ("none", *CRF_METHODS)
 #: The kinds of calibration warning bench shows (calibration.alerts.KINDS; the others, e.g. few_images, are
 #: expected there). By kind, not wording: rewording a message cannot silence it.
 SHOWN_CALIBRATION_WARNINGS = ("kernel_disagreement", "degenerate")
+#: the backends whose INT8 models bench calibrates itself (a TensorRT engine comes built, its calibration in it)
+CALIBRATED = {("ort", "int8"), ("qdq", "int8")}
 
 
 @dataclass(frozen=True)
@@ -181,10 +186,67 @@ def peak_rss_mb() -> float | None:
     return _status_mb("VmHWM")
 
 
+# ----------------------------------------------------------------------------- where INT8 calibrates
+
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """Where a benchmark's INT8 models are calibrated and which of its images each one scores: ``sources`` (a
+    folder or a dataset per model) and ``scored`` (indices into the benchmark's images, per model); ``how`` is
+    ``given`` (--calib-data), ``train-split``, ``folds`` or ``eval-images`` (--calib-on-eval), ``says`` the line
+    that tells the user."""
+
+    how: str
+    sources: tuple[Any, ...]
+    scored: tuple[tuple[int, ...], ...]
+    says: str
+
+
+def fold_indices(n: int, k: int) -> list[tuple[list[int], list[int]]]:
+    """(calibration, scored) image indices of ``k`` folds: fold f scores the images i with i % k == f."""
+    return [([i for i in range(n) if i % k != f], [i for i in range(n) if i % k == f]) for f in range(k)]
+
+
+def _train_split(dataset):
+    """The train split of the benchmark's own dataset (VOC, Cityscapes, CamVid layouts), when it has one that
+    shares no image with the benchmark's."""
+    if dataset.kind not in ("voc", "cityscapes", "camvid") or getattr(dataset, "split", None) == "train":
+        return None
+    try:
+        train = open_dataset(dataset.root, dataset.kind, "train")
+    except DeepLabEdgeError:
+        return None
+    return None if {s.image for s in train.samples} & {s.image for s in dataset.samples} else train
+
+
+def plan_calibration(dataset, calib_data: Path | None = None, folds: int = 3, on_eval: bool = False) -> CalibrationPlan:
+    """Held out by default: ``calib_data`` when given; else the dataset's train split; else ``folds`` folds of
+    the benchmark's images, each scored by models calibrated on the others. ``on_eval`` (the old behaviour,
+    flagged in the result) calibrates on the scored images themselves."""
+    every = tuple(range(len(dataset)))
+    if calib_data is not None:
+        return CalibrationPlan("given", (Path(calib_data),), (every,), f"INT8 calibrated on --calib-data {calib_data}")
+    if on_eval:
+        return CalibrationPlan("eval-images", (dataset,), (every,), "INT8 calibrated on the benchmark's own images "
+                               "(--calib-on-eval): its accuracy is not held out")
+    train = _train_split(dataset)
+    if train is not None:
+        return CalibrationPlan("train-split", (train,), (every,), f"INT8 calibrated on the train split of "
+                               f"{dataset.root} ({len(train)} images), none of them scored")
+    k = min(folds, len(dataset))
+    if k < 2:
+        raise DeepLabEdgeError(f"{dataset.root}: {len(dataset)} image{'s' if len(dataset) != 1 else ''} and no train "
+                               "split: INT8 cannot be calibrated on other images than it is scored on; pass "
+                               "--calib-data DIR (e.g. the train split), --calib-folds 2 or more, or --calib-on-eval")
+    idx = fold_indices(len(dataset), k)
+    return CalibrationPlan("folds", tuple(dataset.take(c) for c, _ in idx), tuple(tuple(e) for _, e in idx),
+                           f"no --calib-data and no train split beside {dataset.root}: {k} folds (image i in fold "
+                           f"i % {k}), each scored by INT8 models calibrated on the other folds, pooled")
+
+
 # ----------------------------------------------------------------------------- artefacts
 
 def build_artifacts(loaded, weights: Path, dataset, work: Path, backends: list[Backend], *, batches: list[int],
-                    calib_data: Path | None, calib_num: int, calib_method: str,
+                    plan: CalibrationPlan, calib_num: int, calib_method: str,
                     log: Callable[[str], None]) -> dict[str, Any]:
     """The FP32 ONNX export and the INT8 models the chosen backends need, in ``work``; what ``work`` already
     holds is reused only when its stamp says it was made from the same weights, settings and images."""
@@ -193,9 +255,30 @@ def build_artifacts(loaded, weights: Path, dataset, work: Path, backends: list[B
         return {}
     export_key, info = _export_artifact(loaded, weights, dataset, work, max(batches) > 1, log)
     art = {"onnx_fp32": info}
-    if {("ort", "int8"), ("qdq", "int8"), ("trt", "int8")} & families:
-        art["calibration"] = _calibration_artifact(work, export_key, dataset, calib_data, calib_num, calib_method, log)
+    if CALIBRATED & families:
+        art["calibration"] = _calibrations(work, export_key, dataset, plan, calib_num, calib_method, log)
     return art
+
+
+def _calibrations(work: Path, export_key: str, dataset, plan: CalibrationPlan, calib_num: int, calib_method: str,
+                  log: Callable[[str], None]) -> dict[str, Any]:
+    """Every INT8 model of ``plan`` (one, or one per fold in ``work/foldK``): the first one's record at the top
+    (its models time the INT8 backends), with how it was planned and, for folds, each fold's models and images."""
+    log(plan.says)
+    models = []
+    for k, (source, scored) in enumerate(zip(plan.sources, plan.scored)):
+        where = work if len(plan.sources) == 1 else work / f"fold{k}"
+        where.mkdir(parents=True, exist_ok=True)
+        models.append(_calibration_artifact(where, work / "model_fp32.onnx", export_key, dataset.take(scored), source,
+                                            calib_num, calib_method, log, given=plan.how == "given"))
+    info = {**models[0], "how": plan.how, "says": plan.says,
+            "overlap_images": sum(m["overlap_images"] for m in models),
+            "held_out": all(m["held_out"] for m in models)}
+    if len(models) > 1:
+        info["folds"] = [{"qdq_onnx": m["qdq_onnx"], "cpu_int8_onnx": m["cpu_int8_onnx"], "scored": list(scored),
+                          "calibration_images": m.get("images"), "held_out": m["held_out"]}
+                         for m, scored in zip(models, plan.scored)]
+    return info
 
 
 def _export_artifact(loaded, weights: Path, dataset, work: Path, batch: bool, log: Callable[[str], None]
@@ -224,37 +307,38 @@ def _export_artifact(loaded, weights: Path, dataset, work: Path, batch: bool, lo
                         "parity_agreement": rep.parity["agreement"], "parity_max_abs_diff": rep.parity["max_abs_diff"]}
 
 
-def _calibration_artifact(work: Path, export_key: str, dataset, calib_data: Path | None, calib_num: int,
-                          calib_method: str, log: Callable[[str], None]) -> dict[str, Any]:
-    """The QDQ and CPU INT8 models in ``work`` (calibrated, or reused for the same export, method and images by
-    content), with how many of the benchmark's images calibrated them."""
+def _calibration_artifact(work: Path, fp32: Path, export_key: str, scored, src, calib_num: int, calib_method: str,
+                          log: Callable[[str], None], given: bool = True) -> dict[str, Any]:
+    """The QDQ and CPU INT8 models in ``work`` calibrated on ``src`` (a folder or a dataset; reused for the same
+    export, method and images by content), with how many of the ``scored`` images calibrated them."""
     from deeplab_edge.calibration.workflow import calibrate
 
-    src = calib_data or Path(dataset.root)
     qdq, cpu, stamp = work / "model_qdq.onnx", work / "model_cpu_int8.onnx", work / "calibration.stamp"
-    calib_images = [smp.image for smp in open_dataset(src).subset(calib_num).samples]
+    calib_ds = as_dataset(src)
+    calib_images = [smp.image for smp in calib_ds.subset(calib_num).samples]
+    data = str(Path(src).resolve()) if not isinstance(src, SegmentationDataset) else str(Path(calib_ds.root).resolve())
     # the calibration images by content (a folder whose images changed is calibrated again)
-    key = json.dumps({"export": export_key, "data": str(Path(src).resolve()), "images_sha1": image_digests(calib_images),
+    key = json.dumps({"export": export_key, "data": data, "images_sha1": image_digests(calib_images),
                       "num": calib_num, "method": calib_method}, sort_keys=True)
     if qdq.is_file() and cpu.is_file() and stamp.is_file() and stamp.read_text() == key:
         log(f"reusing the calibration in {work}")
         info: dict[str, Any] = {"reused": True}
     else:
-        log(f"calibrating ({calib_method}, up to {calib_num} images of {src})")
+        log(f"calibrating ({calib_method}, up to {calib_num} images of {data})")
         t = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # recorded in the report, shown below by kind
-            rep = calibrate(work / "model_fp32.onnx", src, work, num=calib_num, method=calib_method)
+            rep = calibrate(fp32, src, work, num=calib_num, method=calib_method)
         stamp.write_text(key)
         info = {"seconds": time.perf_counter() - t, "images": rep["images"], "warnings": rep["warnings"],
                 "cpu_int8": rep.get("cpu_int8")}
-    info.update({"method": calib_method, "data": str(src), "qdq_onnx": str(qdq), "cpu_int8_onnx": str(cpu),
+    info.update({"method": calib_method, "data": data, "qdq_onnx": str(qdq), "cpu_int8_onnx": str(cpu),
                  "cache": str(work / "calibration.cache")})
-    shared = shared_images(calib_images, [smp.image for smp in dataset.samples])
+    shared = shared_images(calib_images, [smp.image for smp in scored.samples])
     info["overlap_images"] = len(shared)
     info["held_out"] = not shared
     if shared:
-        why = ("no --calib-data: calibrated on the benchmark's own images" if calib_data is None else
+        why = ("--calib-on-eval: calibrated on the benchmark's own images" if not given else
                f"{len(shared)} of the {len(calib_images)} calibration images are also evaluated "
                f"(e.g. {shared[0][1].name})")
         info["note"] = (f"{why}: the INT8 accuracy is not held out and is optimistic by however much calibration "
@@ -318,8 +402,9 @@ class BenchConfig:
     """What ``run_bench`` measures: the ``backends`` (from :func:`select_backends`) x ``crf_methods`` (with
     ``crf_preset``'s parameters), latency at each of ``batches`` (``warmup`` untimed calls, then ``iters``);
     the model options (``device``, ``arch``, ``threads``, ``output_stride``, test-time ``scales`` and ``flip``,
-    ``engines`` by precision, a ``tflite`` model); the calibration (``calib_data``, ``calib_num``,
-    ``calib_method``); ``settings`` recorded with the result."""
+    ``engines`` by precision, a ``tflite`` model); the calibration (``calib_num`` images, ``calib_method``; where:
+    ``calib_data``, else held out by :func:`plan_calibration` with ``calib_folds``, or ``calib_on_eval``);
+    ``settings`` recorded with the result."""
 
     backends: tuple[Backend, ...]
     crf_methods: tuple[str, ...] = ("none",)
@@ -333,6 +418,8 @@ class BenchConfig:
     calib_data: Path | None = None
     calib_num: int = 256
     calib_method: str = "mse"
+    calib_folds: int = 3
+    calib_on_eval: bool = False
     engines: Mapping[str, Path] = field(default_factory=dict)
     tflite: Path | None = None
     scales: tuple[float, ...] = (1.0,)
@@ -346,6 +433,11 @@ class BenchConfig:
         object.__setattr__(self, "batches", tuple(sorted(set(self.batches))))
         object.__setattr__(self, "engines", dict(self.engines or {}))
         object.__setattr__(self, "settings", dict(self.settings or {}))
+        if self.calib_on_eval and self.calib_data is not None:
+            raise DeepLabEdgeError("--calib-on-eval calibrates on the benchmark's own images; drop it or --calib-data")
+        if self.calib_folds < 2:
+            raise DeepLabEdgeError(f"--calib-folds must be >= 2 (calibrate on the others, score each), got "
+                                   f"{self.calib_folds}")
         if self.crf_preset not in PRESETS:
             raise DeepLabEdgeError(f"unknown CRF preset {self.crf_preset!r}; choose one of {', '.join(PRESETS)}")
         if not self.backends:
@@ -402,9 +494,10 @@ def run_bench(weights: Path, dataset, config: BenchConfig | None = None, *, work
         if not backends:
             raise DeepLabEdgeError("--scales/--flip need a PyTorch backend (torch-*, compile-*, triton-*); the "
                                    "selected ones all have fixed inputs")
-    art = build_artifacts(loaded, weights, dataset, work, backends, batches=list(config.batches),
-                          calib_data=config.calib_data, calib_num=config.calib_num, calib_method=config.calib_method,
-                          log=log)
+    int8 = CALIBRATED & {(b.family, b.precision) for b in backends}
+    plan = plan_calibration(dataset, config.calib_data, config.calib_folds, config.calib_on_eval) if int8 else None
+    art = build_artifacts(loaded, weights, dataset, work, backends, batches=list(config.batches), plan=plan,
+                          calib_num=config.calib_num, calib_method=config.calib_method, log=log)
     stages, skipped_crf = _crf_stages(config, dev)
     crfs = ["none", *stages] if "none" in config.crf_methods else list(stages)
     if not crfs:
@@ -483,8 +576,7 @@ def _bench_backend(run: _Run, b: Backend) -> list[dict[str, Any]] | str:
     _sync(runner)
     first_call_s = time.perf_counter() - t
     seg = Segmenter(runner, scales=cfg.scales, flip=cfg.flip)
-    ev = evaluate(seg, dataset, on_image=run.tick(f"{b.name}: accuracy", len(dataset)),
-                  options={c: run.stages.get(c) for c in run.crfs})
+    ev = _accuracy_pass(run, b, seg)
     latency = _latency_pass(run, b, runner, seg)
     mem = {"peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0}
     if dev.type == "cuda" and b.family in ("torch", "compile", "triton"):
@@ -493,6 +585,37 @@ def _bench_backend(run: _Run, b: Backend) -> list[dict[str, Any]] | str:
                                        "file_mb": Path(source).stat().st_size / 1e6, **extra})
     del runner
     return rows
+
+
+def _accuracy_pass(run: _Run, b: Backend, seg) -> dict[str, Any]:
+    """Every image through eval's one loop, every CRF option on the same network outputs. With calibration
+    folds, an INT8 backend scores each fold with the models calibrated on the other folds (fold 0's is ``seg``)
+    and the confusion matrices are pooled: no image is scored by a model that calibrated on it."""
+    tick = run.tick(f"{b.name}: accuracy", len(run.dataset))
+    options = {c: run.stages.get(c) for c in run.crfs}
+    folds = (run.art.get("calibration") or {}).get("folds")
+    if not folds or b.family not in ("ort", "qdq") or b.precision != "int8":
+        return evaluate(seg, run.dataset, on_image=tick, options=options)
+    key = "cpu_int8_onnx" if b.family == "ort" else "qdq_onnx"
+    evs = []
+    for k, fold in enumerate(folds):
+        s = seg if k == 0 else Segmenter(open_runner(Path(fold[key]), threads=run.config.threads, backend="onnxruntime"))
+        evs.append(evaluate(s, run.dataset.take(fold["scored"]), on_image=tick, options=options))
+    return _pooled(evs)
+
+
+def _pooled(evs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One evaluation of several disjoint parts: each option's confusion matrices summed, the per-image times
+    joined."""
+    pooled: dict[str, Any] = {"options": {}, "samples_ms": {}}
+    for name in evs[0]["options"]:
+        cm = ConfusionMatrix(len(evs[0]["options"][name]["confusion"]))
+        cm.mat = sum(np.asarray(e["options"][name]["confusion"], dtype=np.int64) for e in evs)
+        pooled["options"][name] = {**cm.compute(), "confusion": cm.mat.tolist()}
+    for e in evs:
+        for k, v in e["samples_ms"].items():
+            pooled["samples_ms"].setdefault(k, []).extend(v)
+    return pooled
 
 
 def _latency_pass(run: _Run, b: Backend, runner, seg) -> list[dict[str, Any]]:
@@ -555,7 +678,9 @@ def _document(run: _Run, backends: list[Backend], rows: list[dict[str, Any]], ba
             "settings": {"backends": [b.name for b in backends], "crf": list(cfg.crf_methods),
                          "crf_preset": cfg.crf_preset, "batches": list(cfg.batches), "iters": cfg.iters,
                          "warmup": cfg.warmup, "threads": cfg.threads or torch.get_num_threads(),
-                         "calib_method": cfg.calib_method, "scales": list(cfg.scales), "flip": cfg.flip,
+                         "calib_method": cfg.calib_method,
+                         "calibration": (run.art.get("calibration") or {}).get("how"),
+                         "scales": list(cfg.scales), "flip": cfg.flip,
                          "output_stride": run.loaded.model.config.get("output_stride"), **settings},
             "power": getattr(run.power, "source", None), "baseline": {"backend": base["backend"], "crf": base["crf"]},
             "rows": rows, "skipped": skipped, "skipped_crf": skipped_crf, "artifacts": run.art}

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from deeplab_edge.data.datasets import open_dataset
+from deeplab_edge.data.datasets import SegmentationDataset, open_dataset
 from deeplab_edge.data.preprocess import Preprocess
 from deeplab_edge.errors import CalibrationError, DataError
 from deeplab_edge.export import ort_session
@@ -27,17 +27,24 @@ from .alerts import DegenerateCalibrationWarning, FewImagesWarning
 from .histograms import NUM_BINS
 
 __all__ = ["calibration_inputs", "activation_tensors", "collect_histograms", "is_blank", "MIN_IMAGES",
-           "DEGENERATE"]
+           "DEGENERATE", "as_dataset"]
 
 MIN_IMAGES = 1
 
 
-def calibration_inputs(data: str | Path, preprocess: Preprocess, num: int) -> list[torch.Tensor]:
+def as_dataset(data: str | Path | SegmentationDataset) -> SegmentationDataset:
+    """Calibration data given as a dataset (e.g. the folds of a benchmark) or as a folder."""
+    return data if isinstance(data, SegmentationDataset) else open_dataset(data)
+
+
+def calibration_inputs(data: str | Path | SegmentationDataset, preprocess: Preprocess, num: int) -> list[torch.Tensor]:
     """The first ``num`` images of a dataset or folder, preprocessed; warns when there are fewer."""
     try:
-        ds = open_dataset(data)
+        ds = as_dataset(data)
     except DataError as e:
         raise CalibrationError(f"calibration data: {e}") from e
+    if isinstance(data, SegmentationDataset):
+        data = f"{ds.root} ({len(ds)} of its images)"
     n = len(ds)
     if n < MIN_IMAGES:
         raise CalibrationError(f"{data}: no calibration images; pass a folder with images")

@@ -27,7 +27,7 @@ from deeplab_edge.outputs import check_run_folder, staged_dir
 
 from .alerts import DegenerateCalibrationWarning, KernelDisagreementWarning, NotHeldOutWarning, recorded
 from .cache import check_trt_version, write_trt_cache
-from .collect import DEGENERATE, calibration_inputs
+from .collect import DEGENERATE, as_dataset, calibration_inputs
 from .cpu_int8 import kernel_agreement, quantize_cpu_int8
 from .pipeline import Calibrator, Recipe
 from .qdq import conv_nodes, tag_quantized
@@ -208,7 +208,7 @@ def _sensitivity(cal: Calibrator, amax: dict[str, float], data: str | Path, conf
     if config.sensitivity_data is not None:
         held = open_dataset(config.sensitivity_data)
     else:
-        held = open_dataset(data)
+        held = as_dataset(data)
         if len(held) > len(cal.inputs):
             held = held.take(range(len(cal.inputs), len(held)))
         else:
@@ -226,7 +226,7 @@ def _sensitivity(cal: Calibrator, amax: dict[str, float], data: str | Path, conf
 def _calibrate(onnx_path: Path, data: str | Path, out_dir: Path, config: CalibrationConfig, progress) -> dict[str, Any]:
     model, meta = _fp32_export(onnx_path, config)
     inputs = calibration_inputs(data, Preprocess.from_dict(meta["preprocess"]), config.num)
-    images_sha1 = image_digests(smp.image for smp in open_dataset(data).subset(len(inputs)).samples)
+    images_sha1 = image_digests(smp.image for smp in as_dataset(data).subset(len(inputs)).samples)
     recipe = config.recipe
     cal = Calibrator(model, inputs, progress)
     amax = cal.thresholds(recipe)

@@ -242,6 +242,6 @@ def evaluate(segmenter: Segmenter, dataset: SegmentationDataset, *, batch_size: 
     if reference_dir is not None:
         result["reference_agreement"] = agree_num / agree_den if agree_den else None
     if options is not None:
-        result["options"] = {name: c.compute() for name, c in cms.items()}
+        result["options"] = {name: {**c.compute(), "confusion": c.mat.tolist()} for name, c in cms.items()}
         result["samples_ms"] = {**segmenter.timing.samples, "model": [1e3 * t for t in segmenter.timing.model_calls]}
     return result

@@ -116,6 +116,14 @@ CASES_BENCH = [
     ("eval-onnx-one-channel", "eval --onnx {w}/one_channel.onnx --data {voc}", "its input is 'input' 1x1x32x32 float"),
     ("eval-onnx-int-input", "eval --onnx {w}/int_input.onnx --data {voc}",
      "not an image batch N x 3 x H x W of floats"),
+    # bench: where INT8 calibrates, contradicted
+    ("bench-calib-folds-with-calib-data", "bench --weights {camvid_weights} --data {voc} --calib-data {voc} "
+     "--calib-folds 4", "--calib-folds splits the benchmark's images when there is nothing else to calibrate on; "
+     "drop it or --calib-data"),
+    ("bench-calib-on-eval-with-calib-data", "bench --weights {camvid_weights} --data {voc} --backends ort-int8 "
+     "--calib-data {voc} --calib-on-eval", "--calib-on-eval calibrates on the benchmark's own images; drop it or "
+     "--calib-data"),
+    ("bench-calib-folds-1", "bench --weights {camvid_weights} --data {voc} --calib-folds 1", "--calib-folds"),
 ]
 
 

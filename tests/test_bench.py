@@ -175,7 +175,8 @@ def bench_run(shared, imported, tmp_path_factory):
                                     "--backends", "torch-fp32,ort-fp32,litert-int8,qdq-int8,trt-fp16,triton-fp16",
                                     "--tflite", str(shared["tflite"]),
                                     "--crf", "none,torch,triton", "--batch", "1,2", "--iters", "2", "--warmup", "1",
-                                    "--calib-num", "2", "--calib-method", "minmax", "--tag", "a", "-o", str(out),
+                                    "--calib-num", "2", "--calib-method", "minmax", "--calib-on-eval",
+                                    "--tag", "a", "-o", str(out),
                                     "--artifacts", str(out / "artifacts"), "--json"])
     assert res.exit_code == 0, res.output
     return out, json.loads(res.stdout), ckpt
@@ -211,7 +212,7 @@ def test_bench_writes_json_csv_png(bench_run):
             assert r["latency_ms"] == pytest.approx(expect)
         else:
             assert r["backend"] == "qdq-int8" and not r["pareto"]
-    # no --calib-data: the 2 calibration images are the 2 evaluated ones, and the document says so
+    # --calib-on-eval: the 2 calibration images are the 2 evaluated ones, and the document says so
     cal = doc["artifacts"]["calibration"]
     assert cal["overlap_images"] == 2 and cal["held_out"] is False and "not held out" in cal["note"]
     # the Pareto flags are the front of the measured rows
@@ -349,3 +350,65 @@ def test_bench_exports_a_checkpoint_without_fixed_size_with_dynamic_hw(shared, t
     assert [d.dim_param != "" for d in dims[2:]] == [True, True]
     miou = {r["backend"]: r["miou"] for r in doc["rows"]}
     assert miou["ort-fp32"] == pytest.approx(miou["torch-fp32"], abs=2e-3)
+
+
+def test_calibration_is_held_out_by_default(shared, tmp_path):
+    """Without --calib-data: the dataset's train split when it has one (SegNet's CamVid layout: train/, trainannot/,
+    val/, valannot/),
+    else folds of the benchmark's own images (the 9 VOC samples: val only); no image is both calibrated on and
+    scored, and the folds score every image once."""
+    from deeplab_edge.bench.harness import plan_calibration
+    from deeplab_edge.data.datasets import open_dataset
+    from deeplab_edge.errors import DeepLabEdgeError
+
+    voc = open_dataset(shared["voc"])
+    plan = plan_calibration(voc, folds=3)
+    assert plan.how == "folds" and len(plan.sources) == 3 and sorted(i for s in plan.scored for i in s) == list(
+        range(len(voc)))
+    for source, scored in zip(plan.sources, plan.scored):
+        assert not {s.image for s in source.samples} & {voc.samples[i].image for i in scored}
+        assert len(source) + len(scored) == len(voc)
+    root = tmp_path / "camvid"
+    for split, src in (("train", shared["camvid"].parent / "camvid_train"), ("val", shared["camvid"])):
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        for p in sorted((src / "images").iterdir())[:2]:
+            Image.open(p).convert("RGB").resize((48, 36)).save(root / split / f"{p.stem}.png")
+            Image.open(src / "labels" / f"{p.stem}.png").resize((48, 36), Image.NEAREST).save(
+                root / f"{split}annot" / f"{p.stem}.png")
+    val = open_dataset(root, split="val")
+    plan = plan_calibration(val)
+    assert plan.how == "train-split" and [s.image.parent.name for s in plan.sources[0].samples] == ["train"] * 2
+    assert plan_calibration(val, on_eval=True).how == "eval-images"
+    assert plan_calibration(val, calib_data=root / "train").how == "given"
+    with pytest.raises(DeepLabEdgeError, match="--calib-data"):
+        plan_calibration(voc.take([0]))
+
+
+def test_bench_int8_by_folds_pools_what_each_fold_model_scores(shared, imported, tmp_path):
+    """The INT8 rows of a bench without --calib-data on 4 VOC images (2 folds): each fold's models, run here
+    through ONNX Runtime on that fold's images only, pooled into one confusion matrix, give the row's mIoU."""
+    from deeplab_edge.data.datasets import open_dataset
+    from deeplab_edge.inference import Segmenter
+    from deeplab_edge.metrics import ConfusionMatrix
+    from deeplab_edge.runtime import open_runner
+
+    res = CliRunner().invoke(main, ["bench", "--weights", str(imported[0]), "--data", str(shared["voc"]),
+                                    "--num-images", "4", "--backends", "ort-int8,qdq-int8", "--crf", "none",
+                                    "--calib-folds", "2", "--calib-method", "minmax", "--iters", "1", "--warmup", "0",
+                                    "--artifacts", str(tmp_path / "art"), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    cal = doc["artifacts"]["calibration"]
+    assert cal["how"] == "folds" and cal["held_out"] and cal["overlap_images"] == 0 and len(cal["folds"]) == 2
+    assert doc["settings"]["calibration"] == "folds"
+    voc = open_dataset(shared["voc"]).subset(4)
+    for row in doc["rows"]:
+        key = "cpu_int8_onnx" if row["backend"] == "ort-int8" else "qdq_onnx"
+        cm = ConfusionMatrix(21)
+        for fold in cal["folds"]:
+            seg = Segmenter(open_runner(fold[key], backend="onnxruntime"))
+            for i in fold["scored"]:
+                _, image, label = voc.load(i)
+                cm.update(np.asarray(seg.predict(image)), label)
+        assert row["miou"] == pytest.approx(cm.compute()["miou"], abs=1e-9), row["backend"]

@@ -38,8 +38,8 @@ def test_models_json_flops_against_torch_counter():
     res = run("models", "--json", "--size", "129")
     assert res.exit_code == 0
     rows = {r["name"]: r for r in json.loads(res.output)}
-    assert len(rows) == 8
-    for name in ("deeplabv3_mobilenet_v2", "deeplabv2_resnet101"):
+    assert len(rows) == 10  # 8 + the seed's LargeFOV and ASPP-L heads on MobileNetV2 (issue 28)
+    for name in ("deeplabv3_mobilenet_v2", "deeplabv2_resnet101", "deeplab_largefov_mobilenet_v2"):
         model = get_model(name).eval()
         with FlopCounterMode(display=False) as fc, torch.no_grad():
             model(torch.zeros(1, 3, 129, 129))

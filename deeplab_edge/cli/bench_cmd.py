@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from rich.table import Table
 
 from ..errors import DeepLabEdgeError
@@ -53,7 +54,13 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (PyTorch backends).")
 @click.option("--threads", type=THREADS, help="Intra-op threads for PyTorch and ONNX Runtime (default: all cores).")
 @click.option("--calib-data", type=click.Path(path_type=Path),
-              help="Images to calibrate the INT8 models on (default: the benchmark's own images, flagged).")
+              help="Images to calibrate the INT8 models on (default: held out: the dataset's train split when it "
+                   "has one, else --calib-folds folds of the benchmark's images, each scored by models calibrated "
+                   "on the others).")
+@click.option("--calib-folds", default=3, type=click.IntRange(2, 100), show_default=True,
+              help="Without --calib-data or a train split: how many folds.")
+@click.option("--calib-on-eval", is_flag=True,
+              help="Calibrate on the very images it scores (the INT8 rows are then not held out: flagged).")
 @click.option("--calib-num", default=256, type=COUNT, show_default=True, help="Calibration images (at most).")
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="mse",
               show_default=True, help="Activation ranges of the TensorRT QDQ model and cache.")
@@ -77,7 +84,7 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--json", "as_json", is_flag=True, help="Print the result document as JSON instead of tables.")
 @click.pass_context
 def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf_methods, crf_preset, batches, iters,
-                warmup, device, threads, calib_data, calib_num, calib_method, engine_files, scales, flip, output_stride,
+                warmup, device, threads, calib_data, calib_folds, calib_on_eval, calib_num, calib_method, engine_files, scales, flip, output_stride,
                 tflite, artifacts, tag, output, no_plot, as_json) -> None:
     """Accuracy against speed of every backend x CRF option on this machine, in one run.
 
@@ -108,6 +115,10 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
         raise DeepLabEdgeError(f"{weights}: checkpoint not found; create one with `deeplab-edge import` or pass a .pt")
     if tflite is not None and not Path(tflite).is_file():
         raise DeepLabEdgeError(f"--tflite {tflite}: file not found; check the path")
+    if (calib_data is not None or calib_on_eval) and \
+            ctx.get_parameter_source("calib_folds") == ParameterSource.COMMANDLINE:
+        raise DeepLabEdgeError(f"--calib-folds splits the benchmark's images when there is nothing else to calibrate "
+                               f"on; drop it or {'--calib-data' if calib_data is not None else '--calib-on-eval'}")
     bs = sorted(set(int_list(batches, "--batch")) | {1})
     crfs = choices(crf_methods, list(CRF_CHOICES), "CRF option")
     engines = _engine_map(engine_files)
@@ -131,6 +142,7 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
         result = run_bench(Path(weights), ds, backends=chosen, crf_methods=crfs, crf_preset=crf_preset, batches=bs,
                            warmup=warmup, iters=iters, device=device, arch=arch, threads=threads,
                            work=Path(artifacts) if artifacts else Path(tmp), calib_data=calib_data,
+                           calib_folds=calib_folds, calib_on_eval=calib_on_eval,
                            calib_num=calib_num, calib_method=calib_method, engines=engines, tflite=tflite,
                            scales=scales, flip=flip, output_stride=output_stride,
                            power=sampler, skipped=skipped, settings={"split": split, "requested": backends},
@@ -142,18 +154,25 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
         print_json({**result, **result_files})
         return
     _bench_table(result, title=f"{len(ds)} images of {data} on {device_label(env)}")
+    _print_notes(result, SHOWN_CALIBRATION_WARNINGS)
+    for k, v in files.items():
+        out.print(f"[green]wrote[/] {v}")
+
+
+def _print_notes(result: dict[str, Any], shown_warnings: tuple[str, ...]) -> None:
+    """What was skipped, where INT8 was calibrated, and the calibration warnings worth a user's attention."""
     for s in result["skipped"]:
         console.print(f"[yellow]skipped {s['backend']}:[/] {s['reason']}", highlight=False, soft_wrap=True)
     for s in result["skipped_crf"]:
         console.print(f"[yellow]skipped CRF {s['crf']}:[/] {s['reason']}", highlight=False, soft_wrap=True)
     cal = (result.get("artifacts") or {}).get("calibration") or {}
+    if cal.get("says"):
+        console.print(f"[dim]{cal['says']}[/]", highlight=False, soft_wrap=True)
     if cal.get("note"):
         console.print(f"[bold yellow]warning:[/] {cal['note']}", highlight=False, soft_wrap=True)
     for w in cal.get("warnings") or []:
-        if w["kind"] in SHOWN_CALIBRATION_WARNINGS:
+        if w["kind"] in shown_warnings:
             console.print(f"[bold yellow]warning:[/] {w['message']}", highlight=False, soft_wrap=True)
-    for k, v in files.items():
-        out.print(f"[green]wrote[/] {v}")
 
 
 def _ms(v: float | None) -> str:
