@@ -25,9 +25,9 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-__all__ = ["track", "remove_tracked", "child", "stop_children", "deferred_stop", "StopRequest", "exit_on_signal",
+__all__ = ["track", "track_new", "remove_tracked", "child", "stop_children", "deferred_stop", "StopRequest", "exit_on_signal",
            "temp_dir"]
 
 _tracked: dict[int, Path] = {}  # insertion order: removed newest first
@@ -43,6 +43,26 @@ def track(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     key = id(path)
     _tracked[key] = path
+    try:
+        yield path
+    finally:
+        _tracked.pop(key, None)
+
+
+@contextmanager
+def track_new(make: Callable[[], str | Path]) -> Iterator[Path]:
+    """``make()`` a temporary file or folder and register it as :func:`track` does, as one step: SIGINT and SIGTERM
+    are held while both happen (and delivered right after), so a signal cannot land between them and end the run
+    with the new path left behind."""
+    held = threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if held else None
+    try:
+        path = Path(make())
+        key = id(path)
+        _tracked[key] = path
+    finally:
+        if held:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
     try:
         yield path
     finally:
@@ -159,13 +179,12 @@ def temp_dir(prefix: str = "deeplab-edge-", *, redirect: bool = False) -> Iterat
     make their own temporary files (ONNX Runtime's quantizer). Only around such calls: a process-wide
     redirect would also move caches that libraries keep under the temp folder across runs
     (``torch.compile``'s)."""
-    d = Path(tempfile.mkdtemp(prefix=prefix))
-    prev = tempfile.tempdir
-    try:
-        with track(d):
+    with track_new(lambda: tempfile.mkdtemp(prefix=prefix)) as d:
+        prev = tempfile.tempdir
+        try:
             if redirect:
                 tempfile.tempdir = str(d)
             yield d
-    finally:
-        tempfile.tempdir = prev
-        shutil.rmtree(d, ignore_errors=True)
+        finally:
+            tempfile.tempdir = prev
+            shutil.rmtree(d, ignore_errors=True)

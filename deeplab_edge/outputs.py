@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import OutputError
-from .interrupts import track
+from .interrupts import track_new
 
 __all__ = ["check_output_file", "check_output_dir", "atomic_path", "staged_dir", "nearest_existing",
            "refuse_overwriting_inputs", "refuse_writing_over", "check_run_folder"]
@@ -149,22 +149,26 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     SIGTERM in the CLI (the temporary file is tracked: :mod:`deeplab_edge.interrupts`)."""
     path = Path(path)
     where = nearest_existing(path.parent)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=where)
-    except OSError as e:  # name the file the user asked for, not our temporary one
-        raise OSError(e.errno, e.strerror, str(path)) from None
-    os.close(fd)
+
+    def make() -> str:
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=where)
+        except OSError as e:  # name the file the user asked for, not our temporary one
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        os.close(fd)
+        return name
+
     umask = os.umask(0)
     os.umask(umask)
-    try:
-        with track(tmp):
-            yield Path(tmp)
+    with track_new(make) as tmp:
+        try:
+            yield tmp
             os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
             path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 @contextmanager
@@ -176,12 +180,15 @@ def staged_dir(dest: str | Path, replace: tuple[Path, ...] | list[Path] = ()) ->
     earlier run in ``dest`` (from :func:`check_run_folder`): those the new run did not write again
     are removed once the new files are in place, so ``dest`` holds the new run only."""
     dest = Path(dest)
-    try:
-        stage = Path(tempfile.mkdtemp(prefix=f".{dest.name or 'out'}.partial-", dir=nearest_existing(dest)))
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, str(dest)) from None
-    try:
-        with track(stage):
+
+    def make() -> str:
+        try:
+            return tempfile.mkdtemp(prefix=f".{dest.name or 'out'}.partial-", dir=nearest_existing(dest))
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(dest)) from None
+
+    with track_new(make) as stage:
+        try:
             yield stage
             dest.mkdir(parents=True, exist_ok=True)
             written = sorted(stage.iterdir())
@@ -190,5 +197,5 @@ def staged_dir(dest: str | Path, replace: tuple[Path, ...] | list[Path] = ()) ->
             for old in replace:
                 if old.name not in {p.name for p in written} and old.is_file():
                     old.unlink()
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)

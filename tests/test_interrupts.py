@@ -107,3 +107,29 @@ with interrupts.exit_on_signal():
     assert r.returncode == 143 and time.monotonic() - t0 < 50, (r.returncode, r.stderr)
     pid = int(r.stdout.split()[0])
     assert not Path(f"/proc/{pid}").exists() or " Z " in Path(f"/proc/{pid}/stat").read_text(), pid
+
+
+_SIGNAL_WHILE_MADE = """
+import os, signal, sys, tempfile
+from pathlib import Path
+from deeplab_edge import interrupts
+
+def make():  # the signal lands after the folder exists and before it could be registered
+    d = tempfile.mkdtemp(prefix="made-", dir=sys.argv[1])
+    os.kill(os.getpid(), signal.SIG{sig})
+    return d
+
+with interrupts.exit_on_signal(), interrupts.track_new(make):
+    pass
+print("not stopped")
+"""
+
+
+@pytest.mark.parametrize("sig, code", [("TERM", 143), ("INT", 130)])
+def test_a_signal_while_a_temporary_folder_is_made_leaves_nothing(tmp_path, sig, code):
+    """track_new holds SIGINT/SIGTERM from making a path to registering it: a signal sent in between (here by
+    the maker itself, so it always lands there) ends the run after the registration, and the folder goes."""
+    r = subprocess.run([sys.executable, "-c", _SIGNAL_WHILE_MADE.format(sig=sig), str(tmp_path)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == code and "not stopped" not in r.stdout, (r.returncode, r.stdout, r.stderr)
+    assert list(tmp_path.iterdir()) == []
