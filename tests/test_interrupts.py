@@ -129,7 +129,8 @@ print("not stopped")
 def test_a_signal_while_a_temporary_folder_is_made_leaves_nothing(tmp_path, sig, code):
     """track_new holds SIGINT/SIGTERM from making a path to registering it: a signal sent in between (here by
     the maker itself, so it always lands there) ends the run after the registration, and the folder goes."""
+    # Ctrl-C at its default in the child: a shell's background job inherits SIGINT ignored (as CI may run)
     r = subprocess.run([sys.executable, "-c", _SIGNAL_WHILE_MADE.format(sig=sig), str(tmp_path)], capture_output=True,
-                       text=True, timeout=60)
+                       text=True, timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert r.returncode == code and "not stopped" not in r.stdout, (r.returncode, r.stdout, r.stderr)
     assert list(tmp_path.iterdir()) == []
