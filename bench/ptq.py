@@ -37,6 +37,7 @@ from deeplab_edge.metrics import ConfusionMatrix
 from deeplab_edge.runtime.onnx import OnnxRunner
 
 from .env import environment
+from .harness import fold_indices
 
 __all__ = ["OURS", "PARTS", "CORRECTED", "ORT", "MODELOPT", "recipe_of", "fold_splits", "score", "compare_methods"]
 
@@ -63,9 +64,7 @@ def recipe_of(label: str, percentile: float = 99.99) -> Recipe | None:
 
 def fold_splits(ds: SegmentationDataset, k: int) -> list[tuple[SegmentationDataset, SegmentationDataset]]:
     """(calibration, evaluation) pairs: fold f evaluates the images i with i % k == f, calibrated on the others."""
-    n = len(ds)
-    return [(ds.take([i for i in range(n) if i % k != f]), ds.take([i for i in range(n) if i % k == f]))
-            for f in range(k)]
+    return [(ds.take(cal), ds.take(scored)) for cal, scored in fold_indices(len(ds), k)]
 
 
 def score(model_path: Path, ds, fp32_preds: dict[str, np.ndarray] | None, num_classes: int,
