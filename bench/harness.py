@@ -49,6 +49,7 @@ from deeplab_edge.hostinfo import cpu_flags
 from deeplab_edge.inference import Segmenter, evaluate
 from deeplab_edge.kernels.device import triton_unavailable
 from deeplab_edge.metrics import ConfusionMatrix
+from deeplab_edge.models import count_flops, count_params
 from deeplab_edge.runtime import open_runner, resolve_device
 
 from .env import environment
@@ -400,7 +401,7 @@ def _ms_summary(values: list[float]) -> dict[str, float] | None:
 @dataclass(frozen=True)
 class BenchConfig:
     """What ``run_bench`` measures: the ``backends`` (from :func:`select_backends`) x ``crf_methods`` (with
-    ``crf_preset``'s parameters), latency at each of ``batches`` (``warmup`` untimed calls, then ``iters``);
+    ``crf_preset``'s parameters, or ``crf_params``), latency at each of ``batches`` (``warmup`` untimed calls, then ``iters``);
     the model options (``device``, ``arch``, ``threads``, ``output_stride``, test-time ``scales`` and ``flip``,
     ``engines`` by precision, a ``tflite`` model); the calibration (``calib_num`` images, ``calib_method``; where:
     ``calib_data``, else held out by :func:`plan_calibration` with ``calib_folds``, or ``calib_on_eval``);
@@ -409,6 +410,7 @@ class BenchConfig:
     backends: tuple[Backend, ...]
     crf_methods: tuple[str, ...] = ("none",)
     crf_preset: str = "deeplab-v2"
+    crf_params: Any = None  # CRFParams (e.g. from `crf tune`) in place of the preset's
     batches: tuple[int, ...] = (1,)
     warmup: int = 5
     iters: int = 30
@@ -444,6 +446,11 @@ class BenchConfig:
             raise DeepLabEdgeError("no backend given to run; pass backends from select_backends()")
         if self.warmup < 0 or self.iters < 1:
             raise DeepLabEdgeError(f"--warmup must be >= 0 and --iters >= 1, got {self.warmup} and {self.iters}")
+
+    @property
+    def crf(self):
+        """The CRF's parameters: ``crf_params``, else the preset's."""
+        return self.crf_params if self.crf_params is not None else PRESETS[self.crf_preset]
 
     @property
     def msc(self) -> bool:
@@ -482,7 +489,7 @@ def run_bench(weights: Path, dataset, config: BenchConfig | None = None, *, work
     dev = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
-    loaded = _checked_model(weights, dataset, config)
+    loaded = checked_model(weights, dataset, config)
     work.mkdir(parents=True, exist_ok=True)
     skipped = list(skipped or [])
     backends = list(config.backends)
@@ -519,11 +526,38 @@ def run_bench(weights: Path, dataset, config: BenchConfig | None = None, *, work
         r["miou_delta_points"] = 100 * (r["miou"] - base["miou"])
         r["speedup"] = (base["latency_ms"] / r["latency_ms"]
                         if r["latency_is_speed"] and r["latency_ms"] and base["latency_ms"] else None)
+    info = model_info(loaded, weights, rows[0]["input_size"])
+    for r in rows:
+        r.update(model=info["name"], model_info=info, variant=variant_label(info["output_stride"], config.scales, config.flip),
+                 output_stride=info["output_stride"], scales=list(config.scales), flip=config.flip)
     mark_pareto(rows)
-    return _document(run, backends, rows, base, skipped, skipped_crf)
+    return {**_document(run, backends, rows, base, skipped, skipped_crf), "model": info}
 
 
-def _checked_model(weights: Path, dataset, config: BenchConfig):
+def model_info(loaded, weights: Path, input_size) -> dict[str, Any]:
+    """What a row says of its model: name (the file's stem), file, architecture, output stride, ASPP rates,
+    parameters and GFLOPs of one forward pass at ``input_size`` (H, W: what the model is fed)."""
+    m = loaded.model
+    h, w = (int(v) for v in input_size)
+    return {"name": Path(weights).stem, "file": str(weights), "arch": m.config.get("arch"),
+            "output_stride": m.config.get("output_stride"), "aspp_rates": m.config.get("aspp_rates"),
+            "params": count_params(m), "gflops": count_flops(m, h, w) / 1e9, "input_size": [h, w],
+            "sha256": loaded.meta.get("sha256")}
+
+
+def variant_label(output_stride: int | None, scales: Iterable[float], flip: bool) -> str:
+    """A run's test-time setting in a few characters: ``OS16``, ``OS8 MSC 0.5-1.75 +flip`` (no ``OS`` part
+    for an output stride not known yet: None)."""
+    scales = tuple(scales)
+    parts = [f"OS{output_stride}"] if output_stride else []
+    if scales != (1.0,):
+        parts.append(f"MSC {min(scales):g}-{max(scales):g}" if len(scales) > 1 else f"x{scales[0]:g}")
+    if flip:
+        parts.append("+flip")
+    return " ".join(parts) or "single scale"
+
+
+def checked_model(weights: Path, dataset, config: BenchConfig):
     """The checkpoint at the config's output stride, refused when it does not fit the labelled ``dataset``."""
     loaded = load_checkpoint(weights, arch=config.arch, output_stride=config.output_stride)
     if dataset.num_classes != loaded.model.num_classes:
@@ -546,7 +580,7 @@ def _crf_stages(config: BenchConfig, dev: torch.device) -> tuple[dict[str, Any],
             skipped_crf.append({"crf": m, "reason": reason})
             continue
         try:
-            stages[m] = CRFStage(m, PRESETS[config.crf_preset], "cpu" if m == "pydensecrf" else dev)
+            stages[m] = CRFStage(m, config.crf, "cpu" if m == "pydensecrf" else dev)
         except DeepLabEdgeError as e:
             skipped_crf.append({"crf": m, "reason": str(e)})
     return stages, skipped_crf
@@ -582,7 +616,8 @@ def _bench_backend(run: _Run, b: Backend) -> list[dict[str, Any]] | str:
     if dev.type == "cuda" and b.family in ("torch", "compile", "triton"):
         mem["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     rows = _rows(run, b, ev, latency, {"first_call_s": first_call_s, "memory": mem, "file": str(source),
-                                       "file_mb": Path(source).stat().st_size / 1e6, **extra})
+                                       "file_mb": Path(source).stat().st_size / 1e6,
+                                       "input_size": list(x0.shape[-2:]), **extra})
     del runner
     return rows
 
@@ -649,7 +684,7 @@ def _rows(run: _Run, b: Backend, ev: dict[str, Any], latency: list[dict[str, Any
     model_p50 = latency[0]["p50_ms"] if latency[0]["batch"] == 1 else None
     harness = {k: _ms_summary(samples.get(k, [])) for k in ("load", "preprocess", "postprocess", "restore_logits")
                if samples.get(k)}
-    params = PRESETS[run.config.crf_preset]
+    params = run.config.crf
     rows = []
     for c in run.crfs:
         res = ev["options"][c]
@@ -676,7 +711,8 @@ def _document(run: _Run, backends: list[Backend], rows: list[dict[str, Any]], ba
             "split": settings.get("split"), "images": len(dataset), "weights": str(run.weights),
             "device": str(run.dev),
             "settings": {"backends": [b.name for b in backends], "crf": list(cfg.crf_methods),
-                         "crf_preset": cfg.crf_preset, "batches": list(cfg.batches), "iters": cfg.iters,
+                         "crf_preset": cfg.crf_preset if cfg.crf_params is None else None,
+                         "crf_params": cfg.crf.as_dict(), "batches": list(cfg.batches), "iters": cfg.iters,
                          "warmup": cfg.warmup, "threads": cfg.threads or torch.get_num_threads(),
                          "calib_method": cfg.calib_method,
                          "calibration": (run.art.get("calibration") or {}).get("how"),

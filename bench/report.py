@@ -45,7 +45,8 @@ def device_label(env: dict[str, Any]) -> str:
 def default_tag(env: dict[str, Any]) -> str:
     return slug(device_label(env)) if (env.get("gpu") or env.get("jetson")) else "cpu-" + slug(env.get("cpu", ""))
 
-CSV_COLUMNS = ["device", "backend", "precision", "crf", "miou_pct", "miou_delta_points", "latency_ms", "speedup",
+CSV_COLUMNS = ["device", "model", "arch", "params_m", "gflops", "variant", "output_stride", "scales", "flip",
+               "backend", "precision", "crf", "miou_pct", "miou_delta_points", "latency_ms", "speedup",
                "pareto", "model_ms_p50", "model_ms_p90", "model_ms_p99", "crf_ms_p50", "images_per_s_batch1",
                "preprocess_ms_p50", "postprocess_ms_p50", "load_ms_p50", "first_call_s", "peak_rss_mb",
                "cuda_peak_allocated_mb", "file_mb", "power_w", "energy_mj_per_image", "images", "latency_is_speed"]
@@ -54,7 +55,12 @@ CSV_COLUMNS = ["device", "backend", "precision", "crf", "miou_pct", "miou_delta_
 def _flat(row: dict[str, Any], device: str) -> dict[str, Any]:
     b1 = next((b for b in row["batches"] if b["batch"] == 1), None)
     h = row.get("harness_ms") or {}
-    out = {"device": device, "backend": row["backend"], "precision": row["precision"], "crf": row["crf"],
+    info = row.get("model_info") or {}
+    out = {"device": device, "model": row.get("model"), "arch": info.get("arch"),
+           "params_m": info["params"] / 1e6 if info.get("params") else None, "gflops": info.get("gflops"),
+           "variant": row.get("variant"), "output_stride": row.get("output_stride"),
+           "scales": " ".join(f"{v:g}" for v in row["scales"]) if row.get("scales") else None,
+           "flip": row.get("flip"), "backend": row["backend"], "precision": row["precision"], "crf": row["crf"],
            "miou_pct": 100 * row["miou"], "miou_delta_points": row.get("miou_delta_points"),
            "latency_ms": row.get("latency_ms"), "speedup": row.get("speedup"), "pareto": row.get("pareto"),
            "model_ms_p50": b1 and b1["p50_ms"], "model_ms_p90": b1 and b1.get("p90_ms"),
@@ -97,13 +103,26 @@ def plot(result: dict[str, Any], path: Path, title: str | None = None) -> None:
         raise DeepLabEdgeError("the plot needs matplotlib: pip install 'deeplab-edge[plot]'") from e
     rows = [r for r in result["rows"] if r.get("latency_is_speed", True) and r.get("latency_ms")]
     merged = len({r.get("device") for r in result["rows"]}) > 1
-    colour_key = (lambda r: f"{r['device']}: {r['backend']}") if merged else (lambda r: r["backend"])
-    colours = {k: plt.cm.tab10(i % 10) for i, k in enumerate(dict.fromkeys(colour_key(r) for r in rows))}
-    markers = dict(zip(["none", "pydensecrf", "torch", "triton", "window", "triton-window"], "os^vDP"))
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    several = len({(r.get("model"), r.get("variant")) for r in result["rows"]}) > 1
+    where = (lambda r: f"{r['device']}: ") if merged else (lambda r: "")
+    if several:  # a colour per model and setting, a marker per backend, hollow with a CRF
+        colour_key = lambda r: f"{where(r)}{r.get('model')} {r.get('variant', '')}".strip()
+        shapes = dict(zip(dict.fromkeys(r["backend"] for r in rows), "os^vDPX*<>ph"))
+        marker_of, legend_markers = (lambda r: shapes.get(r["backend"], "x")), shapes
+    else:
+        colour_key = lambda r: f"{where(r)}{r['backend']}"
+        shapes = dict(zip(["none", "pydensecrf", "torch", "triton", "window", "triton-window"], "os^vDP"))
+        marker_of = lambda r: shapes.get(r["crf"], "x")
+        legend_markers = {f"CRF: {c}": m for c, m in shapes.items() if any(r["crf"] == c for r in rows)}
+    palette = plt.cm.tab20 if several else plt.cm.tab10
+    colours = {k: palette(i % palette.N) for i, k in enumerate(dict.fromkeys(colour_key(r) for r in rows))}
+    fig, ax = plt.subplots(figsize=(10, 6) if several else (9, 5.5), dpi=120)
     for r in rows:
-        ax.scatter(r["latency_ms"], 100 * r["miou"], color=colours[colour_key(r)], marker=markers.get(r["crf"], "x"),
-                   s=60, edgecolors="black" if r.get("pareto") else "none", linewidths=1.2, zorder=3)
+        c = colours[colour_key(r)]
+        hollow = several and r["crf"] != "none"
+        ax.scatter(r["latency_ms"], 100 * r["miou"], marker=marker_of(r), s=60, zorder=3,
+                   facecolors="none" if hollow else c, linewidths=1.8 if hollow else 1.2,
+                   edgecolors=c if hollow else ("black" if r.get("pareto") else "none"))
     front = sorted((r["latency_ms"], 100 * r["miou"]) for r in rows if r.get("pareto"))
     if front:
         xs, ys = zip(*front)
@@ -111,7 +130,7 @@ def plot(result: dict[str, Any], path: Path, title: str | None = None) -> None:
     levels: dict[tuple[str, float], list[str]] = {}  # the emulated INT8 accuracy: no speed, so a level, not a point
     for r in result["rows"]:
         if not r.get("latency_is_speed", True):
-            key = (f"{(r['device'] + ': ') if merged else ''}{r['backend']}", round(100 * r["miou"], 2))
+            key = (f"{where(r)}{(r.get('model', '') + ' ') if several else ''}{r['backend']}", round(100 * r["miou"], 2))
             levels.setdefault(key, []).append(r["crf"])
     for (name, miou), crfs in levels.items():
         ax.axhline(miou, color="grey", linestyle=":", linewidth=1)
@@ -119,9 +138,11 @@ def plot(result: dict[str, Any], path: Path, title: str | None = None) -> None:
                     xycoords=("axes fraction", "data"), fontsize=6, color="dimgrey", va="bottom")
     for k, c in colours.items():
         ax.scatter([], [], color=c, marker="s", label=k)
-    for crf, m in markers.items():
-        if any(r["crf"] == crf for r in rows):
-            ax.scatter([], [], color="white", edgecolors="black", marker=m, label=f"CRF: {crf}")
+    for name, m in legend_markers.items():
+        ax.scatter([], [], color="white", edgecolors="black", marker=m, label=name)
+    if several and any(r["crf"] != "none" for r in rows):
+        ax.scatter([], [], facecolors="none", edgecolors="grey", marker="o", linewidths=1.8,
+                   label="hollow: + CRF (" + "/".join(sorted({r["crf"] for r in rows} - {"none"})) + ")")
     ax.set_xscale("log")
     ax.set_xlabel("latency per image, ms (model p50 at batch 1 + CRF median; log scale)")
     ax.set_ylabel("mIoU, %")

@@ -285,6 +285,39 @@ CASES_23 = [
      "--crf-iterations"),
 ]
 
+# issue 28: several models in one bench, `compare` as its alias, CRF parameters from `crf tune`
+CASES_28 = [
+    ("bench-weights-twice", "bench --weights {ckpt} --weights {ckpt} --data {voc}", "given twice"),
+    ("bench-weights-empty-folder", "bench --weights {w}/adir --data {voc}", "no .pt/.pth checkpoint"),
+    ("bench-weights-one-missing", "bench --weights {ckpt} --weights {w}/nope.pt --data {voc}", "not found"),
+    ("bench-weights-one-of-other-classes", "bench --weights {ckpt} --weights {w}/camvid11.pth --data {voc} "
+     "--backends torch-fp32 --crf none", "predicts 11 classes"),
+    ("bench-scales-plus-other", "bench --weights {ckpt} --data {voc} --scales 1+flop", "only '+flip'"),
+    ("bench-scales-second-set-nan", "bench --weights {ckpt} --data {voc} --scales 1 --scales nan,1", "--scales"),
+    ("bench-crf-params-three-for-one", "bench --weights {ckpt} --data {voc} --crf-params {w}/crf_ok.json "
+     "--crf-params {w}/crf_ok.json --crf-params {w}/crf_ok.json --backends torch-fp32", "3 --crf-params files"),
+    ("bench-crf-params-missing", "bench --weights {ckpt} --data {voc} --crf-params {w}/nope.json", "not found"),
+    ("eval-crf-params-not-json", "eval --weights {ckpt} --data {voc} --crf torch --crf-params {w}/afile",
+     "not JSON"),
+    ("eval-crf-params-unknown-field", "eval --weights {ckpt} --data {voc} --crf torch --crf-params "
+     "{w}/crf_unknown.json", "unknown CRF parameter 'w3'"),
+    ("eval-crf-params-nan", "eval --weights {ckpt} --data {voc} --crf torch --crf-params {w}/crf_nan.json",
+     "finite w1"),
+    ("eval-crf-params-theta-0", "eval --weights {ckpt} --data {voc} --crf torch --crf-params {w}/crf_theta0.json",
+     "theta_alpha > 0"),
+    ("eval-crf-params-without-crf", "eval --weights {ckpt} --data {voc} --crf-params {w}/crf_ok.json",
+     "--crf-params needs a CRF"),
+    ("compare-an-onnx-file", "compare {ckpt} {w}/random.onnx --data {voc}", "eval --onnx"),
+    ("compare-two-tflites", "compare {ckpt} {tflite} {tflite} --data {voc}", "one .tflite beside one checkpoint"),
+    ("compare-tflite-alone", "compare {tflite} --data {voc}", "one .tflite beside one checkpoint"),
+    ("crf-tune-w1-negative", "crf tune --weights {ckpt} --data {voc} --split val --w1 3,-1", "<= 0"),
+    ("crf-tune-theta-alpha-inf", "crf tune --weights {ckpt} --data {voc} --split val --theta-alpha inf",
+     "--theta-alpha"),
+    ("crf-tune-sample-0", "crf tune --weights {ckpt} --data {voc} --split val --sample 0", "--sample"),
+    ("crf-tune-split-missing", "crf tune --weights {ckpt} --data {voc}", "split"),
+    ("crf-tune-o-is-folder", "crf tune --weights {ckpt} --data {voc} --split val -o {w}/adir", "is a folder"),
+]
+
 
 def _tiny_onnx(path: Path, qdq: bool) -> None:
     """A one-Conv ONNX with deeplab-edge's metadata: an FP32 export, or its QDQ version."""
@@ -314,6 +347,10 @@ def inputs(tmp_path_factory, shared, imported):
     (w / "afile").write_text("a file where a folder is expected\n")
     (w / "text.pt").write_text("hello\nthis is text, not a checkpoint\n")
     (w / "empty.pt").write_bytes(b"")
+    (w / "crf_ok.json").write_text(json.dumps({"w1": 4.0, "theta_alpha": 50.0}))
+    (w / "crf_unknown.json").write_text(json.dumps({"format": "deeplab-edge-crf-params/1", "params": {"w3": 1.0}}))
+    (w / "crf_nan.json").write_text('{"w1": NaN}')
+    (w / "crf_theta0.json").write_text(json.dumps({"theta_alpha": 0}))
     rng = np.random.default_rng(0)
     for name in ("random.pt", "random.onnx", "random.engine"):
         (w / name).write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
@@ -471,13 +508,14 @@ def assert_refused(argv: list[str], w: Path, pattern: str, watch: tuple[Path, ..
 
 
 def test_at_least_60_cases_over_every_command():
-    assert len(CASES) >= 60 and len({c[0] for c in CASES + CASES_23}) == len(CASES + CASES_23)
+    every = CASES + CASES_23 + CASES_28
+    assert len(CASES) >= 60 and len({c[0] for c in every}) == len(every)
     commands = {c[1].split()[0] for c in CASES}
     assert commands >= {"import", "eval", "predict", "export", "calibrate", "build", "bench", "compare", "info",
                         "models", "kernels", "crf", "train"}
 
 
-@pytest.mark.parametrize("case", CASES + CASES_23, ids=[c[0] for c in CASES + CASES_23])
+@pytest.mark.parametrize("case", CASES + CASES_23 + CASES_28, ids=[c[0] for c in CASES + CASES_23 + CASES_28])
 def test_bad_input(case, inputs, models, shared, imported, tmp_path):
     name, template, pattern = case
     w = tmp_path / "w"

@@ -412,3 +412,86 @@ def test_bench_int8_by_folds_pools_what_each_fold_model_scores(shared, imported,
                 _, image, label = voc.load(i)
                 cm.update(np.asarray(seg.predict(image)), label)
         assert row["miou"] == pytest.approx(cm.compute()["miou"], abs=1e-9), row["backend"]
+
+
+# ----------------------------------------------------------------------------- several models in one verdict
+
+@pytest.fixture(scope="module")
+def two_models(imported, tmp_path_factory):
+    """The imported VOC model and a LargeFOV head on its trunk (seeded head: its mIoU is low, its format real)."""
+    from deeplab_edge.checkpoint import save_checkpoint
+    from deeplab_edge.models import with_trunk
+
+    _, model, meta = imported
+    torch.manual_seed(0)
+    lfov = with_trunk(model, "deeplab_largefov_mobilenet_v2", 21).eval()
+    path = tmp_path_factory.mktemp("zoo") / "largefov.pt"
+    save_checkpoint(lfov, dict(meta), path)
+    return imported[0], path
+
+
+def test_bench_several_models_one_document(shared, two_models, tmp_path):
+    """bench --weights A --weights B with two --scales settings: one JSON/CSV/PNG; every row names its model and
+    setting and equals `eval` of that model with those options (a separate path); the mIoU change is against the
+    first row; GFLOPs match PyTorch's own FLOP counter; `bench compare` reads the file."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from deeplab_edge.checkpoint import load_checkpoint
+
+    a, b = two_models
+    res = CliRunner().invoke(main, ["bench", "--weights", str(a), "--weights", str(b), "--data", str(shared["voc"]),
+                                    "--num-images", "1", "--backends", "torch-fp32", "--crf", "none", "--iters", "1",
+                                    "--warmup", "0", "--scales", "1", "--scales", "0.75,1+flip", "--tag", "zoo",
+                                    "-o", str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    cells = [(r["model"], r["variant"]) for r in doc["rows"]]
+    assert sorted(cells) == sorted([("mnv2_voc", "OS16"), ("mnv2_voc", "OS16 MSC 0.75-1 +flip"),
+                                    ("largefov", "OS16"), ("largefov", "OS16 MSC 0.75-1 +flip")])
+    assert [m["name"] for m in doc["models"]] == ["mnv2_voc", "largefov"] and len(doc["runs"]) == 4
+    for r in doc["rows"]:
+        path = a if r["model"] == "mnv2_voc" else b
+        extra = ["--scales", "0.75,1", "--flip"] if "MSC" in r["variant"] else []
+        ev = CliRunner().invoke(main, ["eval", "--weights", str(path), "--device", "cpu", "--data", str(shared["voc"]),
+                                       "--num-images", "1", "--json", *extra])
+        assert ev.exit_code == 0, ev.output
+        assert r["miou"] == pytest.approx(json.loads(ev.stdout)["miou"], abs=1e-9), r["model"]
+    first = next(r for r in doc["rows"] if (r["model"], r["variant"]) == ("mnv2_voc", "OS16"))
+    assert (doc["baseline"]["model"], doc["baseline"]["variant"]) == ("mnv2_voc", "OS16")
+    for r in doc["rows"]:
+        assert r["miou_delta_points"] == pytest.approx(100 * (r["miou"] - first["miou"]))
+        assert r["speedup"] == pytest.approx(first["latency_ms"] / r["latency_ms"])
+    assert [r["pareto"] for r in doc["rows"]] == pareto_front([(r["latency_ms"], r["miou"]) for r in doc["rows"]])
+    for m in doc["models"]:
+        net = load_checkpoint(m["file"]).model
+        h, w = m["input_size"]
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            net(torch.zeros(1, 3, h, w))
+        convs = sum(v for k, v in fc.get_flop_counts()["Global"].items() if "convolution" in str(k))
+        assert m["gflops"] == pytest.approx(convs / 1e9, rel=1e-6)
+        assert m["params"] == sum(p.numel() for p in net.parameters())
+    assert {m["arch"] for m in doc["models"]} == {"deeplabv3_mobilenet_v2", "deeplab_largefov_mobilenet_v2"}
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "bench_zoo.csv").read_text())))
+    assert [(c["model"], c["variant"]) for c in rows] == cells
+    assert {c["arch"] for c in rows} == {m["arch"] for m in doc["models"]}
+    with Image.open(tmp_path / "bench_zoo.png") as im:
+        assert im.format == "PNG"
+    res = CliRunner().invoke(main, ["bench", "compare", str(tmp_path / "bench_zoo.json"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout)["rows"]) == 4
+
+
+def test_model_files_folder_twice_missing(tmp_path):
+    from deeplab_edge.bench.matrix import model_files
+
+    (tmp_path / "z").mkdir()
+    for n in ("b.pt", "a.pth", "notes.txt"):
+        (tmp_path / "z" / n).write_bytes(b"x")
+    assert [p.name for p in model_files([tmp_path / "z"])] == ["a.pth", "b.pt"]
+    with pytest.raises(DeepLabEdgeError, match="given twice"):
+        model_files([tmp_path / "z", tmp_path / "z" / "b.pt"])
+    with pytest.raises(DeepLabEdgeError, match="not found"):
+        model_files([tmp_path / "nope.pt"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DeepLabEdgeError, match="no .pt/.pth"):
+        model_files([tmp_path / "empty"])

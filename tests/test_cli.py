@@ -136,21 +136,26 @@ def test_no_partial_json_on_failure(tmp_path, imported, shared):
 
 
 @pytest.mark.slow
-def test_compare_side_by_side(shared, imported, tmp_path):
+def test_compare_is_bench_on_pytorch(shared, imported, tmp_path):
+    """`compare A.pt B.tflite` is bench's torch-fp32 + litert-int8 cells without a CRF, in bench's format; the
+    LiteRT cell equals `eval --tflite` on the same images, and an ONNX file is refused with what to run."""
     out = tmp_path / "cmp.json"
-    res = run("compare", "--data", shared["voc"], "--num-images", "2", "--warmup", "0", imported[0], shared["tflite"],
-              "-o", out, "--json")
+    res = run("compare", "--data", shared["voc"], "--num-images", "2", "--warmup", "0", "--iters", "2", imported[0],
+              shared["tflite"], "-o", out, "--json")
     assert res.exit_code == 0, res.output
     r = json.loads(res.output)
-    assert json.loads(out.read_text()) == r and r["images"] == 2
+    assert json.loads(out.read_text()) == r and r["images"] == 2 and r["format"] == "deeplab-edge-bench/1"
     a, b = r["rows"]
-    assert a["speedup"] == 1.0 and a["miou_change_points"] == 0.0
-    assert b["backend"] == "litert" and b["speedup"] == pytest.approx(a["latency_ms_p50"] / b["latency_ms_p50"])
-    assert b["miou_change_points"] == pytest.approx(100 * (b["miou"] - a["miou"]))
-    # the same two images through eval give the same mIoU
+    assert (a["backend"], b["backend"]) == ("torch-fp32", "litert-int8") and {a["crf"], b["crf"]} == {"none"}
+    assert a["speedup"] == 1.0 and a["miou_delta_points"] == 0.0
+    assert b["speedup"] == pytest.approx(a["latency_ms"] / b["latency_ms"])
+    assert b["miou_delta_points"] == pytest.approx(100 * (b["miou"] - a["miou"]))
     ev = json.loads(run("eval", "--tflite", shared["tflite"], "--data", shared["voc"], "--num-images", "2",
                         "--json").output)
-    assert ev["miou"] == b["miou"]
+    assert ev["miou"] == pytest.approx(b["miou"], abs=1e-12)
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"x")
+    assert_one_line_error(run("compare", "--data", shared["voc"], imported[0], onnx_file), "eval --onnx")
 
 
 def test_importing_the_cli_imports_no_torch():

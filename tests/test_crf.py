@@ -2,13 +2,16 @@
 versions, and each Triton version (lattice, window) against its PyTorch reference (TRITON_INTERPRET=1)."""
 
 import importlib
+import json
 import sys
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 import deeplab_edge.crf as C
+from deeplab_edge.cli import main
 from deeplab_edge.crf import (PRESETS, CRFParams, PermutohedralLattice, dense_crf, lattice_setup,
                               lattice_step_reference)
 from deeplab_edge.errors import DataError
@@ -219,6 +222,37 @@ def test_eval_with_crf_and_crf_bench_cli(shared, imported, tmp_path, monkeypatch
     est = data["triton_lattice_estimate"]  # triton could not run: its estimate from the real image's lattice
     assert "not a measurement" in est["label"] and len(est["images"]) == 1 and est["images"][0]["vertices"] > 0
     assert 0 < est["mean_ms"]["sm_90"] < est["mean_ms"]["sm_87"]
+
+
+def test_crf_tune_scores_each_point_as_eval_does(shared, imported, tmp_path):
+    """`crf tune` on one image: every point's mIoU is `eval --crf torch` with those parameters (eval's own path:
+    ModelSpec -> CRFStage); the file it writes is the best point, and `--crf-params` reads it back; the
+    pydensecrf search agrees with the torch one to a fraction of a point."""
+    out = tmp_path / "crf_params.json"
+    args = ["crf", "tune", "--weights", str(imported[0]), "--data", str(shared["voc"]), "--split", "val",
+            "--sample", "1", "--w1", "3,5", "--theta-alpha", "30,90", "--theta-beta", "3", "--device", "cpu"]
+    res = CliRunner().invoke(main, args + ["-o", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert len(doc["points"]) == 4 and doc["images"] == 1 and doc["split"] == "val"
+    assert doc["best_miou"] == max(p["miou"] for p in doc["points"])
+    base = ["eval", "--weights", str(imported[0]), "--data", str(shared["voc"]), "--num-images", "1", "--device",
+            "cpu", "--json"]
+    assert doc["no_crf_miou"] == pytest.approx(json.loads(CliRunner().invoke(main, base).output)["miou"], abs=1e-12)
+    for p in doc["points"][:2]:
+        f = tmp_path / "point.json"
+        f.write_text(json.dumps(p["params"]))
+        ev = CliRunner().invoke(main, base + ["--crf", "torch", "--crf-params", str(f)])
+        assert ev.exit_code == 0, ev.output
+        assert json.loads(ev.output)["miou"] == pytest.approx(p["miou"], abs=1e-12), p
+    ev = json.loads(CliRunner().invoke(main, base + ["--crf", "torch", "--crf-params", str(out)]).output)
+    assert ev["miou"] == pytest.approx(doc["best_miou"], abs=1e-12)
+    assert ev["model"]["crf_params"]["w1"] == doc["params"]["w1"]
+    ref = CliRunner().invoke(main, args[:-8] + ["--w1", "3", "--theta-alpha", "30,90", "--theta-beta", "3", "--device",
+                                                "cpu", "--method", "pydensecrf", "--json"])
+    assert ref.exit_code == 0, ref.output
+    for a, b in zip([p for p in doc["points"] if p["params"]["w1"] == 3], json.loads(ref.output)["points"]):
+        assert a["params"] == b["params"] and abs(a["miou"] - b["miou"]) < 0.005
 
 
 # ----------------------------------------------------------------------------- window tap tables, layout

@@ -1,4 +1,5 @@
-"""``bench``, ``bench compare`` and ``bench kernels``: accuracy against speed on this machine."""
+"""``bench``, ``bench compare``, ``bench kernels`` and ``compare`` (bench on several checkpoints): accuracy against
+speed on this machine."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (CALIB_METHODS, COUNT, NONNEG, THREADS, check_tag, choices, console, int_list, out, output_option,
-                     output_stride_option, parse_scales, pct, print_json, progress_bar)
+from .common import (CALIB_METHODS, COUNT, NONNEG, THREADS, check_tag, choices, console, emit, int_list, out,
+                     output_option, parse_scale_sets, pct, print_json, progress_bar)
 
 # ----------------------------------------------------------------------------- bench
 
@@ -30,7 +31,9 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
 
 
 @main.group("bench", invoke_without_command=True)
-@click.option("--weights", type=click.Path(path_type=Path), help="deeplab-edge checkpoint (.pt) to benchmark.")
+@click.option("--weights", type=click.Path(path_type=Path), multiple=True,
+              help="deeplab-edge checkpoint (.pt) to benchmark; repeat it (or give a folder of checkpoints) for "
+                   "several models in one table and one plot.")
 @click.option("--arch", help="Architecture of a plain state dict (guessed from its keys if omitted).")
 @click.option("--data", type=click.Path(path_type=Path), help="Labelled dataset folder (VOC, Cityscapes, CamVid).")
 @click.option("--dataset", "kind", type=click.Choice(["auto", "voc", "cityscapes", "camvid"]), default="auto",
@@ -47,6 +50,9 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
                    "triton-window.")
 @click.option("--crf-preset", type=click.Choice(["deeplab-v2", "deeplab-v1"]), default="deeplab-v2",
               show_default=True, help="CRF parameters.")
+@click.option("--crf-params", "crf_param_files", type=click.Path(path_type=Path), multiple=True,
+              help="CRF parameters from `deeplab-edge crf tune -o FILE` (chosen on held-out images) in place of "
+                   "--crf-preset: one file for every model, or one per --weights in the same order.")
 @click.option("--batch", "batches", default="1", show_default=True,
               help="Batch sizes of the latency pass (comma-separated); 1 is always included.")
 @click.option("--iters", default=30, type=COUNT, show_default=True, help="Timed calls per backend and batch size.")
@@ -66,12 +72,17 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
               show_default=True, help="Activation ranges of the TensorRT QDQ model and cache.")
 @click.option("--engine", "engine_files", multiple=True,
               help="A TensorRT engine for the trt-* backends, as PRECISION=FILE (repeatable).")
-@click.option("--scales", callback=parse_scales, default="1", show_default=True,
-              help="Test-time input scales for the PyTorch backends, comma-separated: logits averaged over them "
-                   "(latency covers every scale); other backends are skipped.")
-@click.option("--flip", is_flag=True, help="Also average the mirrored image's logits (PyTorch backends).")
-@output_stride_option("Run the checkpoint's weights at this output stride on every backend (the ONNX and INT8 "
-                      "models are exported so); 8 is DeepLab-v3's evaluation setting for models trained at 16.")
+@click.option("--scales", "scale_sets", callback=parse_scale_sets, default=("1",), show_default=True, multiple=True,
+              help="Test-time input scales, comma-separated: logits averaged over them (latency covers every "
+                   "scale); end with +flip to average the mirrored image too (e.g. 0.5,0.75,1,1.25,1.5,1.75+flip). "
+                   "Repeat it to cross settings (--scales 1 --scales 0.75,1,1.25+flip). Other than 1, only the "
+                   "PyTorch backends run; the others are skipped for that setting.")
+@click.option("--flip", is_flag=True, help="Also average the mirrored image's logits, in every --scales setting.")
+@click.option("--output-stride", "output_strides", type=click.Choice(["8", "16", "32"]), multiple=True,
+              callback=lambda ctx, param, v: tuple(int(x) for x in dict.fromkeys(v)),
+              help="Run the checkpoint's weights at this output stride on every backend (the ONNX and INT8 models "
+                   "are exported so); 8 is DeepLab-v3's evaluation setting for models trained at 16. Repeat it to "
+                   "cross strides (default: each checkpoint's own).")
 @click.option("--tflite", type=click.Path(path_type=Path),
               help="A .tflite model for the litert-int8 backend (LiteRT, XNNPACK), e.g. the file the checkpoint was "
                    "imported from: Google's own runtime beside the others.")
@@ -83,10 +94,12 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--no-plot", is_flag=True, help="Skip the PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result document as JSON instead of tables.")
 @click.pass_context
-def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf_methods, crf_preset, batches, iters,
-                warmup, device, threads, calib_data, calib_folds, calib_on_eval, calib_num, calib_method, engine_files, scales, flip, output_stride,
-                tflite, artifacts, tag, output, no_plot, as_json) -> None:
-    """Accuracy against speed of every backend x CRF option on this machine, in one run.
+def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf_methods, crf_preset, crf_param_files,
+                batches, iters,
+                warmup, device, threads, calib_data, calib_folds, calib_on_eval, calib_num, calib_method, engine_files,
+                scale_sets, flip, output_strides, tflite, artifacts, tag, output, no_plot, as_json) -> None:
+    """Accuracy against speed of every model x backend x CRF option x test-time setting on this
+    machine, in one run.
 
     \b
     Each cell: mIoU (per-class IoU in the JSON) on the dataset; model latency p50/p90/p99
@@ -94,7 +107,10 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
     memory; model file size; on a Jetson, power and energy per image (jetson-stats, else tegrastats).
     Data loading, preprocessing and post-processing are timed apart (harness overhead).
     The table is sorted by latency (model p50 at batch 1 + CRF median) with the
-    Pareto-optimal cells marked; JSON, CSV and a PNG plot go to -o DIR.
+    Pareto-optimal cells marked; JSON, CSV and a PNG plot go to -o DIR. With several
+    models (--weights repeated, or a folder), output strides or --scales settings, every row
+    names its model (architecture, parameters, GFLOPs at its input size) and setting, and
+    mIoU change and speed-up are against the first model's first row.
 
     \b
     Subcommands:
@@ -102,17 +118,13 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
       deeplab-edge bench kernels                     fused-ASPP micro-benchmarks"""
     if ctx.invoked_subcommand is not None:
         return
-    from ..bench.harness import CRF_CHOICES, SHOWN_CALIBRATION_WARNINGS, run_bench, select_backends
-    from ..bench.power import power_sampler
+    from ..bench.harness import CRF_CHOICES, SHOWN_CALIBRATION_WARNINGS
+    from ..bench.matrix import Variant, model_files
     from ..bench.report import default_tag, device_label, write_results
-    from ..data.datasets import open_dataset
-    from ..interrupts import temp_dir
-    from ..runtime import resolve_device
 
-    if weights is None or data is None:
+    if not weights or data is None:
         raise DeepLabEdgeError("bench needs --weights FILE and --data DIR (see `deeplab-edge bench --help`)")
-    if not Path(weights).is_file():
-        raise DeepLabEdgeError(f"{weights}: checkpoint not found; create one with `deeplab-edge import` or pass a .pt")
+    files = model_files(weights)
     if tflite is not None and not Path(tflite).is_file():
         raise DeepLabEdgeError(f"--tflite {tflite}: file not found; check the path")
     if (calib_data is not None or calib_on_eval) and \
@@ -122,14 +134,48 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
     bs = sorted(set(int_list(batches, "--batch")) | {1})
     crfs = choices(crf_methods, list(CRF_CHOICES), "CRF option")
     engines = _engine_map(engine_files)
-    dev = resolve_device(device)
-    chosen, skipped = select_backends(backends, dev, tflite=tflite is not None)
+    from ..crf import load_crf_params
+
+    crf_params = [load_crf_params(f) for f in crf_param_files]
+    variants = [Variant(s, scales, flip or set_flip) for s in (output_strides or (None,))
+                for scales, set_flip in scale_sets]
+    result = _run_matrix(files, data, kind, split, num_images, backends, tflite, variants, crf_params, device,
+                         dict(crf_methods=crfs, crf_preset=crf_preset, batches=bs, warmup=warmup, iters=iters,
+                              device=device, arch=arch, threads=threads, calib_data=calib_data,
+                              calib_folds=calib_folds, calib_on_eval=calib_on_eval, calib_num=calib_num,
+                              calib_method=calib_method, engines=engines, tflite=tflite,
+                              settings={"split": split, "requested": backends}),
+                         artifacts)
+    env = result["environment"]
+    written = write_results(result, Path(output), tag or default_tag(env), png=not no_plot) if output else {}
+    if as_json:
+        print_json({**result, **({"files": written} if written else {})})
+        return
+    _bench_table(result, title=f"{result['images']} images of {data} on {device_label(env)}")
+    _print_notes(result, SHOWN_CALIBRATION_WARNINGS)
+    for v in written.values():
+        out.print(f"[green]wrote[/] {v}")
+
+
+def _run_matrix(files: list[Path], data: Path, kind: str, split: str, num_images: int | None, backends: str,
+                tflite: Path | None, variants: list | None, crf_params: list, device: str, options: dict[str, Any],
+                artifacts: Path | None) -> dict[str, Any]:
+    """The models x variants (None: single scale at each checkpoint's output stride) on the dataset with a
+    progress bar: one result document."""
+    from ..bench.harness import BenchConfig, select_backends
+    from ..bench.matrix import Variant, run_models
+    from ..bench.power import power_sampler
+    from ..data.datasets import open_dataset
+    from ..interrupts import temp_dir
+    from ..runtime import resolve_device
+
+    chosen, skipped = select_backends(backends, resolve_device(device), tflite=tflite is not None)
     if not chosen:
         raise DeepLabEdgeError("no backend can run on this machine with these options: " + "; ".join(
             f"{s['backend']} ({s['reason']})" for s in skipped) + "; pick others with --backends (see "
             "`deeplab-edge doctor`)")
+    config = BenchConfig(backends=chosen, **options)
     ds = open_dataset(data, kind, split).subset(num_images)
-    sampler = power_sampler()
     with temp_dir("deeplab-edge-bench-") as tmp, progress_bar() as prog:
         state: dict[str, Any] = {}
 
@@ -139,40 +185,31 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
             state["task"] = prog.add_task(desc, total=total)
             return lambda _item: prog.advance(state["task"])
 
-        result = run_bench(Path(weights), ds, backends=chosen, crf_methods=crfs, crf_preset=crf_preset, batches=bs,
-                           warmup=warmup, iters=iters, device=device, arch=arch, threads=threads,
-                           work=Path(artifacts) if artifacts else Path(tmp), calib_data=calib_data,
-                           calib_folds=calib_folds, calib_on_eval=calib_on_eval,
-                           calib_num=calib_num, calib_method=calib_method, engines=engines, tflite=tflite,
-                           scales=scales, flip=flip, output_stride=output_stride,
-                           power=sampler, skipped=skipped, settings={"split": split, "requested": backends},
-                           progress=progress, log=lambda s: console.print(f"[dim]{s}[/]", highlight=False))
-    env = result["environment"]
-    files = write_results(result, Path(output), tag or default_tag(env), png=not no_plot) if output else {}
-    result_files = {"files": files} if files else {}
-    if as_json:
-        print_json({**result, **result_files})
-        return
-    _bench_table(result, title=f"{len(ds)} images of {data} on {device_label(env)}")
-    _print_notes(result, SHOWN_CALIBRATION_WARNINGS)
-    for k, v in files.items():
-        out.print(f"[green]wrote[/] {v}")
+        return run_models(files, ds, config, variants=variants or [Variant()], crf_params=crf_params, work=Path(artifacts) if artifacts else Path(tmp),
+                          power=power_sampler(), skipped=skipped, progress=progress,
+                          log=lambda s: console.print(f"[dim]{s}[/]", highlight=False))
 
 
 def _print_notes(result: dict[str, Any], shown_warnings: tuple[str, ...]) -> None:
-    """What was skipped, where INT8 was calibrated, and the calibration warnings worth a user's attention."""
+    """What was skipped, where INT8 was calibrated, and the calibration warnings worth a user's attention (each
+    once, for a result of several runs)."""
     for s in result["skipped"]:
         console.print(f"[yellow]skipped {s['backend']}:[/] {s['reason']}", highlight=False, soft_wrap=True)
     for s in result["skipped_crf"]:
         console.print(f"[yellow]skipped CRF {s['crf']}:[/] {s['reason']}", highlight=False, soft_wrap=True)
-    cal = (result.get("artifacts") or {}).get("calibration") or {}
-    if cal.get("says"):
-        console.print(f"[dim]{cal['says']}[/]", highlight=False, soft_wrap=True)
-    if cal.get("note"):
-        console.print(f"[bold yellow]warning:[/] {cal['note']}", highlight=False, soft_wrap=True)
-    for w in cal.get("warnings") or []:
-        if w["kind"] in shown_warnings:
-            console.print(f"[bold yellow]warning:[/] {w['message']}", highlight=False, soft_wrap=True)
+    lines: dict[str, None] = {}
+    for run in result.get("runs") or [result]:
+        cal = (run.get("artifacts") or {}).get("calibration") or {}
+        if cal.get("says"):
+            lines[f"[dim]{cal['says']}[/]"] = None
+        if cal.get("note"):
+            lines[f"[bold yellow]warning:[/] {cal['note']}"] = None
+        for w in cal.get("warnings") or []:
+            if w["kind"] in shown_warnings:
+                where = f"{run['model']} {run['variant']}: " if "variant" in run else ""
+                lines[f"[bold yellow]warning:[/] {where}{w['message']}"] = None
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def _ms(v: float | None) -> str:
@@ -182,20 +219,24 @@ def _ms(v: float | None) -> str:
 def _bench_table(result: dict[str, Any], title: str) -> None:
     rows = sorted(result["rows"], key=lambda r: (not r.get("latency_is_speed", True), r["latency_ms"] or 0))
     merged = result.get("merged", False)
+    several = len({(r.get("model"), r.get("variant")) for r in rows}) > 1
     batch_sizes = sorted({b["batch"] for r in rows for b in r["batches"]})
     power = any(b.get("power_w") for r in rows for b in r["batches"])
     t = Table(title=title)
-    cols = (["device"] if merged else []) + ["backend", "CRF", "mIoU %", "Δ pts", "latency ms", "speed-up",
+    cols = (["device"] if merged else []) + (["model", "setting", "GFLOPs"] if several else []) + ["backend", "CRF", "mIoU %", "Δ pts", "latency ms", "speed-up",
                                              "model p50/p90/p99 ms", "CRF ms"] + \
         [f"img/s b{b}" for b in batch_sizes] + ["peak MB", "file MB"] + (["W", "mJ/img"] if power else []) + ["Pareto"]
     for c in cols:
-        t.add_column(c, justify="left" if c in ("device", "backend", "CRF") else "right")
+        t.add_column(c, justify="left" if c in ("device", "model", "setting", "backend", "CRF") else "right")
     for r in rows:
         by_b = {b["batch"]: b for b in r["batches"]}
         b1 = by_b.get(1)
         speed = r.get("latency_is_speed", True)
         mem = r["memory"].get("cuda_peak_allocated_mb") or r["memory"].get("peak_rss_mb")
-        cells = ([r["device"]] if merged else []) + [
+        info = r.get("model_info") or {}
+        cells = ([r["device"]] if merged else []) + ([r.get("model", "?"), r.get("variant", ""),
+                                                      f"{info['gflops']:.1f}" if info.get("gflops") else "-"]
+                                                     if several else []) + [
             r["backend"], r["crf"], pct(r["miou"]), f"{r.get('miou_delta_points', 0):+.2f}",
             f"{r['latency_ms']:.1f}" if speed and r["latency_ms"] else "emulated",
             f"{r['speedup']:.2f}x" if r.get("speedup") else "-",
@@ -243,3 +284,51 @@ def bench_compare(results, tag, output, as_json) -> None:
     for k, v in files.items():
         out.print(f"[green]wrote[/] {v}")
 
+
+
+# ----------------------------------------------------------------------------- compare: bench's thin alias
+
+@main.command("compare")
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Labelled dataset folder.")
+@click.option("--num-images", type=COUNT, help="Evaluate only the first N images.")
+@click.option("--warmup", default=2, type=NONNEG, show_default=True, help="Untimed calls per model first.")
+@click.option("--iters", default=30, type=COUNT, show_default=True, help="Timed calls per model.")
+@click.option("--threads", type=THREADS, help="Intra-op threads for PyTorch and ONNX Runtime (default: all cores).")
+@output_option("file", "Write the result document (bench's format) as JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def compare_cmd(models, data, num_images, warmup, iters, threads, output, as_json) -> None:
+    """Several checkpoints on the same images: `bench` with PyTorch FP32 only and no CRF.
+
+    \b
+    deeplab-edge compare A.pt B.pt --data DIR
+      = deeplab-edge bench --weights A.pt --weights B.pt --data DIR --backends torch-fp32 --crf none
+    A .tflite beside one checkpoint adds LiteRT (bench --tflite F --backends torch-fp32,litert-int8).
+    For INT8, TensorRT, CRF or test-time scales, run `deeplab-edge bench` itself: it exports and
+    quantizes the checkpoints; an ONNX file alone is scored by `deeplab-edge eval --onnx FILE`."""
+    from ..bench.matrix import model_files
+
+    paths = [Path(m) for m in models]
+    onnx = [p for p in paths if p.suffix.lower() == ".onnx"]
+    if onnx:
+        raise DeepLabEdgeError(f"{onnx[0]}: compare runs `bench`, which exports and quantizes checkpoints itself; "
+                               "pass the checkpoint the ONNX came from, or score the file with `deeplab-edge eval "
+                               "--onnx FILE`")
+    tflites = [p for p in paths if p.suffix.lower() == ".tflite"]
+    ckpts = model_files([p for p in paths if p not in tflites])
+    if len(tflites) > 1 or (tflites and len(ckpts) != 1):
+        raise DeepLabEdgeError("compare takes one .tflite beside one checkpoint (bench runs it as that checkpoint's "
+                               "litert-int8 backend); compare the others in another run")
+    if not ckpts:
+        raise DeepLabEdgeError("compare needs a checkpoint (.pt); give one beside the .tflite")
+    tflite = tflites[0] if tflites else None
+    if tflite is not None and not tflite.is_file():
+        raise DeepLabEdgeError(f"{tflite}: file not found; check the path")
+    result = _run_matrix(ckpts, data, "auto", None, num_images, "torch-fp32" + (",litert-int8" if tflite else ""),
+                         tflite, None, [], "auto",
+                         dict(crf_methods=("none",), batches=(1,), warmup=warmup, iters=iters, threads=threads,
+                              tflite=tflite, settings={"command": "compare"}), None)
+    if emit(result, output, as_json):
+        return
+    _bench_table(result, title=f"{result['images']} images of {data} on "
+                               f"{result['environment'].get('cpu')} (compare = bench --backends torch-fp32 --crf none)")

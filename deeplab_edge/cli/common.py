@@ -19,7 +19,7 @@ from ..calibration.methods import METHODS as CALIB_METHODS  # data only: no onnx
 from ..errors import DeepLabEdgeError
 
 __all__ = ["console", "out", "print_json", "print_warning", "emit", "progress_bar", "pct", "COUNT", "NONNEG",
-           "SIDE", "THREADS", "CRF_ITERATIONS", "Finite", "finite_float", "parse_scales", "OutputOption", "io_paths",
+           "SIDE", "THREADS", "CRF_ITERATIONS", "Finite", "finite_float", "parse_scales", "parse_scale_sets", "OutputOption", "io_paths",
            "output_option", "output_stride_option", "check_tag", "int_list", "choices"]
 
 console = Console(stderr=True)
@@ -72,6 +72,19 @@ def parse_scales(ctx, param, value: str) -> tuple[float, ...]:
     if not scales or min(scales) < 0.1 or max(scales) > 4:
         raise click.BadParameter(f"{value!r} has a scale outside 0.1-4 (or none); give e.g. 0.75,1,1.25", ctx, param)
     return scales
+
+
+def parse_scale_sets(ctx, param, values: tuple[str, ...]) -> tuple[tuple[tuple[float, ...], bool], ...]:
+    """A click callback for a repeatable ``--scales``: each value one set of test-time scales (as
+    :func:`parse_scales`), ``+flip`` at its end to average the mirrored image too; duplicates dropped."""
+    sets = []
+    for value in values:
+        body, plus, rest = value.partition("+")
+        if plus and rest.strip() != "flip":
+            raise click.BadParameter(f"{value!r}: only '+flip' may follow the scales, e.g. 0.75,1,1.25+flip",
+                                     ctx, param)
+        sets.append((parse_scales(ctx, param, body), bool(plus)))
+    return tuple(dict.fromkeys(sets))
 
 
 def check_output(kind: str, example: str = "result.json"):

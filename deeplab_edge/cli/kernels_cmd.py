@@ -1,4 +1,4 @@
-"""``kernels compile`` / ``kernels bench`` (the Triton kernels) and ``crf bench``."""
+"""``kernels compile`` / ``kernels bench`` (the Triton kernels), ``crf bench`` and ``crf tune``."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (COUNT, NONNEG, SIDE, choices, console, emit, int_list, out, output_option, pct, print_warning,
-                     progress_bar)
+from .common import (COUNT, NONNEG, SIDE, choices, console, emit, finite_float, int_list, out, output_option, pct,
+                     print_warning, progress_bar)
 
 # ----------------------------------------------------------------------------- kernels
 
@@ -212,9 +212,10 @@ def kernels_check(device, dtypes, crf_size, output, as_json) -> None:
 
 @main.group("crf")
 def crf_group() -> None:
-    """Dense CRF (Krähenbühl & Koltun 2011) as DeepLab uses it: benchmark its implementations.
+    """Dense CRF (Krähenbühl & Koltun 2011) as DeepLab uses it: benchmark its implementations
+    (`crf bench`), choose its parameters on held-out images (`crf tune`).
 
-    To post-process predictions, use --crf on eval and predict."""
+    To post-process predictions, use --crf on eval, predict and bench (--crf-params FILE for tuned ones)."""
 
 
 @crf_group.command("bench")
@@ -294,3 +295,75 @@ def crf_bench(weights, data, methods, preset, iterations, num_images, speed_imag
         out.print(f"triton (lattice) estimate, not a measurement: {est['mean_ms']['sm_90']:.2f} ms per image on H100, "
                   f"{est['mean_ms']['sm_87']:.1f} ms on Orin (roofline lower bound at {size}x{size}, from the "
                   f"{len(est['images'])} timed images' real lattice sizes)")
+
+
+def _grid_values(ctx, param, value: str | None) -> tuple[float, ...] | None:
+    """A comma-separated list of finite numbers > 0 (a CRF grid axis)."""
+    if value is None:
+        return None
+    try:
+        values = tuple(finite_float(v.strip(), param.opts[-1]) for v in value.split(","))
+    except DeepLabEdgeError as e:
+        raise click.BadParameter(str(e), ctx, param) from None
+    if any(v <= 0 for v in values):
+        raise click.BadParameter(f"{value!r} has a value <= 0; give positive numbers, e.g. 3,4,5", ctx, param)
+    return tuple(dict.fromkeys(values))
+
+
+@crf_group.command("tune")
+@click.option("--weights", type=click.Path(path_type=Path), required=True, help="deeplab-edge checkpoint (.pt).")
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Labelled images to choose on: held out from what you report (e.g. the train split, never val).")
+@click.option("--split", default="train", show_default=True, help="Split of --data to choose on.")
+@click.option("--sample", default=24, type=COUNT, show_default=True,
+              help="Images to choose on, spread evenly over the split (all of them if it has fewer).")
+@click.option("--method", type=click.Choice(["torch", "pydensecrf", "window"]), default="torch", show_default=True,
+              help="CRF implementation the search runs (the torch lattice equals pydensecrf's).")
+@click.option("--preset", type=click.Choice(["deeplab-v2", "deeplab-v1"]), default="deeplab-v2", show_default=True,
+              help="Parameters not searched (w2, theta_gamma, iterations) come from this preset.")
+@click.option("--w1", "w1", callback=_grid_values, help="Bilateral weights to try (default 3,4,5).")
+@click.option("--theta-alpha", callback=_grid_values, help="Bilateral position scales to try (default 30,50,70,90).")
+@click.option("--theta-beta", callback=_grid_values, help="Bilateral colour scales to try (default 3,5).")
+@click.option("--device", default="auto", show_default=True, help="Device of the network and the CRF.")
+@output_option("file", "Write the parameter file (for --crf-params) and every point's mIoU here.",
+               example="crf_params.json")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def crf_tune(weights, data, split, sample, method, preset, w1, theta_alpha, theta_beta, device, output,
+             as_json) -> None:
+    """Choose the CRF's parameters by grid search on held-out labelled images, as DeepLab did
+    (w2 and theta_gamma fixed; w1, theta_alpha, theta_beta searched): the network runs once per
+    image, every point's CRF on the same logits. Writes a file `eval`, `predict` and `bench`
+    take with --crf-params; report results on other images than these."""
+    from ..bench.crf_tune import DEFAULT_GRID, tune_crf
+    from ..data.datasets import open_dataset
+    from ..runtime import resolve_device
+    from ..runtime.spec import ModelSpec, open_segmenter
+
+    grid = {k: v if v is not None else DEFAULT_GRID[k]
+            for k, v in (("w1", w1), ("theta_alpha", theta_alpha), ("theta_beta", theta_beta))}
+    dev = resolve_device(device)
+    ds = open_dataset(data, "auto", split)
+    if not ds.has_labels:
+        raise DeepLabEdgeError(f"{data}: some images have no label file; the search scores mIoU, give labelled images")
+    n = min(sample, len(ds))
+    ds = ds.take([round(i * (len(ds) - 1) / max(n - 1, 1)) for i in range(n)] if n > 1 else [0])
+    segmenter, _, info = open_segmenter(ModelSpec(weights=weights, device=str(dev)), warn=print_warning)
+    points = len(grid["w1"]) * len(grid["theta_alpha"]) * len(grid["theta_beta"])
+    with progress_bar() as prog:
+        task = prog.add_task(f"{points} CRF settings x {len(ds)} images", total=len(ds))
+        res = tune_crf(segmenter, ds, grid=grid, preset=preset, method=method,
+                       device=str(dev) if method != "pydensecrf" else "cpu", model=str(weights),
+                       on_image=lambda _s: prog.advance(task))
+    if emit(res, output, as_json):
+        return
+    t = Table(title=f"CRF grid on {res['images']} images of {data} ({split}), {method}")
+    for col in ("w1", "theta_alpha", "theta_beta", "mIoU %", "gain (points)"):
+        t.add_column(col, justify="right")
+    for p in sorted(res["points"], key=lambda p: -p["miou"])[:10]:
+        t.add_row(*(f"{p['params'][k]:g}" for k in ("w1", "theta_alpha", "theta_beta")), pct(p["miou"]),
+                  f"{100 * (p['miou'] - res['no_crf_miou']):+.2f}")
+    out.print(t)
+    b = res["params"]
+    out.print(f"best: w1 {b['w1']:g}, theta_alpha {b['theta_alpha']:g}, theta_beta {b['theta_beta']:g} "
+              f"({pct(res['best_miou'])}% against {pct(res['no_crf_miou'])}% without the CRF, "
+              f"{pct(res['preset_miou'])}% with {preset}'s own)")

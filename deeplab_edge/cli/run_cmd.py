@@ -1,4 +1,4 @@
-"""``eval``, ``predict`` and ``compare``: a model file through the runtime on real images."""
+"""``eval`` and ``predict``: a model file through the runtime on real images."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from .common import (COUNT, CRF_ITERATIONS, NONNEG, SIDE, THREADS, Finite, conso
 # The ModelSpec fields these options fill, named as the spec names them (a test keeps them in step); written
 # here so that the CLI starts without importing torch.
 MODEL_OPTIONS = ("weights", "tflite", "onnx_path", "engine_path", "arch", "device", "precision", "input_size",
-                 "output_stride", "crf_method", "crf_preset", "crf_iterations", "backend", "scales", "flip")
+                 "output_stride", "crf_method", "crf_preset", "crf_iterations", "crf_params", "backend", "scales", "flip")
 
 
 def model_options(f):
@@ -59,6 +59,9 @@ def model_options(f):
                                              "theta_beta 3, w2 3, theta_gamma 1) or DeepLab-v1's.")(f)
     f = click.option("--crf-iterations", type=CRF_ITERATIONS,
                      help="Mean-field iterations (default: the preset's, 10).")(f)
+    f = click.option("--crf-params", type=click.Path(path_type=Path),
+                     help="CRF parameters from a file `deeplab-edge crf tune -o` wrote (chosen on held-out "
+                          "images), in place of --crf-preset.")(f)
     f = click.option("--backend", type=click.Choice(["torch", "triton"]), default="torch", show_default=True,
                      help="PyTorch model as is, or with its ASPP head swapped for the fused Triton kernels "
                           "(needs a CUDA GPU; TRITON_INTERPRET=1 runs them slowly on the CPU).")(f)
@@ -231,45 +234,4 @@ def predict_cmd(model, inputs, video, camera, max_frames, output, alpha, as_json
     for r in results:
         t.add_row(r["id"], ", ".join(f"{k} {100 * v:.1f}" for k, v in sorted(r["classes"].items(),
                                                                            key=lambda kv: -kv[1])))
-    out.print(t)
-
-# ----------------------------------------------------------------------------- compare
-
-@main.command("compare")
-@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), required=True, help="Labelled dataset folder.")
-@click.option("--num-images", type=COUNT, help="Evaluate only the first N images.")
-@click.option("--warmup", default=2, type=NONNEG, show_default=True, help="Untimed forward passes per model first.")
-@click.option("--threads", type=THREADS, help="Intra-op threads for PyTorch and ONNX Runtime (default: all cores).")
-@output_option("file", "Write the results as JSON here.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def compare_cmd(models, data, num_images, warmup, threads, output, as_json) -> None:
-    """Accuracy against speed of several models on the same images, in one run.
-
-    MODELS are checkpoints (.pt/.pth, PyTorch fp32), ONNX files (FP32, TensorRT QDQ emulated,
-    CPU INT8 — told apart by their metadata) or .tflite files. Latency is the model call only
-    (preprocessing and postprocessing are reported apart), median over the images after
-    WARMUP untimed calls; speed-up and mIoU change are against the first model."""
-    from ..bench.side_by_side import compare_models
-    from ..data.datasets import open_dataset
-
-    ds = open_dataset(data).subset(num_images)
-    with progress_bar() as prog:
-        def progress(desc: str, total: int):
-            task = prog.add_task(desc, total=total)
-            return lambda: prog.advance(task)
-
-        result = compare_models(models, ds, warmup=warmup, threads=threads, progress=progress)
-    rows = result["rows"]
-    if emit(result, output, as_json):
-        return
-    t = Table(title=f"{len(ds)} images of {data} (model latency: median per image, {result['threads']} threads)")
-    for col, just in [("model", "left"), ("backend", "left"), ("precision", "left"), ("mIoU %", "right"),
-                      ("Δ points", "right"), ("ms p50", "right"), ("ms p90", "right"), ("speed-up", "right"),
-                      ("MB", "right")]:
-        t.add_column(col, justify=just)
-    for r in rows:
-        t.add_row(r["model"], r["backend"], r["precision"], pct(r["miou"]),
-                  f"{r['miou_change_points']:+.2f}", f"{r['latency_ms_p50']:.1f}", f"{r['latency_ms_p90']:.1f}",
-                  f"{r['speedup']:.2f}x", f"{r['bytes'] / 1e6:.1f}")
     out.print(t)

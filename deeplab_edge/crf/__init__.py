@@ -42,11 +42,11 @@ from ..errors import DataError, DeepLabEdgeError, KernelUnavailableError
 from ..kernels.device import triton_unavailable
 from .lattice import (LatticeSetup, PermutohedralLattice, lattice_features, lattice_setup, lattice_step_reference,
                       permutohedral_crf)
-from .params import (DEVICE_METHODS, METHODS, PRESETS, TRITON_METHODS, CRFParams, gaussian_1d, gaussian_radius,
-                     with_overrides)
+from .params import (DEVICE_METHODS, METHODS, PARAMS_FORMAT, PRESETS, TRITON_METHODS, CRFParams, gaussian_1d,
+                     gaussian_radius, load_crf_params, with_overrides)
 from .reference import pydensecrf_crf
 
-__all__ = ["CRFParams", "CRFStage", "PRESETS", "METHODS", "DEVICE_METHODS", "TRITON_METHODS", "dense_crf",
+__all__ = ["CRFParams", "CRFStage", "PARAMS_FORMAT", "load_crf_params", "PRESETS", "METHODS", "DEVICE_METHODS", "TRITON_METHODS", "dense_crf",
            "PermutohedralLattice", "LatticeSetup", "lattice_features", "lattice_setup", "lattice_step_reference",
            "unary_from", "with_overrides", "gaussian_radius", "gaussian_1d"]
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["CRFParams", "PRESETS", "METHODS", "DEVICE_METHODS", "TRITON_METHODS", "with_overrides",
+from ..errors import DeepLabEdgeError
+
+__all__ = ["CRFParams", "PARAMS_FORMAT", "load_crf_params", "PRESETS", "METHODS", "DEVICE_METHODS", "TRITON_METHODS", "with_overrides",
            "gaussian_radius", "gaussian_1d"]
 
 METHODS = ("pydensecrf", "torch", "triton", "window", "triton-window")
@@ -61,6 +65,33 @@ PRESETS = {
     # DeepLab-v1 (Chen et al., ICLR 2015) MATLAB values.
     "deeplab-v1": CRFParams(w1=4.0, theta_alpha=121.0, theta_beta=5.0, w2=3.0, theta_gamma=3.0),
 }
+
+
+#: the format of a parameter file (``crf tune -o``), read by ``--crf-params``
+PARAMS_FORMAT = "deeplab-edge-crf-params/1"
+
+
+def load_crf_params(path: str | Path) -> CRFParams:
+    """The parameters of a ``crf tune`` file (or of a plain JSON object of CRFParams fields), checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeepLabEdgeError(f"--crf-params {path}: file not found; write one with `deeplab-edge crf tune -o FILE`")
+    try:
+        doc = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DeepLabEdgeError(f"--crf-params {path}: not JSON ({e}); pass the file `crf tune -o` wrote") from None
+    fields = doc.get("params") if isinstance(doc, dict) and doc.get("format") == PARAMS_FORMAT else doc
+    if not isinstance(fields, dict) or not fields:
+        raise DeepLabEdgeError(f"--crf-params {path}: no CRF parameters in it; pass the file `crf tune -o` wrote")
+    known = set(CRFParams.__dataclass_fields__)
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise DeepLabEdgeError(f"--crf-params {path}: unknown CRF parameter {unknown[0]!r}; known: "
+                               f"{', '.join(sorted(known))}")
+    try:
+        return CRFParams(**fields)
+    except (TypeError, ValueError) as e:
+        raise DeepLabEdgeError(f"--crf-params {path}: {e}; fix the value or tune again") from None
 
 
 def with_overrides(params: CRFParams, **kw: Any) -> CRFParams:

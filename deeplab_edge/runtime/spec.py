@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..crf import DEVICE_METHODS, PRESETS, CRFStage, with_overrides
+from ..crf import DEVICE_METHODS, PRESETS, CRFStage, load_crf_params, with_overrides
 from ..data.datasets import SegmentationDataset
 from ..data.overlap import recorded_overlap
 from ..engine import manifest_path
@@ -49,6 +49,7 @@ class ModelSpec:
     crf_method: str = "none"
     crf_preset: str = "deeplab-v2"
     crf_iterations: int | None = None
+    crf_params: Path | None = None
     backend: str = "torch"
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
@@ -75,11 +76,13 @@ class ModelSpec:
 def _crf_stage(spec: ModelSpec) -> CRFStage | None:
     """The spec's CRF as a Segmenter post-processing stage (None for ``crf_method`` "none")."""
     if spec.crf_method == "none":
-        if spec.crf_iterations is not None:
-            raise DeepLabEdgeError("--crf-iterations needs a CRF; add --crf torch (or pydensecrf, triton, window, "
-                                   "triton-window)")
+        for given, name in ((spec.crf_iterations, "--crf-iterations"), (spec.crf_params, "--crf-params")):
+            if given is not None:
+                raise DeepLabEdgeError(f"{name} needs a CRF; add --crf torch (or pydensecrf, triton, window, "
+                                       "triton-window)")
         return None
-    params = with_overrides(PRESETS[spec.crf_preset], iterations=spec.crf_iterations)
+    base = load_crf_params(spec.crf_params) if spec.crf_params is not None else PRESETS[spec.crf_preset]
+    params = with_overrides(base, iterations=spec.crf_iterations)
     dev = resolve_device(spec.device) if spec.crf_method in DEVICE_METHODS else "cpu"
     return CRFStage(spec.crf_method, params, dev)
 
