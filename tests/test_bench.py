@@ -495,3 +495,34 @@ def test_model_files_folder_twice_missing(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DeepLabEdgeError, match="no .pt/.pth"):
         model_files([tmp_path / "empty"])
+
+
+def test_seed_claims_are_differences_of_measured_cells():
+    """The claims table from a several-model result: each number is the difference of two cells of the
+    document (hand-computed here), models found by architecture and rates, a missing model reported missing."""
+    from deeplab_edge.bench.claims import claims_markdown, seed_claims
+
+    def row(model, miou, backend="torch-fp32", crf="none", scales=(1.0,), flip=False):
+        return {"model": model, "backend": backend, "crf": crf, "miou": miou, "scales": list(scales), "flip": flip,
+                "latency_ms": 10.0, "class_iou": {"pole": miou / 10}, "crf_params": {"w1": 5.0} if crf != "none"
+                else None}
+
+    models = [{"name": "lfov", "arch": "deeplab_largefov_mobilenet_v2", "aspp_rates": [12], "params": 2.2e6,
+               "gflops": 3.1},
+              {"name": "aspp", "arch": "deeplabv2_mobilenet_v2", "aspp_rates": [6, 12, 18, 24], "params": 2.3e6,
+               "gflops": 3.2},
+              {"name": "plain", "arch": "deeplabv3_mobilenet_v2", "aspp_rates": [], "params": 2.1e6, "gflops": 2.9}]
+    rows = [row("lfov", 0.60), row("lfov", 0.62, crf="torch"), row("lfov", 0.63, scales=(0.5, 1.0), flip=True),
+            row("aspp", 0.615), row("aspp", 0.60, backend="ort-int8"), row("plain", 0.70),
+            row("plain", 0.69, backend="qdq-int8")]
+    c = seed_claims({"rows": rows, "models": models, "data": "d", "images": 3})
+    assert c["claims"]["aspp_l_over_largefov"]["change_points"] == pytest.approx(1.5)
+    assert c["claims"]["rates_over_rateless"]["change_points"] is None
+    assert c["claims"]["rates_over_rateless"]["missing"] == ["v3_rates"]
+    lf, ap, pl = c["models"]["largefov"], c["models"]["aspp_l"], c["models"]["v3_rateless"]
+    assert lf["crf_gain_points"] == pytest.approx(2.0) and lf["msc_flip_gain_points"] == pytest.approx(3.0)
+    assert lf["crf_params"] == {"w1": 5.0} and lf["pole_iou"] == pytest.approx(0.06)
+    assert ap["crf_gain_points"] is None and ap["ort-int8_change_points"] == pytest.approx(-1.5)
+    assert pl["qdq-int8_change_points"] == pytest.approx(-1.0) and pl["ort-int8_change_points"] is None
+    md = claims_markdown(c)
+    assert "+1.50 points" in md and "missing: v3_rates" in md and md.count("\n| DeepLab") == 3
