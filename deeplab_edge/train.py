@@ -20,6 +20,7 @@ import csv
 import fcntl
 import io
 import json
+import inspect
 import math
 import os
 import time
@@ -74,6 +75,7 @@ class TrainConfig:
     arch: str | None = None  # or from scratch with this architecture
     trunk: str | None = None  # with arch: start from this checkpoint's trunk (weights copied), the head new
     aspp_rates: tuple[int, ...] | None = None  # with arch: the new model's atrous rates (default: the builder's)
+    separable: bool = False  # with arch: atrous separable convolutions (DeepLab-v3+ builders that take them)
     output_stride: int | None = None  # another output stride than the checkpoint's (or the builder's default)
     dataset: str = "auto"
     split: str = "train"
@@ -124,9 +126,10 @@ class TrainConfig:
         if self.trunk and (self.weights or not self.arch):
             raise DeepLabEdgeError("--trunk starts a new --arch from a checkpoint's trunk; give --arch NAME and drop "
                                    "--weights (which continues a checkpoint's own architecture)")
-        if self.aspp_rates is not None and not self.arch:
-            raise DeepLabEdgeError("--aspp-rates builds a new model; give --arch NAME (and --trunk FILE to start "
-                                   "from a checkpoint's trunk)")
+        for given, name in ((self.aspp_rates is not None, "--aspp-rates"), (self.separable, "--separable")):
+            if given and not self.arch:
+                raise DeepLabEdgeError(f"{name} builds a new model; give --arch NAME (and --trunk FILE to start "
+                                       "from a checkpoint's trunk)")
 
 
 # ----------------------------------------------------------------------------- data
@@ -213,6 +216,11 @@ def _initial_model(cfg: TrainConfig, num_classes: int, classes: list[str]):
                                f"{' or '.join(map(str, OUTPUT_STRIDES[cfg.arch]))}, not {cfg.output_stride}; "
                                "pick another --output-stride")
     rates = {} if cfg.aspp_rates is None else {"aspp_rates": [int(r) for r in cfg.aspp_rates]}
+    if cfg.separable:
+        if "separable" not in inspect.signature(MODELS[cfg.arch].builder).parameters:
+            raise DeepLabEdgeError(f"--separable: {cfg.arch} has no separable variant; use it with "
+                                   "deeplabv3plus_mobilenet_v2")
+        rates["separable"] = True
     if cfg.trunk:
         return _on_trunk(cfg, num_classes, classes, {**stride, **rates})
     return get_model(cfg.arch, num_classes=num_classes, **stride, **rates), {"classes": classes,

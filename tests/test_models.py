@@ -216,6 +216,35 @@ def test_summed_logit_heads_on_mobilenet_v2_follow_their_definitions(name, rates
     assert model(torch.zeros(1, 3, 33, 47, dtype=torch.float64)).shape == (1, 11, 33, 47)
 
 
+def test_separable_v3plus_head_follows_its_definition():
+    """DeepLab-v3+ with atrous separable convolutions (ECCV 2018, Sec. 3.1): each ASPP atrous branch and both
+    decoder convs are a depthwise 3x3 (at the branch's rate) + BN + ReLU then a pointwise 1x1 + BN + ReLU; a branch
+    equals that composition written with F.conv2d / F.batch_norm in float64; the parameter count is the plain
+    head's with every 3x3 conv cin->cout (9 cin cout weights) replaced by 9 cin + cin cout weights and one more BN
+    (2 cin); the config records it, and a checkpoint's config without the key builds the plain head."""
+    sep = get_model("deeplabv3plus_mobilenet_v2", num_classes=11, separable=True).eval().double()
+    plain = get_model("deeplabv3plus_mobilenet_v2", num_classes=11).eval()
+    assert sep.config["separable"] is True and "separable" not in plain.config
+    aspp = sep.classifier.aspp
+    for branch, r in zip(aspp.convs[1:4], (6, 12, 18)):
+        dw, bn1, _, pw, bn2, _ = branch
+        assert dw.groups == dw.in_channels == 320 and dw.dilation == (r, r) and dw.padding == (r, r)
+        assert pw.kernel_size == (1, 1) and (pw.in_channels, pw.out_channels) == (320, 256)
+        for bn in (bn1, bn2):  # non-trivial statistics, so that the BN's place matters
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+        x = torch.randn(1, 320, 6, 7, dtype=torch.float64)
+        ref = F.conv2d(x, dw.weight, padding=r, dilation=r, groups=320)
+        ref = F.relu(F.batch_norm(ref, bn1.running_mean, bn1.running_var, bn1.weight, bn1.bias, eps=bn1.eps))
+        ref = F.relu(F.batch_norm(F.conv2d(ref, pw.weight), bn2.running_mean, bn2.running_var, bn2.weight, bn2.bias,
+                                  eps=bn2.eps))
+        torch.testing.assert_close(branch(x), ref)
+    convs = [(320, 256)] * 3 + [(304, 256), (256, 256)]  # 3 atrous branches, 2 decoder convs
+    saved = sum(9 * ci * co - (9 * ci + ci * co + 2 * ci) for ci, co in convs)
+    assert count_params(sep) == count_params(plain) - saved
+    assert sep(torch.zeros(1, 3, 65, 49, dtype=torch.float64)).shape == (1, 11, 65, 49)
+
+
 def test_summed_logit_heads_restride_their_rates():
     from deeplab_edge.models import restride_config
 

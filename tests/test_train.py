@@ -104,9 +104,17 @@ def test_a_new_architecture_starts_from_the_trunk_of_a_checkpoint(imported):
     for bad, match in (({"trunk": str(imported[0])}, "--trunk"),
                        ({"trunk": str(imported[0]), "arch": "deeplabv2_mobilenet_v2", "weights": str(imported[0])},
                         "--trunk"),
-                       ({"aspp_rates": (6,)}, "--aspp-rates")):
+                       ({"aspp_rates": (6,)}, "--aspp-rates"), ({"separable": True}, "--separable")):
         with pytest.raises(DeepLabEdgeError, match=match):
             TrainConfig(data="", output="", **bad)
+    # --separable: DeepLab-v3+'s separable head on the same trunk; refused for an architecture without one
+    cfg = TrainConfig(data="", output="", arch="deeplabv3plus_mobilenet_v2", trunk=str(imported[0]), separable=True)
+    model, _ = _initial_model(cfg, 11, ["c"] * 11)
+    assert model.config["separable"] is True and model.classifier.aspp.convs[1][0].groups == 320
+    assert all(torch.equal(model.state_dict()[k], src[k]) for k in src if k.startswith("backbone."))
+    with pytest.raises(DeepLabEdgeError, match="no separable variant"):
+        _initial_model(TrainConfig(data="", output="", arch="deeplabv2_mobilenet_v2", trunk=str(imported[0]),
+                                   separable=True), 11, ["c"] * 11)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@
 # poly, frozen batch norms, seed 0), on CamVid train only (367 frames; nothing is chosen on val: the run keeps
 # last.pt). The committed CamVid model's first stage used lr 0.007; at 0.007 the ASPP-L head (four unnormalized
 # branches summed) diverges (running loss 1.29 at step 10, 2.6 at step 30, 1.7e16 in epoch 2; 2026-12-03, 2-core
-# Xeon), at 0.003 it trains (0.75 in epoch 1), so every zoo head uses 0.003. Run from the repository root with a clean
+# Xeon), at 0.003 it trains (0.75 in epoch 1), so every zoo head uses 0.003. DeepLab-v3+ uses atrous separable
+# convolutions in its ASPP and decoder, as the paper (2.7M parameters; 5.8M with plain 3x3 convs). Run from the repository root with a clean
 # tree (the records carry the commit):
 #
 #   deeplab-edge import ../shared/models/deeplabv3_mnv2_pascal_quant.tflite -o mnv2_voc.pt
@@ -16,7 +17,7 @@ set -euo pipefail
 declare -A ARCH=([largefov]="--arch deeplab_largefov_mobilenet_v2"
                  [v2_aspp_l]="--arch deeplabv2_mobilenet_v2"
                  [v3_rates]="--arch deeplabv3_mobilenet_v2 --aspp-rates 6,12,18"
-                 [v3plus]="--arch deeplabv3plus_mobilenet_v2")
+                 [v3plus]="--arch deeplabv3plus_mobilenet_v2 --separable")
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(largefov v2_aspp_l v3_rates v3plus)
 for name in "${names[@]}"; do

@@ -56,6 +56,9 @@ def _log(line: str) -> None:
 @click.option("--aspp-rates", callback=lambda ctx, param, v: None if v is None else _rates(v, ctx, param),
               help="With --arch: the new model's atrous rates, comma-separated (e.g. 6,12,18; default: the "
                    "architecture's).")
+@click.option("--separable", is_flag=True,
+              help="With --arch deeplabv3plus_mobilenet_v2: atrous separable convolutions in the ASPP and the "
+                   "decoder (DeepLab-v3+'s design; 2.7M parameters instead of 5.8M with 11 classes).")
 @output_stride_option("Train at this output stride: the checkpoint's weights re-planned (8: finer, about 2.5x "
                       "the compute of 16 for MobileNetV2), or the architecture built so (default: the "
                       "checkpoint's or the architecture's).")
@@ -92,7 +95,7 @@ def _log(line: str) -> None:
 @output_option("dir", "Run folder: best.pt, last.pt, train_state.pt, train_record.json/.csv, train_curve.png.",
                required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the training record as JSON.")
-def train_cmd(data, split, val_data, val_split, kind, weights, arch, trunk, aspp_rates, output_stride, epochs, batch_size, crop, lr,
+def train_cmd(data, split, val_data, val_split, kind, weights, arch, trunk, aspp_rates, separable, output_stride, epochs, batch_size, crop, lr,
               momentum, weight_decay, scale, no_flip, freeze_bn, dropout, sync_bn, class_weights, val_every, seed,
               device, max_steps, qat, qat_ranges, qat_calib_num, resume, output, as_json) -> None:
     """Fine-tune DeepLab on your data (the paper's recipe: SGD momentum 0.9, poly learning rate,
@@ -114,6 +117,7 @@ def train_cmd(data, split, val_data, val_split, kind, weights, arch, trunk, aspp
     if scale[0] > scale[1]:
         raise click.BadParameter(f"{scale[0]} > {scale[1]}; give MIN MAX", param_hint="--scale")
     cfg = TrainConfig(data=str(data), output=str(output), weights=weights, arch=arch, trunk=trunk, aspp_rates=aspp_rates,
+                      separable=separable,
                       output_stride=output_stride, dataset=kind, split=split,
                       val_data=val_data, val_split=val_split, epochs=epochs, batch_size=batch_size, crop=crop, lr=lr,
                       momentum=momentum, weight_decay=weight_decay, scale_min=scale[0], scale_max=scale[1],

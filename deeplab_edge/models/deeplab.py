@@ -176,7 +176,8 @@ def deeplabv3_mobilenet_v3_large(*, num_classes: int = 21, output_stride: int = 
 
 def _v3plus(trunk: nn.Module, config: dict[str, Any]) -> DeepLab:
     head = DeepLabV3PlusHead(trunk.out_channels["out"], trunk.out_channels["low"], config["num_classes"],
-                             config["aspp_rates"], align_corners=config["align_corners"])
+                             config["aspp_rates"], align_corners=config["align_corners"],
+                             separable=bool(config.get("separable", False)))
     return DeepLab(trunk, head, decoder=True, align_corners=config["align_corners"], config=config)
 
 
@@ -202,14 +203,18 @@ def deeplabv3plus_resnet101(*, num_classes: int = 21, output_stride: int = 16, a
 
 def deeplabv3plus_mobilenet_v2(*, num_classes: int = 21, output_stride: int = 16, aspp_rates=None,
                                width_mult: float = 1.0, align_corners: bool = False, stem: int | None = None,
-                               blocks: list | None = None) -> DeepLab:
+                               blocks: list | None = None, separable: bool = False) -> DeepLab:
     """DeepLab-v3+ on MobileNetV2 (decoder on the stride-4, 24-channel features); ``stem``/``blocks`` give the
-    trunk explicitly (an imported model's, see :func:`deeplabv3_mobilenet_v2`)."""
+    trunk explicitly (an imported model's, see :func:`deeplabv3_mobilenet_v2`); ``separable``: atrous separable
+    convolutions in the ASPP and the decoder, as the paper (with 11 classes: 2.7M parameters instead of 5.8M, 7.4
+    GFLOPs instead of 34.8 at 480x360)."""
     _check(num_classes, output_stride, "deeplabv3plus_mobilenet_v2")
     rates = _default_rates(output_stride) if aspp_rates is None else tuple(aspp_rates)
     trunk, stem, as_lists = _v2_backbone(output_stride, width_mult, stem, blocks)
     config = dict(arch="deeplabv3plus_mobilenet_v2", num_classes=num_classes, output_stride=output_stride,
                   aspp_rates=list(rates), width_mult=width_mult, align_corners=align_corners)
+    if separable:  # recorded only when on: earlier checkpoints' configs stay as they were
+        config["separable"] = True
     if blocks is not None:  # the table's trunk keeps its old config (checkpoints without stem/blocks load as before)
         config.update(stem=stem, blocks=as_lists)
     return _v3plus(trunk, config)

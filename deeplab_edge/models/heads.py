@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ASPP", "ASPPSum", "DeepLabV3Head", "DeepLabV3PlusHead", "FCNHead", "GlobalAvgPool"]
+__all__ = ["ASPP", "ASPPSum", "DeepLabV3Head", "DeepLabV3PlusHead", "FCNHead", "GlobalAvgPool", "SeparableConv"]
 
 
 class GlobalAvgPool(nn.Module):
@@ -25,6 +25,16 @@ class ASPPConv(nn.Sequential):
     def __init__(self, cin: int, cout: int, rate: int) -> None:
         super().__init__(nn.Conv2d(cin, cout, 3, padding=rate, dilation=rate, bias=False),
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SeparableConv(nn.Sequential):
+    """DeepLab-v3+'s atrous separable convolution (Chen et al., ECCV 2018, Sec. 3.1; TF DeepLab's
+    ``split_separable_conv2d``): a depthwise 3x3 at ``rate`` + BN + ReLU, then a pointwise 1x1 + BN + ReLU."""
+
+    def __init__(self, cin: int, cout: int, rate: int = 1) -> None:
+        super().__init__(nn.Conv2d(cin, cin, 3, padding=rate, dilation=rate, groups=cin, bias=False),
+                         nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
+                         nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class ASPPPooling(nn.Sequential):
@@ -43,17 +53,18 @@ class ASPP(nn.Module):
     """Atrous spatial pyramid pooling (DeepLab-v3): 1x1 branch, one 3x3 branch per rate,
     optional image pooling; concatenated and projected by 1x1 conv + BN + ReLU.
 
-    ``rates=()`` gives the head of Google's MobileNetV2 DeepLab (1x1 branch + pooling only).
+    ``rates=()`` gives the head of Google's MobileNetV2 DeepLab (1x1 branch + pooling only);
+    ``separable`` makes each atrous branch a :class:`SeparableConv` (DeepLab-v3+).
     """
 
     def __init__(self, cin: int, rates: tuple[int, ...] | list[int], cout: int = 256,
-                 image_pooling: bool = True, dropout: float = 0.5) -> None:
+                 image_pooling: bool = True, dropout: float = 0.5, separable: bool = False) -> None:
         super().__init__()
         self.rates = tuple(int(r) for r in rates)
         self.image_pooling = image_pooling
         branches: list[nn.Module] = [
             nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))]
-        branches += [ASPPConv(cin, cout, r) for r in self.rates]
+        branches += [(SeparableConv if separable else ASPPConv)(cin, cout, r) for r in self.rates]
         if image_pooling:
             branches.append(ASPPPooling(cin, cout))
         self.convs = nn.ModuleList(branches)
@@ -100,19 +111,23 @@ class DeepLabV3Head(nn.Sequential):
 
 class DeepLabV3PlusHead(nn.Module):
     """DeepLab-v3+ (Chen et al., ECCV 2018): ASPP on the deep features, upsampled x4 and
-    concatenated with 48 projected low-level channels, then two 3x3 convs and the classifier."""
+    concatenated with 48 projected low-level channels, then two 3x3 convs and the classifier;
+    ``separable``: the ASPP's atrous branches and the two decoder convs as atrous separable convolutions
+    (the paper's design, and TF DeepLab's default for its decoder)."""
 
     def __init__(self, cin: int, low_channels: int, num_classes: int, rates: tuple[int, ...] | list[int],
-                 image_pooling: bool = True, align_corners: bool = False) -> None:
+                 image_pooling: bool = True, align_corners: bool = False, separable: bool = False) -> None:
         super().__init__()
         self.align_corners = align_corners
-        self.aspp = ASPP(cin, rates, image_pooling=image_pooling)
+        self.aspp = ASPP(cin, rates, image_pooling=image_pooling, separable=separable)
         self.project = nn.Sequential(nn.Conv2d(low_channels, 48, 1, bias=False), nn.BatchNorm2d(48),
                                      nn.ReLU(inplace=True))
-        self.classifier = nn.Sequential(
-            nn.Conv2d(256 + 48, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(inplace=True),
-            nn.Conv2d(256, num_classes, 1))
+        if separable:
+            convs: list[nn.Module] = [SeparableConv(256 + 48, 256), SeparableConv(256, 256)]
+        else:
+            convs = [nn.Conv2d(256 + 48, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(inplace=True),
+                     nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(inplace=True)]
+        self.classifier = nn.Sequential(*convs, nn.Conv2d(256, num_classes, 1))
 
     def forward(self, out: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(self.aspp(out), size=low.shape[-2:], mode="bilinear", align_corners=self.align_corners)
