@@ -49,12 +49,17 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(model: DeepLab, meta: dict[str, Any], path: str | Path) -> Path:
-    """Write a checkpoint atomically (a temp file renamed into place)."""
+def save_checkpoint(model: DeepLab, meta: dict[str, Any], path: str | Path, *, half: bool = False) -> Path:
+    """Write a checkpoint atomically (a temp file renamed into place). ``half`` stores the floating-point tensors
+    as float16 (half the file; loading casts them back to the model's float32, so the model is its float16-rounded
+    weights: score the file itself), recorded as ``meta["stored_dtype"]``."""
     if not model.config.get("arch"):
         raise CheckpointError("the model has no builder config; build it with deeplab_edge.models.get_model")
-    payload = {"format": FORMAT, "config": dict(model.config),
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": dict(meta)}
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if half:
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+    payload = {"format": FORMAT, "config": dict(model.config), "state_dict": sd,
+               "meta": {**meta, **({"stored_dtype": "float16"} if half else {})}}
     path = Path(path)
     # serialised in memory first: torch.save reports a full disk as an opaque RuntimeError, a file write as OSError
     buf = io.BytesIO()

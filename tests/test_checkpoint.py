@@ -85,3 +85,22 @@ def test_output_stride_at_load_equals_the_builder_at_that_stride(tmp_path):
     other = save_checkpoint(src, {}, tmp_path / "v3.pt")
     with pytest.raises(CheckpointError, match="output stride 16, not 8; pick another --output-stride"):
         load_checkpoint(other, output_stride=8)
+
+
+def test_half_storage_loads_as_the_float16_rounded_float32_model(tmp_path):
+    """save_checkpoint(half=True): the file holds float16 tensors (about half the bytes), the loaded model is
+    float32 with exactly the float16-rounded weights (torch's own .half().float()), and its meta says so."""
+    from deeplab_edge.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model("deeplab_largefov_mobilenet_v2", num_classes=11).eval()
+    full = save_checkpoint(model, {}, tmp_path / "full.pt")
+    half = save_checkpoint(model, {}, tmp_path / "half.pt", half=True)
+    raw = torch.load(half, weights_only=True)
+    assert {v.dtype for v in raw["state_dict"].values() if v.is_floating_point()} == {torch.float16}
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    loaded = load_checkpoint(half)
+    assert loaded.meta["stored_dtype"] == "float16" and "stored_dtype" not in load_checkpoint(full).meta
+    for k, v in loaded.model.state_dict().items():
+        ref = model.state_dict()[k]
+        assert v.dtype == ref.dtype and torch.equal(v, ref.half().to(ref.dtype) if ref.is_floating_point() else ref), k
