@@ -91,7 +91,7 @@ def seed_claims(doc: dict[str, Any], *, thin_class: str = "pole") -> dict[str, A
         "aspp_l_over_largefov": compare("aspp_l", "largefov", "ASPP-L beats LargeFOV by about 1.5-2 points "
                                         "(VOC 2012 val, ResNet-101; as issue 28 quotes the seed)"),
         "rates_over_rateless": compare("v3_rates", "v3_rateless", "atrous rates 6/12/18 in ASPP help (DeepLab-v3, "
-                                       "Chen et al. 2017, Table 3)"),
+                                       "Chen et al. 2017)"),
         "decoder_over_v3_rates": compare("v3plus", "v3_rates", "the decoder refines boundaries and thin objects "
                                          "(DeepLab-v3+, Chen et al. 2018)"),
     }
