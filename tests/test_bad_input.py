@@ -315,6 +315,13 @@ CASES_28 = [
      "--theta-alpha"),
     ("crf-tune-sample-0", "crf tune --weights {ckpt} --data {voc} --split val --sample 0", "--sample"),
     ("crf-tune-split-missing", "crf tune --weights {ckpt} --data {voc}", "split"),
+    ("layerwise-not-a-calibrate-folder", "layerwise {w}/adir --data {voc}", "QDQ model not found"),
+    ("layerwise-no-fp32-beside-it", "layerwise {w}/tinycal --data {voc}", "--fp32 FILE"),
+    ("layerwise-on-its-calibration-images", "layerwise {w}/tinycal --fp32 {w}/tiny_fp32.onnx --data {voc}",
+     "2 of the 9 images calibrated this model"),
+    ("layerwise-fp32-not-onnx", "layerwise {w}/tinycal --fp32 {w}/random.onnx --data {voc}", "not an ONNX model"),
+    ("layerwise-num-0", "layerwise {w}/tinycal --fp32 {w}/tiny_fp32.onnx --data {voc} --num-images 0",
+     "--num-images"),
     ("crf-tune-o-is-folder", "crf tune --weights {ckpt} --data {voc} --split val -o {w}/adir", "is a folder"),
 ]
 
@@ -370,6 +377,9 @@ def inputs(tmp_path_factory, shared, imported):
     (w / "bad_rows.json").write_text(json.dumps({"format": FORMAT, "environment": {}, "rows": [1, 2]}))
     _tiny_onnx(w / "tiny_fp32.onnx", qdq=False)
     _tiny_onnx(w / "tiny_qdq.onnx", qdq=True)
+    res = CliRunner().invoke(main, ["calibrate", "--onnx", str(w / "tiny_fp32.onnx"), "--data", str(shared["voc"]),
+                                    "--num", "2", "--no-cpu-int8", "-o", str(w / "tinycal")])
+    assert res.exit_code == 0, res.output  # a real calibrate folder, calibrated on the first 2 VOC samples
     # a VOC folder whose one label has a value (50) that is no VOC class
     voc = w / "voc_bad"
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):

@@ -494,3 +494,93 @@ def test_calibrate_weights_of_a_model_without_a_fixed_input_size(shared, tmp_pat
             ref = loaded.model(x).argmax(1)
         got = torch.as_tensor(np.asarray(qdq(x))).argmax(1)
         assert got.shape == ref.shape and (got == ref).float().mean() > 0.9, p.name
+
+
+def test_layerwise_errors_against_onnx_reference_evaluator(tmp_path):
+    """`layer_errors` on a 3-Conv chain whose middle Conv reads a badly clipped input: every Conv's SQNR and
+    cosine equal those computed here from ONNX's own Python reference runtime (onnx.reference, not ONNX Runtime,
+    not this project's fake-quant code), and the harmed Conv is the one that adds the most error."""
+    from onnx.reference import ReferenceEvaluator
+
+    from deeplab_edge.calibration.layerwise import layer_errors
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
+                              torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
+    path = tmp_path / "chain.onnx"
+    torch.onnx.export(net, (torch.randn(1, 3, 12, 10),), str(path), input_names=["input"], output_names=["logits"],
+                      dynamo=False, opset_version=17)
+    fp32 = onnx.load(str(path))
+    convs = [n for n in fp32.graph.node if n.op_type == "Conv"]
+    xs = [np.random.default_rng(i).standard_normal((1, 3, 12, 10)).astype(np.float32) for i in range(3)]
+    ref_eval = ReferenceEvaluator(fp32)
+    acts = {n.input[0]: 0.0 for n in convs}
+    for x in xs:  # the real max |x| of every Conv input: a fair calibration...
+        outs = ReferenceEvaluator(fp32).run([n.input[0] for n in convs[1:]], {"input": x})
+        acts["input"] = max(acts["input"], float(np.abs(x).max()))
+        for n, o in zip(convs[1:], outs):
+            acts[n.input[0]] = max(acts[n.input[0]], float(np.abs(o).max()))
+    acts[convs[1].input[0]] *= 0.05  # ...but the middle Conv's input clipped at 5% of its range
+    qdq = insert_qdq(fp32, acts, residual_add=False)
+    rep = layer_errors(fp32, qdq, xs)
+    as19 = onnx.ModelProto()  # onnx.reference implements QuantizeLinear/DequantizeLinear from opset 19 (the same
+    as19.CopyFrom(qdq)        # int8 arithmetic as 13-18 for these per-tensor / per-axis cases)
+    for op in as19.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            op.version = max(op.version, 19)
+    q_eval = ReferenceEvaluator(as19)
+    names = [n.output[0] for n in convs]
+    for row, name in zip(rep["layers"], names):
+        ss_ref = ss_err = dot = ss_q = 0.0
+        for x in xs:
+            a = ref_eval.run([name], {"input": x})[0].astype(np.float64)
+            b = q_eval.run([name], {"input": x})[0].astype(np.float64)
+            ss_ref, ss_err = ss_ref + (a * a).sum(), ss_err + ((b - a) ** 2).sum()
+            dot, ss_q = dot + (a * b).sum(), ss_q + (b * b).sum()
+        assert row["sqnr_db"] == pytest.approx(10 * np.log10(ss_ref / ss_err), abs=1e-3), name
+        assert row["cosine"] == pytest.approx(dot / np.sqrt(ss_ref * ss_q), abs=1e-6), name
+    drops = [r["sqnr_drop_db"] for r in rep["layers"]]
+    assert drops[0] is None and drops[1] > 10 and drops[1] > drops[2]
+    assert rep["ranked"][-1] == convs[0].name  # the first Conv, fairly calibrated and nothing before it, is best
+
+
+def test_layerwise_command_on_the_real_model(shared, fp32_onnx, tmp_path):
+    """`layerwise` on a real calibrate folder (the VOC model calibrated on the first 2 samples), scored on 2
+    other samples: every Conv of the FP32 graph reported once, in graph order, JSON and PNG written, and the
+    logits' SQNR agrees with ONNX Runtime's own logits of the two models."""
+    import shutil
+
+    from PIL import Image
+
+    from deeplab_edge.export import ort_session
+
+    cal = tmp_path / "cal"
+    res = CliRunner().invoke(main, ["calibrate", "--onnx", str(fp32_onnx), "--data", str(shared["voc"]), "--num", "2",
+                                    "--no-cpu-int8", "-o", str(cal)])
+    assert res.exit_code == 0, res.output
+    held = tmp_path / "held"
+    held.mkdir()
+    images = sorted((shared["voc"] / "JPEGImages").iterdir())
+    for p in images[2:4]:
+        shutil.copyfile(p, held / p.name)
+    res = CliRunner().invoke(main, ["layerwise", str(cal), "--fp32", str(fp32_onnx), "--data", str(held),
+                                    "--num-images", "2", "-o", str(tmp_path / "lw"), "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output)
+    convs = [n.name for n in onnx.load(str(fp32_onnx)).graph.node if n.op_type == "Conv"]
+    assert [r["layer"] for r in rep["layers"]] == convs and sorted(rep["ranked"]) == sorted(convs)
+    assert json.loads((tmp_path / "lw" / "layerwise.json").read_text())["ranked"] == rep["ranked"]
+    with Image.open(tmp_path / "lw" / "layerwise.png") as im:
+        assert im.format == "PNG"
+    from deeplab_edge.data.preprocess import Preprocess
+    from deeplab_edge.export import read_metadata
+
+    pre = Preprocess.from_dict(read_metadata(fp32_onnx)["preprocess"])
+    a_s, b_s = ort_session(fp32_onnx, optimize=False), ort_session(cal / "model_qdq.onnx", optimize=False)
+    ss_ref = ss_err = 0.0
+    for p in sorted(held.iterdir()):
+        x = pre(np.asarray(Image.open(p).convert("RGB")))[0][None].numpy()
+        a = a_s.run(None, {a_s.get_inputs()[0].name: x})[0].astype(np.float64)
+        b = b_s.run(None, {b_s.get_inputs()[0].name: x})[0].astype(np.float64)
+        ss_ref, ss_err = ss_ref + (a * a).sum(), ss_err + ((b - a) ** 2).sum()
+    assert rep["logits"]["sqnr_db"] == pytest.approx(10 * np.log10(ss_ref / ss_err), abs=1e-3)

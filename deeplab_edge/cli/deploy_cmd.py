@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -10,8 +11,8 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (CALIB_METHODS, COUNT, NONNEG, SIDE, Finite, console, out, output_option, output_stride_option,
-                     pct, print_json, progress_bar)
+from .common import (CALIB_METHODS, COUNT, NONNEG, SIDE, THREADS, Finite, console, out, output_option,
+                     output_stride_option, pct, print_json, progress_bar)
 
 # ----------------------------------------------------------------------------- export
 
@@ -177,6 +178,57 @@ def _print_calibration(rep: dict, as_json: bool) -> None:
         out.print(f"  CPU INT8: ONNX Runtime {c['ort_calibration']} calibration, "
                   f"{'7' if c['reduce_range'] else '8'}-bit weights ({c['why']}); this CPU's int8 kernels agree with "
                   f"its exact arithmetic on {pct(c['kernel_agreement'])}% of pixels", highlight=False)
+
+
+# ----------------------------------------------------------------------------- layerwise
+
+@main.command("layerwise")
+@click.argument("calib_dir", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Held-out images (a dataset or image folder; none of them may have calibrated the model).")
+@click.option("--num-images", "num", default=16, type=COUNT, show_default=True, help="Images to compare on.")
+@click.option("--fp32", type=click.Path(path_type=Path),
+              help="The FP32 ONNX the model was calibrated from (default: CALIB_DIR/model_fp32.onnx).")
+@click.option("--threads", type=THREADS, help="ONNX Runtime intra-op threads (default: all cores).")
+@output_option("dir", "Write layerwise.json and layerwise.png here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def layerwise_cmd(calib_dir, data, num, fp32, threads, output, as_json) -> None:
+    """Where the INT8 error comes from: every Conv output of CALIB_DIR's QDQ model (a
+    `calibrate -o` folder) against the FP32 model, on held-out images, both run by ONNX Runtime
+    with those tensors exposed: SQNR, cosine, largest error as a share of the tensor's range,
+    ranked worst first (with CALIB_DIR's sensitivity ranking beside it, when it has one)."""
+    from ..calibration.layerwise import layerwise_folder, plot_layer_errors
+    from ..outputs import staged_dir
+
+    with progress_bar() as prog:
+        task = prog.add_task("comparing Conv outputs", total=num)
+        rep = layerwise_folder(calib_dir, data, fp32=fp32, num=num, threads=threads,
+                               on_image=lambda: prog.advance(task))
+    if output:
+        with staged_dir(Path(output)) as stage:
+            (stage / "layerwise.json").write_text(json.dumps(rep, indent=1, default=str))
+            plot_layer_errors(rep, stage / "layerwise.png")
+        rep["files"] = {"json": str(Path(output) / "layerwise.json"), "png": str(Path(output) / "layerwise.png")}
+    if as_json:
+        print_json(rep)
+        return
+    t = Table(title=f"INT8 error by layer, worst SQNR first ({rep['images']} images of {data}; {rep['convs']} Convs)")
+    for col in ("rank", "Conv", "depth", "SQNR dB", "added dB", "cosine", "max err / range", "sensitivity rank"):
+        t.add_column(col, justify="left" if col == "Conv" else "right")
+    rows = {r["layer"]: r for r in rep["layers"]}
+    for i, name in enumerate(rep["ranked"][:15], 1):
+        r = rows[name]
+        t.add_row(str(i), name, str(r["depth"]), f"{r['sqnr_db']:.1f}",
+                  "-" if r["sqnr_drop_db"] is None else f"{r['sqnr_drop_db']:+.1f}",
+                  "-" if r["cosine"] is None else f"{r['cosine']:.4f}",
+                  "-" if r["max_error_of_range"] is None else f"{r['max_error_of_range']:.3f}",
+                  str(r["sensitivity_rank"] or "-"))
+    out.print(t)
+    lg = rep["logits"]
+    out.print(f"logits: SQNR {lg['sqnr_db']:.1f} dB, cosine {lg['cosine']:.4f}")
+    for v in (rep.get("files") or {}).values():
+        out.print(f"[green]wrote[/] {v}")
+
 
 # ----------------------------------------------------------------------------- build
 
