@@ -193,6 +193,9 @@ def _fp32_export(onnx_path: Path, config: CalibrationConfig):
         raise CalibrationError(f"{onnx_path}: not an FP32 export (precision {meta.get('precision')!r}"
                                f"{', already quantized' if quantized else ''}); calibrate the FP32 model from "
                                "`deeplab-edge export` (or a bundle's NAME_fp32.onnx)")
+    if meta.get("output") == "labels":
+        raise CalibrationError(f"{onnx_path}: outputs labels (`export --emit labels`); calibration measures the "
+                               "logits: calibrate the logit export (the default --emit logits)")
     unknown = set(config.keep_float) - {n.name for n in conv_nodes(model)}
     if unknown:
         raise CalibrationError(f"--keep-float-layer names unknown Conv nodes {sorted(unknown)[:3]}; see ranges.json or "

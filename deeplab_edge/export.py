@@ -32,10 +32,13 @@ from .outputs import atomic_path
 from .data.preprocess import Preprocess
 from .errors import ExportError
 
-__all__ = ["export_onnx", "ExportReport", "read_metadata", "load_onnx", "MIN_OPSET", "dynamic_axes"]
+__all__ = ["export_onnx", "ExportReport", "read_metadata", "load_onnx", "MIN_OPSET", "dynamic_axes",
+           "with_label_output", "LABEL_DTYPES"]
 
 MIN_OPSET = 17
 DYNAMIC_CHOICES = ("batch", "hw")
+#: label map dtypes a ``--output labels`` model can have (ONNX TensorProto names)
+LABEL_DTYPES = ("int32", "uint8")
 
 
 @dataclass
@@ -50,6 +53,8 @@ class ExportReport:
     nodes_final: int = 0
     steps_s: dict[str, float] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
+
+    labels: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,11 +145,16 @@ def dynamic_axes(meta: dict[str, Any], batch: bool = False) -> tuple[str, ...]:
 
 def export_onnx(loaded: LoadedModel, output: str | Path, images: Sequence[np.ndarray], *, input_size: int | None = None,
                 opset: int = MIN_OPSET, dynamic: Sequence[str] = (), exporter: str = "torchscript",
-                simplify: bool = True, min_agreement: float = 0.999, fp16: bool = False) -> ExportReport:
+                simplify: bool = True, min_agreement: float = 0.999, fp16: bool = False, output_kind: str = "logits",
+                labels_dtype: str = "int32") -> ExportReport:
     """Export ``loaded.model`` to ONNX and check it against PyTorch on ``images`` (uint8 RGB).
 
     ``fp16`` exports the model in half precision (float16 weights, input and output); the parity
-    check still compares against the float32 PyTorch model."""
+    check still compares against the float32 PyTorch model. ``output_kind="labels"`` ends the graph with the
+    arg-max over the classes (:func:`with_label_output`), checked against the arg-max of PyTorch's logits."""
+    if output_kind not in ("logits", "labels") or labels_dtype not in LABEL_DTYPES:
+        raise ExportError(f"unknown output {output_kind!r} / label dtype {labels_dtype!r}; use logits or labels, "
+                          f"and {' or '.join(LABEL_DTYPES)}")
     import onnx  # noqa: F401  (without it, fail before the export's work, not after it)
 
     pre = _export_preprocess(loaded, images, input_size=input_size, opset=opset, dynamic=dynamic)
@@ -177,6 +187,14 @@ def export_onnx(loaded: LoadedModel, output: str | Path, images: Sequence[np.nda
             raise ExportError(f"ONNX Runtime agrees with PyTorch on only {report.parity['agreement']:.4%} of pixels "
                               f"(< {min_agreement:.1%}; max |logit diff| {report.parity['max_abs_diff']:.3g}); "
                               "the export is wrong — report it with the model")
+        if output_kind == "labels":
+            import onnx
+
+            onnx.save(with_label_output(onnx.load(str(tmp)), labels_dtype), str(tmp))
+            report.labels = label_parity(model, tmp, inputs)
+            if report.labels["agreement"] < min_agreement:
+                raise ExportError(f"the label model's arg-max agrees with PyTorch's on only "
+                                  f"{report.labels['agreement']:.4%} of pixels; report it with the model")
     report.bytes = output.stat().st_size
     return report
 
@@ -239,6 +257,60 @@ def _save_with_metadata(m, path: Path, loaded: LoadedModel, pre: Preprocess, fp1
         entry.key, entry.value = f"deeplab_edge.{k}", json.dumps(v, default=str)
     m.producer_name, m.producer_version = "deeplab-edge", __version__
     onnx.save(m, str(path))
+
+
+def with_label_output(model, dtype: str = "int32"):
+    """A copy of ``model`` (logits [N, C, H, W] as its first output) that outputs the label map instead: ArgMax
+    over the classes (the first maximum on ties, as ``torch.argmax``) cast to ``dtype``, [N, H, W], named
+    ``labels``; its metadata says ``output: labels`` and the dtype. What a deployment copies off the device is
+    then 1 (uint8) or 4 (int32) bytes per pixel instead of 4 x C. Refuses a model that outputs labels already."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    if read_metadata(model).get("output") == "labels":
+        raise ExportError("the model outputs labels already; give the logit model")
+    if dtype not in LABEL_DTYPES:
+        raise ExportError(f"unknown label dtype {dtype!r}; use {' or '.join(LABEL_DTYPES)}")
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    logits = g.output[0]
+    dims = [d for d in logits.type.tensor_type.shape.dim]
+    g.node.extend([helper.make_node("ArgMax", [logits.name], ["labels_int64"], name="labels_argmax", axis=1,
+                                    keepdims=0, select_last_index=0),
+                   helper.make_node("Cast", ["labels_int64"], ["labels"], name="labels_cast",
+                                    to=getattr(TensorProto, dtype.upper()))])
+    out = helper.make_tensor_value_info("labels", getattr(TensorProto, dtype.upper()), None)
+    for d in (dims[0], dims[2], dims[3]) if len(dims) == 4 else ():
+        out.type.tensor_type.shape.dim.add().CopyFrom(d)
+    del g.output[:]
+    g.output.append(out)
+    for key, value in (("output", "labels"), ("labels_dtype", dtype)):
+        entry = next((p for p in m.metadata_props if p.key == f"deeplab_edge.{key}"), None) or m.metadata_props.add()
+        entry.key, entry.value = f"deeplab_edge.{key}", json.dumps(value)
+    onnx.checker.check_model(m)
+    return m
+
+
+def label_parity(model: torch.nn.Module, onnx_path: str | Path, inputs: Sequence[torch.Tensor]) -> dict[str, Any]:
+    """A label model's output against the arg-max of PyTorch's logits: agreement, and how many pixels are ties
+    in PyTorch's logits (two classes within 1e-5: either label is right)."""
+    sess = ort_session(onnx_path)
+    name = sess.get_inputs()[0].name
+    half = sess.get_inputs()[0].type == "tensor(float16)"
+    same = total = ties = 0
+    with torch.inference_mode():
+        for x in inputs:
+            ref = model(x[None].float())
+            got = torch.from_numpy(sess.run(None, {name: x[None].numpy().astype(np.float16 if half else np.float32)})[0]
+                                   .astype(np.int64))
+            top2 = ref.topk(2, dim=1).values
+            tie = (top2[:, 0] - top2[:, 1]).abs() <= 1e-5
+            same += int(((got == ref.argmax(1)) | tie).sum())
+            ties += int(tie.sum())
+            total += got.numel()
+    return {"images": len(inputs), "agreement": same / total, "ties": ties,
+            "dtype": sess.get_outputs()[0].type, "bytes_per_pixel": 1 if "uint8" in sess.get_outputs()[0].type else 4}
 
 
 def parity(model: torch.nn.Module, onnx_path: str | Path, inputs: Sequence[torch.Tensor]) -> dict[str, Any]:

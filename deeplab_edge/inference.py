@@ -86,6 +86,11 @@ class Segmenter:
             raise ValueError(f"expected positive scales, finite, got {scales}")
         self.scales, self.flip = tuple(scales), flip
         self.crf = crf
+        #: the runner returns label maps (a model from `export --output labels`), not logits
+        self.labels = bool(getattr(runner, "outputs_labels", False))
+        if self.labels and (crf is not None or self.scales != (1.0,) or flip):
+            raise DeepLabEdgeError("this model outputs labels, not scores: the CRF and --scales/--flip need its "
+                                   "logits; export it with --emit logits (the default) for them")
         self.timing = Timing()
 
     def _run(self, batch: torch.Tensor) -> torch.Tensor:
@@ -97,6 +102,11 @@ class Segmenter:
         dt = time.perf_counter() - t0
         self.timing.model += dt
         self.timing.model_calls.append(dt)
+        if self.labels:
+            if out.ndim != 3 or out.shape[-2:] != batch.shape[-2:]:
+                raise DeepLabEdgeError(f"the label model returned {tuple(out.shape)} for input {tuple(batch.shape)}; "
+                                       "expected N x H x W labels")
+            return out
         if out.ndim != 4 or out.shape[1] != self.num_classes or out.shape[-2:] != batch.shape[-2:]:
             raise DeepLabEdgeError(f"the model returned {tuple(out.shape)} for input {tuple(batch.shape)}; expected "
                                    f"N x {self.num_classes} x H x W logits")
@@ -143,8 +153,12 @@ class Segmenter:
         out, full = {}, None
         for name, stage in options.items():
             t0 = time.perf_counter()
+            if stage is not None and self.labels:
+                raise DeepLabEdgeError("this model outputs labels, not scores: a CRF needs its logits; export it "
+                                       "with --emit logits (the default)")
             if stage is None:
-                out[name] = Preprocess.restore_labels(argmax_labels(logits), geom)
+                labels = logits.to(torch.uint8).numpy() if self.labels else argmax_labels(logits)
+                out[name] = Preprocess.restore_labels(labels, geom)
                 self.timing.postprocess += (dt := time.perf_counter() - t0)
                 self.timing.add("postprocess", dt)
                 continue

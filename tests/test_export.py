@@ -114,3 +114,45 @@ def test_fp16_export_of_real_model(shared, imported, tmp_path):
     assert res.exit_code == 0, res.output
     ref = json.loads(shared["ref_json"].read_text())
     assert abs(json.loads(res.output)["miou"] - ref["miou"]) < 0.01
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int32"])
+def test_label_output_is_the_argmax_of_pytorch_logits(shared, imported, tmp_path, dtype):
+    """`export --emit labels`: the graph ends in ArgMax + Cast; on real VOC images its [1, H, W] output equals the
+    arg-max of the PyTorch model's logits (every pixel: no ties here), `eval --onnx` of it scores what eval of the
+    checkpoint scores, and CRF, --scales and calibration refuse it with the reason."""
+    import numpy as np
+
+    from deeplab_edge.data import open_dataset
+    from deeplab_edge.data.preprocess import Preprocess
+
+    out = tmp_path / "labels.onnx"
+    voc = str(shared["voc"])
+    res = CliRunner().invoke(main, ["export", "--weights", str(imported[0]), "--data", voc, "--parity-images", "1",
+                                    "--emit", "labels", "--labels-dtype", dtype, "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    m = onnx.load(str(out))
+    assert [n.op_type for n in m.graph.node][-2:] == ["ArgMax", "Cast"] and read_metadata(m)["output"] == "labels"
+    sess = ort_session(out)
+    assert sess.get_outputs()[0].type == f"tensor({dtype})"
+    pre = Preprocess.from_dict(imported[2]["preprocess"])
+    ds = open_dataset(shared["voc"])
+    for i in (1, 2):  # images the export's parity check did not see
+        x = pre(ds.load(i)[1])[0][None]
+        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+        with torch.inference_mode():
+            ref = imported[1].eval()(x).argmax(1).numpy()
+        assert got.shape == ref.shape == (1, *x.shape[-2:]) and (got.astype(np.int64) == ref).all()
+    base = ["eval", "--data", voc, "--num-images", "2", "--json"]
+    ev_onnx = json.loads(CliRunner().invoke(main, base + ["--onnx", str(out)]).output)
+    ev_pt = json.loads(CliRunner().invoke(main, base + ["--weights", str(imported[0]), "--device", "cpu"]).output)
+    assert ev_onnx["miou"] == pytest.approx(ev_pt["miou"], abs=1e-4)
+    for extra, says in ((["--crf", "torch"], "outputs labels, not scores"), (["--scales", "0.75,1"], "--scales")):
+        r = CliRunner().invoke(main, base + ["--onnx", str(out), *extra])
+        assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["calibrate", "--onnx", str(out), "--data", voc, "-o", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "outputs labels" in r.output and not (tmp_path / "c").exists()
+    from deeplab_edge.export import with_label_output
+
+    with pytest.raises(ExportError, match="outputs labels already"):
+        with_label_output(m)

@@ -33,9 +33,14 @@ from .common import (CALIB_METHODS, COUNT, NONNEG, SIDE, THREADS, Finite, consol
               help="PyTorch's TorchScript-based exporter (fast) or the torch.export-based one.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim.")
 @click.option("--fp16", is_flag=True, help="Export in float16 (weights, input, output); parity still against fp32.")
+@click.option("--emit", type=click.Choice(["logits", "labels"]), default="logits", show_default=True,
+              help="What the graph outputs: the class logits, or the label map (ArgMax inside the graph: 1 or 4 "
+                   "bytes per pixel to copy off the device instead of 4 x classes; no CRF or --scales on it).")
+@click.option("--labels-dtype", type=click.Choice(["int32", "uint8"]), default="int32", show_default=True,
+              help="With --emit labels: the label map's type.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input_size, output_stride, exporter,
-               no_simplify, fp16, as_json) -> None:
+               no_simplify, fp16, emit, labels_dtype, as_json) -> None:
     """Export a checkpoint to ONNX: checker-clean, simplified, with deeplab-edge metadata, and
     checked against PyTorch with ONNX Runtime on real images (fails below 99.9% argmax agreement)."""
     from ..checkpoint import load_checkpoint
@@ -48,7 +53,8 @@ def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input
     dyn = [d.strip() for d in dynamic.split(",") if d.strip()]
     with console.status("exporting..."):
         rep = export_onnx(loaded, output, images, input_size=input_size, opset=opset, dynamic=dyn,
-                          exporter=exporter, simplify=not no_simplify, fp16=fp16)
+                          exporter=exporter, simplify=not no_simplify, fp16=fp16, output_kind=emit,
+                          labels_dtype=labels_dtype)
     if as_json:
         print_json(rep.as_dict())
         return
@@ -57,6 +63,10 @@ def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input
               f"{'x'.join(map(str, rep.input_shape))}, {rep.nodes_exported} -> {rep.nodes_final} nodes; {steps})\n"
               f"parity on {rep.parity['images']} real images ({rep.parity['provider']}): argmax agreement "
               f"{100 * rep.parity['agreement']:.3f}%, max |logit diff| {rep.parity['max_abs_diff']:.2e}")
+    if rep.labels:
+        out.print(f"label output ({rep.labels['dtype']}, {rep.labels['bytes_per_pixel']} byte(s) per pixel): the "
+                  f"arg-max of PyTorch's logits on {100 * rep.labels['agreement']:.3f}% of pixels "
+                  f"({rep.labels['ties']} ties)")
 
 # ----------------------------------------------------------------------------- calibrate
 

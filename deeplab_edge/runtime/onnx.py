@@ -73,19 +73,24 @@ class OnnxRunner:
         self.input_name = inp.name
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        #: a model from `export --output labels`: it returns label maps [N, H, W], not logits
+        self.outputs_labels = meta.get("output") == "labels"
         self.info = {"backend": "onnxruntime", "onnx": str(path), "arch": meta.get("arch"),
                      "provider": self.session.get_providers()[0], "precision": meta.get("precision"),
-                     "ort_graph_optimizations": self.optimize, "calibration": _calibration_summary(meta.get("calibration"))}
+                     "ort_graph_optimizations": self.optimize, "calibration": _calibration_summary(meta.get("calibration")),
+                     "output": "labels" if self.outputs_labels else "logits"}
 
     def synchronize(self) -> None:
         """ONNX Runtime's run() returns when its outputs are ready."""
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits [N, C, H, W] (float32), or for a label model its label maps [N, H, W] (int64)."""
         x = batch.float().numpy().astype(self.input_dtype)
         if self.fixed_batch is not None and x.shape[0] != self.fixed_batch:
-            outs = [self.session.run(None, {self.input_name: x[i:i + 1]})[0] for i in range(x.shape[0])]
-            return torch.from_numpy(np.concatenate(outs).astype(np.float32))
-        return torch.from_numpy(self.session.run(None, {self.input_name: x})[0].astype(np.float32))
+            out = np.concatenate([self.session.run(None, {self.input_name: x[i:i + 1]})[0] for i in range(x.shape[0])])
+        else:
+            out = self.session.run(None, {self.input_name: x})[0]
+        return torch.from_numpy(out.astype(np.int64 if self.outputs_labels else np.float32))
 
 
 def _calibration_summary(cal: dict | None) -> dict | None:
