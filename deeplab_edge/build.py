@@ -68,6 +68,8 @@ class BuildSpec:
     gpu_fallback: bool = False
     workspace_mb: int | None = None
     timing_cache: Path | None = None
+    emit: str = "logits"  # "labels": the engine outputs the label map (ArgMax in the graph)
+    labels_dtype: str = "int32"
 
     @property
     def name(self) -> str:
@@ -108,6 +110,9 @@ class BuildSpec:
             raise DeepLabEdgeError("--allow-gpu-fallback only applies with --dla N")
         if self.workspace_mb is not None and self.workspace_mb < 1:
             raise DeepLabEdgeError(f"--workspace must be >= 1 MB, got {self.workspace_mb}")
+        if self.emit not in ("logits", "labels") or self.labels_dtype not in ("int32", "uint8"):
+            raise DeepLabEdgeError(f"--emit {self.emit!r} / --labels-dtype {self.labels_dtype!r}: use logits or labels, "
+                                   "and int32 or uint8")
         if self.calib_num < 1 or self.keep_float_top < 0 or (self.dla_core is not None and self.dla_core < 0):
             raise DeepLabEdgeError(f"expected --calib-num >= 1, --keep-float >= 0 and --dla >= 0, got {self.calib_num}, "
                                    f"{self.keep_float_top} and {self.dla_core}")
@@ -135,7 +140,8 @@ def build(spec: BuildSpec | None = None, *, log: Callable[[str], None] = lambda 
 
 def _bundle_names(name: str, output: Path) -> list[str]:
     return [f"{name}_fp32.onnx", f"{name}_qdq.onnx", f"{name}.cache", f"{name}_ranges.json", output.name,
-            manifest_path(output.name).name, f"{name}_build_engine.sh"]
+            manifest_path(output.name).name, f"{name}_build_engine.sh", f"{name}_labels_fp32.onnx",
+            f"{name}_labels_qdq.onnx"]
 
 
 # an input that already sits in its own place in the bundle (a bundle rebuilt on the target) is kept, not copied
@@ -260,11 +266,37 @@ def _int8_sources(stage: Path, spec: BuildSpec, fp32: Path, meta: dict[str, Any]
     return files, calib_info, route
 
 
+def _label_models(stage: Path, spec: BuildSpec, files: dict[str, Path]) -> dict[str, Path]:
+    """``--emit labels``: the FP32 and QDQ models with the ArgMax at their end, beside the logit ones (which
+    calibration and the cache route read, and which stay as they are)."""
+    import onnx
+
+    from .export import with_label_output
+
+    if spec.emit != "labels":
+        return {}
+    made = {}
+    for key, suffix in (("onnx_fp32", "labels_fp32"), ("qdq_onnx", "labels_qdq")):
+        if key in files:
+            target = stage / f"{spec.name}_{suffix}.onnx"
+            onnx.save(with_label_output(onnx.load(str(files[key])), spec.labels_dtype), str(target))
+            made[f"{key}_labels"] = target
+    return made
+
+
+def _engine_onnx(files: dict[str, Path], route: str | None) -> Path:
+    """The ONNX the engine is built from: the QDQ model on the QDQ route, else the FP32 one (their label
+    versions with --emit labels)."""
+    key = "qdq_onnx" if route == "qdq" else "onnx_fp32"
+    return files.get(f"{key}_labels", files[key])
+
+
 def _commands(spec: BuildSpec, files: dict[str, Path], fp32: Path, engine_kw: dict[str, Any],
               input_name: str) -> dict[str, Any]:
     """The commands that build this engine on the target: deeplab-edge's, trtexec's, and trtexec's for 11."""
     output, route = Path(spec.output), engine_kw["route"]
-    eng_onnx = files["qdq_onnx"] if route == "qdq" else fp32
+    eng_onnx = _engine_onnx(files, route)
+    fp32 = files.get("onnx_fp32_labels", fp32)
     # the script runs from the bundle's folder: the timing cache as seen from there
     tc = (os.path.relpath(os.path.abspath(spec.timing_cache), os.path.abspath(spec.dest))
           if spec.timing_cache else None)
@@ -272,7 +304,8 @@ def _commands(spec: BuildSpec, files: dict[str, Path], fp32: Path, engine_kw: di
     trtexec = trtexec_command(onnx=eng_onnx.name, engine=output.name, input_name=input_name, **cmd_kw)
     trtexec11 = (trtexec_command(onnx=eng_onnx.name, engine=output.name, input_name=input_name, trt_major_version=11,
                                  **cmd_kw) if route != "cache" else None)
-    de_cmd = build_command(fp32_onnx=fp32.name, qdq_onnx=files["qdq_onnx"].name if "qdq_onnx" in files else None,
+    qdq = files.get("qdq_onnx_labels", files.get("qdq_onnx"))
+    de_cmd = build_command(fp32_onnx=fp32.name, qdq_onnx=qdq.name if qdq is not None else None,
                            engine=output.name, **cmd_kw)
     return {"deeplab_edge": de_cmd, "trtexec": trtexec, "trtexec_trt11": trtexec11}
 
@@ -284,6 +317,7 @@ def _build_in(stage: Path, spec: BuildSpec, log: Callable[[str], None]) -> tuple
     prof, input_name = _profile(spec, fp32, meta)
     int8_files, calib_info, route = _int8_sources(stage, spec, fp32, meta, log)
     files: dict[str, Path] = {"onnx_fp32": fp32, **int8_files}
+    files.update(_label_models(stage, spec, files))
     engine_kw = dict(shapes=prof, fp16=spec.fp16, int8=spec.int8, route=route, workspace_mb=spec.workspace_mb,
                      dla_core=spec.dla_core, gpu_fallback=spec.gpu_fallback)
     commands = _commands(spec, files, fp32, engine_kw, input_name)
@@ -294,7 +328,7 @@ def _build_in(stage: Path, spec: BuildSpec, log: Callable[[str], None]) -> tuple
     built = None
     if reason is None:
         log(f"building the TensorRT {here['tensorrt']} engine on {here['gpu']['name']}")
-        built = build_engine(onnx=files["qdq_onnx"] if route == "qdq" else fp32, engine=engine_file,
+        built = build_engine(onnx=_engine_onnx(files, route), engine=engine_file,
                              cache=files.get("cache"), timing_cache=spec.timing_cache, **engine_kw)
         files["engine"] = engine_file
     manifest = new_manifest(
@@ -309,7 +343,10 @@ def _build_in(stage: Path, spec: BuildSpec, log: Callable[[str], None]) -> tuple
         onnx_qdq=file_entry(files.get("qdq_onnx")), calibration_cache=file_entry(files.get("cache")),
         calibration=calib_info, checkpoint=checkpoint or {"sha256": meta.get("checkpoint_sha256")},
         arch=meta.get("arch"), num_classes=meta["num_classes"], classes=meta.get("classes"),
-        preprocess=meta["preprocess"], build_s=(built or {}).get("build_s"), build=commands)
+        preprocess=meta["preprocess"], build_s=(built or {}).get("build_s"), build=commands,
+        output={"kind": spec.emit, **({"dtype": spec.labels_dtype, "onnx_fp32": file_entry(files["onnx_fp32_labels"]),
+                                        "onnx_qdq": file_entry(files.get("qdq_onnx_labels"))}
+                                       if spec.emit == "labels" else {})})
     man = stage / manifest_path(Path(spec.output).name).name
     man.write_text(json.dumps(manifest, indent=1, default=str))
     files["manifest"] = man

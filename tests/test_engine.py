@@ -177,6 +177,40 @@ def test_bundle_models_run_in_onnx_runtime(bundle, imported, shared):
     assert check_cache_against_onnx(out / "mnv2.cache", out / "mnv2_fp32.onnx") == scales
 
 
+def test_build_emit_labels_bundle(bundle, shared, tmp_path):
+    """`build --emit labels` from the bundle's own FP32 and QDQ models: label versions beside them (the logit
+    inputs untouched), the engine's build commands name the label QDQ model, and each label model's output
+    equals the arg-max of its logit model in ONNX Runtime on real images; the manifest says what it outputs."""
+    import numpy as np
+
+    from deeplab_edge.data import open_dataset
+    from deeplab_edge.data.preprocess import Preprocess
+    from deeplab_edge.export import ort_session, read_metadata
+
+    src, man = bundle
+    before = {p.name: _sha(p) for p in src.iterdir()}
+    out = tmp_path / "lab"
+    res = CliRunner().invoke(main, ["build", "--onnx", str(src / "mnv2_fp32.onnx"), "--int8", "--qdq",
+                                    str(src / "mnv2_qdq.onnx"), "--shapes", "1x3x513x513", "--emit", "labels",
+                                    "-o", str(out / "lab.engine"), "--json"])
+    assert res.exit_code == 0, res.output
+    lab = json.loads(res.stdout)
+    assert {p.name: _sha(p) for p in src.iterdir()} == before
+    assert lab["output"]["kind"] == "labels" and lab["output"]["dtype"] == "int32"
+    assert lab["output"]["onnx_qdq"]["file"] == "lab_labels_qdq.onnx"
+    if not HAVE_TRT:
+        assert "--onnx=lab_labels_qdq.onnx" in lab["build"]["trtexec"]
+        assert "lab_labels_qdq.onnx" in " ".join(lab["build"]["deeplab_edge"])
+    pre = Preprocess.from_dict(man["preprocess"])
+    x = pre(open_dataset(shared["voc"]).load(3)[1])[0][None].numpy()
+    for logits, labels, optimize in (("lab_fp32.onnx", "lab_labels_fp32.onnx", True),
+                                     ("lab_qdq.onnx", "lab_labels_qdq.onnx", False)):
+        assert read_metadata(out / labels)["output"] == "labels"
+        ref = ort_session(out / logits, optimize=optimize).run(None, {"input": x})[0].argmax(1)
+        got = ort_session(out / labels, optimize=optimize).run(None, {"input": x})[0]
+        assert got.dtype == np.int32 and (got == ref).all(), labels
+
+
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT and a GPU are here: the script would build a real engine")
 def test_build_script_flags_and_its_command_runs(bundle, tmp_path):
     out, man = bundle

@@ -265,12 +265,17 @@ def layerwise_cmd(calib_dir, data, num, fp32, threads, output, as_json) -> None:
 @click.option("--allow-gpu-fallback", is_flag=True, help="With --dla: run layers DLA cannot on the GPU.")
 @click.option("--workspace", "workspace_mb", type=COUNT, help="Builder workspace limit, MB.")
 @click.option("--timing-cache", type=click.Path(path_type=Path), help="Read and update this timing cache.")
+@click.option("--emit", type=click.Choice(["logits", "labels"]), default="logits", show_default=True,
+              help="What the engine outputs: logits, or the label map (ArgMax in the graph; NAME_labels_fp32.onnx / "
+                   "NAME_labels_qdq.onnx beside the logit models, the engine built from them).")
+@click.option("--labels-dtype", type=click.Choice(["int32", "uint8"]), default="int32", show_default=True,
+              help="With --emit labels: the label map's type (int32 is what TensorRT's ArgMax gives).")
 @output_option("file", "Engine file, e.g. out/model.engine (the bundle goes beside it).", required=True,
                example="model.engine")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def build_cmd(weights, onnx_path, data, int8, fp16, calib_data, calib_cache, qdq, calib_method, calib_num,
-              keep_float_top, int8_route, shapes, dla_core, allow_gpu_fallback, workspace_mb, timing_cache, output,
-              as_json) -> None:
+              keep_float_top, int8_route, shapes, dla_core, allow_gpu_fallback, workspace_mb, timing_cache, emit,
+              labels_dtype, output, as_json) -> None:
     """Checkpoint -> ONNX -> INT8 calibration -> TensorRT engine, with a manifest beside it.
 
     \b
@@ -286,8 +291,8 @@ def build_cmd(weights, onnx_path, data, int8, fp16, calib_data, calib_cache, qdq
     man = build(output=output, weights=weights, onnx=onnx_path, data=data, int8=int8, fp16=fp16, calib_data=calib_data,
                 calib_cache=calib_cache, qdq=qdq, calib_method=calib_method, calib_num=calib_num,
                 keep_float_top=keep_float_top, int8_route=int8_route, shapes=shapes, dla_core=dla_core,
-                gpu_fallback=allow_gpu_fallback, workspace_mb=workspace_mb, timing_cache=timing_cache,
-                log=lambda s: console.print(f"[dim]{s}[/]", highlight=False))
+                gpu_fallback=allow_gpu_fallback, workspace_mb=workspace_mb, timing_cache=timing_cache, emit=emit,
+                labels_dtype=labels_dtype, log=lambda s: console.print(f"[dim]{s}[/]", highlight=False))
     if as_json:
         print_json(man)
         return

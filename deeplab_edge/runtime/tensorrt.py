@@ -25,7 +25,8 @@ __all__ = ["EngineRunner"]
 
 
 class EngineRunner:
-    """A serialized TensorRT engine as a runner: float32 NCHW batch -> NCHW logits (torch CUDA).
+    """A serialized TensorRT engine as a runner: float32 NCHW batch -> NCHW logits (torch CUDA), or the NHW
+    label map of an engine built with ``--emit labels``.
 
     The manifest beside the engine (``<engine>.json``) gives the preprocessing and classes and
     is checked against the GPU ``device`` (``cuda:N``, ``cuda`` or ``auto``/None: the current
@@ -62,6 +63,8 @@ class EngineRunner:
         self.input_name, self.output_name = inputs[0], outputs[0]
         self.input_dtype = torch.from_numpy(np.zeros(0, trt.nptype(self.engine.get_tensor_dtype(self.input_name)))).dtype
         self.output_dtype = torch.from_numpy(np.zeros(0, trt.nptype(self.engine.get_tensor_dtype(self.output_name)))).dtype
+        #: an engine built with `build --emit labels` outputs the label map [N, H, W] (integers), not logits
+        self.outputs_labels = not self.output_dtype.is_floating_point
         self.stream = torch.cuda.Stream(device=self.device)
         self.preprocess = Preprocess.from_dict(self.manifest["preprocess"])
         self.num_classes = int(self.manifest["num_classes"])
@@ -88,4 +91,4 @@ class EngineRunner:
             if not ctx.execute_async_v3(self.stream.cuda_stream):
                 raise EngineError("TensorRT failed to run the engine (execute_async_v3 returned False)")
             self.stream.synchronize()
-            return out.float()
+            return out.long() if self.outputs_labels else out.float()
