@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +19,14 @@ from typing import Any, Callable, ContextManager
 import onnx
 
 from deeplab_edge.data.datasets import open_dataset
-from deeplab_edge.data.overlap import image_digests
+from deeplab_edge.data.overlap import image_digests, recorded_overlap
 from deeplab_edge.data.preprocess import Preprocess
 from deeplab_edge.errors import CalibrationError
 from deeplab_edge.export import dynamic_axes, export_onnx, load_onnx, read_metadata
 from deeplab_edge.checkpoint import load_checkpoint
 from deeplab_edge.outputs import check_run_folder, staged_dir
 
+from .budget import fit_budget
 from .alerts import DegenerateCalibrationWarning, KernelDisagreementWarning, NotHeldOutWarning, recorded
 from .cache import check_trt_version, write_trt_cache
 from .collect import DEGENERATE, as_dataset, calibration_inputs
@@ -41,7 +43,7 @@ COLLAPSED = 0.01
 
 #: everything ``calibrate_folder`` writes into its output folder
 CALIBRATE_FILES = {"model_fp32.onnx", "calibration.cache", "model_qdq.onnx", "model_cpu_int8.onnx", "ranges.json",
-                   "sensitivity.json"}
+                   "sensitivity.json", "budget.json"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,11 @@ class CalibrationConfig:
     sensitivity_data: str | Path | None = None
     sensitivity_num: int | None = None
     sensitivity_mode: str = "float-one"
+    max_drop: float | None = None  # the accuracy budget, mIoU points on val_data (calibration/budget.py)
+    val_data: str | Path | None = None
+    val_num: int | None = None
+    min_agreement: float | None = None  # optionally also a floor on the pixel agreement with FP32 (0-1)
+    max_float: int = 8  # at most this many Convs go back to float
 
     def __post_init__(self) -> None:
         check_trt_version(self.trt_version)  # before any work: the cache header names it
@@ -76,6 +83,17 @@ class CalibrationConfig:
             raise CalibrationError(f"expected num, search_num >= 1, keep_float_top >= 0 and sensitivity_num >= 1, "
                                    f"got {self.num}, {self.search_num}, {self.keep_float_top} and {n}: calibrating "
                                    "on no images gives all-zero scales")
+        if (self.max_drop is None) != (self.val_data is None):
+            raise CalibrationError("--max-drop P and --val-data DIR go together (the budget is measured on held-out "
+                                   "labelled images); give both")
+        for name, value, ok, what in (("--max-drop", self.max_drop, lambda v: v >= 0, ">= 0 mIoU points"),
+                                      ("--min-agreement", self.min_agreement, lambda v: 0 < v <= 1, "in (0, 1]"),
+                                      ("--max-float", self.max_float, lambda v: v >= 1, ">= 1"),
+                                      ("--val-num", self.val_num, lambda v: v >= 1, ">= 1")):
+            if value is not None and not (math.isfinite(value) and ok(value)):
+                raise CalibrationError(f"{name} must be finite and {what}, got {value}")
+        if self.min_agreement is not None and self.max_drop is None:
+            raise CalibrationError("--min-agreement is part of the budget; add --max-drop P --val-data DIR")
 
     @property
     def recipe(self) -> Recipe:
@@ -162,7 +180,8 @@ def calibrate_folder(output: Path, data: str | Path, config: CalibrationConfig, 
     files where they landed; calibration warnings are in it, by kind (and not raised)."""
     check_one_model(weights, onnx_path)
     earlier = check_run_folder(output, CALIBRATE_FILES, "calibrate")
-    for opt, given in (("--weights", weights), ("--onnx", onnx_path), ("--sensitivity-data", config.sensitivity_data)):
+    for opt, given in (("--weights", weights), ("--onnx", onnx_path), ("--sensitivity-data", config.sensitivity_data),
+                       ("--val-data", config.val_data)):
         if given is not None and any(Path(given).resolve() == p.resolve() for p in earlier):
             raise CalibrationError(f"{opt} {given} lies in -o {output}, whose earlier calibrate files this run "
                                    "replaces; copy it elsewhere or choose another output folder")
@@ -226,6 +245,22 @@ def _sensitivity(cal: Calibrator, amax: dict[str, float], data: str | Path, conf
                              bias_shift=cal.bias_shift(config.recipe))
 
 
+def _budget(model, cal: Calibrator, amax: dict[str, float], keep_float: tuple[str, ...], images_sha1: list[str],
+            config: CalibrationConfig, progress) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """``--max-drop`` on ``--val-data`` (refused where it shares an image with the calibration set)."""
+    val = open_dataset(config.val_data).subset(config.val_num)
+    shared = recorded_overlap(images_sha1, [smp.image for smp in val.samples])
+    if shared:
+        raise CalibrationError(f"--val-data {config.val_data}: {len(shared)} of its {len(val)} images are calibration "
+                               f"images (e.g. {shared[0].name}); the budget needs held-out images (e.g. val when "
+                               "calibrating on train)")
+    recipe = config.recipe
+    shift = cal.bias_shift(recipe)
+    return fit_budget(model, lambda keep: cal.qdq(recipe, amax, keep), amax, val, max_drop=config.max_drop,
+                      min_agreement=config.min_agreement, max_float=config.max_float, keep_float=keep_float,
+                      bias_shift=shift, progress=progress)
+
+
 def _calibrate(onnx_path: Path, data: str | Path, out_dir: Path, config: CalibrationConfig, progress) -> dict[str, Any]:
     model, meta = _fp32_export(onnx_path, config)
     inputs = calibration_inputs(data, Preprocess.from_dict(meta["preprocess"]), config.num)
@@ -238,6 +273,9 @@ def _calibrate(onnx_path: Path, data: str | Path, out_dir: Path, config: Calibra
     keep_float = config.keep_float
     if ranking is not None:
         keep_float += tuple(r["layer"] for r in ranking["layers"][:config.keep_float_top] if r["layer"] not in keep_float)
+    budget = None
+    if config.max_drop is not None:
+        keep_float, budget = _budget(model, cal, amax, keep_float, images_sha1, config, progress)
     qdq = cal.qdq(recipe, amax, frozenset(keep_float))
     tag_quantized(qdq, "int8-qdq-tensorrt", {"method": recipe.method, "images_sha1": images_sha1})
     # the source as the user will find it: its name alone when it lands in the output folder too
@@ -265,6 +303,11 @@ def _calibrate(onnx_path: Path, data: str | Path, out_dir: Path, config: Calibra
             report.update(sensitivity=str(out_dir / "sensitivity.json"), sensitivity_mode=ranking["mode"],
                           sensitivity_fp32_miou=ranking["fp32_miou"], sensitivity_int8_miou=ranking["int8_miou"],
                           sensitivity_top=ranking["layers"][:10], keep_float=list(keep_float))
+        if budget is not None:
+            (stage / "budget.json").write_text(json.dumps(budget, indent=1))
+            report.update(budget={k: v for k, v in budget.items() if k != "steps"}, keep_float=list(keep_float),
+                          budget_file=str(out_dir / "budget.json"), quantized_convs=len(conv_nodes(model)) -
+                          len(keep_float))
         if config.cpu_int8:
             report["cpu_int8_onnx"] = str(out_dir / "model_cpu_int8.onnx")
             report["cpu_int8"] = _cpu_int8(onnx_path, stage / "model_cpu_int8.onnx", inputs, recipe.method)

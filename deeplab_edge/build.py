@@ -36,7 +36,7 @@ from .checkpoint import load_checkpoint
 from .data.datasets import open_dataset
 from .data.preprocess import Preprocess
 from .errors import DeepLabEdgeError
-from .export import dynamic_axes, export_onnx, read_metadata
+from .export import dynamic_axes, export_onnx, read_metadata, with_label_output
 from .outputs import check_output_file, refuse_overwriting_inputs, refuse_writing_over, staged_dir
 
 __all__ = ["build", "BuildSpec"]
@@ -68,6 +68,11 @@ class BuildSpec:
     gpu_fallback: bool = False
     workspace_mb: int | None = None
     timing_cache: Path | None = None
+    max_drop: float | None = None  # with calib_data: the INT8 accuracy budget on val_data (calibration/budget.py)
+    val_data: Path | None = None
+    val_num: int | None = None
+    min_agreement: float | None = None
+    max_float: int = 8
     emit: str = "logits"  # "labels": the engine outputs the label map (ArgMax in the graph)
     labels_dtype: str = "int32"
 
@@ -83,7 +88,7 @@ class BuildSpec:
     def inputs(self) -> dict[str, Path | None]:
         """The build's input files by option."""
         return {"--weights": self.weights, "--onnx": self.onnx, "--qdq": self.qdq, "--calib-cache": self.calib_cache,
-                "--data": self.data, "--calib-data": self.calib_data}
+                "--data": self.data, "--calib-data": self.calib_data, "--val-data": self.val_data}
 
     def check(self) -> None:
         """Refuse options that do not make a build, before any work."""
@@ -110,6 +115,9 @@ class BuildSpec:
             raise DeepLabEdgeError("--allow-gpu-fallback only applies with --dla N")
         if self.workspace_mb is not None and self.workspace_mb < 1:
             raise DeepLabEdgeError(f"--workspace must be >= 1 MB, got {self.workspace_mb}")
+        if self.max_drop is not None and self.calib_data is None:
+            raise DeepLabEdgeError("--max-drop calibrates within a budget in this build; add --int8 --calib-data "
+                                   "DIR (and --val-data DIR)")
         if self.emit not in ("logits", "labels") or self.labels_dtype not in ("int32", "uint8"):
             raise DeepLabEdgeError(f"--emit {self.emit!r} / --labels-dtype {self.labels_dtype!r}: use logits or labels, "
                                    "and int32 or uint8")
@@ -141,7 +149,7 @@ def build(spec: BuildSpec | None = None, *, log: Callable[[str], None] = lambda 
 def _bundle_names(name: str, output: Path) -> list[str]:
     return [f"{name}_fp32.onnx", f"{name}_qdq.onnx", f"{name}.cache", f"{name}_ranges.json", output.name,
             manifest_path(output.name).name, f"{name}_build_engine.sh", f"{name}_labels_fp32.onnx",
-            f"{name}_labels_qdq.onnx"]
+            f"{name}_labels_qdq.onnx", f"{name}_budget.json"]
 
 
 # an input that already sits in its own place in the bundle (a bundle rebuilt on the target) is kept, not copied
@@ -222,18 +230,24 @@ def _calibrate_here(stage: Path, spec: BuildSpec, fp32: Path, log: Callable[[str
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # recorded in the report: the manifest keeps them, the log shows them
         rep = calibrate(fp32, spec.calib_data, cal_dir, num=spec.calib_num, method=spec.calib_method, cpu_int8=False,
-                        keep_float_top=spec.keep_float_top)
+                        keep_float_top=spec.keep_float_top, max_drop=spec.max_drop, val_data=spec.val_data,
+                        val_num=spec.val_num, min_agreement=spec.min_agreement, max_float=spec.max_float)
     for w in rep["warnings"]:
         if w["kind"] != "few_images":
             log(f"warning: {w['message']}")
     files = {"qdq_onnx": stage / f"{spec.name}_qdq.onnx", "cache": stage / f"{spec.name}.cache",
              "ranges": stage / f"{spec.name}_ranges.json"}
-    for key, made in (("qdq_onnx", "model_qdq.onnx"), ("cache", "calibration.cache"), ("ranges", "ranges.json")):
-        os.replace(cal_dir / made, files[key])
+    if "budget" in rep:
+        files["budget"] = stage / f"{spec.name}_budget.json"
+    for key, made in (("qdq_onnx", "model_qdq.onnx"), ("cache", "calibration.cache"), ("ranges", "ranges.json"),
+                      ("budget", "budget.json")):
+        if key in files:
+            os.replace(cal_dir / made, files[key])
     shutil.rmtree(cal_dir, ignore_errors=True)
     info = {"method": spec.calib_method, "images": rep["images"], "data": str(spec.calib_data),
             "keep_float": rep.get("keep_float", []), "warnings": rep["warnings"],
-            "images_sha1": (read_metadata(files["qdq_onnx"]).get("calibration") or {}).get("images_sha1")}
+            "images_sha1": (read_metadata(files["qdq_onnx"]).get("calibration") or {}).get("images_sha1"),
+            **({"budget": rep["budget"]} if "budget" in rep else {})}
     return files, info
 
 
@@ -270,8 +284,6 @@ def _label_models(stage: Path, spec: BuildSpec, files: dict[str, Path]) -> dict[
     """``--emit labels``: the FP32 and QDQ models with the ArgMax at their end, beside the logit ones (which
     calibration and the cache route read, and which stay as they are)."""
     import onnx
-
-    from .export import with_label_output
 
     if spec.emit != "labels":
         return {}

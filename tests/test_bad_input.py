@@ -322,6 +322,24 @@ CASES_28 = [
     ("layerwise-fp32-not-onnx", "layerwise {w}/tinycal --fp32 {w}/random.onnx --data {voc}", "not an ONNX model"),
     ("layerwise-num-0", "layerwise {w}/tinycal --fp32 {w}/tiny_fp32.onnx --data {voc} --num-images 0",
      "--num-images"),
+    # issue 26: the INT8 accuracy budget and label outputs
+    ("calibrate-max-drop-nan", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c --max-drop nan "
+     "--val-data {voc}", "--max-drop"),
+    ("calibrate-max-drop-negative", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c --max-drop -1 "
+     "--val-data {voc}", "--max-drop"),
+    ("calibrate-max-drop-without-val-data", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c "
+     "--max-drop 1", "go together"),
+    ("calibrate-min-agreement-above-1", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c --max-drop 1 "
+     "--val-data {voc} --min-agreement 1.5", "--min-agreement"),
+    ("calibrate-val-num-without-max-drop", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c "
+     "--val-num 3", "--max-drop"),
+    ("calibrate-max-float-0", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c --max-drop 1 "
+     "--val-data {voc} --max-float 0", "--max-float"),
+    ("build-max-drop-without-calib-data", "build --weights {ckpt} --data {voc} -o {w}/out/m.engine --max-drop 1 "
+     "--val-data {voc}", "--calib-data"),
+    ("export-emit-other", "export --weights {ckpt} --data {voc} -o {w}/out/m.onnx --emit probabilities", "--emit"),
+    ("build-labels-dtype-other", "build --weights {ckpt} --data {voc} -o {w}/out/m.engine --emit labels "
+     "--labels-dtype int8", "--labels-dtype"),
     ("crf-tune-o-is-folder", "crf tune --weights {ckpt} --data {voc} --split val -o {w}/adir", "is a folder"),
 ]
 

@@ -584,3 +584,61 @@ def test_layerwise_command_on_the_real_model(shared, fp32_onnx, tmp_path):
         b = b_s.run(None, {b_s.get_inputs()[0].name: x})[0].astype(np.float64)
         ss_ref, ss_err = ss_ref + (a * a).sum(), ss_err + ((b - a) ** 2).sum()
     assert rep["logits"]["sqnr_db"] == pytest.approx(10 * np.log10(ss_ref / ss_err), abs=1e-3)
+
+
+def test_max_drop_brings_a_harmful_calibration_within_budget(shared, imported, tmp_path):
+    """calibrate --max-drop P --val-data: a harmful calibration (percentile 60 on 2 images) of the VOC model
+    (exported at 129 x 129 to keep it quick) misses a budget set below its drop; Convs go back to float until it
+    holds. Step 0 and the final step equal `eval --onnx` of the plain and of the written QDQ model on the same
+    held-out images (a separate emulation run), the FLOPs share is PyTorch's FlopCounterMode's, and calibration
+    images in --val-data are refused."""
+    import shutil
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from deeplab_edge.checkpoint import load_checkpoint
+    from deeplab_edge.data import open_dataset
+    from deeplab_edge.export import export_onnx
+
+    voc = shared["voc"]
+    ds = open_dataset(voc)
+    fp32 = tmp_path / "small.onnx"
+    export_onnx(load_checkpoint(imported[0]), fp32, [ds.load(0)[1]], input_size=129)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for smp in ds.samples[6:8]:  # not among the 3 held-out images below
+        shutil.copyfile(smp.image, calib / smp.image.name)
+    base = ["calibrate", "--onnx", str(fp32), "--data", str(calib), "--num", "2", "--method", "percentile",
+            "--percentile", "60", "--no-cpu-int8"]
+
+    def miou(onnx_file):
+        r = CliRunner().invoke(main, ["eval", "--onnx", str(onnx_file), "--data", str(voc), "--num-images", "3",
+                                      "--json"])
+        assert r.exit_code == 0, r.output
+        return json.loads(r.output)["miou"]
+
+    assert CliRunner().invoke(main, base + ["-o", str(tmp_path / "plain")]).exit_code == 0
+    drop0 = 100 * (miou(fp32) - miou(tmp_path / "plain" / "model_qdq.onnx"))
+    assert drop0 > 2, drop0  # harmful enough to test with
+    res = CliRunner().invoke(main, base + ["--max-drop", f"{drop0 / 3:.3f}", "--val-data", str(voc), "--val-num", "3",
+                                           "--max-float", "54", "-o", str(tmp_path / "budget"), "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output[res.output.index("{"):])
+    b = json.loads((tmp_path / "budget" / "budget.json").read_text())
+    steps = b["steps"]
+    assert b["met"] and 1 <= b["float_conv_count"] == len(steps) - 1 and rep["budget"]["met"]
+    assert steps[0]["drop_points"] == pytest.approx(drop0, abs=1e-6) and not steps[0]["fits"]
+    assert b["drop_points"] <= drop0 / 3 + 1e-9 and all(not s["fits"] for s in steps[:-1])
+    assert b["miou"] == pytest.approx(miou(tmp_path / "budget" / "model_qdq.onnx"), abs=1e-9)
+    ranges = json.loads((tmp_path / "budget" / "ranges.json").read_text())
+    assert ranges["keep_float"] == b["float_convs"] == steps[-1]["keep_float"]
+    net = load_checkpoint(imported[0]).model.eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        net(torch.zeros(1, 3, 129, 129))
+    total = sum(v for k, v in fc.get_flop_counts()["Global"].items() if "convolution" in str(k))
+    from deeplab_edge.calibration.budget import conv_flops
+
+    assert sum(conv_flops(onnx.load(str(fp32)), (129, 129)).values()) == total
+    r = CliRunner().invoke(main, base[:4] + [str(voc)] + base[5:] + ["--max-drop", "1", "--val-data", str(voc),
+                                                                     "-o", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "calibration images" in r.output and not (tmp_path / "x").exists()

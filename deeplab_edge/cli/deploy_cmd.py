@@ -118,14 +118,24 @@ def _trt_version(ctx, param, value):
 @click.option("--sensitivity-mode", type=click.Choice(["float-one", "quantize-one"]), default="float-one",
               show_default=True, help="Score each Conv by the mIoU regained when only it stays float, or lost "
               "when only it is quantized.")
+@click.option("--max-drop", type=Finite(0, 100), help="Accuracy budget, mIoU points on --val-data: Convs go back to "
+              "float, most sensitive first, until the QDQ model's drop from FP32 is within it (budget.json says "
+              "which and what it cost).")
+@click.option("--val-data", type=click.Path(path_type=Path),
+              help="Labelled held-out images for --max-drop (none of them a calibration image).")
+@click.option("--val-num", type=COUNT, help="Use the first N images of --val-data.")
+@click.option("--min-agreement", type=Finite(0, 1, min_open=True),
+              help="With --max-drop: also keep the pixel agreement with FP32 at least this (e.g. 0.99).")
+@click.option("--max-float", default=8, type=COUNT, show_default=True,
+              help="With --max-drop: at most this many Convs go back to float.")
 @click.option("--trt-version", default="8.6.1", show_default=True, callback=_trt_version,
               help="TensorRT version named in the cache header (8.5 to 10.x: TensorRT 11 reads no cache).")
 @click.option("--no-cpu-int8", is_flag=True, help="Skip the ONNX Runtime CPU INT8 model.")
 @output_option("dir", "Output folder (created if missing; all files land together or none does).", required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def calibrate_cmd(weights, onnx_path, data, num, method, no_bias_correction, search_num, percentile, keep_float_top,
-                  keep_float, sensitivity, sensitivity_data, sensitivity_num, sensitivity_mode, trt_version, no_cpu_int8,
-                  output, as_json) -> None:
+                  keep_float, sensitivity, sensitivity_data, sensitivity_num, sensitivity_mode, max_drop, val_data,
+                  val_num, min_agreement, max_float, trt_version, no_cpu_int8, output, as_json) -> None:
     """INT8 post-training calibration on real images.
 
     \b
@@ -136,6 +146,7 @@ def calibrate_cmd(weights, onnx_path, data, num, method, no_bias_correction, sea
       model_cpu_int8.onnx   ONNX Runtime CPU INT8 model (u8 activations, s8 weights)
       ranges.json           every tensor's max|x| and chosen threshold
       sensitivity.json      with --sensitivity or --keep-float K: Convs ranked by mIoU cost
+      budget.json           with --max-drop P --val-data DIR: each step, the Convs kept float
     Same inputs and method give byte-identical files."""
     from ..calibration.workflow import CalibrationConfig, calibrate_folder, check_one_model
 
@@ -145,12 +156,15 @@ def calibrate_cmd(weights, onnx_path, data, num, method, no_bias_correction, sea
                                                  "search_num": ("--search-num", method == "search", "--method search"),
                                                  "sensitivity_num": ("--sensitivity-num", bool(
                                                      sensitivity or sensitivity_data or keep_float_top),
-                                                     "--sensitivity or --keep-float K")})
+                                                     "--sensitivity or --keep-float K"),
+                                                 "val_num": ("--val-num", max_drop is not None, "--max-drop P"),
+                                                 "max_float": ("--max-float", max_drop is not None, "--max-drop P")})
     config = CalibrationConfig(num=num, method=method, percentile=percentile, search_num=search_num,
                                bias_correction=not no_bias_correction, keep_float=tuple(keep_float),
                                trt_version=trt_version, cpu_int8=not no_cpu_int8, keep_float_top=keep_float_top,
                                sensitivity=sensitivity, sensitivity_data=sensitivity_data,
-                               sensitivity_num=sensitivity_num, sensitivity_mode=sensitivity_mode)
+                               sensitivity_num=sensitivity_num, sensitivity_mode=sensitivity_mode, max_drop=max_drop,
+                               val_data=val_data, val_num=val_num, min_agreement=min_agreement, max_float=max_float)
     with progress_bar() as prog:
         def progress(desc: str, total: int):
             task = prog.add_task(desc, total=total)
@@ -159,6 +173,11 @@ def calibrate_cmd(weights, onnx_path, data, num, method, no_bias_correction, sea
         rep = calibrate_folder(output, data, config, weights=weights, onnx_path=onnx_path, progress=progress,
                                exporting=lambda: console.status("exporting FP32 ONNX..."))
     _print_calibration(rep, as_json)
+    if "budget" in rep and not rep["budget"]["met"]:  # the files are written; a script can tell the budget failed
+        console.print(f"[bold red]the {rep['budget']['max_drop_points']:g}-point budget is not met[/] with "
+                      f"{rep['budget']['float_conv_count']} Convs in float; allow more with --max-float, a larger "
+                      "--max-drop, or another --method", highlight=False)
+        raise SystemExit(1)
 
 
 def _print_calibration(rep: dict, as_json: bool) -> None:
@@ -178,6 +197,10 @@ def _print_calibration(rep: dict, as_json: bool) -> None:
         for i, r in enumerate(rep["sensitivity_top"], 1):
             t.add_row(str(i), r["layer"], pct(r["miou"]), f"{100 * r['score']:.2f}")
         out.print(t)
+    if "budget" in rep:
+        b = rep["budget"]
+        out.print(f"[{'green' if b['met'] else 'bold red'}]budget:[/] {b['says']} (FP32 {pct(b['fp32_miou'])}%, "
+                  f"INT8 {pct(b['miou'])}%)", highlight=False)
     out.print(f"[green]calibrated[/] {rep['images']} images, method {rep['method']}: {rep['tensors']} tensor scales, "
               f"{rep['quantized_convs']} Convs quantized")
     for key in ("cache", "qdq_onnx", "cpu_int8_onnx", "ranges"):
@@ -265,6 +288,13 @@ def layerwise_cmd(calib_dir, data, num, fp32, threads, output, as_json) -> None:
 @click.option("--allow-gpu-fallback", is_flag=True, help="With --dla: run layers DLA cannot on the GPU.")
 @click.option("--workspace", "workspace_mb", type=COUNT, help="Builder workspace limit, MB.")
 @click.option("--timing-cache", type=click.Path(path_type=Path), help="Read and update this timing cache.")
+@click.option("--max-drop", type=Finite(0, 100),
+              help="With --calib-data: INT8 within this many mIoU points of FP32 on --val-data (see `calibrate`).")
+@click.option("--val-data", type=click.Path(path_type=Path), help="Labelled held-out images for --max-drop.")
+@click.option("--val-num", type=COUNT, help="Use the first N images of --val-data.")
+@click.option("--min-agreement", type=Finite(0, 1, min_open=True), help="With --max-drop: a pixel-agreement floor.")
+@click.option("--max-float", default=8, type=COUNT, show_default=True,
+              help="With --max-drop: at most this many Convs go back to float (FP16 in the engine).")
 @click.option("--emit", type=click.Choice(["logits", "labels"]), default="logits", show_default=True,
               help="What the engine outputs: logits, or the label map (ArgMax in the graph; NAME_labels_fp32.onnx / "
                    "NAME_labels_qdq.onnx beside the logit models, the engine built from them).")
@@ -274,8 +304,8 @@ def layerwise_cmd(calib_dir, data, num, fp32, threads, output, as_json) -> None:
                example="model.engine")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def build_cmd(weights, onnx_path, data, int8, fp16, calib_data, calib_cache, qdq, calib_method, calib_num,
-              keep_float_top, int8_route, shapes, dla_core, allow_gpu_fallback, workspace_mb, timing_cache, emit,
-              labels_dtype, output, as_json) -> None:
+              keep_float_top, int8_route, shapes, dla_core, allow_gpu_fallback, workspace_mb, timing_cache, max_drop,
+              val_data, val_num, min_agreement, max_float, emit, labels_dtype, output, as_json) -> None:
     """Checkpoint -> ONNX -> INT8 calibration -> TensorRT engine, with a manifest beside it.
 
     \b
@@ -292,7 +322,12 @@ def build_cmd(weights, onnx_path, data, int8, fp16, calib_data, calib_cache, qdq
                 calib_cache=calib_cache, qdq=qdq, calib_method=calib_method, calib_num=calib_num,
                 keep_float_top=keep_float_top, int8_route=int8_route, shapes=shapes, dla_core=dla_core,
                 gpu_fallback=allow_gpu_fallback, workspace_mb=workspace_mb, timing_cache=timing_cache, emit=emit,
+                max_drop=max_drop, val_data=val_data, val_num=val_num, min_agreement=min_agreement,
+                max_float=max_float,
                 labels_dtype=labels_dtype, log=lambda s: console.print(f"[dim]{s}[/]", highlight=False))
+    budget = (man.get("calibration") or {}).get("budget")
+    if budget:
+        console.print(f"[{'green' if budget['met'] else 'bold red'}]budget:[/] {budget['says']}", highlight=False)
     if as_json:
         print_json(man)
         return
