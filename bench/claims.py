@@ -41,9 +41,11 @@ def _single(r: dict[str, Any]) -> bool:
 
 
 def _cell(rows: list[dict[str, Any]], model: str, *, backend: str = "torch-fp32", crf: str = "none",
-          msc: bool = False) -> dict[str, Any] | None:
+          msc: bool = False, stride: int | None = None) -> dict[str, Any] | None:
+    """The row of ``model`` (at output stride ``stride`` when given) with that backend, CRF and scale setting."""
     for r in rows:
-        if r.get("model") == model and r["backend"] == backend and r["crf"] == crf and _single(r) != msc:
+        if r.get("model") == model and r["backend"] == backend and r["crf"] == crf and _single(r) != msc and \
+                (stride is None or r.get("output_stride") == stride):
             return r
     return None
 
@@ -66,24 +68,25 @@ def seed_claims(doc: dict[str, Any], *, thin_class: str = "pole") -> dict[str, A
         role = model_role(m)
         if role is None or role in per:
             continue
-        name = m["name"]
-        base = _cell(rows, name)
+        name, os_ = m["name"], m.get("output_stride")  # each model at its first output stride in the result
+        base = _cell(rows, name, stride=os_)
         if base is None:
             continue
-        with_crf = _cell(rows, name, crf=crf) if crf else None
-        msc = _cell(rows, name, msc=True)
-        entry = {"model": name, "what": ROLES[role], "arch": m.get("arch"), "aspp_rates": m.get("aspp_rates"),
+        with_crf = _cell(rows, name, crf=crf, stride=os_) if crf else None
+        msc = _cell(rows, name, msc=True, stride=os_)
+        entry = {"model": name, "output_stride": os_, "what": ROLES[role], "arch": m.get("arch"), "aspp_rates": m.get("aspp_rates"),
                  "params_m": m["params"] / 1e6, "gflops": m.get("gflops"), "miou": base["miou"],
                  "latency_ms": base["latency_ms"], f"{thin_class}_iou": (base.get("class_iou") or {}).get(thin_class),
                  "crf": crf, "crf_gain_points": _diff(with_crf, base), "crf_params": (with_crf or {}).get("crf_params"),
                  "msc_flip_gain_points": _diff(msc, base), "msc_scales": (msc or {}).get("scales"),
                  "msc_latency_ms": (msc or {}).get("latency_ms")}
         for b in ("ort-int8", "qdq-int8"):
-            entry[f"{b}_change_points"] = _diff(_cell(rows, name, backend=b), base)
+            entry[f"{b}_change_points"] = _diff(_cell(rows, name, backend=b, stride=os_), base)
         per[role] = entry
 
     def compare(a: str, b: str, says: str) -> dict[str, Any]:
-        got = _diff(*(None if per.get(x) is None else _cell(rows, per[x]["model"]) for x in (a, b)))
+        got = _diff(*(None if per.get(x) is None else _cell(rows, per[x]["model"], stride=per[x]["output_stride"])
+                      for x in (a, b)))
         return {"a": a, "b": b, "change_points": got, "seed_says": says,
                 "missing": [x for x in (a, b) if x not in per]}
 

@@ -31,26 +31,28 @@ class Variant:
     flip: bool = False
 
 
-def model_files(given: Sequence[str | Path]) -> list[Path]:
+def model_files(given: Sequence[str | Path], option: str = "--weights") -> list[Path]:
     """The checkpoints named by ``given``: files as they are, a folder as its ``*.pt``/``*.pth`` files (sorted);
-    refused when a path is missing, a folder holds none, or one file is named twice."""
+    refused when a path is missing, a folder holds none, or one file is named twice (``option`` names them in the
+    messages)."""
+    opt = f"{option} " if option else ""
     files: list[Path] = []
     for g in map(Path, given):
         if g.is_dir():
             found = sorted(p for p in g.iterdir() if p.suffix in (".pt", ".pth") and p.is_file())
             if not found:
-                raise DeepLabEdgeError(f"--weights {g}: a folder with no .pt/.pth checkpoint; pass checkpoint files "
+                raise DeepLabEdgeError(f"{opt}{g}: a folder with no .pt/.pth checkpoint; pass checkpoint files "
                                        "or a folder of them")
             files += found
         elif g.is_file():
             files.append(g)
         else:
-            raise DeepLabEdgeError(f"--weights {g}: checkpoint not found; create one with `deeplab-edge import` or "
+            raise DeepLabEdgeError(f"{opt}{g}: checkpoint not found; create one with `deeplab-edge import` or "
                                    "pass a .pt")
     seen: dict[Path, Path] = {}
     for f in files:
         if f.resolve() in seen:
-            raise DeepLabEdgeError(f"--weights {f}: given twice (the same file as {seen[f.resolve()]}); pass each "
+            raise DeepLabEdgeError(f"{opt}{f}: given twice (the same file as {seen[f.resolve()]}); pass each "
                                    "model once")
         seen[f.resolve()] = f
     return files
@@ -77,9 +79,15 @@ def run_models(weights: Sequence[Path], dataset, config: BenchConfig, *, work: P
     variants = list(dict.fromkeys(variants))
     if not variants:
         raise DeepLabEdgeError("no test-time setting to run; pass --scales (e.g. --scales 1)")
+    if len(weights) > 1 and (config.engines or config.tflite is not None):
+        raise DeepLabEdgeError("--engine and --tflite are one model's files: with several --weights they would be "
+                               "scored under every model's name; bench that model alone with them")
     for w in weights:
         for v in {v.output_stride for v in variants}:
-            checked_model(w, dataset, dataclasses.replace(config, output_stride=v))
+            try:
+                checked_model(w, dataset, dataclasses.replace(config, output_stride=v))
+            except DeepLabEdgeError as e:
+                raise DeepLabEdgeError(f"--weights {w}: {e}") from None
     if len(crf_params) not in (0, 1, len(weights)):
         raise DeepLabEdgeError(f"{len(crf_params)} --crf-params files for {len(weights)} models; give one for every "
                                "model or one per --weights, in the same order")
@@ -109,7 +117,9 @@ def joined(docs: list[dict[str, Any]]) -> dict[str, Any]:
     """The runs' documents as one: every row (each naming its model and variant), mIoU change and speed-up
     against the first run's baseline, the Pareto front over all rows; each run's settings, skipped backends
     and artefacts under ``runs``."""
-    first = docs[0]
+    single = [d for d in docs if d["model"]["name"] == docs[0]["model"]["name"] and d["settings"]["scales"] == [1.0]
+              and not d["settings"]["flip"]]
+    first = single[0] if single else docs[0]
     rows = [r for d in docs for r in d["rows"]]
     base = next(r for r in first["rows"] if r["backend"] == first["baseline"]["backend"]
                 and r["crf"] == first["baseline"]["crf"])
@@ -118,15 +128,18 @@ def joined(docs: list[dict[str, Any]]) -> dict[str, Any]:
         r["speedup"] = (base["latency_ms"] / r["latency_ms"]
                         if r["latency_is_speed"] and r["latency_ms"] and base["latency_ms"] else None)
     mark_pareto(rows)
-    models = list({d["model"]["name"]: d["model"] for d in docs}.values())
+    models = list({(d["model"]["name"], d["model"]["output_stride"]): d["model"] for d in docs}.values())
     runs = [{"model": d["model"]["name"], "variant": d["rows"][0]["variant"], "weights": d["weights"],
              "settings": d["settings"], "baseline": d["baseline"], "skipped": d["skipped"],
              "skipped_crf": d["skipped_crf"], "artifacts": d["artifacts"]} for d in docs]
-    skipped = {(s["backend"], s["reason"]): s for d in docs for s in d["skipped"]}
+    skipped = {(s["backend"], s["reason"]): {**s, "runs": []} for d in docs for s in d["skipped"]}
+    for d in docs:  # a backend skipped in some runs only: say in which
+        for s in d["skipped"]:
+            skipped[(s["backend"], s["reason"])]["runs"].append(f"{d['model']['name']} {d['rows'][0]['variant']}")
     skipped_crf = {(s["crf"], s["reason"]): s for d in docs for s in d["skipped_crf"]}
     return {**{k: first[k] for k in ("format", "environment", "data", "dataset", "split", "images", "device",
                                      "power")},
-            "weights": [m["file"] for m in models],
+            "weights": list(dict.fromkeys(m["file"] for m in models)),
             "models": models, "variants": list(dict.fromkeys(r["variant"] for r in rows)),
             "settings": {**first["settings"], "runs": len(docs)},
             "baseline": {**first["baseline"], "model": first["model"]["name"], "variant": base["variant"]},

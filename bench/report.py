@@ -215,7 +215,10 @@ _ROW_FIELDS = {"backend": ((str,), None), "crf": ((str,), None), "precision": ((
                "memory": ((dict,), None), "file_mb": (_NUM, "nonneg"), "images": ((int,), "pos")}
 _OPTIONAL_ROW_FIELDS = {"latency_is_speed": ((bool,), None), "speedup": (_NUM + (_NONE,), "pos"),
                         "miou_delta_points": (_NUM, "finite"), "crf_ms": ((dict, _NONE), None),
-                        "first_call_s": (_NUM + (_NONE,), "nonneg")}
+                        "first_call_s": (_NUM + (_NONE,), "nonneg"), "model": ((str,), None),
+                        "variant": ((str,), None), "model_info": ((dict,), None), "scales": ((list,), None),
+                        "flip": ((bool,), None), "output_stride": ((int, _NONE), "pos")}
+_MODEL_INFO_FIELDS = {"params": ((int,), "pos"), "gflops": (_NUM, "nonneg"), "arch": ((str, _NONE), None)}
 _MEMORY_FIELDS = {"peak_rss_mb": (_NUM + (_NONE,), "nonneg"), "cuda_peak_allocated_mb": (_NUM + (_NONE,), "nonneg")}
 _BATCH_FIELDS = {"batch": ((int,), "pos"), "p50_ms": (_NUM + (_NONE,), "pos")}
 _OPTIONAL_BATCH_FIELDS = {"p90_ms": (_NUM + (_NONE,), "pos"), "p99_ms": (_NUM + (_NONE,), "pos"),
@@ -283,6 +286,13 @@ def _row_problem(doc: dict[str, Any]) -> str | None:
             _fields_problem(f"{where}, memory", r["memory"], {}, _MEMORY_FIELDS)
         if problem:
             return problem
+        if isinstance(r.get("model_info"), dict):
+            problem = _fields_problem(f"{where}, model_info", r["model_info"], {}, _MODEL_INFO_FIELDS)
+            if problem:
+                return problem
+        if isinstance(r.get("scales"), list) and not all(
+                isinstance(v, _NUM) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in r["scales"]):
+            return f"{where}: 'scales' is {json.dumps(r['scales'])[:40]}, not a list of numbers above 0"
         if isinstance(r.get("crf_ms"), dict):
             problem = _fields_problem(f"{where}, crf_ms", r["crf_ms"], {"p50": (_NUM, "nonneg")}, {})
             if problem:

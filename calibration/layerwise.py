@@ -66,10 +66,12 @@ class _Acc:
         self.lo, self.hi = min(self.lo, float(ref.min())), max(self.hi, float(ref.max()))
 
     def result(self) -> dict[str, float | None]:
-        sqnr = math.inf if self.ss_err == 0 else (10 * math.log10(self.ss_ref / self.ss_err) if self.ss_ref else -math.inf)
+        """The numbers; ``sqnr_db`` is None where it is not a number (no error at all: ``exact``; or an all-zero
+        reference), so that the report is plain JSON."""
+        sqnr = None if self.ss_err == 0 or not self.ss_ref else 10 * math.log10(self.ss_ref / self.ss_err)
         cos = self.dot / math.sqrt(self.ss_ref * self.ss_q) if self.ss_ref and self.ss_q else None
         span = self.hi - self.lo
-        return {"sqnr_db": sqnr, "cosine": cos, "max_abs_error": self.max_err,
+        return {"sqnr_db": sqnr, "exact": self.ss_err == 0, "cosine": cos, "max_abs_error": self.max_err,
                 "max_error_of_range": self.max_err / span if span > 0 else None, "range": [self.lo, self.hi]}
 
 
@@ -113,12 +115,11 @@ def layer_errors(fp32_model, qdq_model, inputs: Sequence[np.ndarray], *, threads
         r = acc[out].result()
         w = inits.get(node.input[1]) if len(node.input) > 1 else None
         rows.append({"layer": node.name, "tensor": out, "depth": depth, **r,
-                     "sqnr_drop_db": None if previous is None or not math.isfinite(previous) or not
-                     math.isfinite(r["sqnr_db"]) else previous - r["sqnr_db"],
+                     "sqnr_drop_db": None if previous is None or r["sqnr_db"] is None else previous - r["sqnr_db"],
                      "weights": list(w.dims) if w is not None else None,
                      "sensitivity_rank": ranks.get(node.name)})
         previous = r["sqnr_db"]
-    ranked = sorted(rows, key=lambda r: (r["sqnr_db"], r["depth"]))
+    ranked = sorted(rows, key=lambda r: (math.inf if r["sqnr_db"] is None else r["sqnr_db"], r["depth"]))
     return {"images": len(inputs), "convs": len(rows), "layers": rows,
             "ranked": [r["layer"] for r in ranked], "logits": {"tensor": logits, **acc[logits].result()},
             "sensitivity_mode": (sensitivity or {}).get("mode")}
@@ -153,7 +154,16 @@ def layerwise_folder(calib_dir: str | Path, data, *, fp32: str | Path | None = N
     pre = Preprocess.from_dict(meta["preprocess"])
     inputs = [pre(ds.load(i)[1])[0][None].numpy().astype(np.float32) for i in range(len(ds))]
     sens_path = calib_dir / "sensitivity.json"
-    sensitivity = json.loads(sens_path.read_text()) if sens_path.is_file() else None
+    sensitivity = None
+    if sens_path.is_file():
+        try:
+            sensitivity = json.loads(sens_path.read_text())
+            if not isinstance(sensitivity, dict) or not all(isinstance(r, dict) and "layer" in r
+                                                            for r in sensitivity.get("layers") or []):
+                raise ValueError("no list of layers")
+        except ValueError as e:
+            raise DeepLabEdgeError(f"{sens_path}: not a sensitivity ranking from `calibrate --sensitivity` ({e}); "
+                                   "remove it or calibrate again") from None
     report = layer_errors(fp32_model, qdq_model, inputs, threads=threads, sensitivity=sensitivity, on_image=on_image)
     return {**report, "qdq": str(qdq_path), "fp32": str(fp32_path), "data": str(ds.root),
             "image_ids": [s.id for s in ds.samples]}
@@ -173,12 +183,12 @@ def plot_layer_errors(report: dict[str, Any], path: Path, title: str = "") -> No
                              squeeze=False)
     ax = axes[0][0]
     d = [r["depth"] for r in rows]
-    s = [min(r["sqnr_db"], 80.0) for r in rows]
+    s = [80.0 if r["sqnr_db"] is None else min(r["sqnr_db"], 80.0) for r in rows]  # exact: drawn at the top
     ax.plot(d, s, marker="o", markersize=3, linewidth=1)
     for name in report["ranked"][:5]:
         r = next(x for x in rows if x["layer"] == name)
         label = name.strip("/").removesuffix("/Conv").replace("backbone/", "").replace("/conv/", "/")
-        ax.annotate(label, (r["depth"], min(r["sqnr_db"], 80.0)), fontsize=6, xytext=(3, -8),
+        ax.annotate(label, (r["depth"], s[r["depth"]]), fontsize=6, xytext=(3, -8),
                     textcoords="offset points")
     ax.set_ylabel("SQNR of the Conv output, dB")
     ax.set_title(title or f"INT8 (QDQ) against FP32, every Conv output, {report['images']} held-out images",

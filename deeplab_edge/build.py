@@ -115,6 +115,12 @@ class BuildSpec:
             raise DeepLabEdgeError("--allow-gpu-fallback only applies with --dla N")
         if self.workspace_mb is not None and self.workspace_mb < 1:
             raise DeepLabEdgeError(f"--workspace must be >= 1 MB, got {self.workspace_mb}")
+        extra = [o for o, v in (("--val-data", self.val_data), ("--val-num", self.val_num),
+                                ("--min-agreement", self.min_agreement)) if v is not None]
+        if extra and self.max_drop is None:
+            raise DeepLabEdgeError(f"{extra[0]} is part of the accuracy budget; add --max-drop P (or drop it)")
+        if self.max_drop is not None and self.val_data is None:
+            raise DeepLabEdgeError("--max-drop P needs --val-data DIR (labelled held-out images to measure it on)")
         if self.max_drop is not None and self.calib_data is None:
             raise DeepLabEdgeError("--max-drop calibrates within a budget in this build; add --int8 --calib-data "
                                    "DIR (and --val-data DIR)")

@@ -157,7 +157,7 @@ class Segmenter:
                 raise DeepLabEdgeError("this model outputs labels, not scores: a CRF needs its logits; export it "
                                        "with --emit logits (the default)")
             if stage is None:
-                labels = logits.to(torch.uint8).numpy() if self.labels else argmax_labels(logits)
+                labels = logits.to(torch.uint8).cpu().numpy() if self.labels else argmax_labels(logits)
                 out[name] = Preprocess.restore_labels(labels, geom)
                 self.timing.postprocess += (dt := time.perf_counter() - t0)
                 self.timing.add("postprocess", dt)

@@ -337,6 +337,16 @@ CASES_28 = [
      "--val-data {voc} --max-float 0", "--max-float"),
     ("build-max-drop-without-calib-data", "build --weights {ckpt} --data {voc} -o {w}/out/m.engine --max-drop 1 "
      "--val-data {voc}", "--calib-data"),
+    ("build-val-data-without-max-drop", "build --weights {ckpt} --data {voc} -o {w}/out/m.engine --val-data {voc}",
+     "--max-drop"),
+    ("export-labels-dtype-without-emit-labels", "export --weights {ckpt} --data {voc} -o {w}/out/m.onnx "
+     "--labels-dtype uint8", "--emit labels"),
+    ("bench-tflite-with-two-models", "bench --weights {ckpt} --weights {m}/two_names.pt --data {voc} --tflite "
+     "{tflite}", "one model's files"),
+    ("bench-crf-params-with-crf-none", "bench --weights {ckpt} --data {voc} --crf none --crf-params {w}/crf_ok.json",
+     "--crf is none"),
+    ("bench-crf-params-and-preset", "bench --weights {ckpt} --data {voc} --crf-preset deeplab-v1 --crf-params "
+     "{w}/crf_ok.json", "replaces --crf-preset"),
     ("export-emit-other", "export --weights {ckpt} --data {voc} -o {w}/out/m.onnx --emit probabilities", "--emit"),
     ("build-labels-dtype-other", "build --weights {ckpt} --data {voc} -o {w}/out/m.engine --emit labels "
      "--labels-dtype int8", "--labels-dtype"),

@@ -526,3 +526,31 @@ def test_seed_claims_are_differences_of_measured_cells():
     assert pl["qdq-int8_change_points"] == pytest.approx(-1.0) and pl["ort-int8_change_points"] is None
     md = claims_markdown(c)
     assert "+1.50 points" in md and "missing: v3_rates" in md and md.count("\n| DeepLab") == 3
+
+
+def test_several_models_cross_strides_and_take_each_models_crf_params(shared, two_models, tmp_path):
+    """Two models x output strides 16 and 8, CRF with one --crf-params file per model: every (model, stride)
+    has its rows, each model's CRF rows carry its own file's parameters, and a CRF cell equals `eval` with that
+    model, stride and file (a separate path)."""
+    a, b = two_models
+    pa, pb = tmp_path / "a.json", tmp_path / "b.json"
+    pa.write_text(json.dumps({"w1": 3.0, "theta_alpha": 30.0}))
+    pb.write_text(json.dumps({"w1": 5.0, "theta_alpha": 90.0}))
+    res = CliRunner().invoke(main, ["bench", "--weights", str(a), "--weights", str(b), "--crf-params", str(pa),
+                                    "--crf-params", str(pb), "--data", str(shared["voc"]), "--num-images", "1",
+                                    "--backends", "torch-fp32", "--crf", "none,torch", "--iters", "1", "--warmup", "0",
+                                    "--output-stride", "16", "--output-stride", "8", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    cells = {(r["model"], r["output_stride"], r["crf"]): r for r in doc["rows"]}
+    assert set(cells) == {(m, s, c) for m in ("mnv2_voc", "largefov") for s in (16, 8) for c in ("none", "torch")}
+    assert {(m["name"], m["output_stride"]) for m in doc["models"]} == {(m, s) for m in ("mnv2_voc", "largefov")
+                                                                        for s in (16, 8)}
+    for s in (16, 8):
+        assert cells[("mnv2_voc", s, "torch")]["crf_params"]["w1"] == 3.0
+        assert cells[("largefov", s, "torch")]["crf_params"]["theta_alpha"] == 90.0
+    ev = CliRunner().invoke(main, ["eval", "--weights", str(b), "--device", "cpu", "--data", str(shared["voc"]),
+                                   "--num-images", "1", "--output-stride", "8", "--crf", "torch", "--crf-params",
+                                   str(pb), "--json"])
+    assert ev.exit_code == 0, ev.output
+    assert cells[("largefov", 8, "torch")]["miou"] == pytest.approx(json.loads(ev.stdout)["miou"], abs=1e-9)

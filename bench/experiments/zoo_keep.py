@@ -22,8 +22,11 @@ LIMIT = 10 * 10**6
 
 def keep(name: str, runs: Path, out: Path, epochs: int) -> Path:
     run = runs / name
-    record = json.loads((run / "train_record.json").read_text())
-    commit = record["config"]["extra"]["environment"]["git_commit"]
+    try:
+        record = json.loads((run / "train_record.json").read_text())
+        commit = record["config"]["extra"]["environment"]["git_commit"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"{run}: no readable training record ({e!r}); train it with bench/experiments/zoo_train.sh")
     if len(record["epochs"]) < epochs:
         sys.exit(f"{run}: {len(record['epochs'])} of {epochs} epochs; finish it with bench/experiments/zoo_train.sh")
     if not commit or commit.endswith("-dirty"):
@@ -31,11 +34,13 @@ def keep(name: str, runs: Path, out: Path, epochs: int) -> Path:
     loaded = load_checkpoint(run / "last.pt")
     meta = {k: v for k, v in loaded.meta.items() if k != "sha256"}  # the new file has its own
     meta["zoo"] = {"run": name, "trained_at_commit": commit, "epochs": len(record["epochs"])}
-    dest = save_checkpoint(loaded.model, meta, out / f"{KEPT[name]}.pt", half=True)
-    size = dest.stat().st_size
-    if size > LIMIT:
-        dest.unlink()
+    dest = out / f"{KEPT[name]}.pt"
+    tmp = save_checkpoint(loaded.model, meta, out / f".{KEPT[name]}.pt.tmp", half=True)
+    size = tmp.stat().st_size
+    if size > LIMIT:  # the kept file (if any) stays as it was
+        tmp.unlink()
         sys.exit(f"{dest}: {size / 1e6:.1f} MB, over the 10 MB a committed checkpoint may have")
+    tmp.replace(dest)
     for suffix in ("json", "csv"):
         shutil.copyfile(run / f"train_record.{suffix}", out / f"{KEPT[name]}.train_record.{suffix}")
     return dest

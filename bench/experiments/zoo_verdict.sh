@@ -4,7 +4,7 @@
 #   2. every model x {torch-fp32, ort-fp32, ort-int8, qdq-int8} x {no CRF, CRF} x {single scale,
 #      MSC 0.5-1.75 + flip} on the 101 CamVid val frames, INT8 calibrated on CamVid train (held out),
 #   3. the seed's claims read off that result (bench/experiments/seed_claims.py).
-# About an hour on 2 cores. Results: bench/results/crf_tune_<model>_camvid_train.json,
+# Expect about an hour on 2 cores (an estimate from its parts, not yet timed whole). Results: bench/results/crf_tune_<model>_camvid_train.json,
 # bench/results/bench_zoo_camvid_val.{json,csv,png}, bench/results/seed_claims_camvid_val.{json,md}.
 set -euo pipefail
 TRAIN=${TRAIN:-../shared/data/camvid_train}

@@ -110,7 +110,7 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
     Pareto-optimal cells marked; JSON, CSV and a PNG plot go to -o DIR. With several
     models (--weights repeated, or a folder), output strides or --scales settings, every row
     names its model (architecture, parameters, GFLOPs at its input size) and setting, and
-    mIoU change and speed-up are against the first model's first row.
+    mIoU change and speed-up are against the first model's single-scale row.
 
     \b
     Subcommands:
@@ -136,6 +136,11 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
     engines = _engine_map(engine_files)
     from ..crf import load_crf_params
 
+    if crf_param_files and crfs == ["none"]:
+        raise DeepLabEdgeError("--crf-params gives a CRF's parameters, and --crf is none; add a CRF (e.g. --crf "
+                               "none,torch) or drop --crf-params")
+    if crf_param_files and ctx.get_parameter_source("crf_preset") == ParameterSource.COMMANDLINE:
+        raise DeepLabEdgeError("--crf-params replaces --crf-preset; give one of them")
     crf_params = [load_crf_params(f) for f in crf_param_files]
     variants = [Variant(s, scales, flip or set_flip) for s in (output_strides or (None,))
                 for scales, set_flip in scale_sets]
@@ -193,8 +198,10 @@ def _run_matrix(files: list[Path], data: Path, kind: str, split: str, num_images
 def _print_notes(result: dict[str, Any], shown_warnings: tuple[str, ...]) -> None:
     """What was skipped, where INT8 was calibrated, and the calibration warnings worth a user's attention (each
     once, for a result of several runs)."""
+    runs = len(result.get("runs") or [result])
     for s in result["skipped"]:
-        console.print(f"[yellow]skipped {s['backend']}:[/] {s['reason']}", highlight=False, soft_wrap=True)
+        where = f" ({', '.join(s['runs'])})" if s.get("runs") and len(s["runs"]) < runs else ""
+        console.print(f"[yellow]skipped {s['backend']}{where}:[/] {s['reason']}", highlight=False, soft_wrap=True)
     for s in result["skipped_crf"]:
         console.print(f"[yellow]skipped CRF {s['crf']}:[/] {s['reason']}", highlight=False, soft_wrap=True)
     lines: dict[str, None] = {}
@@ -223,7 +230,7 @@ def _bench_table(result: dict[str, Any], title: str) -> None:
     batch_sizes = sorted({b["batch"] for r in rows for b in r["batches"]})
     power = any(b.get("power_w") for r in rows for b in r["batches"])
     t = Table(title=title)
-    cols = (["device"] if merged else []) + (["model", "setting", "GFLOPs"] if several else []) + ["backend", "CRF", "mIoU %", "Δ pts", "latency ms", "speed-up",
+    cols = (["device"] if merged else []) + (["model", "setting", "GFLOPs/pass"] if several else []) + ["backend", "CRF", "mIoU %", "Δ pts", "latency ms", "speed-up",
                                              "model p50/p90/p99 ms", "CRF ms"] + \
         [f"img/s b{b}" for b in batch_sizes] + ["peak MB", "file MB"] + (["W", "mJ/img"] if power else []) + ["Pareto"]
     for c in cols:
@@ -315,7 +322,7 @@ def compare_cmd(models, data, num_images, warmup, iters, threads, output, as_jso
                                "pass the checkpoint the ONNX came from, or score the file with `deeplab-edge eval "
                                "--onnx FILE`")
     tflites = [p for p in paths if p.suffix.lower() == ".tflite"]
-    ckpts = model_files([p for p in paths if p not in tflites])
+    ckpts = model_files([p for p in paths if p not in tflites], option="")
     if len(tflites) > 1 or (tflites and len(ckpts) != 1):
         raise DeepLabEdgeError("compare takes one .tflite beside one checkpoint (bench runs it as that checkpoint's "
                                "litert-int8 backend); compare the others in another run")
@@ -330,5 +337,9 @@ def compare_cmd(models, data, num_images, warmup, iters, threads, output, as_jso
                               tflite=tflite, settings={"command": "compare"}), None)
     if emit(result, output, as_json):
         return
-    _bench_table(result, title=f"{result['images']} images of {data} on "
-                               f"{result['environment'].get('cpu')} (compare = bench --backends torch-fp32 --crf none)")
+    from ..bench.harness import SHOWN_CALIBRATION_WARNINGS
+    from ..bench.report import device_label
+
+    _bench_table(result, title=f"{result['images']} images of {data} on {device_label(result['environment'])} "
+                               "(compare = bench --backends torch-fp32 --crf none)")
+    _print_notes(result, SHOWN_CALIBRATION_WARNINGS)

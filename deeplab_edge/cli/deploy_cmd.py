@@ -47,6 +47,8 @@ def export_cmd(weights, arch, output, data, parity_images, opset, dynamic, input
     from ..data.datasets import open_dataset
     from ..export import export_onnx
 
+    _refuse_unused(click.get_current_context(), {"labels_dtype": ("--labels-dtype", emit == "labels",
+                                                                  "--emit labels")})
     loaded = load_checkpoint(weights, arch=arch, output_stride=output_stride)
     ds = open_dataset(data).subset(parity_images)
     images = [ds.load(i)[1] for i in range(len(ds))]
@@ -251,14 +253,15 @@ def layerwise_cmd(calib_dir, data, num, fp32, threads, output, as_json) -> None:
     rows = {r["layer"]: r for r in rep["layers"]}
     for i, name in enumerate(rep["ranked"][:15], 1):
         r = rows[name]
-        t.add_row(str(i), name, str(r["depth"]), f"{r['sqnr_db']:.1f}",
+        t.add_row(str(i), name, str(r["depth"]), "exact" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}",
                   "-" if r["sqnr_drop_db"] is None else f"{r['sqnr_drop_db']:+.1f}",
                   "-" if r["cosine"] is None else f"{r['cosine']:.4f}",
                   "-" if r["max_error_of_range"] is None else f"{r['max_error_of_range']:.3f}",
                   str(r["sensitivity_rank"] or "-"))
     out.print(t)
     lg = rep["logits"]
-    out.print(f"logits: SQNR {lg['sqnr_db']:.1f} dB, cosine {lg['cosine']:.4f}")
+    out.print(f"logits: SQNR {'exact' if lg['sqnr_db'] is None else format(lg['sqnr_db'], '.1f') + ' dB'}, cosine "
+              f"{lg['cosine']:.4f}")
     for v in (rep.get("files") or {}).values():
         out.print(f"[green]wrote[/] {v}")
 
@@ -318,6 +321,8 @@ def build_cmd(weights, onnx_path, data, int8, fp16, calib_data, calib_cache, qdq
     nothing else); --int8-route cache uses the calibration cache on TensorRT 8.5-10."""
     from ..build import build
 
+    _refuse_unused(click.get_current_context(), {"labels_dtype": ("--labels-dtype", emit == "labels", "--emit labels"),
+                                                 "max_float": ("--max-float", max_drop is not None, "--max-drop P")})
     man = build(output=output, weights=weights, onnx=onnx_path, data=data, int8=int8, fp16=fp16, calib_data=calib_data,
                 calib_cache=calib_cache, qdq=qdq, calib_method=calib_method, calib_num=calib_num,
                 keep_float_top=keep_float_top, int8_route=int8_route, shapes=shapes, dla_core=dla_core,
@@ -330,9 +335,11 @@ def build_cmd(weights, onnx_path, data, int8, fp16, calib_data, calib_cache, qdq
         console.print(f"[{'green' if budget['met'] else 'bold red'}]budget:[/] {budget['says']}", highlight=False)
     if as_json:
         print_json(man)
-        return
-    for key, path in man["files"].items():
-        out.print(f"[green]wrote[/] {path} ({Path(path).stat().st_size / 1e6:.2f} MB)  [dim]{key}[/]")
+    else:
+        for key, path in man["files"].items():
+            out.print(f"[green]wrote[/] {path} ({Path(path).stat().st_size / 1e6:.2f} MB)  [dim]{key}[/]")
+    if budget and not budget["met"]:  # the bundle is written; a script can tell the budget failed
+        raise SystemExit(1)
     if man["engine_built"]:
         out.print(f"engine built with TensorRT {man['tensorrt']} for {man['gpu']['name']} in {man['build_s']:.0f} s")
     else:

@@ -44,6 +44,14 @@ class CRFParams:
     label_threshold: float = 1e-3
 
     def __post_init__(self) -> None:
+        for name in ("iterations", "near_radius", "window_radius", "dilation", "spatial_radius"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"expected a whole number for {name}, got {v!r}")
+        for name in ("w1", "w2", "label_threshold", "theta_alpha", "theta_beta", "theta_gamma"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"expected a number for {name}, got {v!r}")
         for name in ("w1", "w2", "label_threshold"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"expected a finite {name} >= 0, got {getattr(self, name)}")
