@@ -115,7 +115,8 @@ def run_models(weights: Sequence[Path], dataset, config: BenchConfig, *, work: P
 
 def joined(docs: list[dict[str, Any]]) -> dict[str, Any]:
     """The runs' documents as one: every row (each naming its model and variant), mIoU change and speed-up
-    against the first run's baseline, the Pareto front over all rows; each run's settings, skipped backends
+    against the baseline row of the first model's single-scale run (its first run when it has none), the Pareto
+    front over all rows; each run's settings, skipped backends
     and artefacts under ``runs``."""
     single = [d for d in docs if d["model"]["name"] == docs[0]["model"]["name"] and d["settings"]["scales"] == [1.0]
               and not d["settings"]["flip"]]
