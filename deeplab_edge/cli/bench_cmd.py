@@ -121,6 +121,7 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
     from ..bench.harness import CRF_CHOICES, SHOWN_CALIBRATION_WARNINGS
     from ..bench.matrix import Variant, model_files
     from ..bench.report import default_tag, device_label, write_results
+    from ..crf import load_crf_params
 
     if not weights or data is None:
         raise DeepLabEdgeError("bench needs --weights FILE and --data DIR (see `deeplab-edge bench --help`)")
@@ -134,8 +135,6 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
     bs = sorted(set(int_list(batches, "--batch")) | {1})
     crfs = choices(crf_methods, list(CRF_CHOICES), "CRF option")
     engines = _engine_map(engine_files)
-    from ..crf import load_crf_params
-
     if crf_param_files and crfs == ["none"]:
         raise DeepLabEdgeError("--crf-params gives a CRF's parameters, and --crf is none; add a CRF (e.g. --crf "
                                "none,torch) or drop --crf-params")
