@@ -60,7 +60,11 @@ def tune_crf(segmenter, dataset, *, grid: dict[str, Sequence[float]] | None = No
     scored = [{"params": {k: getattr(p, k) for k in grid}, "miou": ev["options"][f"p{i}"]["miou"]}
               for i, p in enumerate(points)]
     best_i = max(range(len(points)), key=lambda i: (scored[i]["miou"], -i))
-    return {"format": PARAMS_FORMAT, "params": points[best_i].as_dict(), "best_miou": scored[best_i]["miou"],
+    # a best value at the end of its range: the optimum may lie beyond what was tried
+    edge = [{"param": k, "value": scored[best_i]["params"][k], "side": "smallest" if scored[best_i]["params"][k] ==
+             min(v) else "largest"} for k, v in grid.items()
+            if len(v) > 1 and scored[best_i]["params"][k] in (min(v), max(v))]
+    return {"edge": edge, "format": PARAMS_FORMAT, "params": points[best_i].as_dict(), "best_miou": scored[best_i]["miou"],
             "no_crf_miou": ev["options"]["none"]["miou"], "preset": preset,
             "preset_miou": ev["options"]["preset"]["miou"], "method": method, "grid": grid, "points": scored,
             "model": model, "data": str(dataset.root), "split": getattr(dataset, "split", None),

@@ -236,6 +236,9 @@ def test_crf_tune_scores_each_point_as_eval_does(shared, imported, tmp_path):
     doc = json.loads(out.read_text())
     assert len(doc["points"]) == 4 and doc["images"] == 1 and doc["split"] == "val"
     assert doc["best_miou"] == max(p["miou"] for p in doc["points"])
+    best = next(p["params"] for p in doc["points"] if p["miou"] == doc["best_miou"])  # the edge note, by hand
+    assert {e["param"] for e in doc["edge"]} == {k for k, vs in (("w1", (3, 5)), ("theta_alpha", (30, 90)))
+                                                 if best[k] in vs}
     base = ["eval", "--weights", str(imported[0]), "--data", str(shared["voc"]), "--num-images", "1", "--device",
             "cpu", "--json"]
     assert doc["no_crf_miou"] == pytest.approx(json.loads(CliRunner().invoke(main, base).output)["miou"], abs=1e-12)

@@ -367,3 +367,6 @@ def crf_tune(weights, data, split, sample, method, preset, w1, theta_alpha, thet
     out.print(f"best: w1 {b['w1']:g}, theta_alpha {b['theta_alpha']:g}, theta_beta {b['theta_beta']:g} "
               f"({pct(res['best_miou'])}% against {pct(res['no_crf_miou'])}% without the CRF, "
               f"{pct(res['preset_miou'])}% with {preset}'s own)")
+    for e in res["edge"]:
+        console.print(f"[yellow]note:[/] the best {e['param']} ({e['value']:g}) is the {e['side']} value tried: the "
+                      f"optimum may lie beyond it; extend --{e['param'].replace('_', '-')}", highlight=False)
