@@ -37,7 +37,7 @@ __all__ = ["export_onnx", "ExportReport", "read_metadata", "load_onnx", "MIN_OPS
 
 MIN_OPSET = 17
 DYNAMIC_CHOICES = ("batch", "hw")
-#: label map dtypes a ``--output labels`` model can have (ONNX TensorProto names)
+#: label map dtypes an ``--emit labels`` model can have (ONNX TensorProto names)
 LABEL_DTYPES = ("int32", "uint8")
 
 

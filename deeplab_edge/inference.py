@@ -86,7 +86,7 @@ class Segmenter:
             raise ValueError(f"expected positive scales, finite, got {scales}")
         self.scales, self.flip = tuple(scales), flip
         self.crf = crf
-        #: the runner returns label maps (a model from `export --output labels`), not logits
+        #: the runner returns label maps (a model from `export --emit labels`), not logits
         self.labels = bool(getattr(runner, "outputs_labels", False))
         if self.labels and (crf is not None or self.scales != (1.0,) or flip):
             raise DeepLabEdgeError("this model outputs labels, not scores: the CRF and --scales/--flip need its "

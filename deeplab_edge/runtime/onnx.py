@@ -73,7 +73,7 @@ class OnnxRunner:
         self.input_name = inp.name
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-        #: a model from `export --output labels`: it returns label maps [N, H, W], not logits
+        #: a model from `export --emit labels`: it returns label maps [N, H, W], not logits
         self.outputs_labels = meta.get("output") == "labels"
         self.info = {"backend": "onnxruntime", "onnx": str(path), "arch": meta.get("arch"),
                      "provider": self.session.get_providers()[0], "precision": meta.get("precision"),
