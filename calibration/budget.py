@@ -17,37 +17,12 @@ import numpy as np
 from deeplab_edge.data.preprocess import Preprocess
 from deeplab_edge.errors import CalibrationError
 from deeplab_edge.export import read_metadata
-from deeplab_edge.inference import Segmenter
 from deeplab_edge.interrupts import temp_dir
-from deeplab_edge.metrics import ConfusionMatrix
-from deeplab_edge.runtime.onnx import OnnxRunner
 
 from .qdq import conv_nodes
-from .sensitivity import layer_sensitivity
+from .sensitivity import layer_sensitivity, score_model
 
-__all__ = ["conv_flops", "fit_budget", "score_model"]
-
-
-def score_model(model, dataset, work: Path, tag: str, reference: list[np.ndarray] | None = None
-                ) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """(mIoU and pixel agreement with ``reference`` label maps, the label maps) of an ONNX ModelProto on
-    ``dataset``, run by ONNX Runtime as exact emulation (optimisations off) for a QDQ model."""
-    import onnx
-
-    path = work / f"{tag}.onnx"
-    onnx.save(model, str(path))
-    runner = OnnxRunner(path, optimize=False)
-    seg = Segmenter(runner, runner.preprocess, runner.num_classes)
-    cm = ConfusionMatrix(runner.num_classes)
-    preds, same, total = [], 0, 0
-    for i in range(len(dataset)):
-        _, image, label = dataset.load(i)
-        pred = seg.predict(image)
-        cm.update(pred, label)
-        preds.append(pred)
-        if reference is not None:
-            same, total = same + int((pred == reference[i]).sum()), total + pred.size
-    return {"miou": float(cm.compute()["miou"]), "agreement": same / total if total else None}, preds
+__all__ = ["conv_flops", "fit_budget"]
 
 
 def conv_flops(model, input_hw: tuple[int, int]) -> dict[str, int]:

@@ -15,24 +15,43 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from deeplab_edge.data.datasets import SegmentationDataset
-from deeplab_edge.inference import Segmenter, evaluate
+from deeplab_edge.inference import Segmenter
 from deeplab_edge.interrupts import temp_dir
+from deeplab_edge.metrics import ConfusionMatrix
 from deeplab_edge.runtime.onnx import OnnxRunner
 
 from .qdq import conv_nodes, insert_qdq
 
-__all__ = ["layer_sensitivity"]
+__all__ = ["layer_sensitivity", "score_model"]
 
 
-def _miou(model, dataset: SegmentationDataset, work: Path, tag: str) -> float:
+def score_model(model, dataset, work: Path, tag: str, reference: list[np.ndarray] | None = None
+                ) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """(mIoU and pixel agreement with ``reference`` label maps, the label maps) of an ONNX ModelProto on
+    ``dataset``, run by ONNX Runtime as exact emulation (optimisations off) for a QDQ model."""
     import onnx
-
 
     path = work / f"{tag}.onnx"
     onnx.save(model, str(path))
     runner = OnnxRunner(path, optimize=False)
-    return float(evaluate(Segmenter(runner, runner.preprocess, runner.num_classes), dataset)["miou"])
+    seg = Segmenter(runner, runner.preprocess, runner.num_classes)
+    cm = ConfusionMatrix(runner.num_classes)
+    preds, same, total = [], 0, 0
+    for i in range(len(dataset)):
+        _, image, label = dataset.load(i)
+        pred = seg.predict(image)
+        cm.update(pred, label)
+        preds.append(pred)
+        if reference is not None:
+            same, total = same + int((pred == reference[i]).sum()), total + pred.size
+    return {"miou": float(cm.compute()["miou"]), "agreement": same / total if total else None}, preds
+
+
+def _miou(model, dataset: SegmentationDataset, work: Path, tag: str) -> float:
+    return score_model(model, dataset, work, tag)[0]["miou"]
 
 
 MODES = ("float-one", "quantize-one")
