@@ -45,7 +45,7 @@ def tune_crf(segmenter, dataset, *, grid: dict[str, Sequence[float]] | None = No
              method: str = "torch", device: str = "cpu", model: str | None = None,
              on_image: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The grid's mIoU on ``dataset`` (``segmenter``'s logits, each point's CRF) and the best point: a
-    document with ``best`` (the parameters), ``best_miou``, ``no_crf_miou``, ``preset_miou`` (the preset's
+    document with ``params`` (the best point's parameters, what ``--crf-params`` reads), ``best_miou``, ``no_crf_miou``, ``preset_miou`` (the preset's
     own point, scored beside the grid) and every point's result."""
     grid = dict(grid or DEFAULT_GRID)
     base = PRESETS[preset]

@@ -346,7 +346,7 @@ def crf_tune(weights, data, split, sample, method, preset, w1, theta_alpha, thet
     if not ds.has_labels:
         raise DeepLabEdgeError(f"{data}: some images have no label file; the search scores mIoU, give labelled images")
     n = min(sample, len(ds))
-    ds = ds.take([round(i * (len(ds) - 1) / max(n - 1, 1)) for i in range(n)] if n > 1 else [0])
+    ds = ds.take([round(i * (len(ds) - 1) / max(n - 1, 1)) for i in range(n)])
     segmenter, _, info = open_segmenter(ModelSpec(weights=weights, device=str(dev)), warn=print_warning)
     points = len(grid["w1"]) * len(grid["theta_alpha"]) * len(grid["theta_beta"])
     with progress_bar() as prog:
