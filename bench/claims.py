@@ -44,7 +44,8 @@ def _cell(rows: list[dict[str, Any]], model: str, *, backend: str = "torch-fp32"
           msc: bool = False, stride: int | None = None) -> dict[str, Any] | None:
     """The row of ``model`` (at output stride ``stride`` when given) with that backend, CRF and scale setting."""
     for r in rows:
-        if r.get("model") == model and r["backend"] == backend and r["crf"] == crf and _single(r) != msc and \
+        if r.get("model") == model and r["backend"] == backend and r.get("output", "logits") == "logits" and \
+                r["crf"] == crf and _single(r) != msc and \
                 (stride is None or r.get("output_stride") == stride):
             return r
     return None

@@ -44,7 +44,7 @@ from deeplab_edge.data.datasets import SegmentationDataset, open_dataset
 from deeplab_edge.data.overlap import image_digests, shared_images
 from deeplab_edge.engine import tensorrt_unavailable
 from deeplab_edge.errors import DeepLabEdgeError
-from deeplab_edge.export import dynamic_axes, export_onnx
+from deeplab_edge.export import LABEL_DTYPES, dynamic_axes, export_onnx, with_label_output
 from deeplab_edge.hostinfo import cpu_flags
 from deeplab_edge.inference import Segmenter, evaluate
 from deeplab_edge.kernels.device import triton_unavailable
@@ -66,6 +66,9 @@ CRF_CHOICES = ("none", *CRF_METHODS)
 SHOWN_CALIBRATION_WARNINGS = ("kernel_disagreement", "degenerate")
 #: the backends whose INT8 models bench calibrates itself (a TensorRT engine comes built, its calibration in it)
 CALIBRATED = {("ort", "int8"), ("qdq", "int8")}
+#: the backends that also run a label model (the ONNX graph with the arg-max in it) with --emit labels; a
+#: TensorRT engine is built one way or the other (`build --emit labels`) and its rows say which
+LABEL_FAMILIES = ("ort", "qdq")
 
 
 @dataclass(frozen=True)
@@ -261,6 +264,25 @@ def build_artifacts(loaded, weights: Path, dataset, work: Path, backends: list[B
     return art
 
 
+def label_models(art: dict[str, Any], dtype: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """Beside every ONNX model of ``art`` (the FP32 export, each calibration's QDQ and CPU INT8 models), the
+    same graph with the arg-max inside (``export --emit labels``): ``<name>_labels.onnx``, made afresh from the
+    model beside it. Returns {"dtype", "models": {logit model: label model}}."""
+    import onnx
+
+    sources = [art["onnx_fp32"]["path"]]
+    cal = art.get("calibration") or {}
+    for c in [cal, *(cal.get("folds") or [])]:
+        sources += [c[k] for k in ("qdq_onnx", "cpu_int8_onnx") if c.get(k)]
+    models = {}
+    for src in dict.fromkeys(sources):
+        dst = Path(src).with_name(Path(src).stem + "_labels.onnx")
+        onnx.save(with_label_output(onnx.load(src), dtype), str(dst))
+        models[src] = str(dst)
+    log(f"label models ({dtype}, the arg-max in the graph) beside {len(models)} ONNX model(s)")
+    return {"dtype": dtype, "models": models}
+
+
 def _calibrations(work: Path, export_key: str, dataset, plan: CalibrationPlan, calib_num: int, calib_method: str,
                   log: Callable[[str], None]) -> dict[str, Any]:
     """Every INT8 model of ``plan`` (one, or one per fold in ``work/foldK``): the first one's record at the top
@@ -355,16 +377,19 @@ def _calibration_artifact(work: Path, fp32: Path, export_key: str, scored, src, 
 
 def _make_runner(b: Backend, weights: Path, arch: str | None, device: torch.device, art: dict[str, Any],
                  threads: int | None, engines: dict[str, Path], tflite: Path | None = None,
-                 output_stride: int | None = None):
+                 output_stride: int | None = None, output: str = "logits"):
     """(runner, file the model came from, extra info) for backend ``b``, through the runtime's one factory.
     ``output_stride``: the PyTorch backends run the checkpoint's weights at it (the ONNX and INT8 models
-    were exported at it already)."""
+    were exported at it already); ``output`` ``labels``: an ONNX backend runs its label model
+    (:func:`label_models`)."""
     if b.family in ("torch", "compile", "triton"):
         path, kw = weights, {"backend": b.family, "precision": b.precision, "device": device, "arch": arch,
                              "output_stride": output_stride}
     elif b.family in ("ort", "qdq"):
         path = Path(art["onnx_fp32"]["path"]) if b.name == "ort-fp32" else Path(
             art["calibration"]["cpu_int8_onnx" if b.family == "ort" else "qdq_onnx"])
+        if output == "labels":
+            path = Path(art["labels"]["models"][str(path)])
         kw = {"backend": "onnxruntime"}
     elif b.family == "litert":
         if tflite is None:
@@ -380,7 +405,7 @@ def _make_runner(b: Backend, weights: Path, arch: str | None, device: torch.devi
     else:
         raise AssertionError(b.family)
     runner = open_runner(path, threads=threads, **kw)
-    keep = ("provider", "ort_graph_optimizations", "engine", "output_stride")
+    keep = ("provider", "ort_graph_optimizations", "engine", "output_stride", "output")
     return runner, path, {k: v for k, v in runner.info.items() if k in keep}
 
 
@@ -427,10 +452,12 @@ class BenchConfig:
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     output_stride: int | None = None
+    emit: tuple[str, ...] = ("logits",)  # "labels": the ONNX backends also run with the arg-max in the graph
+    labels_dtype: str = "int32"
     settings: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("backends", "crf_methods", "scales"):
+        for name in ("backends", "crf_methods", "scales", "emit"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "batches", tuple(sorted(set(self.batches))))
         object.__setattr__(self, "engines", dict(self.engines or {}))
@@ -444,6 +471,10 @@ class BenchConfig:
             raise DeepLabEdgeError(f"unknown CRF preset {self.crf_preset!r}; choose one of {', '.join(PRESETS)}")
         if not self.backends:
             raise DeepLabEdgeError("no backend given to run; pass backends from select_backends()")
+        if not self.emit or set(self.emit) - {"logits", "labels"}:
+            raise DeepLabEdgeError(f"--emit takes logits and/or labels, got {', '.join(self.emit) or 'nothing'}")
+        if self.labels_dtype not in LABEL_DTYPES:
+            raise DeepLabEdgeError(f"--labels-dtype must be one of {', '.join(LABEL_DTYPES)}, got {self.labels_dtype!r}")
         if self.warmup < 0 or self.iters < 1:
             raise DeepLabEdgeError(f"--warmup must be >= 0 and --iters >= 1, got {self.warmup} and {self.iters}")
 
@@ -505,6 +536,9 @@ def run_bench(weights: Path, dataset, config: BenchConfig | None = None, *, work
     plan = plan_calibration(dataset, config.calib_data, config.calib_folds, config.calib_on_eval) if int8 else None
     art = build_artifacts(loaded, weights, dataset, work, backends, batches=list(config.batches), plan=plan,
                           calib_num=config.calib_num, calib_method=config.calib_method, log=log)
+    labels = "labels" in config.emit and any(b.family in LABEL_FAMILIES for b in backends)
+    if labels:
+        art["labels"] = label_models(art, config.labels_dtype, log)
     stages, skipped_crf = _crf_stages(config, dev)
     crfs = ["none", *stages] if "none" in config.crf_methods else list(stages)
     if not crfs:
@@ -513,15 +547,20 @@ def run_bench(weights: Path, dataset, config: BenchConfig | None = None, *, work
     run = _Run(config, weights, dataset, dev, loaded, art, stages, crfs, power, progress)
     rows: list[dict[str, Any]] = []
     for b in backends:
-        got = _bench_backend(run, b)
-        if isinstance(got, str):
-            skipped.append({"backend": b.name, "reason": got})
-        else:
-            rows += got
+        outputs = [o for o in config.emit if o == "logits" or b.family in LABEL_FAMILIES] or ["logits"]
+        for output in outputs:
+            got = _bench_backend(run, b, output)
+            if isinstance(got, str):
+                skipped.append({"backend": b.name + (" (labels)" if output == "labels" else ""), "reason": got})
+            else:
+                rows += got
+    if labels and any(c != "none" for c in crfs):
+        skipped_crf.append({"crf": "/".join(c for c in crfs if c != "none") + " on the label models",
+                            "reason": "a label model outputs no scores for the CRF to refine; its rows are CRF none"})
     if not rows:
         raise DeepLabEdgeError("every selected backend failed to start: " +
                                "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped))
-    base = next((r for r in rows if r["crf"] == "none"), rows[0])
+    base = next((r for r in rows if r["crf"] == "none" and r["output"] == "logits"), rows[0])
     for r in rows:
         r["miou_delta_points"] = 100 * (r["miou"] - base["miou"])
         r["speedup"] = (base["latency_ms"] / r["latency_ms"]
@@ -586,10 +625,12 @@ def _crf_stages(config: BenchConfig, dev: torch.device) -> tuple[dict[str, Any],
     return stages, skipped_crf
 
 
-def _bench_backend(run: _Run, b: Backend) -> list[dict[str, Any]] | str:
-    """Backend ``b``'s rows (one per CRF option), or why it could not start. The first call (compilation,
-    engine set-up, lazy initialisation) is reported, never timed as latency; the accuracy pass is eval's one
-    loop, every CRF option on the same network outputs; then the latency pass per batch size."""
+def _bench_backend(run: _Run, b: Backend, output: str = "logits") -> list[dict[str, Any]] | str:
+    """Backend ``b``'s rows (one per CRF option; ``output`` ``labels``: its label model, one row without a
+    CRF), or why it could not start. The first call (compilation, engine set-up, lazy initialisation) is
+    reported, never timed as latency; the accuracy pass is eval's one loop, every CRF option on the same
+    network outputs; then the latency pass per batch size. Each row says what the model hands the host per
+    frame (bytes) and the host's work from there to the label map (arg-max, restoring the image's size)."""
     cfg, dev, dataset = run.config, run.dev, run.dataset
     peak_rss_reset()
     rss0 = _status_mb("VmRSS")
@@ -598,7 +639,7 @@ def _bench_backend(run: _Run, b: Backend) -> list[dict[str, Any]] | str:
         torch.cuda.reset_peak_memory_stats(dev)
     try:
         runner, source, extra = _make_runner(b, run.weights, cfg.arch, dev, run.art, cfg.threads, dict(cfg.engines),
-                                             cfg.tflite, output_stride=cfg.output_stride)
+                                             cfg.tflite, output_stride=cfg.output_stride, output=output)
     except DeepLabEdgeError as e:
         return str(e)
     n_cls = run.loaded.model.num_classes
@@ -606,35 +647,41 @@ def _bench_backend(run: _Run, b: Backend) -> list[dict[str, Any]] | str:
         return f"{source}: predicts {runner.num_classes} classes, the checkpoint {n_cls}; give the matching model"
     x0 = runner.preprocess(dataset.load(0)[1])[0][None]  # the checkpoint's, or what the exported file carries
     t = time.perf_counter()
-    runner(x0)
+    y0 = runner(x0)
     _sync(runner)
     first_call_s = time.perf_counter() - t
     seg = Segmenter(runner, scales=cfg.scales, flip=cfg.flip)
-    ev = _accuracy_pass(run, b, seg)
+    crfs = run.crfs if not seg.labels else ["none"]
+    if "none" not in crfs:
+        return "a label model's only row is without a CRF, and --crf has no none; add it (--crf none,...)"
+    itemsize = getattr(runner, "output_itemsize", None) or y0.element_size()
+    out_info = {"output": "labels" if seg.labels else "logits", "output_bytes_per_frame": int(y0[0].numel() * itemsize)}
+    ev = _accuracy_pass(run, b, seg, crfs, output)
     latency = _latency_pass(run, b, runner, seg)
     mem = {"peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0}
     if dev.type == "cuda" and b.family in ("torch", "compile", "triton"):
         mem["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
-    rows = _rows(run, b, ev, latency, {"first_call_s": first_call_s, "memory": mem, "file": str(source),
-                                       "file_mb": Path(source).stat().st_size / 1e6,
-                                       "input_size": list(x0.shape[-2:]), **extra})
+    rows = _rows(run, b, ev, latency, crfs, {"first_call_s": first_call_s, "memory": mem, "file": str(source),
+                                             "file_mb": Path(source).stat().st_size / 1e6,
+                                             "input_size": list(x0.shape[-2:]), **extra, **out_info})
     del runner
     return rows
 
 
-def _accuracy_pass(run: _Run, b: Backend, seg) -> dict[str, Any]:
+def _accuracy_pass(run: _Run, b: Backend, seg, crfs: list[str], output: str = "logits") -> dict[str, Any]:
     """Every image through eval's one loop, every CRF option on the same network outputs. With calibration
     folds, an INT8 backend scores each fold with the models calibrated on the other folds (fold 0's is ``seg``)
     and the confusion matrices are pooled: no image is scored by a model that calibrated on it."""
     tick = run.tick(f"{b.name}: accuracy", len(run.dataset))
-    options = {c: run.stages.get(c) for c in run.crfs}
+    options = {c: run.stages.get(c) for c in crfs}
     folds = (run.art.get("calibration") or {}).get("folds")
     if not folds or b.family not in ("ort", "qdq") or b.precision != "int8":
         return evaluate(seg, run.dataset, on_image=tick, options=options)
     key = "cpu_int8_onnx" if b.family == "ort" else "qdq_onnx"
     evs = []
     for k, fold in enumerate(folds):
-        s = seg if k == 0 else Segmenter(open_runner(Path(fold[key]), threads=run.config.threads, backend="onnxruntime"))
+        path = fold[key] if output == "logits" else run.art["labels"]["models"][fold[key]]
+        s = seg if k == 0 else Segmenter(open_runner(Path(path), threads=run.config.threads, backend="onnxruntime"))
         evs.append(evaluate(s, run.dataset.take(fold["scored"]), on_image=tick, options=options))
     return _pooled(evs)
 
@@ -677,16 +724,19 @@ def _latency_pass(run: _Run, b: Backend, runner, seg) -> list[dict[str, Any]]:
     return latency
 
 
-def _rows(run: _Run, b: Backend, ev: dict[str, Any], latency: list[dict[str, Any]],
+def _rows(run: _Run, b: Backend, ev: dict[str, Any], latency: list[dict[str, Any]], crfs: list[str],
           extra: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per CRF option: its accuracy, the model's p50 at batch 1 plus the CRF's median as its latency."""
+    """One row per CRF option: its accuracy, the model's p50 at batch 1 plus the CRF's median as its latency;
+    without a CRF, the host's post-processing median (``host_postprocess_ms``: model output to label map at the
+    image's size; with a CRF that work is the CRF's, in ``crf_ms``)."""
     samples = ev["samples_ms"]
     model_p50 = latency[0]["p50_ms"] if latency[0]["batch"] == 1 else None
     harness = {k: _ms_summary(samples.get(k, [])) for k in ("load", "preprocess", "postprocess", "restore_logits")
                if samples.get(k)}
     params = run.config.crf
     rows = []
-    for c in run.crfs:
+    post = _ms_summary(samples.get("postprocess", []))
+    for c in crfs:
         res = ev["options"][c]
         c_ms = _ms_summary(samples[f"crf:{c}"]) if c != "none" else None
         row = {"backend": b.name, "family": b.family, "precision": b.precision, "description": b.description,
@@ -696,7 +746,7 @@ def _rows(run: _Run, b: Backend, ev: dict[str, Any], latency: list[dict[str, Any
                "latency_ms": (model_p50 + (c_ms["p50"] if c_ms else 0.0)) if model_p50 is not None else None,
                "latency_is_speed": b.family != "qdq",
                "batches": latency, "accuracy_pass_model_ms": _ms_summary(samples["model"]),
-               "harness_ms": harness, **extra}
+               "harness_ms": harness, "host_postprocess_ms": post["p50"] if post and c == "none" else None, **extra}
         if c != "none":
             row["crf_params"] = params.as_dict()
         rows.append(row)
@@ -716,7 +766,8 @@ def _document(run: _Run, backends: list[Backend], rows: list[dict[str, Any]], ba
                          "warmup": cfg.warmup, "threads": cfg.threads or torch.get_num_threads(),
                          "calib_method": cfg.calib_method,
                          "calibration": (run.art.get("calibration") or {}).get("how"),
-                         "scales": list(cfg.scales), "flip": cfg.flip,
+                         "scales": list(cfg.scales), "flip": cfg.flip, "emit": list(cfg.emit),
+                         "labels_dtype": cfg.labels_dtype if "labels" in cfg.emit else None,
                          "output_stride": run.loaded.model.config.get("output_stride"), **settings},
             "power": getattr(run.power, "source", None), "baseline": {"backend": base["backend"], "crf": base["crf"]},
             "rows": rows, "skipped": skipped, "skipped_crf": skipped_crf, "artifacts": run.art}

@@ -16,7 +16,7 @@ from deeplab_edge.errors import DeepLabEdgeError
 
 from .stats import pareto_front
 
-__all__ = ["FORMAT", "mark_pareto", "device_label", "default_tag", "slug", "csv_text", "write_results", "result_names", "check_not_outputs", "plot", "load_result",
+__all__ = ["FORMAT", "mark_pareto", "row_name", "device_label", "default_tag", "slug", "csv_text", "write_results", "result_names", "check_not_outputs", "plot", "load_result",
            "merge"]
 
 FORMAT = "deeplab-edge-bench/1"
@@ -27,6 +27,12 @@ def mark_pareto(rows: list[dict[str, Any]], key: str = "pareto") -> None:
     pts = [(r["latency_ms"] if r.get("latency_is_speed", True) else None, r["miou"]) for r in rows]
     for r, flag in zip(rows, pareto_front(pts)):
         r[key] = flag
+
+
+def row_name(row: dict[str, Any]) -> str:
+    """A row's backend as a table or legend shows it: ``ort-int8``, or ``ort-int8 (labels)`` for its label model
+    (the arg-max in the graph)."""
+    return row["backend"] + (" (labels)" if row.get("output") == "labels" else "")
 
 
 def slug(text: str) -> str:
@@ -46,9 +52,9 @@ def default_tag(env: dict[str, Any]) -> str:
     return slug(device_label(env)) if (env.get("gpu") or env.get("jetson")) else "cpu-" + slug(env.get("cpu", ""))
 
 CSV_COLUMNS = ["device", "model", "arch", "params_m", "gflops", "variant", "output_stride", "scales", "flip",
-               "backend", "precision", "crf", "miou_pct", "miou_delta_points", "latency_ms", "speedup",
+               "backend", "output", "precision", "crf", "miou_pct", "miou_delta_points", "latency_ms", "speedup",
                "pareto", "model_ms_p50", "model_ms_p90", "model_ms_p99", "crf_ms_p50", "images_per_s_batch1",
-               "preprocess_ms_p50", "postprocess_ms_p50", "load_ms_p50", "first_call_s", "peak_rss_mb",
+               "preprocess_ms_p50", "postprocess_ms_p50", "output_bytes_per_frame", "host_postprocess_ms", "load_ms_p50", "first_call_s", "peak_rss_mb",
                "cuda_peak_allocated_mb", "file_mb", "power_w", "energy_mj_per_image", "images", "latency_is_speed"]
 
 
@@ -60,14 +66,16 @@ def _flat(row: dict[str, Any], device: str) -> dict[str, Any]:
            "params_m": info["params"] / 1e6 if info.get("params") else None, "gflops": info.get("gflops"),
            "variant": row.get("variant"), "output_stride": row.get("output_stride"),
            "scales": " ".join(f"{v:g}" for v in row["scales"]) if row.get("scales") else None,
-           "flip": row.get("flip"), "backend": row["backend"], "precision": row["precision"], "crf": row["crf"],
+           "flip": row.get("flip"), "backend": row["backend"], "output": row.get("output", "logits"), "precision": row["precision"], "crf": row["crf"],
            "miou_pct": 100 * row["miou"], "miou_delta_points": row.get("miou_delta_points"),
            "latency_ms": row.get("latency_ms"), "speedup": row.get("speedup"), "pareto": row.get("pareto"),
            "model_ms_p50": b1 and b1["p50_ms"], "model_ms_p90": b1 and b1.get("p90_ms"),
            "model_ms_p99": b1 and b1.get("p99_ms"),
            "crf_ms_p50": (row.get("crf_ms") or {}).get("p50"), "images_per_s_batch1": b1 and b1.get("images_per_s"),
            "preprocess_ms_p50": (h.get("preprocess") or {}).get("p50"),
-           "postprocess_ms_p50": (h.get("postprocess") or {}).get("p50"), "load_ms_p50": (h.get("load") or {}).get("p50"),
+           "postprocess_ms_p50": (h.get("postprocess") or {}).get("p50"),
+           "output_bytes_per_frame": row.get("output_bytes_per_frame"), "host_postprocess_ms": row.get("host_postprocess_ms"),
+           "load_ms_p50": (h.get("load") or {}).get("p50"),
            "first_call_s": row.get("first_call_s"), "peak_rss_mb": row["memory"].get("peak_rss_mb"),
            "cuda_peak_allocated_mb": row["memory"].get("cuda_peak_allocated_mb"), "file_mb": row.get("file_mb"),
            "power_w": b1 and b1.get("power_w"), "energy_mj_per_image": b1 and b1.get("energy_mj_per_image"),
@@ -107,10 +115,10 @@ def plot(result: dict[str, Any], path: Path, title: str | None = None) -> None:
     where = (lambda r: f"{r['device']}: ") if merged else (lambda r: "")
     if several:  # a colour per model and setting, a marker per backend, hollow with a CRF
         colour_key = lambda r: f"{where(r)}{r.get('model')} {r.get('variant', '')}".strip()
-        shapes = dict(zip(dict.fromkeys(r["backend"] for r in rows), "os^vDPX*<>ph"))
-        marker_of, legend_markers = (lambda r: shapes.get(r["backend"], "x")), shapes
+        shapes = dict(zip(dict.fromkeys(row_name(r) for r in rows), "os^vDPX*<>ph"))
+        marker_of, legend_markers = (lambda r: shapes.get(row_name(r), "x")), shapes
     else:
-        colour_key = lambda r: f"{where(r)}{r['backend']}"
+        colour_key = lambda r: f"{where(r)}{row_name(r)}"
         shapes = dict(zip(["none", "pydensecrf", "torch", "triton", "window", "triton-window"], "os^vDP"))
         marker_of = lambda r: shapes.get(r["crf"], "x")
         legend_markers = {f"CRF: {c}": m for c, m in shapes.items() if any(r["crf"] == c for r in rows)}
@@ -130,7 +138,7 @@ def plot(result: dict[str, Any], path: Path, title: str | None = None) -> None:
     levels: dict[tuple[str, float], list[str]] = {}  # the emulated INT8 accuracy: no speed, so a level, not a point
     for r in result["rows"]:
         if not r.get("latency_is_speed", True):
-            key = (f"{where(r)}{(r.get('model', '') + ' ') if several else ''}{r['backend']}", round(100 * r["miou"], 2))
+            key = (f"{where(r)}{(r.get('model', '') + ' ') if several else ''}{row_name(r)}", round(100 * r["miou"], 2))
             levels.setdefault(key, []).append(r["crf"])
     for (name, miou), crfs in levels.items():
         ax.axhline(miou, color="grey", linestyle=":", linewidth=1)
@@ -217,7 +225,9 @@ _OPTIONAL_ROW_FIELDS = {"latency_is_speed": ((bool,), None), "speedup": (_NUM + 
                         "miou_delta_points": (_NUM, "finite"), "crf_ms": ((dict, _NONE), None),
                         "first_call_s": (_NUM + (_NONE,), "nonneg"), "model": ((str,), None),
                         "variant": ((str,), None), "model_info": ((dict,), None), "scales": ((list,), None),
-                        "flip": ((bool,), None), "output_stride": ((int, _NONE), "pos")}
+                        "flip": ((bool,), None), "output_stride": ((int, _NONE), "pos"),
+                        "output": ((str,), None), "output_bytes_per_frame": ((int,), "pos"),
+                        "host_postprocess_ms": (_NUM + (_NONE,), "nonneg")}
 _MODEL_INFO_FIELDS = {"params": ((int,), "pos"), "gflops": (_NUM, "nonneg"), "arch": ((str, _NONE), None)}
 _MEMORY_FIELDS = {"peak_rss_mb": (_NUM + (_NONE,), "nonneg"), "cuda_peak_allocated_mb": (_NUM + (_NONE,), "nonneg")}
 _BATCH_FIELDS = {"batch": ((int,), "pos"), "p50_ms": (_NUM + (_NONE,), "pos")}

@@ -168,7 +168,8 @@ def test_l4t_release_and_power_mode():
 @pytest.fixture(scope="module")
 def bench_run(shared, imported, tmp_path_factory):
     """One small real bench: 2 VOC images, PyTorch + ONNX Runtime + LiteRT (Google's .tflite) + the emulated QDQ
-    model, CRF off/torch; the artefacts are kept to check cells against `eval`."""
+    model, CRF off/torch, the ONNX backends also with the arg-max in the graph (uint8 labels); the artefacts are
+    kept to check cells against `eval`."""
     out = tmp_path_factory.mktemp("bench")
     ckpt = imported[0]
     res = CliRunner().invoke(main, ["bench", "--weights", str(ckpt), "--data", str(shared["voc"]), "--num-images", "2",
@@ -176,7 +177,7 @@ def bench_run(shared, imported, tmp_path_factory):
                                     "--tflite", str(shared["tflite"]),
                                     "--crf", "none,torch,triton", "--batch", "1,2", "--iters", "2", "--warmup", "1",
                                     "--calib-num", "2", "--calib-method", "minmax", "--calib-on-eval",
-                                    "--tag", "a", "-o", str(out),
+                                    "--emit", "logits,labels", "--labels-dtype", "uint8", "--tag", "a", "-o", str(out),
                                     "--artifacts", str(out / "artifacts"), "--json"])
     assert res.exit_code == 0, res.output
     return out, json.loads(res.stdout), ckpt
@@ -188,15 +189,16 @@ def test_bench_writes_json_csv_png(bench_run):
     assert on_disk["rows"] == doc["rows"] and on_disk["format"] == "deeplab-edge-bench/1"
     env = on_disk["environment"]
     assert env["cpu"] and env["versions"]["torch"] and env["date"] and "git_commit" in env
-    cells = {(r["backend"], r["crf"]) for r in doc["rows"]}
-    assert cells == {(b, c) for b in ("torch-fp32", "ort-fp32", "litert-int8", "qdq-int8") for c in ("none", "torch")}
+    cells = {(r["backend"], r["output"], r["crf"]) for r in doc["rows"]}
+    assert cells == {(b, "logits", c) for b in ("torch-fp32", "ort-fp32", "litert-int8", "qdq-int8")
+                     for c in ("none", "torch")} | {("ort-fp32", "labels", "none"), ("qdq-int8", "labels", "none")}
     skipped = {s["backend"]: s["reason"] for s in doc["skipped"]}
     assert set(skipped) == {"trt-fp16", "triton-fp16"} and all(skipped.values())
-    assert [s["crf"] for s in doc["skipped_crf"]] == ["triton"]
+    assert [s["crf"] for s in doc["skipped_crf"]] == ["triton", "torch on the label models"]
     rows = list(csv.DictReader(io.StringIO((out / "bench_a.csv").read_text())))
     assert len(rows) == len(doc["rows"])
     for r, c in zip(doc["rows"], rows):
-        assert (c["backend"], c["crf"]) == (r["backend"], r["crf"])
+        assert (c["backend"], c["output"], c["crf"]) == (r["backend"], r["output"], r["crf"])
         assert float(c["miou_pct"]) == pytest.approx(100 * r["miou"], rel=1e-5)
     with Image.open(out / "bench_a.png") as im:
         assert im.format == "PNG" and im.size[0] > 500
@@ -223,7 +225,7 @@ def test_bench_writes_json_csv_png(bench_run):
 def test_bench_miou_matches_eval(bench_run, shared):
     """The bench's cells against `deeplab-edge eval` (a separate path: Segmenter + CRFStage)."""
     _, doc, ckpt = bench_run
-    by = {(r["backend"], r["crf"]): r for r in doc["rows"]}
+    by = {(r["backend"], r["crf"]): r for r in doc["rows"] if r["output"] == "logits"}
     for crf in ("none", "torch"):
         res = CliRunner().invoke(main, ["eval", "--weights", str(ckpt), "--data", str(shared["voc"]),
                                         "--num-images", "2", "--device", "cpu", "--crf", crf, "--json"])
@@ -246,6 +248,44 @@ def test_bench_miou_matches_eval(bench_run, shared):
         assert by[(b, "torch")]["miou"] > by[(b, "none")]["miou"]
 
 
+def test_bench_label_models_hand_the_host_labels(bench_run, shared):
+    """--emit logits,labels: each ONNX backend's label model, run here by ONNX Runtime alone, returns exactly
+    NumPy's arg-max of its logit model's output (first maximum on ties, as both take), so its row scores the same
+    mIoU; each row's output bytes are what ONNX Runtime hands back per frame (uint8 labels against float32
+    logits), and the host's post-processing time is recorded beside it."""
+    import onnxruntime as ort
+
+    from deeplab_edge.data.datasets import open_dataset
+    from deeplab_edge.runtime import open_runner
+
+    _, doc, _ = bench_run
+    by = {(r["backend"], r["output"], r["crf"]): r for r in doc["rows"]}
+    art = doc["artifacts"]
+    assert art["labels"]["dtype"] == "uint8"
+    voc = open_dataset(shared["voc"]).subset(2)
+    for backend, logit_file in (("ort-fp32", art["onnx_fp32"]["path"]), ("qdq-int8", art["calibration"]["qdq_onnx"])):
+        label_file = art["labels"]["models"][logit_file]
+        lab, log = by[(backend, "labels", "none")], by[(backend, "logits", "none")]
+        assert lab["file"] == label_file and log["file"] == logit_file
+        pre = open_runner(logit_file, backend="onnxruntime").preprocess
+        opt = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if backend == "ort-fp32" else \
+            ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so = ort.SessionOptions()
+        so.graph_optimization_level = opt
+        s_log, s_lab = (ort.InferenceSession(f, so, providers=["CPUExecutionProvider"]) for f in (logit_file, label_file))
+        for i in range(len(voc)):
+            x = pre(voc.load(i)[1])[0][None].numpy()
+            logits = s_log.run(None, {s_log.get_inputs()[0].name: x})[0]
+            labels = s_lab.run(None, {s_lab.get_inputs()[0].name: x})[0]
+            assert labels.dtype == np.uint8 and labels.shape == (1, *logits.shape[2:])
+            np.testing.assert_array_equal(labels[0], logits[0].argmax(0))
+            assert lab["output_bytes_per_frame"] == labels[0].nbytes and log["output_bytes_per_frame"] == logits[0].nbytes
+        assert lab["miou"] == log["miou"] and lab["class_iou"] == log["class_iou"]
+        assert log["output_bytes_per_frame"] == 21 * 4 * lab["output_bytes_per_frame"]
+        assert lab["host_postprocess_ms"] > 0 and log["host_postprocess_ms"] > 0
+    assert all(r["host_postprocess_ms"] is None for r in doc["rows"] if r["crf"] != "none")
+
+
 def test_bench_compare_merges_two_machines(bench_run, shared, tmp_path):
     out, doc, ckpt = bench_run
     res = CliRunner().invoke(main, ["bench", "--weights", str(ckpt), "--data", str(shared["voc"]), "--num-images", "2",
@@ -258,7 +298,7 @@ def test_bench_compare_merges_two_machines(bench_run, shared, tmp_path):
     assert res.exit_code == 0, res.output
     merged = json.loads(res.stdout)
     b = json.loads((tmp_path / "bench_b.json").read_text())
-    assert len(merged["rows"]) == len(doc["rows"]) + len(b["rows"]) == 9  # 4 backends x 2 CRF options + 1
+    assert len(merged["rows"]) == len(doc["rows"]) + len(b["rows"]) == 11  # 4 backends x 2 CRF + 2 label rows + 1
     assert len({r["device"] for r in merged["rows"]}) == 2  # same CPU twice: told apart by file name
     assert merged["same_data"]
     speed = [r for r in merged["rows"] if r["latency_is_speed"]]
@@ -396,17 +436,18 @@ def test_bench_int8_by_folds_pools_what_each_fold_model_scores(shared, imported,
     res = CliRunner().invoke(main, ["bench", "--weights", str(imported[0]), "--data", str(shared["voc"]),
                                     "--num-images", "4", "--backends", "ort-int8,qdq-int8", "--crf", "none",
                                     "--calib-folds", "2", "--calib-method", "minmax", "--iters", "1", "--warmup", "0",
-                                    "--artifacts", str(tmp_path / "art"), "--json"])
+                                    "--emit", "logits,labels", "--artifacts", str(tmp_path / "art"), "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     cal = doc["artifacts"]["calibration"]
     assert cal["how"] == "folds" and cal["held_out"] and cal["overlap_images"] == 0 and len(cal["folds"]) == 2
     assert doc["settings"]["calibration"] == "folds"
     voc = open_dataset(shared["voc"]).subset(4)
+    assert len(doc["rows"]) == 4  # ort-int8 and qdq-int8, each with logits and with labels
     for row in doc["rows"]:
         key = "cpu_int8_onnx" if row["backend"] == "ort-int8" else "qdq_onnx"
         cm = ConfusionMatrix(21)
-        for fold in cal["folds"]:
+        for fold in cal["folds"]:  # a label row's folds run their own label models: the same mIoU as the logits
             seg = Segmenter(open_runner(fold[key], backend="onnxruntime"))
             for i in fold["scored"]:
                 _, image, label = voc.load(i)

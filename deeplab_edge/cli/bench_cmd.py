@@ -86,6 +86,12 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--tflite", type=click.Path(path_type=Path),
               help="A .tflite model for the litert-int8 backend (LiteRT, XNNPACK), e.g. the file the checkpoint was "
                    "imported from: Google's own runtime beside the others.")
+@click.option("--emit", "emit", default="logits", show_default=True,
+              help="What the ONNX backends (ort-*, qdq-int8) hand the host: logits, labels (the arg-max inside the "
+                   "graph, as `export --emit labels`), or logits,labels for both side by side. Every row records "
+                   "its output bytes per frame and the host's post-processing time; label rows have no CRF.")
+@click.option("--labels-dtype", type=click.Choice(["int32", "uint8"]), default="int32", show_default=True,
+              help="With --emit labels: the label map's type.")
 @output_option("dir", "Keep the ONNX / INT8 models in this folder and reuse them next time (default: a "
                       "temporary folder).", names=("--artifacts",))
 @click.option("--tag", callback=check_tag,
@@ -97,7 +103,8 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
 def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf_methods, crf_preset, crf_param_files,
                 batches, iters,
                 warmup, device, threads, calib_data, calib_folds, calib_on_eval, calib_num, calib_method, engine_files,
-                scale_sets, flip, output_strides, tflite, artifacts, tag, output, no_plot, as_json) -> None:
+                scale_sets, flip, output_strides, tflite, emit, labels_dtype, artifacts, tag, output, no_plot,
+                as_json) -> None:
     """Accuracy against speed of every model x backend x CRF option x test-time setting on this
     machine, in one run.
 
@@ -133,6 +140,10 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
         raise DeepLabEdgeError(f"--calib-folds splits the benchmark's images when there is nothing else to calibrate "
                                f"on; drop it or {'--calib-data' if calib_data is not None else '--calib-on-eval'}")
     bs = sorted(set(int_list(batches, "--batch")) | {1})
+    outputs = choices(emit, ["logits", "labels"], "--emit output")
+    if "labels" not in outputs and ctx.get_parameter_source("labels_dtype") == ParameterSource.COMMANDLINE:
+        raise DeepLabEdgeError("--labels-dtype is the type of the label models; add --emit labels (or "
+                               "logits,labels) or drop it")
     crfs = choices(crf_methods, list(CRF_CHOICES), "CRF option")
     engines = _engine_map(engine_files)
     if crf_param_files and crfs == ["none"]:
@@ -147,7 +158,8 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
                          dict(crf_methods=crfs, crf_preset=crf_preset, batches=bs, warmup=warmup, iters=iters,
                               device=device, arch=arch, threads=threads, calib_data=calib_data,
                               calib_folds=calib_folds, calib_on_eval=calib_on_eval, calib_num=calib_num,
-                              calib_method=calib_method, engines=engines, tflite=tflite,
+                              calib_method=calib_method, engines=engines, tflite=tflite, emit=tuple(dict.fromkeys(outputs)),
+                              labels_dtype=labels_dtype,
                               settings={"split": split, "requested": backends}),
                          artifacts)
     env = result["environment"]
@@ -223,6 +235,8 @@ def _ms(v: float | None) -> str:
 
 
 def _bench_table(result: dict[str, Any], title: str) -> None:
+    from ..bench.report import row_name
+
     rows = sorted(result["rows"], key=lambda r: (not r.get("latency_is_speed", True), r["latency_ms"] or 0))
     merged = result.get("merged", False)
     several = len({(r.get("model"), r.get("variant")) for r in rows}) > 1
@@ -231,7 +245,7 @@ def _bench_table(result: dict[str, Any], title: str) -> None:
     t = Table(title=title)
     cols = (["device"] if merged else []) + (["model", "setting", "GFLOPs/pass"] if several else []) + ["backend", "CRF", "mIoU %", "Δ pts", "latency ms", "speed-up",
                                              "model p50/p90/p99 ms", "CRF ms"] + \
-        [f"img/s b{b}" for b in batch_sizes] + ["peak MB", "file MB"] + (["W", "mJ/img"] if power else []) + ["Pareto"]
+        [f"img/s b{b}" for b in batch_sizes] + ["out KB", "host ms", "peak MB", "file MB"] + (["W", "mJ/img"] if power else []) + ["Pareto"]
     for c in cols:
         t.add_column(c, justify="left" if c in ("device", "model", "setting", "backend", "CRF") else "right")
     for r in rows:
@@ -243,13 +257,14 @@ def _bench_table(result: dict[str, Any], title: str) -> None:
         cells = ([r["device"]] if merged else []) + ([r.get("model", "?"), r.get("variant", ""),
                                                       f"{info['gflops']:.1f}" if info.get("gflops") else "-"]
                                                      if several else []) + [
-            r["backend"], r["crf"], pct(r["miou"]), f"{r.get('miou_delta_points', 0):+.2f}",
+            row_name(r), r["crf"], pct(r["miou"]), f"{r.get('miou_delta_points', 0):+.2f}",
             f"{r['latency_ms']:.1f}" if speed and r["latency_ms"] else "emulated",
             f"{r['speedup']:.2f}x" if r.get("speedup") else "-",
             "/".join(_ms(b1.get(k)) for k in ("p50_ms", "p90_ms", "p99_ms")) if b1 and speed else "-",
             f"{r['crf_ms']['p50']:.0f}" if r.get("crf_ms") else "-"]
         cells += [_ms(by_b[b].get("images_per_s")) if b in by_b and speed else "-" for b in batch_sizes]
-        cells += [f"{mem:.0f}" if mem else "-", f"{r['file_mb']:.1f}"]
+        cells += [f"{r['output_bytes_per_frame'] / 1e3:.0f}" if r.get("output_bytes_per_frame") else "-",
+                  _ms(r.get("host_postprocess_ms")), f"{mem:.0f}" if mem else "-", f"{r['file_mb']:.1f}"]
         if power:
             cells += [f"{b1['power_w']:.1f}" if b1 and b1.get("power_w") else "-",
                       f"{b1['energy_mj_per_image']:.0f}" if b1 and b1.get("energy_mj_per_image") else "-"]
@@ -260,8 +275,10 @@ def _bench_table(result: dict[str, Any], title: str) -> None:
         h = rows[0].get("harness_ms") or {}
         parts = [f"{k} {v['p50']:.1f} ms" for k, v in h.items() if v]
         out.print(f"[dim]harness overhead per image, not in the latencies above (median, first backend): "
-                  f"{', '.join(parts)}. Latency = model p50 at batch 1 + CRF median. 'emulated': the TensorRT "
-                  "QDQ model run as fake-quant arithmetic gives the INT8 engine's accuracy, not its speed.[/]")
+                  f"{', '.join(parts)}. Latency = model p50 at batch 1 + CRF median. 'out KB': what the model hands "
+                  "the host per frame; 'host ms': the host's median from there to the label map (arg-max, the "
+                  "image's size) without a CRF. 'emulated': the TensorRT QDQ model run as fake-quant arithmetic "
+                  "gives the INT8 engine's accuracy, not its speed.[/]")
 
 
 @bench_group.command("compare")

@@ -75,6 +75,8 @@ class OnnxRunner:
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
         #: a model from `export --emit labels`: it returns label maps [N, H, W], not logits
         self.outputs_labels = meta.get("output") == "labels"
+        #: bytes per element of what the model hands the host (float32 logits, int32 or uint8 labels...)
+        self.output_itemsize = _ITEMSIZE.get(self.session.get_outputs()[0].type)
         self.info = {"backend": "onnxruntime", "onnx": str(path), "arch": meta.get("arch"),
                      "provider": self.session.get_providers()[0], "precision": meta.get("precision"),
                      "ort_graph_optimizations": self.optimize, "calibration": _calibration_summary(meta.get("calibration")),
@@ -90,7 +92,11 @@ class OnnxRunner:
             out = np.concatenate([self.session.run(None, {self.input_name: x[i:i + 1]})[0] for i in range(x.shape[0])])
         else:
             out = self.session.run(None, {self.input_name: x})[0]
-        return torch.from_numpy(out.astype(np.int64 if self.outputs_labels else np.float32))
+        return torch.from_numpy(out.astype(np.int64 if self.outputs_labels else np.float32, copy=False))
+
+
+_ITEMSIZE = {"tensor(float)": 4, "tensor(float16)": 2, "tensor(double)": 8, "tensor(int64)": 8, "tensor(int32)": 4,
+             "tensor(uint8)": 1, "tensor(int8)": 1, "tensor(uint16)": 2, "tensor(int16)": 2}
 
 
 def _calibration_summary(cal: dict | None) -> dict | None:

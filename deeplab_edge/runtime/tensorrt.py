@@ -65,6 +65,7 @@ class EngineRunner:
         self.output_dtype = torch.from_numpy(np.zeros(0, trt.nptype(self.engine.get_tensor_dtype(self.output_name)))).dtype
         #: an engine built with `build --emit labels` outputs the label map [N, H, W] (integers), not logits
         self.outputs_labels = not self.output_dtype.is_floating_point
+        self.output_itemsize = self.output_dtype.itemsize  # what the engine hands the host per element
         self.stream = torch.cuda.Stream(device=self.device)
         self.preprocess = Preprocess.from_dict(self.manifest["preprocess"])
         self.num_classes = int(self.manifest["num_classes"])
