@@ -83,9 +83,8 @@ class CalibrationConfig:
             raise CalibrationError(f"expected num, search_num >= 1, keep_float_top >= 0 and sensitivity_num >= 1, "
                                    f"got {self.num}, {self.search_num}, {self.keep_float_top} and {n}: calibrating "
                                    "on no images gives all-zero scales")
-        if (self.max_drop is None) != (self.val_data is None):
-            raise CalibrationError("--max-drop P and --val-data DIR go together (the budget is measured on held-out "
-                                   "labelled images); give both")
+        if self.max_drop is None and (self.val_data is not None or self.val_num is not None):
+            raise CalibrationError("--val-data and --val-num are the budget's held-out images; add --max-drop P")
         for name, value, ok, what in (("--max-drop", self.max_drop, lambda v: v >= 0, ">= 0 mIoU points"),
                                       ("--min-agreement", self.min_agreement, lambda v: 0 < v <= 1, "in (0, 1]"),
                                       ("--max-float", self.max_float, lambda v: v >= 1, ">= 1"),
@@ -171,6 +170,21 @@ def check_one_model(weights: Path | None, onnx_path: Path | None) -> None:
                                "pass exactly one of --weights FILE or --onnx FILE")
 
 
+def check_budget_images(data: str | Path, config: CalibrationConfig) -> None:
+    """Before any work: ``--max-drop`` without ``--val-data`` needs labelled images of ``data`` beyond the first
+    ``--num`` (the calibration images) to measure the budget on."""
+    if config.max_drop is None or config.val_data is not None:
+        return
+    held = as_dataset(data)
+    if len(held) <= config.num:
+        raise CalibrationError(f"--max-drop: no image of {data} is left beyond the first --num {config.num} (the "
+                               "calibration images) to measure the budget on; pass --val-data DIR (labelled held-out "
+                               "images) or a smaller --num")
+    if not held.has_labels:
+        raise CalibrationError(f"{data}: has no labels to measure the budget on; pass --val-data with a labelled "
+                               "VOC/Cityscapes/CamVid folder")
+
+
 def calibrate_folder(output: Path, data: str | Path, config: CalibrationConfig, *, weights: Path | None = None,
                      onnx_path: Path | None = None, progress=None,
                      exporting: Callable[[], ContextManager] = contextlib.nullcontext) -> dict[str, Any]:
@@ -185,6 +199,7 @@ def calibrate_folder(output: Path, data: str | Path, config: CalibrationConfig, 
         if given is not None and any(Path(given).resolve() == p.resolve() for p in earlier):
             raise CalibrationError(f"{opt} {given} lies in -o {output}, whose earlier calibrate files this run "
                                    "replaces; copy it elsewhere or choose another output folder")
+    check_budget_images(data, config)
     # with --weights the export lands in OUTPUT too: staged with the calibration, all or nothing
     with staged_dir(output, replace=earlier) as stage, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # calibration warnings come back in the report, by kind
@@ -246,12 +261,19 @@ def _sensitivity(cal: Calibrator, amax: dict[str, float], data: str | Path, conf
 
 
 def _budget(model, cal: Calibrator, amax: dict[str, float], keep_float: tuple[str, ...], images_sha1: list[str],
-            config: CalibrationConfig, progress) -> tuple[tuple[str, ...], dict[str, Any]]:
-    """``--max-drop`` on ``--val-data`` (refused where it shares an image with the calibration set)."""
-    val = open_dataset(config.val_data).subset(config.val_num)
+            data: str | Path, config: CalibrationConfig, progress) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """``--max-drop`` on ``--val-data``, or else on the calibration data's images beyond the calibration ones
+    (refused where it shares an image with the calibration set, or where no image is left)."""
+    if config.val_data is not None:
+        val = open_dataset(config.val_data).subset(config.val_num)
+    else:
+        check_budget_images(data, config)
+        held = as_dataset(data)
+        val = held.take(range(len(images_sha1), len(held))).subset(config.val_num)
     shared = recorded_overlap(images_sha1, [smp.image for smp in val.samples])
     if shared:
-        raise CalibrationError(f"--val-data {config.val_data}: {len(shared)} of its {len(val)} images are calibration "
+        where = f"--val-data {config.val_data}" if config.val_data is not None else f"{data} beyond the first --num"
+        raise CalibrationError(f"{where}: {len(shared)} of its {len(val)} images are calibration "
                                f"images (e.g. {shared[0].name}); the budget needs held-out images (e.g. val when "
                                "calibrating on train)")
     recipe = config.recipe
@@ -275,7 +297,7 @@ def _calibrate(onnx_path: Path, data: str | Path, out_dir: Path, config: Calibra
         keep_float += tuple(r["layer"] for r in ranking["layers"][:config.keep_float_top] if r["layer"] not in keep_float)
     budget = None
     if config.max_drop is not None:
-        keep_float, budget = _budget(model, cal, amax, keep_float, images_sha1, config, progress)
+        keep_float, budget = _budget(model, cal, amax, keep_float, images_sha1, data, config, progress)
     qdq = cal.qdq(recipe, amax, frozenset(keep_float))
     tag_quantized(qdq, "int8-qdq-tensorrt", {"method": recipe.method, "images_sha1": images_sha1})
     # the source as the user will find it: its name alone when it lands in the output folder too

@@ -119,11 +119,9 @@ class BuildSpec:
                                 ("--min-agreement", self.min_agreement)) if v is not None]
         if extra and self.max_drop is None:
             raise DeepLabEdgeError(f"{extra[0]} is part of the accuracy budget; add --max-drop P (or drop it)")
-        if self.max_drop is not None and self.val_data is None:
-            raise DeepLabEdgeError("--max-drop P needs --val-data DIR (labelled held-out images to measure it on)")
         if self.max_drop is not None and self.calib_data is None:
             raise DeepLabEdgeError("--max-drop calibrates within a budget in this build; add --int8 --calib-data "
-                                   "DIR (and --val-data DIR)")
+                                   "DIR (and --val-data DIR, or the labelled --calib-data images beyond --calib-num)")
         if self.emit not in ("logits", "labels") or self.labels_dtype not in ("int32", "uint8"):
             raise DeepLabEdgeError(f"--emit {self.emit!r} / --labels-dtype {self.labels_dtype!r}: use logits or labels, "
                                    "and int32 or uint8")

@@ -330,8 +330,10 @@ CASES_28 = [
      "--val-data {voc}", "--max-drop"),
     ("calibrate-max-drop-negative", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c --max-drop -1 "
      "--val-data {voc}", "--max-drop"),
-    ("calibrate-max-drop-without-val-data", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c "
-     "--max-drop 1", "go together"),
+    ("calibrate-max-drop-no-image-left", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c "
+     "--max-drop 1", "no image of"),
+    ("calibrate-max-drop-beyond-num-unlabelled", "calibrate --onnx {w}/tiny_fp32.onnx --data {w}/plain --num 1 "
+     "-o {w}/out/c --max-drop 1", "has no labels to measure the budget on"),
     ("calibrate-min-agreement-above-1", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c --max-drop 1 "
      "--val-data {voc} --min-agreement 1.5", "--min-agreement"),
     ("calibrate-val-num-without-max-drop", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c "
@@ -423,6 +425,7 @@ def inputs(tmp_path_factory, shared, imported):
     # an image folder without labels
     (w / "plain").mkdir()
     shutil.copy(shared["voc"] / "JPEGImages" / "0.png", w / "plain" / "0.png")
+    shutil.copy(shared["voc"] / "JPEGImages" / "120.png", w / "plain" / "120.png")
     # the same image with every label pixel void (255)
     void = w / "voc_void"
     shutil.copytree(voc, void)

@@ -642,3 +642,9 @@ def test_max_drop_brings_a_harmful_calibration_within_budget(shared, imported, t
     r = CliRunner().invoke(main, base[:4] + [str(voc)] + base[5:] + ["--max-drop", "1", "--val-data", str(voc),
                                                                      "-o", str(tmp_path / "x")])
     assert r.exit_code == 2 and "calibration images" in r.output and not (tmp_path / "x").exists()
+    # without --val-data: the --data images beyond the first --num (here the last 3 of the 9)
+    r = CliRunner().invoke(main, base[:4] + [str(voc), "--num", "6"] + base[7:] + ["--max-drop", "100",
+                                                                                  "-o", str(tmp_path / "y")])
+    assert r.exit_code == 0, r.output
+    b = json.loads((tmp_path / "y" / "budget.json").read_text())
+    assert b["images"] == 3 and b["met"] and b["float_conv_count"] == 0

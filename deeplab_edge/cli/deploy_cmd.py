@@ -124,7 +124,8 @@ def _trt_version(ctx, param, value):
               "float, most sensitive first, until the QDQ model's drop from FP32 is within it (budget.json says "
               "which and what it cost).")
 @click.option("--val-data", type=click.Path(path_type=Path),
-              help="Labelled held-out images for --max-drop (none of them a calibration image).")
+              help="Labelled held-out images for --max-drop (none of them a calibration image; default: the "
+                   "--data images beyond the first --num, when labelled).")
 @click.option("--val-num", type=COUNT, help="Use the first N images of --val-data.")
 @click.option("--min-agreement", type=Finite(0, 1, min_open=True),
               help="With --max-drop: also keep the pixel agreement with FP32 at least this (e.g. 0.99).")
@@ -148,7 +149,7 @@ def calibrate_cmd(weights, onnx_path, data, num, method, no_bias_correction, sea
       model_cpu_int8.onnx   ONNX Runtime CPU INT8 model (u8 activations, s8 weights)
       ranges.json           every tensor's max|x| and chosen threshold
       sensitivity.json      with --sensitivity or --keep-float K: Convs ranked by mIoU cost
-      budget.json           with --max-drop P --val-data DIR: each step, the Convs kept float
+      budget.json           with --max-drop P [--val-data DIR]: each step, the Convs kept float
     Same inputs and method give byte-identical files."""
     from ..calibration.workflow import CalibrationConfig, calibrate_folder, check_one_model
 
@@ -293,7 +294,7 @@ def layerwise_cmd(calib_dir, data, num, fp32, threads, output, as_json) -> None:
 @click.option("--timing-cache", type=click.Path(path_type=Path), help="Read and update this timing cache.")
 @click.option("--max-drop", type=Finite(0, 100),
               help="With --calib-data: INT8 within this many mIoU points of FP32 on --val-data (see `calibrate`).")
-@click.option("--val-data", type=click.Path(path_type=Path), help="Labelled held-out images for --max-drop.")
+@click.option("--val-data", type=click.Path(path_type=Path), help="Labelled held-out images for --max-drop (default: the --calib-data images beyond --calib-num).")
 @click.option("--val-num", type=COUNT, help="Use the first N images of --val-data.")
 @click.option("--min-agreement", type=Finite(0, 1, min_open=True), help="With --max-drop: a pixel-agreement floor.")
 @click.option("--max-float", default=8, type=COUNT, show_default=True,
