@@ -65,16 +65,16 @@ CRF_CHOICES = ("none", *CRF_METHODS)
 #: expected there). By kind, not wording: rewording a message cannot silence it.
 SHOWN_CALIBRATION_WARNINGS = ("kernel_disagreement", "degenerate")
 #: the backends whose INT8 models bench calibrates itself (a TensorRT engine comes built, its calibration in it)
-CALIBRATED = {("ort", "int8"), ("qdq", "int8")}
+CALIBRATED = {("ort", "int8"), ("qdq", "int8"), ("ov", "int8")}
 #: the backends that also run a label model (the ONNX graph with the arg-max in it) with --emit labels; a
 #: TensorRT engine is built one way or the other (`build --emit labels`) and its rows say which
-LABEL_FAMILIES = ("ort", "qdq")
+LABEL_FAMILIES = ("ort", "qdq", "ov")
 
 
 @dataclass(frozen=True)
 class Backend:
     name: str
-    family: str  # torch | compile | triton | ort | qdq | trt
+    family: str  # torch | compile | triton | ort | qdq | ov | litert | trt
     precision: str
     description: str
 
@@ -89,6 +89,11 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in [
     Backend("triton-fp16", "triton", "fp16", "PyTorch with the fused Triton ASPP, half precision"),
     Backend("ort-fp32", "ort", "fp32", "ONNX Runtime, FP32 export"),
     Backend("ort-int8", "ort", "int8", "ONNX Runtime CPU INT8 (u8 activations, s8 per-channel weights)"),
+    Backend("ov-fp32", "ov", "fp32", "OpenVINO CPU, FP32 export (precision hint f32)"),
+    Backend("ov-bf16", "ov", "bf16", "OpenVINO CPU, FP32 export run in bf16 (precision hint bf16; CPUs with "
+                                     "native bf16)"),
+    Backend("ov-int8", "ov", "int8", "OpenVINO CPU running the TensorRT QDQ model as is: its quantized Convs in "
+                                     "real int8 (the rest f32)"),
     Backend("litert-int8", "litert", "int8", "LiteRT (XNNPACK) running a quantized .tflite model (--tflite): "
                                              "Google's own runtime for its models"),
     Backend("qdq-int8", "qdq", "int8", "TensorRT QDQ model (s8), exact fake-quant emulation in ONNX Runtime: "
@@ -114,7 +119,17 @@ def _cannot_run(b: Backend, device: torch.device) -> str | None:
         return "ai-edge-litert is not installed (pip install 'deeplab-edge[litert]')"
     if b.family == "litert" and device.type == "cuda":
         return "LiteRT runs on the CPU; a GPU run would time it beside GPU backends"
-    if b.family in ("ort", "qdq") and importlib.util.find_spec("onnxruntime") is None:
+    if b.family == "ov":
+        from deeplab_edge.runtime.openvino import openvino_unavailable
+
+        reason = openvino_unavailable()
+        if reason:
+            return reason
+        if device.type == "cuda":
+            return "OpenVINO runs on the CPU here; a GPU run would time it beside GPU backends"
+        if b.precision == "bf16" and not {"avx512_bf16", "amx_bf16"} & cpu_flags():
+            return "this CPU has no native bf16 (avx512_bf16 / amx_bf16): OpenVINO would not run bf16 on it"
+    if b.family in ("ort", "qdq", "ov") and importlib.util.find_spec("onnxruntime") is None:
         return "onnxruntime is not installed (pip install 'deeplab-edge[onnx]')"
     if b.family == "trt":
         return tensorrt_unavailable()
@@ -255,7 +270,7 @@ def build_artifacts(loaded, weights: Path, dataset, work: Path, backends: list[B
     """The FP32 ONNX export and the INT8 models the chosen backends need, in ``work``; what ``work`` already
     holds is reused only when its stamp says it was made from the same weights, settings and images."""
     families = {(b.family, b.precision) for b in backends}
-    if not any(f in ("ort", "qdq", "trt") for f, _ in families):
+    if not any(f in ("ort", "qdq", "ov", "trt") for f, _ in families):
         return {}
     export_key, info = _export_artifact(loaded, weights, dataset, work, max(batches) > 1, log)
     art = {"onnx_fp32": info}
@@ -385,12 +400,13 @@ def _make_runner(b: Backend, weights: Path, arch: str | None, device: torch.devi
     if b.family in ("torch", "compile", "triton"):
         path, kw = weights, {"backend": b.family, "precision": b.precision, "device": device, "arch": arch,
                              "output_stride": output_stride}
-    elif b.family in ("ort", "qdq"):
-        path = Path(art["onnx_fp32"]["path"]) if b.name == "ort-fp32" else Path(
+    elif b.family in ("ort", "qdq", "ov"):
+        path = Path(art["onnx_fp32"]["path"]) if b.precision != "int8" else Path(
             art["calibration"]["cpu_int8_onnx" if b.family == "ort" else "qdq_onnx"])
         if output == "labels":
             path = Path(art["labels"]["models"][str(path)])
-        kw = {"backend": "onnxruntime"}
+        kw = {"backend": "onnxruntime"} if b.family != "ov" else {
+            "backend": "openvino", "precision": "bf16" if b.precision == "bf16" else "fp32"}
     elif b.family == "litert":
         if tflite is None:
             raise DeepLabEdgeError(f"{b.name}: no .tflite model; pass --tflite FILE (e.g. the file the checkpoint "
@@ -405,7 +421,8 @@ def _make_runner(b: Backend, weights: Path, arch: str | None, device: torch.devi
     else:
         raise AssertionError(b.family)
     runner = open_runner(path, threads=threads, **kw)
-    keep = ("provider", "ort_graph_optimizations", "engine", "output_stride", "output")
+    keep = ("provider", "ort_graph_optimizations", "engine", "output_stride", "output", "precision_hint",
+            "runtime_precisions", "openvino")
     return runner, path, {k: v for k, v in runner.info.items() if k in keep}
 
 
@@ -675,13 +692,14 @@ def _accuracy_pass(run: _Run, b: Backend, seg, crfs: list[str], output: str = "l
     tick = run.tick(f"{b.name}: accuracy", len(run.dataset))
     options = {c: run.stages.get(c) for c in crfs}
     folds = (run.art.get("calibration") or {}).get("folds")
-    if not folds or b.family not in ("ort", "qdq") or b.precision != "int8":
+    if not folds or b.family not in ("ort", "qdq", "ov") or b.precision != "int8":
         return evaluate(seg, run.dataset, on_image=tick, options=options)
     key = "cpu_int8_onnx" if b.family == "ort" else "qdq_onnx"
+    kw = {"backend": "openvino"} if b.family == "ov" else {"backend": "onnxruntime"}
     evs = []
     for k, fold in enumerate(folds):
         path = fold[key] if output == "logits" else run.art["labels"]["models"][fold[key]]
-        s = seg if k == 0 else Segmenter(open_runner(Path(path), threads=run.config.threads, backend="onnxruntime"))
+        s = seg if k == 0 else Segmenter(open_runner(Path(path), threads=run.config.threads, **kw))
         evs.append(evaluate(s, run.dataset.take(fold["scored"]), on_image=tick, options=options))
     return _pooled(evs)
 

@@ -65,6 +65,8 @@ CASES = [
     ("bench-warmup-negative", "bench --weights {ckpt} --data {voc} --warmup -1", "--warmup"),
     ("bench-calib-num-0", "bench --weights {ckpt} --data {voc} --calib-num 0", "--calib-num"),
     ("bench-threads-0", "bench --weights {ckpt} --data {voc} --threads 0", "--threads"),
+    ("eval-openvino-on-a-checkpoint", "eval --weights {ckpt} --backend openvino --data {voc}",
+     "--backend openvino runs an ONNX model; use it with --onnx FILE"),
     ("bench-emit-unknown", "bench --weights {ckpt} --data {voc} --emit scores", "unknown --emit output scores"),
     ("bench-labels-dtype-without-labels", "bench --weights {ckpt} --data {voc} --labels-dtype uint8",
      "--labels-dtype is the type of the label models; add --emit labels"),

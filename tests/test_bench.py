@@ -595,3 +595,35 @@ def test_several_models_cross_strides_and_take_each_models_crf_params(shared, tw
                                    str(pb), "--json"])
     assert ev.exit_code == 0, ev.output
     assert cells[("largefov", 8, "torch")]["miou"] == pytest.approx(json.loads(ev.stdout)["miou"], abs=1e-9)
+
+
+def test_bench_openvino_rows_are_real_int8_and_match_eval(shared, imported, tmp_path):
+    """ov-fp32 / ov-bf16 / ov-int8 beside ONNX Runtime on 2 VOC crops: OpenVINO FP32 scores what ONNX Runtime
+    scores; ov-int8 runs the very QDQ model qdq-int8 emulates, with int8 nodes in its runtime graph, and its row
+    equals `eval --onnx QDQ --backend openvino`; ov-bf16 runs where the CPU has native bf16 and is skipped with the
+    reason elsewhere (either way, by this CPU's flags)."""
+    pytest.importorskip("openvino")
+    from deeplab_edge.hostinfo import cpu_flags
+
+    res = CliRunner().invoke(main, ["bench", "--weights", str(imported[0]), "--data", str(shared["voc"]),
+                                    "--num-images", "2", "--backends", "ort-fp32,qdq-int8,ov-fp32,ov-bf16,ov-int8",
+                                    "--crf", "none", "--calib-on-eval", "--calib-num", "2", "--calib-method", "minmax",
+                                    "--iters", "2", "--warmup", "1", "--threads", "2",
+                                    "--artifacts", str(tmp_path / "art"), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    by = {r["backend"]: r for r in doc["rows"]}
+    assert by["ov-fp32"]["miou"] == pytest.approx(by["ort-fp32"]["miou"], abs=2e-3)
+    assert set(by["ov-fp32"]["runtime_precisions"]) == {"f32"}
+    ov8 = by["ov-int8"]
+    assert ov8["latency_is_speed"] and ov8["latency_ms"] > 0 and ov8["file"] == doc["artifacts"]["calibration"]["qdq_onnx"]
+    assert ov8["runtime_precisions"].get("i8", 0) + ov8["runtime_precisions"].get("u8", 0) > 0
+    ev = CliRunner().invoke(main, ["eval", "--onnx", ov8["file"], "--backend", "openvino", "--data", str(shared["voc"]),
+                                   "--num-images", "2", "--json"])
+    assert ev.exit_code == 0, ev.output
+    assert ov8["miou"] == pytest.approx(json.loads(ev.stdout)["miou"], abs=1e-9)
+    assert abs(ov8["miou"] - by["qdq-int8"]["miou"]) < 0.02
+    if {"avx512_bf16", "amx_bf16"} & cpu_flags():
+        assert "bf16" in by["ov-bf16"]["runtime_precisions"]
+    else:
+        assert "ov-bf16" not in by and any(s["backend"] == "ov-bf16" and "bf16" in s["reason"] for s in doc["skipped"])

@@ -76,3 +76,38 @@ def test_triton_availability_is_one_rule(monkeypatch):
     assert "too slow to time" in triton_unavailable("cpu", timing=True)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert "need a CUDA GPU" in triton_unavailable("cpu")
+
+
+def test_openvino_runs_the_fp32_export_and_the_qdq_model_in_int8(shared, imported, tmp_path):
+    """OpenVINO (CPU plugin) against ONNX Runtime on the same files and a real VOC crop: the FP32 export's logits
+    match ONNX Runtime's; the TensorRT QDQ model, unchanged, runs with int8 nodes in OpenVINO's runtime graph (read
+    back from it) and labels nearly every pixel as ONNX Runtime's exact fake-quant emulation does."""
+    pytest.importorskip("openvino")
+    from deeplab_edge.calibration.workflow import CalibrationConfig, calibrate
+    from deeplab_edge.checkpoint import load_checkpoint
+    from deeplab_edge.data import open_dataset
+    from deeplab_edge.export import export_onnx
+    from deeplab_edge.runtime import open_runner
+
+    voc = open_dataset(shared["voc"])
+    image = voc.load(0)[1]
+    fp32 = tmp_path / "m.onnx"
+    export_onnx(load_checkpoint(imported[0]), fp32, [image], input_size=129)
+    calibrate(fp32, shared["voc"], tmp_path / "cal", CalibrationConfig(num=2, method="minmax", cpu_int8=False))
+    x = open_runner(fp32).preprocess(image)[0][None]
+    ref = open_runner(fp32, backend="onnxruntime")(x)
+    ov32 = open_runner(fp32, backend="openvino", threads=1)
+    got = ov32(x)
+    assert got.shape == ref.shape and torch.allclose(got, ref, atol=2e-3, rtol=1e-3)
+    assert ov32.info["precision_hint"] == "f32" and ov32.info["threads"] == 1
+    assert set(ov32.runtime_precisions) == {"f32"}, ov32.runtime_precisions
+    qdq = tmp_path / "cal" / "model_qdq.onnx"
+    ov8 = open_runner(qdq, backend="openvino")
+    emulated = open_runner(qdq, backend="onnxruntime")(x).argmax(1)
+    int8_nodes = sum(n for p, n in ov8.runtime_precisions.items() if p in ("i8", "u8"))
+    assert int8_nodes > 0, ov8.runtime_precisions
+    assert (ov8(x).argmax(1) == emulated).float().mean() > 0.98
+    with pytest.raises(DeepLabEdgeError, match="precision is fixed"):
+        open_runner(fp32, backend="onnxruntime", precision="bf16")
+    with pytest.raises(DeepLabEdgeError, match="cannot run on the openvino backend"):
+        open_runner(imported[0], backend="openvino")

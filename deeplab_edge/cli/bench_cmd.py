@@ -43,7 +43,7 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--backends", default="auto", show_default=True,
               help="auto (what runs well here), all, or a comma-separated list of: " + ", ".join(
                   ["torch-fp32", "torch-fp16", "torch-bf16", "compile-fp32", "compile-fp16", "triton-fp32",
-                   "triton-fp16", "ort-fp32", "ort-int8", "litert-int8", "qdq-int8", "trt-fp32", "trt-fp16", "trt-int8"]) +
+                   "triton-fp16", "ort-fp32", "ort-int8", "ov-fp32", "ov-bf16", "ov-int8", "litert-int8", "qdq-int8", "trt-fp32", "trt-fp16", "trt-int8"]) +
                    ". Those that cannot run are listed as skipped, with the reason.")
 @click.option("--crf", "crf_methods", default="none,torch", show_default=True,
               help="CRF options crossed with every backend: none, pydensecrf, torch, triton, window, "

@@ -43,7 +43,7 @@ def model_options(f):
     f = click.option("--arch", help="Architecture of a plain state dict (guessed from its keys if omitted).")(f)
     f = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")(f)
     f = click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
-                     show_default=True, help="Model dtype (PyTorch backend).")(f)
+                     show_default=True, help="Model dtype (PyTorch backend); OpenVINO's float hint (fp32, bf16).")(f)
     f = click.option("--input-size", type=SIDE,
                      help="Override the checkpoint's input side (resize long side + pad).")(f)
     f = output_stride_option()(f)
@@ -62,9 +62,12 @@ def model_options(f):
     f = click.option("--crf-params", type=click.Path(path_type=Path),
                      help="CRF parameters from a file `deeplab-edge crf tune -o` wrote (chosen on held-out "
                           "images), in place of --crf-preset.")(f)
-    f = click.option("--backend", type=click.Choice(["torch", "triton"]), default="torch", show_default=True,
-                     help="PyTorch model as is, or with its ASPP head swapped for the fused Triton kernels "
-                          "(needs a CUDA GPU; TRITON_INTERPRET=1 runs them slowly on the CPU).")(f)
+    f = click.option("--backend", type=click.Choice(["torch", "triton", "openvino"]), default="torch",
+                     show_default=True,
+                     help="torch: the PyTorch model as is; triton: with its ASPP head swapped for the fused Triton "
+                          "kernels (needs a CUDA GPU; TRITON_INTERPRET=1 runs them slowly on the CPU); openvino: "
+                          "the --onnx model on OpenVINO's CPU plugin instead of ONNX Runtime (a QDQ model's Convs "
+                          "in real int8; --precision bf16 is its float hint).")(f)
     f = click.option("--scales", callback=parse_scales, default="1", show_default=True,
                      help="Test-time input scales, comma-separated (e.g. 0.5,0.75,1,1.25,1.5,1.75): the logits at "
                           "each scale are averaged (DeepLab's multi-scale inputs; PyTorch checkpoints only).")(f)

@@ -11,7 +11,8 @@ whatever runs it. Every runner carries what is needed around it:
 
 Backends: ``torch`` (eager), ``compile`` (``torch.compile``), ``triton`` (PyTorch with the fused
 Triton ASPP) for checkpoints; ``onnxruntime`` for ``.onnx`` exports (QDQ models run as exact
-fake-quant arithmetic); ``litert`` for ``.tflite`` models; ``tensorrt`` for engines from
+fake-quant arithmetic); ``openvino`` for the same ``.onnx`` files on OpenVINO's CPU plugin (a QDQ model's
+Convs in real int8); ``litert`` for ``.tflite`` models; ``tensorrt`` for engines from
 ``deeplab-edge build``. ``auto`` picks by the file's suffix.
 
 :mod:`.spec` holds a whole model as the CLI names it (the file, the CRF after the network,
@@ -36,7 +37,7 @@ from .tensorrt import EngineRunner
 
 __all__ = ["Runner", "open_runner", "resolve_device", "backend_for", "BACKENDS", "SUFFIXES"]
 
-BACKENDS = ("torch", "compile", "triton", "onnxruntime", "litert", "tensorrt")
+BACKENDS = ("torch", "compile", "triton", "onnxruntime", "openvino", "litert", "tensorrt")
 SUFFIXES = {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime", ".tflite": "litert", ".engine": "tensorrt",
             ".plan": "tensorrt"}
 _TORCH_FAMILY = ("torch", "compile", "triton")
@@ -80,7 +81,8 @@ def open_runner(path: str | Path, *, backend: str = "auto", precision: str = "fp
                 input_size: int | None = None, output_stride: int | None = None) -> Runner:
     """A runner for the model file at ``path``.
 
-    ``precision`` applies to the PyTorch backends (exported models and engines carry their own);
+    ``precision`` applies to the PyTorch backends and is OpenVINO's float precision hint (``fp32``, ``bf16``;
+    other exported models and engines carry their own);
     ``device`` to the PyTorch backends and to engines (the GPU an engine runs on; ``auto``: the current
     one); ``threads`` to PyTorch's and ONNX Runtime's intra-op pools and LiteRT;
     ``arch`` names the architecture of a plain state dict; ``input_size`` overrides a checkpoint's
@@ -90,7 +92,7 @@ def open_runner(path: str | Path, *, backend: str = "auto", precision: str = "fp
     backend = backend_for(path) if backend == "auto" else backend
     if backend not in BACKENDS:
         raise DeepLabEdgeError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
-    expected = "torch" if backend in _TORCH_FAMILY else backend
+    expected = "torch" if backend in _TORCH_FAMILY else "onnxruntime" if backend == "openvino" else backend
     if path.suffix.lower() in SUFFIXES and SUFFIXES[path.suffix.lower()] != expected:
         raise DeepLabEdgeError(f"{path}: a {path.suffix} file cannot run on the {backend} backend; give the "
                                f"{', '.join(s for s, b in SUFFIXES.items() if b == expected)} file it needs")
@@ -98,8 +100,10 @@ def open_runner(path: str | Path, *, backend: str = "auto", precision: str = "fp
         if input_size is not None:
             raise DeepLabEdgeError(f"--input-size cannot change a {backend} model's fixed input; re-export it "
                                    "with the size you need")
-        if precision != "fp32":
-            raise DeepLabEdgeError(f"a {backend} model's precision is fixed when it is made; drop --precision")
+        if precision != "fp32" and not (backend == "openvino" and precision == "bf16"):
+            raise DeepLabEdgeError(f"a {backend} model's precision is fixed when it is made; drop --precision"
+                                   + (" (OpenVINO takes bf16 as its float precision hint)" if backend == "openvino"
+                                      else ""))
         if output_stride is not None:
             raise DeepLabEdgeError(f"a {backend} model's output stride is fixed when it is made; export it with "
                                    "--output-stride instead")
@@ -107,6 +111,10 @@ def open_runner(path: str | Path, *, backend: str = "auto", precision: str = "fp
         return _torch_runner(path, backend, precision, device, threads, arch, input_size, output_stride)
     if backend == "onnxruntime":
         return OnnxRunner(path, threads=threads)
+    if backend == "openvino":
+        from .openvino import OpenVinoRunner
+
+        return OpenVinoRunner(path, precision=precision, threads=threads)
     if backend == "litert":
         return TFLiteRunner(path, num_threads=threads)
     return EngineRunner(path, device=None if str(device) == "auto" else device)  # the engine's GPU

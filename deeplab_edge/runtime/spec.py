@@ -57,12 +57,16 @@ class ModelSpec:
 
     def model_file(self) -> tuple[Path, str]:
         """(the one model file, the backend that runs it)."""
-        given = [(p, b) for p, b in ((self.weights, self.backend), (self.onnx_path, "onnxruntime"),
+        onnx_backend = "openvino" if self.backend == "openvino" else "onnxruntime"
+        given = [(p, b) for p, b in ((self.weights, self.backend), (self.onnx_path, onnx_backend),
                                      (self.tflite, "litert"), (self.engine_path, "tensorrt")) if p is not None]
         if len(given) != 1:
             raise DeepLabEdgeError(f"{'no model' if not given else 'several models'} given; pass exactly one of "
                                    "--weights FILE, --onnx FILE, --tflite FILE or --engine FILE")
-        if self.backend != "torch" and self.weights is None:
+        if self.backend == "openvino" and self.onnx_path is None:
+            raise DeepLabEdgeError("--backend openvino runs an ONNX model; use it with --onnx FILE (from `deeplab-edge "
+                                   "export` or `calibrate`)")
+        if self.backend not in ("torch", "openvino") and self.weights is None:
             raise DeepLabEdgeError(f"--backend {self.backend} runs a PyTorch checkpoint; use it with --weights, not "
                                    "--onnx/--tflite/--engine")
         return given[0]

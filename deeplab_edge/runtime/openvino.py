@@ -1,0 +1,109 @@
+"""Run a deeplab-edge ONNX model (FP32 export or TensorRT QDQ model, unchanged) with OpenVINO's CPU plugin.
+
+OpenVINO reads the QDQ pairs of the TensorRT model as its own INT8 recipe (FakeQuantize) and runs the
+quantized Convs in int8 on x86; the rest runs at the precision hint (``f32``, or ``bf16`` where the CPU has it).
+What it really ran is read back from the compiled model's runtime graph (each node's ``runtimePrecision``) and
+reported in ``info["runtime_precisions"]``, so a model that fell back to float says so.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.preprocess import Preprocess
+from ..errors import DeepLabEdgeError
+from ..export import read_metadata
+
+__all__ = ["OpenVinoRunner", "openvino_unavailable", "HINTS"]
+
+#: the bench's precision names -> OpenVINO's INFERENCE_PRECISION_HINT
+HINTS = {"fp32": "f32", "bf16": "bf16"}
+#: node types that carry no arithmetic worth counting (inputs, constants, layout changes, outputs)
+_PLUMBING = {"Input", "Parameter", "Const", "Constant", "Output", "Result", "Reorder", "Reshape"}
+
+
+def openvino_unavailable() -> str | None:
+    """Why OpenVINO cannot run here, or None."""
+    if importlib.util.find_spec("openvino") is None:
+        return "openvino is not installed (pip install 'deeplab-edge[openvino]')"
+    return None
+
+
+class OpenVinoRunner:
+    """``precision``: ``fp32`` (hint f32: every float op in float32) or ``bf16`` (hint bf16; refused where the CPU
+    has no native bf16). A QDQ model's quantized ops run in int8 either way. ``threads``: OpenVINO's
+    inference threads (default: its own choice, all cores)."""
+
+    def __init__(self, path: str | Path, *, precision: str = "fp32", threads: int | None = None) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise DeepLabEdgeError(f"{path}: ONNX model not found; create one with `deeplab-edge export`")
+        reason = openvino_unavailable()
+        if reason:
+            raise DeepLabEdgeError(f"running {path.name} with OpenVINO: {reason}")
+        if precision not in HINTS:
+            raise DeepLabEdgeError(f"OpenVINO precision {precision!r}: use {' or '.join(HINTS)}")
+        import openvino as ov
+
+        meta = read_metadata(path)
+        if "num_classes" not in meta or "preprocess" not in meta:
+            raise DeepLabEdgeError(f"{path}: no deeplab-edge metadata (classes, preprocessing); export it with "
+                                   "`deeplab-edge export`")
+        core = ov.Core()
+        caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if precision == "bf16" and "BF16" not in caps:
+            raise DeepLabEdgeError("this CPU has no native bf16 for OpenVINO (OPTIMIZATION_CAPABILITIES "
+                                   f"{', '.join(caps)}); use ov-fp32")
+        config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            model = core.read_model(str(path))
+            self.compiled = core.compile_model(model, "CPU", config)
+        except Exception as e:  # OpenVINO raises plain RuntimeErrors for models it cannot read or compile
+            raise DeepLabEdgeError(f"{path}: OpenVINO could not compile it ({str(e).splitlines()[0][:160]})") from e
+        inputs = self.compiled.inputs
+        if len(inputs) != 1 or len(self.compiled.outputs) != 1:
+            raise DeepLabEdgeError(f"{path}: expected one input and one output, got {len(inputs)} and "
+                                   f"{len(self.compiled.outputs)}; export it with `deeplab-edge export`")
+        self.request = self.compiled.create_infer_request()
+        self.meta = meta
+        self.num_classes = int(meta["num_classes"])
+        self.classes = list(meta.get("classes") or [])
+        self.preprocess = Preprocess.from_dict(meta["preprocess"])
+        self.outputs_labels = meta.get("output") == "labels"
+        out_type = self.compiled.outputs[0].get_element_type()
+        self.output_itemsize = out_type.size
+        self.runtime_precisions = runtime_precisions(self.compiled)
+        self.info = {"backend": "openvino", "onnx": str(path), "arch": meta.get("arch"),
+                     "precision": meta.get("precision"), "precision_hint": HINTS[precision],
+                     "threads": self.compiled.get_property("INFERENCE_NUM_THREADS"),
+                     "openvino": ov.__version__, "runtime_precisions": self.runtime_precisions,
+                     "output": "labels" if self.outputs_labels else "logits"}
+
+    def synchronize(self) -> None:
+        """A synchronous infer() returns when its outputs are ready."""
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits [N, C, H, W] (float32), or for a label model its label maps [N, H, W] (int64)."""
+        x = np.ascontiguousarray(batch.float().numpy())
+        out = self.request.infer({0: x})[self.compiled.outputs[0]]
+        return torch.from_numpy(np.asarray(out).astype(np.int64 if self.outputs_labels else np.float32))
+
+
+def runtime_precisions(compiled) -> dict[str, int]:
+    """How many arithmetic nodes of the compiled runtime graph ran at each precision (``i8``, ``u8``, ``f32``,
+    ``bf16``...), from each node's ``runtimePrecision``; inputs, constants, reorders and outputs left out."""
+    counts: Counter[str] = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        kind = rt["layerType"].astype(str) if "layerType" in rt else op.get_type_name()
+        if kind in _PLUMBING or "runtimePrecision" not in rt:
+            continue
+        counts[rt["runtimePrecision"].astype(str).lower()] += 1
+    return dict(sorted(counts.items()))
