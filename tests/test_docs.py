@@ -389,6 +389,78 @@ class Check:
     count: int = 1
 
 
+def _budget_recipe(model: str, calibration: str) -> dict[str, Any]:
+    doc = load(f"int8_budget_{'camvid' if model.startswith('CamVid') else 'voc'}.json")
+    return doc["recipes"]["percentile99" if calibration.startswith("percentile 99") else "mse"]
+
+
+def check_int8_budget(table: Table) -> Errors:
+    """docs/int8.md's budget table against bench/results/int8_budget_{camvid,voc}.json."""
+    err = Errors()
+    for row in table.rows:
+        c = dict(zip(table.header, row))
+        where = f"{table.where} {row[0]}/{row[1]}"
+        b = _budget_recipe(row[0], row[1])["budget"]
+        first, last = b["steps"][0], b["steps"][-1]
+        err.figures(where + " first drop", c["drop with every Conv INT8"],
+                    [first["drop_points"], 100 * first["agreement"]] if "%" in c["drop with every Conv INT8"]
+                    else [first["drop_points"]])
+        err.figures(where + " floats", c["Convs back to float"], [b["float_conv_count"]])
+        err.figures(where + " final drop", c["drop then"],
+                    [last["drop_points"], 100 * last["agreement"]] if "%" in c["drop then"] else [last["drop_points"]])
+        err.figure(where + " FLOPs share", c["their share of Conv FLOPs"], 100 * b["float_flops_share"])
+        err.equal(where + " budget", "not met" in c["1-point budget"], not b["met"])
+        err.equal(where + " max drop", b["max_drop_points"], 1.0)
+    err.equal(f"{table.where} rows", len(table.rows), 4)
+    return err
+
+
+def check_label_output(table: Table) -> Errors:
+    """docs/int8.md's logits-against-labels table against bench/results/bench_labels_{camvid_val,voc_samples}.json
+    (the ONNX Runtime FP32 rows)."""
+    err = Errors()
+    model = ""
+    for row in table.rows:
+        model = row[0] or model
+        c = dict(zip(table.header, row))
+        doc = load("bench_labels_camvid_val.json" if model.startswith("CamVid") else "bench_labels_voc_samples.json")
+        output = c["output"].split()[0]
+        r = next(x for x in doc["rows"] if x["backend"] == "ort-fp32" and x["output"] == output)
+        where = f"{table.where} {model}/{output}"
+        err.figure(where + " bytes", c["bytes per frame"], r["output_bytes_per_frame"] / 1e6)
+        err.figure(where + " host", c["host post-processing ms"], r["host_postprocess_ms"])
+        err.figure(where + " model", c["ONNX Runtime FP32 model ms"], r["latency_ms"])
+        if output == "labels":
+            logits = next(x for x in doc["rows"] if x["backend"] == "ort-fp32" and x["output"] == "logits")
+            err.equal(where + " same mIoU", r["miou"], logits["miou"])
+            err.figures(where + " mIoU", c["same mIoU"], [100 * r["miou"]])
+    return err
+
+
+def check_readme_int8(table: Table) -> Errors:
+    """README's INT8 summary against bench/results/int8_budget_*.json and bench_labels_*.json."""
+    err = Errors()
+    rows = {row[0].split()[0]: row for row in table.rows}
+    for col, model in ((1, "CamVid"), (2, "VOC")):
+        where = f"{table.where} {model}"
+        mse, p99 = (_budget_recipe(model, k)["budget"] for k in ("mse", "percentile 99"))
+        err.figures(where + " default", rows["default"][col], [mse["steps"][0]["drop_points"], mse["float_conv_count"],
+                                                               mse["max_drop_points"]])
+        err.equal(where + " default met", "not met" not in rows["default"][col], mse["met"])
+        harmful = [p99["steps"][0]["drop_points"], p99["drop_points"], p99["float_conv_count"]]
+        if "FLOPs" in rows["harmful"][col]:
+            harmful.append(100 * p99["float_flops_share"])
+        err.figures(where + " harmful", rows["harmful"][col], harmful)
+        err.equal(where + " harmful met", "not met" not in rows["harmful"][col], p99["met"])
+        doc = load("bench_labels_camvid_val.json" if model == "CamVid" else "bench_labels_voc_samples.json")
+        lo, la = (next(x for x in doc["rows"] if x["backend"] == "ort-fp32" and x["output"] == o)
+                  for o in ("logits", "labels"))
+        err.figures(where + " output", rows["per"][col], [lo["output_bytes_per_frame"] / 1e6,
+                                                          la["output_bytes_per_frame"] / 1e6,
+                                                          lo["host_postprocess_ms"], la["host_postprocess_ms"]])
+    return err
+
+
 CHECKS = {
     "bench verdict": Check(check_bench_verdict, lambda t: t.header[:4] == ("backend", "CRF", "mIoU", "Δ points")),
     "crf bench": Check(check_crf_bench, lambda t: t.header[:3] == ("CRF", "mIoU", "gain")),
@@ -398,6 +470,9 @@ CHECKS = {
                          count=2),
     "qat": Check(check_qat, lambda t: t.header[:2] == ("model", "CamVid val mIoU")),
     "int8 targets": Check(check_int8_targets, lambda t: t.header[:2] == ("target", "measured")),
+    "int8 budget": Check(check_int8_budget, lambda t: t.header[:2] == ("model", "calibration")),
+    "label output": Check(check_label_output, lambda t: t.header[:2] == ("model, input", "output")),
+    "readme int8": Check(check_readme_int8, lambda t: t.header[1:2] == ("CamVid model (32 val frames held out)",)),
 }
 
 # Tables with no committed results file behind them, by page and first two header cells: left as they were,
