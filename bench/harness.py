@@ -51,6 +51,7 @@ from deeplab_edge.kernels.device import triton_unavailable
 from deeplab_edge.metrics import ConfusionMatrix
 from deeplab_edge.models import count_flops, count_params
 from deeplab_edge.runtime import open_runner, resolve_device
+from deeplab_edge.runtime.openvino import openvino_unavailable
 
 from .env import environment
 from .power import sampling
@@ -120,8 +121,6 @@ def _cannot_run(b: Backend, device: torch.device) -> str | None:
     if b.family == "litert" and device.type == "cuda":
         return "LiteRT runs on the CPU; a GPU run would time it beside GPU backends"
     if b.family == "ov":
-        from deeplab_edge.runtime.openvino import openvino_unavailable
-
         reason = openvino_unavailable()
         if reason:
             return reason

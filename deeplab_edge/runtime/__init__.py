@@ -32,6 +32,7 @@ from ..errors import DeepLabEdgeError
 from ..kernels.device import triton_unavailable
 from .litert import TFLiteRunner
 from .onnx import OnnxRunner
+from .openvino import OpenVinoRunner
 from .pytorch import TorchRunner
 from .tensorrt import EngineRunner
 
@@ -112,8 +113,6 @@ def open_runner(path: str | Path, *, backend: str = "auto", precision: str = "fp
     if backend == "onnxruntime":
         return OnnxRunner(path, threads=threads)
     if backend == "openvino":
-        from .openvino import OpenVinoRunner
-
         return OpenVinoRunner(path, precision=precision, threads=threads)
     if backend == "litert":
         return TFLiteRunner(path, num_threads=threads)
