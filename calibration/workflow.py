@@ -170,11 +170,11 @@ def check_one_model(weights: Path | None, onnx_path: Path | None) -> None:
                                "pass exactly one of --weights FILE or --onnx FILE")
 
 
-def check_budget_images(data: str | Path, config: CalibrationConfig) -> None:
+def check_budget_images(data: str | Path, config: CalibrationConfig):
     """Before any work: ``--max-drop`` without ``--val-data`` needs labelled images of ``data`` beyond the first
-    ``--num`` (the calibration images) to measure the budget on."""
+    ``--num`` (the calibration images) to measure the budget on. Returns ``data`` as a dataset then (else None)."""
     if config.max_drop is None or config.val_data is not None:
-        return
+        return None
     held = as_dataset(data)
     if len(held) <= config.num:
         raise CalibrationError(f"--max-drop: no image of {data} is left beyond the first --num {config.num} (the "
@@ -183,6 +183,7 @@ def check_budget_images(data: str | Path, config: CalibrationConfig) -> None:
     if not held.has_labels:
         raise CalibrationError(f"{data}: has no labels to measure the budget on; pass --val-data with a labelled "
                                "VOC/Cityscapes/CamVid folder")
+    return held
 
 
 def calibrate_folder(output: Path, data: str | Path, config: CalibrationConfig, *, weights: Path | None = None,
@@ -267,8 +268,7 @@ def _budget(model, cal: Calibrator, amax: dict[str, float], keep_float: tuple[st
     if config.val_data is not None:
         val = open_dataset(config.val_data).subset(config.val_num)
     else:
-        check_budget_images(data, config)
-        held = as_dataset(data)
+        held = check_budget_images(data, config)
         val = held.take(range(len(images_sha1), len(held))).subset(config.val_num)
     shared = recorded_overlap(images_sha1, [smp.image for smp in val.samples])
     if shared:
