@@ -116,6 +116,13 @@ CASES_BENCH = [
     ("eval-onnx-one-channel", "eval --onnx {w}/one_channel.onnx --data {voc}", "its input is 'input' 1x1x32x32 float"),
     ("eval-onnx-int-input", "eval --onnx {w}/int_input.onnx --data {voc}",
      "not an image batch N x 3 x H x W of floats"),
+    # the same models refused alike by OpenVINO (its input ports read as ONNX Runtime's)
+    ("eval-openvino-two-inputs", "eval --onnx {w}/two_inputs.onnx --data {voc} --backend openvino",
+     "2 inputs ('input' 1x3x32x32 float, 'other' 1x3x32x32 float)"),
+    ("eval-openvino-one-channel", "eval --onnx {w}/one_channel.onnx --data {voc} --backend openvino",
+     "its input is 'input' 1x1x32x32 float"),
+    ("eval-openvino-int-input", "eval --onnx {w}/int_input.onnx --data {voc} --backend openvino",
+     "not an image batch N x 3 x H x W of floats"),
     # bench: where INT8 calibrates, contradicted
     ("bench-calib-folds-with-calib-data", "bench --weights {camvid_weights} --data {voc} --calib-data {voc} "
      "--calib-folds 4", "--calib-folds splits the benchmark's images when there is nothing else to calibrate on; "

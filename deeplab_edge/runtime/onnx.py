@@ -11,7 +11,7 @@ from ..data.preprocess import Preprocess
 from ..errors import DeepLabEdgeError
 from ..export import ort_session, read_metadata
 
-__all__ = ["OnnxRunner", "OnnxInputError"]
+__all__ = ["OnnxRunner", "OnnxInputError", "check_image_input", "check_segmenter_metadata"]
 
 _FLOAT_INPUTS = ("tensor(float)", "tensor(float16)")
 
@@ -34,6 +34,15 @@ def check_image_input(path: Path, inputs) -> None:
     shape = inputs[0].shape
     if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3) or inputs[0].type not in _FLOAT_INPUTS:
         raise OnnxInputError(f"{path}: its input is {found}, not an image batch N x 3 x H x W of floats; {fix}")
+
+
+def check_segmenter_metadata(path: Path, meta: dict) -> dict:
+    """``meta`` (an ONNX file's deeplab-edge metadata), refused when it lacks what a runner needs to segment:
+    the class count and the preprocessing."""
+    if "num_classes" not in meta or "preprocess" not in meta:
+        raise DeepLabEdgeError(f"{path}: no deeplab-edge metadata (classes, preprocessing); export it with "
+                               "`deeplab-edge export`")
+    return meta
 
 
 class OnnxRunner:
@@ -61,9 +70,7 @@ class OnnxRunner:
         except Exception as e:
             raise DeepLabEdgeError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:160]}); pass a file "
                                    "from `deeplab-edge export` or `calibrate`") from e
-        if "num_classes" not in meta or "preprocess" not in meta:
-            raise DeepLabEdgeError(f"{path}: no deeplab-edge metadata (classes, preprocessing); export it with "
-                                   "`deeplab-edge export`")
+        check_segmenter_metadata(path, meta)
         check_image_input(path, self.session.get_inputs())
         self.meta = meta
         self.num_classes = int(meta["num_classes"])

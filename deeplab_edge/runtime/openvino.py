@@ -18,6 +18,7 @@ import torch
 from ..data.preprocess import Preprocess
 from ..errors import DeepLabEdgeError
 from ..export import read_metadata
+from .onnx import check_image_input, check_segmenter_metadata
 
 __all__ = ["OpenVinoRunner", "openvino_unavailable", "HINTS"]
 
@@ -50,10 +51,12 @@ class OpenVinoRunner:
             raise DeepLabEdgeError(f"OpenVINO precision {precision!r}: use {' or '.join(HINTS)}")
         import openvino as ov
 
-        meta = read_metadata(path)
-        if "num_classes" not in meta or "preprocess" not in meta:
-            raise DeepLabEdgeError(f"{path}: no deeplab-edge metadata (classes, preprocessing); export it with "
-                                   "`deeplab-edge export`")
+        try:
+            meta = read_metadata(path)
+        except Exception as e:  # onnx's DecodeError and the like for a file that is no ONNX model
+            raise DeepLabEdgeError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:160]}); pass a file "
+                                   "from `deeplab-edge export` or `calibrate`") from e
+        check_segmenter_metadata(path, meta)
         core = ov.Core()
         caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         if precision == "bf16" and "BF16" not in caps:
@@ -67,10 +70,10 @@ class OpenVinoRunner:
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as e:  # OpenVINO raises plain RuntimeErrors for models it cannot read or compile
             raise DeepLabEdgeError(f"{path}: OpenVINO could not compile it ({str(e).splitlines()[0][:160]})") from e
-        inputs = self.compiled.inputs
-        if len(inputs) != 1 or len(self.compiled.outputs) != 1:
-            raise DeepLabEdgeError(f"{path}: expected one input and one output, got {len(inputs)} and "
-                                   f"{len(self.compiled.outputs)}; export it with `deeplab-edge export`")
+        check_image_input(path, [_Port(i) for i in self.compiled.inputs])
+        if len(self.compiled.outputs) != 1:
+            raise DeepLabEdgeError(f"{path}: {len(self.compiled.outputs)} outputs, not one; export it with "
+                                   "`deeplab-edge export`")
         self.request = self.compiled.create_infer_request()
         self.meta = meta
         self.num_classes = int(meta["num_classes"])
@@ -94,6 +97,22 @@ class OpenVinoRunner:
         x = np.ascontiguousarray(batch.float().numpy())
         out = self.request.infer({0: x})[self.compiled.outputs[0]]
         return torch.from_numpy(np.asarray(out).astype(np.int64 if self.outputs_labels else np.float32))
+
+
+#: OpenVINO element types -> ONNX Runtime's type names (what check_image_input reads)
+_ONNX_TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "f64": "tensor(double)", "i64": "tensor(int64)",
+               "i32": "tensor(int32)", "u8": "tensor(uint8)", "i8": "tensor(int8)"}
+
+
+class _Port:
+    """An OpenVINO input port seen as ONNX Runtime's NodeArg (name, shape with None for dynamic dims, type)."""
+
+    def __init__(self, port) -> None:
+        names = port.get_names()
+        self.name = port.get_any_name() if names else "input"
+        self.shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+        kind = port.get_element_type().get_type_name()
+        self.type = _ONNX_TYPES.get(kind, f"tensor({kind})")
 
 
 def runtime_precisions(compiled) -> dict[str, int]:
