@@ -421,7 +421,7 @@ def _make_runner(b: Backend, weights: Path, arch: str | None, device: torch.devi
         raise AssertionError(b.family)
     runner = open_runner(path, threads=threads, **kw)
     keep = ("provider", "ort_graph_optimizations", "engine", "output_stride", "output", "precision_hint",
-            "runtime_precisions", "openvino")
+            "runtime_precisions", "openvino", "int8_saturation")
     return runner, path, {k: v for k, v in runner.info.items() if k in keep}
 
 
@@ -570,6 +570,8 @@ def run_bench(weights: Path, dataset, config: BenchConfig | None = None, *, work
                 skipped.append({"backend": b.name + (" (labels)" if output == "labels" else ""), "reason": got})
             else:
                 rows += got
+                if got and got[0].get("int8_saturation"):
+                    log(f"WARNING: {b.name}: {got[0]['int8_saturation']}")
     if labels and any(c != "none" for c in crfs):
         skipped_crf.append({"crf": "/".join(c for c in crfs if c != "none") + " on the label models",
                             "reason": "a label model outputs no scores for the CRF to refine; its rows are CRF none"})

@@ -51,7 +51,8 @@ def conv_flops(model, input_hw: tuple[int, int]) -> dict[str, int]:
 
 def fit_budget(model, make_qdq: Callable[[frozenset[str]], Any], amax: dict[str, float], val, *, max_drop: float,
                min_agreement: float | None = None, max_float: int = 8, keep_float: tuple[str, ...] = (),
-               bias_shift: dict | None = None, progress: Callable[[str, int], Callable[[], None]] | None = None
+               bias_shift: dict | None = None, progress: Callable[[str, int], Callable[[], None]] | None = None,
+               weight_bits: int = 8
                ) -> tuple[tuple[str, ...], dict[str, Any]]:
     """(the Convs to keep float, the record): ``make_qdq(keep)`` makes the QDQ model with the Convs ``keep`` in
     float (``keep_float`` always among them); ``val`` is the labelled held-out dataset."""
@@ -75,7 +76,8 @@ def fit_budget(model, make_qdq: Callable[[frozenset[str]], Any], amax: dict[str,
         order: list[str] = []
         if not steps[-1]["fits"]:
             tick = progress("budget: sensitivity", len(conv_nodes(model))) if progress else None
-            ranking = layer_sensitivity(model, amax, val, "float-one", tick, bias_shift=bias_shift)
+            ranking = layer_sensitivity(model, amax, val, "float-one", tick, bias_shift=bias_shift,
+                                        weight_bits=weight_bits)
             order = [r["layer"] for r in ranking["layers"] if r["layer"] not in keep_float]
             keep = keep_float
             for name in order[:max_float]:

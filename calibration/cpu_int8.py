@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from deeplab_edge.export import ort_session
-from deeplab_edge.hostinfo import cpu_flags
+from deeplab_edge.hostinfo import VNNI_FLAGS, cpu_flags
 from deeplab_edge.interrupts import temp_dir
 from deeplab_edge.outputs import atomic_path
 
@@ -45,12 +45,12 @@ def cpu_features(cpuinfo: str | None = None, machine: str | None = None) -> dict
     flags = cpu_flags(cpuinfo)
     x86 = machine.lower() in ("x86_64", "amd64", "i686", "x86")
     return {"machine": machine, "x86": x86, "known": bool(flags), "avx2": "avx2" in flags,
-            "avx512_vnni": "avx512_vnni" in flags, "avx_vnni": "avx_vnni" in flags, "amx_int8": "amx_int8" in flags}
+            **{f: f in flags for f in sorted(VNNI_FLAGS)}}
 
 
 def int8_settings(features: dict[str, Any]) -> dict[str, Any]:
     """ONNX Runtime quantization settings for a CPU: 7-bit weights where u8 x s8 products can saturate."""
-    vnni = features["avx512_vnni"] or features["avx_vnni"] or features["amx_int8"]
+    vnni = any(features[f] for f in VNNI_FLAGS)
     if features["x86"] and not features["known"]:
         return {"reduce_range": True, "why": "x86 CPU of unknown instruction set: 7-bit weights, safe without VNNI"}
     if features["x86"] and not vnni:

@@ -19,7 +19,7 @@ from deeplab_edge.errors import CalibrationError
 
 from .collect import activation_tensors, collect_histograms
 from .methods import METHODS
-from .qdq import bias_corrections, insert_qdq
+from .qdq import WEIGHT_BITS, bias_corrections, insert_qdq
 from .search import thresholds
 
 __all__ = ["Recipe", "Calibrator", "PARTS"]
@@ -35,13 +35,14 @@ class Recipe:
     """How one INT8 model is made from the statistics: ``method`` (one of :data:`.methods.METHODS`) chooses
     the thresholds, ``percentile`` for the percentile method, ``search_num`` images for ``search``,
     ``bias_correction`` takes the weights' int8 error off each output channel's mean, ``parts`` what is
-    quantized."""
+    quantized, ``weight_bits`` 8 or 7 (weights within +-63, for x86 CPUs without VNNI)."""
 
     method: str = "mse"
     percentile: float = 99.99
     search_num: int = 16
     bias_correction: bool = True
     parts: str = "both"
+    weight_bits: int = 8
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -51,6 +52,9 @@ class Recipe:
         if self.search_num < 1:
             raise CalibrationError(f"expected search_num >= 1, got {self.search_num}: calibrating on no images "
                                    "gives all-zero scales")
+        if self.weight_bits not in WEIGHT_BITS:
+            raise CalibrationError(f"--weight-bits {self.weight_bits!r}: use 8 (TensorRT's int8) or 7 (no int16 "
+                                   "saturation on x86 CPUs without VNNI)")
         if self.parts not in PARTS:
             raise CalibrationError(f"unknown parts {self.parts!r}; choose one of {', '.join(PARTS)}")
 
@@ -65,7 +69,7 @@ class Calibrator:
         self.names = activation_tensors(model)
         self._stats: dict[str, tuple[np.ndarray, float]] | None = None
         self._means: dict[str, np.ndarray] = {}
-        self._shift: dict[str, np.ndarray] | None = None
+        self._shift: dict[int, dict[str, np.ndarray]] = {}  # weight bits -> Conv -> shift
 
     def _tick(self, stage: str, total: int) -> Callable[[], None] | None:
         return self._progress(stage, total) if self._progress and total else None
@@ -86,17 +90,18 @@ class Calibrator:
         """tensor -> amax (the clipping threshold; scale = amax / 127)."""
         stats = self.stats
         return thresholds(self.model, self.inputs, stats, recipe.method, recipe.percentile, recipe.search_num,
-                          self._tick("search", self.searched(recipe)))
+                          self._tick("search", self.searched(recipe)), weight_bits=recipe.weight_bits)
 
     def bias_shift(self, recipe: Recipe) -> dict[str, np.ndarray] | None:
         """The per-channel bias corrections ``recipe`` applies (None without bias correction)."""
         if not recipe.bias_correction:
             return None
-        if self._shift is None:
+        if recipe.weight_bits not in self._shift:
             self.stats  # the means come from the same pass
-            self._shift = bias_corrections(self.model, self._means)
-        return self._shift
+            self._shift[recipe.weight_bits] = bias_corrections(self.model, self._means, recipe.weight_bits)
+        return self._shift[recipe.weight_bits]
 
     def qdq(self, recipe: Recipe, amax: dict[str, float], keep_float: frozenset[str] = frozenset()):
         """The TensorRT QDQ model at thresholds ``amax``, the Convs named in ``keep_float`` left in float."""
-        return insert_qdq(self.model, amax, keep_float, parts=recipe.parts, bias_shift=self.bias_shift(recipe))
+        return insert_qdq(self.model, amax, keep_float, parts=recipe.parts, bias_shift=self.bias_shift(recipe),
+                          weight_bits=recipe.weight_bits)

@@ -25,7 +25,7 @@ import json
 import numpy as np
 import torch
 
-__all__ = ["insert_qdq", "conv_nodes", "quantize_weight", "residual_skips", "bias_corrections", "tag_quantized"]
+__all__ = ["insert_qdq", "conv_nodes", "quantize_weight", "WEIGHT_BITS", "residual_skips", "bias_corrections", "tag_quantized"]
 
 
 def tag_quantized(model, precision: str, calibration: dict | None = None, like=None) -> None:
@@ -46,11 +46,20 @@ def conv_nodes(model) -> list:
     return [n for n in model.graph.node if n.op_type == "Conv"]
 
 
-def quantize_weight(wf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-output-channel symmetric int8: (int8 weights, float32 scales = max|w| / 127 per channel)."""
-    s = np.abs(wf.reshape(wf.shape[0], -1)).max(axis=1) / 127.0
+#: weight bits a QDQ model may use: 8 (TensorRT's int8), or 7 (int8 values within +-63), which x86 CPUs without
+#: VNNI multiply without saturating their int16 pair sums (2 * 255 * 63 < 32767; OpenVINO's "saturation issue")
+WEIGHT_BITS = (8, 7)
+
+
+def quantize_weight(wf: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel symmetric int8: (int8 weights, float32 scales = max|w| / 127 per channel); with
+    ``bits=7`` the values stay within +-63 (scale max|w| / 63), still stored as int8."""
+    if bits not in WEIGHT_BITS:
+        raise ValueError(f"weight bits {bits!r}: use 8 or 7")
+    qmax = 2 ** (bits - 1) - 1
+    s = np.abs(wf.reshape(wf.shape[0], -1)).max(axis=1) / float(qmax)
     s = np.where(s > 0, s, 1.0).astype(np.float32)
-    wq = np.clip(np.round(wf / s.reshape(-1, *([1] * (wf.ndim - 1)))), -127, 127).astype(np.int8)
+    wq = np.clip(np.round(wf / s.reshape(-1, *([1] * (wf.ndim - 1)))), -qmax, qmax).astype(np.int8)
     return wq, s
 
 
@@ -72,7 +81,7 @@ def residual_skips(model, keep_float: set[str] | frozenset[str] = frozenset()) -
     return out
 
 
-def bias_corrections(model, means: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def bias_corrections(model, means: dict[str, np.ndarray], weight_bits: int = 8) -> dict[str, np.ndarray]:
     """Conv name -> the mean shift its int8 weights add to each output channel, (W_q - W) applied to the
     per-channel mean of the Conv's input over the calibration images (empirical bias correction,
     Nagel et al., "Data-Free Quantization Through Weight Equalization and Bias Correction", ICCV
@@ -86,7 +95,7 @@ def bias_corrections(model, means: dict[str, np.ndarray]) -> dict[str, np.ndarra
         if w not in inits or x not in means:
             continue
         wf = numpy_helper.to_array(inits[w]).astype(np.float32)
-        wq, s = quantize_weight(wf)
+        wq, s = quantize_weight(wf, weight_bits)
         dw = wq.astype(np.float32) * s.reshape(-1, *([1] * (wf.ndim - 1))) - wf
         group = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
         # a constant map of the channel means, one kernel in size: the conv sums exactly dW * mean
@@ -98,12 +107,14 @@ def bias_corrections(model, means: dict[str, np.ndarray]) -> dict[str, np.ndarra
 
 
 def insert_qdq(model, amax: dict[str, float], keep_float: set[str] | frozenset[str] = frozenset(),
-               residual_add: bool = True, parts: str = "both", bias_shift: dict[str, np.ndarray] | None = None):
+               residual_add: bool = True, parts: str = "both", bias_shift: dict[str, np.ndarray] | None = None,
+               weight_bits: int = 8):
     """A copy of ``model`` with QDQ around every Conv's activation input and weights, except the
     Convs named in ``keep_float``, and (``residual_add``) on the residual inputs of Adds fed by a Conv.
     ``amax`` gives each activation's clipping threshold. ``parts`` "weights" or "activations" quantizes
     only those (a diagnostic: where the INT8 loss comes from; neither is a deployable model).
-    ``bias_shift`` (from :func:`bias_corrections`) is subtracted from the named Convs' float biases."""
+    ``bias_shift`` (from :func:`bias_corrections`, at the same ``weight_bits``) is subtracted from the named Convs'
+    float biases. ``weight_bits`` 7 keeps the int8 weights within +-63 (see :data:`WEIGHT_BITS`)."""
     if parts not in ("both", "weights", "activations"):
         raise ValueError(f"expected parts in both, weights, activations; got {parts!r}")
     import onnx
@@ -144,7 +155,7 @@ def insert_qdq(model, amax: dict[str, float], keep_float: set[str] | frozenset[s
         if parts == "activations":
             continue
         wf = numpy_helper.to_array(inits[w]).astype(np.float32)
-        wq, s = quantize_weight(wf)
+        wq, s = quantize_weight(wf, weight_bits)
         wq_name, ws_name, wz_name = f"{w}_int8", f"{w}_scale", f"{w}_zero"
         new_inits += [numpy_helper.from_array(wq, wq_name), numpy_helper.from_array(s, ws_name),
                       numpy_helper.from_array(np.zeros(wf.shape[0], np.int8), wz_name)]

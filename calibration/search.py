@@ -40,7 +40,7 @@ def fake_quant(x: torch.Tensor, amax: float) -> torch.Tensor:
     return torch.clamp(torch.round(x / scale), -128, 127) * scale
 
 
-def _conv_fn(node, inits: dict[str, np.ndarray]):
+def _conv_fn(node, inits: dict[str, np.ndarray], weight_bits: int = 8):
     from onnx import helper
 
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -50,7 +50,7 @@ def _conv_fn(node, inits: dict[str, np.ndarray]):
     nd = w.ndim - 2
     pads = list(attrs.get("pads", [0] * 2 * nd))
     stride, dil, group = attrs.get("strides", [1] * nd), attrs.get("dilations", [1] * nd), attrs.get("group", 1)
-    wq, s = quantize_weight(w)
+    wq, s = quantize_weight(w, weight_bits)
     w_f = torch.from_numpy(w)
     w_q = torch.from_numpy(wq.astype(np.float32) * s.reshape(-1, *([1] * (w.ndim - 1))))
 
@@ -73,7 +73,7 @@ def candidates(hist: np.ndarray, mx: float, percentile: float = 99.99) -> list[f
 
 def search_ranges(model, inputs: list[torch.Tensor], stats: dict[str, tuple[np.ndarray, float]],
                   percentile: float = 99.99, progress: Callable[[], None] | None = None,
-                  errors: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+                  errors: dict[str, np.ndarray] | None = None, weight_bits: int = 8) -> dict[str, float]:
     """Activation name -> threshold chosen by the consumers' output error on ``inputs``; tensors no
     Conv reads keep their max. ``errors``, when given, receives each tensor's summed squared error
     per candidate (in the order of :func:`candidates`)."""
@@ -83,7 +83,7 @@ def search_ranges(model, inputs: list[torch.Tensor], stats: dict[str, tuple[np.n
     consumers: dict[str, list] = {}
     for node in conv_nodes(model):
         if node.input[1] in inits and node.input[0] in stats:
-            consumers.setdefault(node.input[0], []).append(_conv_fn(node, inits))
+            consumers.setdefault(node.input[0], []).append(_conv_fn(node, inits, weight_bits))
     tried = {n: candidates(*stats[n], percentile) for n in consumers if stats[n][1] > 0}
     errors = {} if errors is None else errors
     errors.update({n: np.zeros(len(c)) for n, c in tried.items()})
@@ -110,9 +110,9 @@ def search_ranges(model, inputs: list[torch.Tensor], stats: dict[str, tuple[np.n
 
 def thresholds(model, inputs: list[torch.Tensor], stats: dict[str, tuple[np.ndarray, float]], method: str,
                percentile: float = 99.99, search_num: int = 16,
-               progress: Callable[[], None] | None = None) -> dict[str, float]:
+               progress: Callable[[], None] | None = None, weight_bits: int = 8) -> dict[str, float]:
     """Every activation's threshold by ``method``: from its histogram, or (``search``) by the output error
     of the Convs reading it on the first ``search_num`` inputs."""
     if method == "search":
-        return search_ranges(model, inputs[:search_num], stats, percentile, progress)
+        return search_ranges(model, inputs[:search_num], stats, percentile, progress, weight_bits=weight_bits)
     return {n: amax_from_histogram(h, a, method, percentile) for n, (h, a) in stats.items()}

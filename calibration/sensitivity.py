@@ -58,25 +58,26 @@ MODES = ("float-one", "quantize-one")
 
 
 def layer_sensitivity(model, amax: dict[str, float], dataset: SegmentationDataset, mode: str = "float-one",
-                      progress: Callable[[], None] | None = None, bias_shift: dict | None = None) -> dict[str, Any]:
+                      progress: Callable[[], None] | None = None, bias_shift: dict | None = None,
+                      weight_bits: int = 8) -> dict[str, Any]:
     """Rank the Convs of ``model`` (FP32 ONNX); ``layers[i]["score"]`` is mIoU points gained by
     keeping the layer float (``float-one``) or lost by quantizing it alone (``quantize-one``), in the QDQ
-    model ``calibrate`` writes (with ``bias_shift``'s bias correction when given)."""
+    model ``calibrate`` writes (with ``bias_shift``'s bias correction when given, weights at ``weight_bits``)."""
     if mode not in MODES:
         raise ValueError(f"expected mode in {MODES}, got {mode!r}")
     convs = [n.name for n in conv_nodes(model)]
     with temp_dir() as tmp:
         work = Path(tmp)
         fp32 = _miou(model, dataset, work, "fp32")
-        int8 = _miou(insert_qdq(model, amax, bias_shift=bias_shift), dataset, work, "int8")
+        int8 = _miou(insert_qdq(model, amax, bias_shift=bias_shift, weight_bits=weight_bits), dataset, work, "int8")
         rows = []
         for name in convs:
             if mode == "float-one":
-                miou = _miou(insert_qdq(model, amax, frozenset([name]), bias_shift=bias_shift), dataset, work, "layer")
+                miou = _miou(insert_qdq(model, amax, frozenset([name]), bias_shift=bias_shift, weight_bits=weight_bits), dataset, work, "layer")
                 score = miou - int8
             else:
                 others = frozenset(c for c in convs if c != name)
-                miou = _miou(insert_qdq(model, amax, others, bias_shift=bias_shift), dataset, work, "layer")
+                miou = _miou(insert_qdq(model, amax, others, bias_shift=bias_shift, weight_bits=weight_bits), dataset, work, "layer")
                 score = fp32 - miou
             rows.append({"layer": name, "miou": miou, "score": score})
             if progress:

@@ -60,6 +60,7 @@ class CalibrationConfig:
     percentile: float = 99.99
     search_num: int = 16
     bias_correction: bool = True
+    weight_bits: int = 8  # 7: weights within +-63, for x86 CPUs without VNNI (pipeline.Recipe)
     keep_float: tuple[str, ...] = ()
     keep_float_top: int = 0
     trt_version: str = "8.6.1"
@@ -97,7 +98,8 @@ class CalibrationConfig:
     @property
     def recipe(self) -> Recipe:
         search_num = max(self.search_num, 1)  # a count below 1 is refused by __post_init__ with its own message
-        return Recipe(self.method, self.percentile, search_num, self.bias_correction)
+        return Recipe(self.method, self.percentile, search_num, self.bias_correction,
+                      weight_bits=self.weight_bits)
 
     @property
     def wants_sensitivity(self) -> bool:
@@ -258,7 +260,7 @@ def _sensitivity(cal: Calibrator, amax: dict[str, float], data: str | Path, conf
                                "--sensitivity-data with a labelled VOC/Cityscapes/CamVid folder")
     tick = progress("sensitivity", len(conv_nodes(cal.model))) if progress else None
     return layer_sensitivity(cal.model, amax, held, config.sensitivity_mode, tick,
-                             bias_shift=cal.bias_shift(config.recipe))
+                             bias_shift=cal.bias_shift(config.recipe), weight_bits=config.weight_bits)
 
 
 def _budget(model, cal: Calibrator, amax: dict[str, float], keep_float: tuple[str, ...], images_sha1: list[str],
@@ -280,7 +282,7 @@ def _budget(model, cal: Calibrator, amax: dict[str, float], keep_float: tuple[st
     shift = cal.bias_shift(recipe)
     return fit_budget(model, lambda keep: cal.qdq(recipe, amax, keep), amax, val, max_drop=config.max_drop,
                       min_agreement=config.min_agreement, max_float=config.max_float, keep_float=keep_float,
-                      bias_shift=shift, progress=progress)
+                      bias_shift=shift, progress=progress, weight_bits=recipe.weight_bits)
 
 
 def _calibrate(onnx_path: Path, data: str | Path, out_dir: Path, config: CalibrationConfig, progress) -> dict[str, Any]:
@@ -299,10 +301,11 @@ def _calibrate(onnx_path: Path, data: str | Path, out_dir: Path, config: Calibra
     if config.max_drop is not None:
         keep_float, budget = _budget(model, cal, amax, keep_float, images_sha1, data, config, progress)
     qdq = cal.qdq(recipe, amax, frozenset(keep_float))
-    tag_quantized(qdq, "int8-qdq-tensorrt", {"method": recipe.method, "images_sha1": images_sha1})
+    tag_quantized(qdq, "int8-qdq-tensorrt", {"method": recipe.method, "images_sha1": images_sha1,
+                                             "weight_bits": recipe.weight_bits})
     # the source as the user will find it: its name alone when it lands in the output folder too
     source = onnx_path.name if onnx_path.parent.resolve() == out_dir.resolve() else str(onnx_path)
-    ranges = {"method": recipe.method, "bias_correction": recipe.bias_correction,
+    ranges = {"method": recipe.method, "bias_correction": recipe.bias_correction, "weight_bits": recipe.weight_bits,
               "search_images": cal.searched(recipe) or None,
               "percentile": recipe.percentile if recipe.method == "percentile" else None,
               "images": len(inputs), "images_sha1": images_sha1, "source": source, "keep_float": list(keep_float),
@@ -314,7 +317,7 @@ def _calibrate(onnx_path: Path, data: str | Path, out_dir: Path, config: Calibra
     report = {"cache": str(out_dir / "calibration.cache"), "qdq_onnx": str(out_dir / "model_qdq.onnx"),
               "ranges": str(out_dir / "ranges.json"), "images": len(inputs), "tensors": len(scales),
               "quantized_convs": len(conv_nodes(model)) - len(keep_float), "method": recipe.method,
-              "bias_correction": recipe.bias_correction}
+              "bias_correction": recipe.bias_correction, "weight_bits": recipe.weight_bits}
     # all files land together or none does (an interrupted run leaves no partial set)
     with staged_dir(out_dir) as stage:
         write_trt_cache(stage / "calibration.cache", scales, trt_version=config.trt_version)

@@ -78,14 +78,15 @@ def test_trt_cache_format_hand_computed(tmp_path):
     assert scales["t"] == struct.unpack(">f", struct.pack(">f", 1 / 127))[0]
 
 
-def test_qdq_conv_arithmetic_against_manual_fake_quant(tmp_path):
+@pytest.mark.parametrize("bits", [8, 7])
+def test_qdq_conv_arithmetic_against_manual_fake_quant(tmp_path, bits):
     conv = torch.nn.Conv2d(4, 3, 3, padding=1).eval()
     path = tmp_path / "c.onnx"
     x = torch.randn(1, 4, 9, 7)
     torch.onnx.export(conv, (x,), str(path), input_names=["input"], output_names=["out"], dynamo=False, opset_version=17)
     m = onnx.load(str(path))
     amax = {"input": 1.5}
-    q = insert_qdq(m, amax)
+    q = insert_qdq(m, amax, weight_bits=bits)
     onnx.checker.check_model(q, full_check=True)
     ops = [n.op_type for n in q.graph.node]
     assert ops.count("QuantizeLinear") == 1 and ops.count("DequantizeLinear") == 2 and ops[-1] == "Conv"
@@ -95,12 +96,17 @@ def test_qdq_conv_arithmetic_against_manual_fake_quant(tmp_path):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     got = ort.InferenceSession(q.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(
         None, {"input": x.numpy()})[0]
-    # manual: symmetric per-tensor activations, per-output-channel weights, float bias
+    # manual: symmetric per-tensor activations, per-output-channel weights (+-127, or +-63 with 7 bits), float bias
     s_x = np.float32(1.5 / 127)
     xq = torch.clamp(torch.round(x / s_x), -128, 127) * s_x
     w = conv.weight.detach()
-    s_w = w.abs().amax(dim=(1, 2, 3), keepdim=True) / 127
-    wq = torch.clamp(torch.round(w / s_w), -127, 127) * s_w
+    qmax = {8: 127, 7: 63}[bits]
+    s_w = w.abs().amax(dim=(1, 2, 3), keepdim=True) / qmax
+    wq = torch.clamp(torch.round(w / s_w), -qmax, qmax) * s_w
+    from onnx import numpy_helper
+
+    stored = [numpy_helper.to_array(t) for t in q.graph.initializer if t.name.endswith("_int8")]
+    assert [int(np.abs(a.astype(np.int32)).max()) for a in stored] == [qmax]
     ref = torch.nn.functional.conv2d(xq.double(), wq.double(), conv.bias.detach().double(), padding=1)
     torch.testing.assert_close(torch.from_numpy(got).double(), ref, atol=1e-5, rtol=1e-5)
 
@@ -350,6 +356,9 @@ def test_cpu_int8_settings_by_instruction_set(cpuinfo, machine, reduce):
     from deeplab_edge.calibration.cpu_int8 import cpu_features, int8_settings
 
     assert int8_settings(cpu_features(cpuinfo, machine))["reduce_range"] is reduce
+    from deeplab_edge.hostinfo import int8_saturates  # what OpenVINO's runner warns of: the same CPUs
+
+    assert int8_saturates(cpuinfo, machine) is reduce
 
 
 @pytest.mark.parametrize("reduce", [False, True])

@@ -109,6 +109,9 @@ def _trt_version(ctx, param, value):
               help="Images the search method runs on (each costs ~20 forward passes of the Convs).")
 @click.option("--percentile", default=99.99, type=Finite(50, 100, min_open=True), show_default=True,
               help="Percentile for --method percentile.")
+@click.option("--weight-bits", type=click.Choice(["8", "7"]), default="8", show_default=True,
+              help="Weights of the QDQ model: 8 (TensorRT's int8), or 7 (int8 values within +-63) for OpenVINO on "
+                   "an x86 CPU without VNNI, whose int8 dot products saturate in int16 with 8-bit weights.")
 @click.option("--keep-float", "keep_float_top", default=0, type=NONNEG, show_default=True,
               help="Leave the K most sensitive Convs in float (runs the sensitivity analysis).")
 @click.option("--keep-float-layer", "keep_float", multiple=True,
@@ -136,7 +139,8 @@ def _trt_version(ctx, param, value):
 @click.option("--no-cpu-int8", is_flag=True, help="Skip the ONNX Runtime CPU INT8 model.")
 @output_option("dir", "Output folder (created if missing; all files land together or none does).", required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def calibrate_cmd(weights, onnx_path, data, num, method, no_bias_correction, search_num, percentile, keep_float_top,
+def calibrate_cmd(weights, onnx_path, data, num, method, no_bias_correction, search_num, percentile, weight_bits,
+                  keep_float_top,
                   keep_float, sensitivity, sensitivity_data, sensitivity_num, sensitivity_mode, max_drop, val_data,
                   val_num, min_agreement, max_float, trt_version, no_cpu_int8, output, as_json) -> None:
     """INT8 post-training calibration on real images.
@@ -163,7 +167,8 @@ def calibrate_cmd(weights, onnx_path, data, num, method, no_bias_correction, sea
                                                  "val_num": ("--val-num", max_drop is not None, "--max-drop P"),
                                                  "max_float": ("--max-float", max_drop is not None, "--max-drop P")})
     config = CalibrationConfig(num=num, method=method, percentile=percentile, search_num=search_num,
-                               bias_correction=not no_bias_correction, keep_float=tuple(keep_float),
+                               bias_correction=not no_bias_correction, weight_bits=int(weight_bits),
+                               keep_float=tuple(keep_float),
                                trt_version=trt_version, cpu_int8=not no_cpu_int8, keep_float_top=keep_float_top,
                                sensitivity=sensitivity, sensitivity_data=sensitivity_data,
                                sensitivity_num=sensitivity_num, sensitivity_mode=sensitivity_mode, max_drop=max_drop,
@@ -205,7 +210,7 @@ def _print_calibration(rep: dict, as_json: bool) -> None:
         out.print(f"[{'green' if b['met'] else 'bold red'}]budget:[/] {b['says']} (FP32 {pct(b['fp32_miou'])}%, "
                   f"INT8 {pct(b['miou'])}%)", highlight=False)
     out.print(f"[green]calibrated[/] {rep['images']} images, method {rep['method']}: {rep['tensors']} tensor scales, "
-              f"{rep['quantized_convs']} Convs quantized")
+              f"{rep['quantized_convs']} Convs quantized, {rep.get('weight_bits', 8)}-bit weights")
     for key in ("cache", "qdq_onnx", "cpu_int8_onnx", "ranges"):
         if key in rep:
             out.print(f"  {key:14s} {rep[key]}")

@@ -18,6 +18,7 @@ import torch
 from ..data.preprocess import Preprocess
 from ..errors import DeepLabEdgeError
 from ..export import read_metadata
+from ..hostinfo import int8_saturates
 from .onnx import check_image_input, check_segmenter_metadata
 
 __all__ = ["OpenVinoRunner", "openvino_unavailable", "HINTS"]
@@ -83,10 +84,18 @@ class OpenVinoRunner:
         out_type = self.compiled.outputs[0].get_element_type()
         self.output_itemsize = out_type.size
         self.runtime_precisions = runtime_precisions(self.compiled)
+        weight_bits = (meta.get("calibration") or {}).get("weight_bits", 8)
+        int8 = any(p in ("i8", "u8") for p in self.runtime_precisions)
+        #: why this model's int8 results may be off on this CPU (None where they are not)
+        self.saturation = (f"{path.name} runs int8 Convs with {weight_bits}-bit weights on an x86 CPU without VNNI: "
+                           "their int16 pair sums can saturate (OpenVINO's saturation issue) and cost accuracy; "
+                           "for OpenVINO here, calibrate with --weight-bits 7") \
+            if int8 and weight_bits == 8 and int8_saturates() else None
         self.info = {"backend": "openvino", "onnx": str(path), "arch": meta.get("arch"),
                      "precision": meta.get("precision"), "precision_hint": HINTS[precision],
                      "threads": self.compiled.get_property("INFERENCE_NUM_THREADS"),
                      "openvino": ov.__version__, "runtime_precisions": self.runtime_precisions,
+                     "int8_saturation": self.saturation,
                      "output": "labels" if self.outputs_labels else "logits"}
 
     def synchronize(self) -> None:
