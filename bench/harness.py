@@ -50,7 +50,7 @@ from deeplab_edge.inference import Segmenter, evaluate
 from deeplab_edge.kernels.device import triton_unavailable
 from deeplab_edge.metrics import ConfusionMatrix
 from deeplab_edge.models import count_flops, count_params
-from deeplab_edge.runtime import open_runner, resolve_device
+from deeplab_edge.runtime import live_runners, open_runner, resolve_device
 from deeplab_edge.runtime.openvino import openvino_unavailable
 
 from .env import environment
@@ -519,6 +519,7 @@ class _Run:
     crfs: list[str]
     power: Any
     progress: Callable[[str, int], Callable[[str], None]] | None
+    log: Callable[[str], None] = lambda s: None
 
     def tick(self, desc: str, total: int):
         return self.progress(desc, total) if self.progress else None
@@ -560,7 +561,7 @@ def run_bench(weights: Path, dataset, config: BenchConfig | None = None, *, work
     if not crfs:
         raise DeepLabEdgeError("no CRF option can run here (" + "; ".join(f"{s['crf']}: {s['reason']}"
                                                                      for s in skipped_crf) + "); add --crf none")
-    run = _Run(config, weights, dataset, dev, loaded, art, stages, crfs, power, progress)
+    run = _Run(config, weights, dataset, dev, loaded, art, stages, crfs, power, progress, log)
     rows: list[dict[str, Any]] = []
     for b in backends:
         outputs = [o for o in config.emit if o == "logits" or b.family in LABEL_FAMILIES] or ["logits"]
@@ -723,6 +724,12 @@ def _latency_pass(run: _Run, b: Backend, runner, seg) -> list[dict[str, Any]]:
     """The model alone (or the multi-scale forward) on preprocessed real images, per batch size, with the
     mean power over the pass where a sampler reads it."""
     cfg, dataset = run.config, run.dataset
+    # one backend timed at a time: no other runner alive (an earlier backend's ONNX Runtime session would spin its
+    # threads after each call, an OpenVINO or LiteRT one hold its pool), the fold runners of the accuracy pass gone
+    others = [r for r in live_runners() if r is not runner]
+    if others:  # the caller's own (a notebook's runner, say): timed anyway, said in the row and the log
+        run.log(f"WARNING: {b.name}: timed while {len(others)} other runner(s) are alive "
+                f"({', '.join(sorted({type(r).__name__ for r in others}))}); their threads may take cores")
     latency = []
     for bs in cfg.batches:
         xb = torch.stack([runner.preprocess(dataset.load(i % len(dataset))[1])[0] for i in range(bs)])
@@ -734,6 +741,7 @@ def _latency_pass(run: _Run, b: Backend, runner, seg) -> list[dict[str, Any]]:
             ms = time_calls(functools.partial(seg.forward if cfg.msc else runner, xr), cfg.warmup, cfg.iters,
                             cuda_device=cuda, sync=getattr(runner, "synchronize", None))
         summary = latency_summary(ms, bs)
+        summary.update(warmup_calls=cfg.warmup, other_runners_alive=len(others))
         if reading.watts is not None:
             summary["power_w"] = reading.watts
             summary["energy_mj_per_image"] = reading.watts * summary["mean_ms"] / bs

@@ -346,6 +346,68 @@ def test_run_bench_returns_the_document_load_result_reads(shared, imported, tmp_
     assert back["environment"]["cpu"] and [s["backend"] for s in back["skipped"]] == ["trt-int8"]
 
 
+def test_timing_discipline_one_backend_at_a_time(shared, imported, tmp_path, monkeypatch):
+    """The harness's timing discipline, checked by structure, not by timing: each backend's timed calls start
+    only after its warm-up calls, with that backend's runner the only one alive (the previous backend's ONNX
+    Runtime session, which would spin its threads after each call, and the accuracy pass's runners released);
+    a runner the caller holds is seen and said in the row and the log."""
+    from deeplab_edge.bench import harness, stats
+    from deeplab_edge.data import open_dataset
+    from deeplab_edge.runtime import live_runners, open_runner
+
+    events: list[tuple[str, ...]] = []
+    real_time_calls, real_clock = harness.time_calls, stats.time.perf_counter
+
+    class _Clock:  # stats.time with perf_counter reads recorded (the only clock time_calls reads on a CPU)
+        def __getattr__(self, name):
+            return getattr(stats.__dict__["_real_time"], name)
+
+        def perf_counter(self):
+            events.append(("clock",))
+            return real_clock()
+
+    def recording_time_calls(fn, warmup, iters, **kw):
+        alive = live_runners()
+        events.append(("start", ",".join(sorted(type(r).__name__ for r in alive)), str(warmup)))
+
+        def call():
+            events.append(("call",))
+            return fn()
+        out = real_time_calls(call, warmup, iters, **kw)
+        events.append(("end",))
+        return out
+
+    monkeypatch.setitem(stats.__dict__, "_real_time", stats.time)
+    monkeypatch.setattr(stats, "time", _Clock())
+    monkeypatch.setattr(harness, "time_calls", recording_time_calls)
+    run, _ = select_backends("torch-fp32,ort-fp32,ort-int8", torch.device("cpu"))
+    voc = open_dataset(shared["voc"])
+    doc = harness.run_bench(imported[0], voc.subset(2), backends=run, crf_methods=["none"], warmup=2, iters=3,
+                            device="cpu", work=tmp_path / "work", calib_on_eval=True, calib_num=2,
+                            calib_method="minmax")
+    starts = [i for i, e in enumerate(events) if e[0] == "start"]
+    assert len(starts) == 3 and [r["backend"] for r in doc["rows"]] == ["torch-fp32", "ort-fp32", "ort-int8"]
+    for k, i in enumerate(starts):
+        end = events.index(("end",), i)
+        assert all(e[0] != "start" for e in events[i + 1:end])  # one backend at a time
+        _, alive, warmup = events[i]
+        assert alive == ("TorchRunner" if k == 0 else "OnnxRunner") and warmup == "2"  # it alone is alive
+        inner = [e[0] for e in events[i + 1:end]]
+        assert inner[:2] == ["call", "call"] and inner.index("clock") == 2  # warm-up before the first clock read
+        assert inner.count("call") == 5 and inner.count("clock") == 6  # 3 timed calls, a clock read either side
+    for r in doc["rows"]:
+        assert r["batches"][0]["other_runners_alive"] == 0 and r["batches"][0]["warmup_calls"] == 2
+    # a runner the caller holds: seen, said in the row and logged
+    held = open_runner(imported[0])
+    logged: list[str] = []
+    run, _ = select_backends("torch-fp32", torch.device("cpu"))
+    doc = harness.run_bench(imported[0], voc.subset(1), backends=run, crf_methods=["none"], warmup=0, iters=1,
+                            device="cpu", work=tmp_path / "work2", log=logged.append)
+    assert doc["rows"][0]["batches"][0]["other_runners_alive"] == 1
+    assert any("1 other runner(s) are alive (TorchRunner)" in m for m in logged), logged
+    del held
+
+
 def test_bench_multi_scale_cell_equals_eval(shared, imported):
     """--scales/--flip in bench: the PyTorch cell equals eval with the same options; fixed-input backends are
     skipped with the reason."""

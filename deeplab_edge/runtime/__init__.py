@@ -21,6 +21,8 @@ test-time scales) in one :class:`~.spec.ModelSpec`, and opens it as a Segmenter.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,7 +38,18 @@ from .openvino import OpenVinoRunner
 from .pytorch import TorchRunner
 from .tensorrt import EngineRunner
 
-__all__ = ["Runner", "open_runner", "resolve_device", "backend_for", "BACKENDS", "SUFFIXES"]
+__all__ = ["Runner", "open_runner", "live_runners", "resolve_device", "backend_for", "BACKENDS", "SUFFIXES"]
+
+#: every runner open_runner made that is still alive (its sessions, thread pools and device memory with it)
+_LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def live_runners() -> list[Any]:
+    """The runners :func:`open_runner` made that are still alive, after a garbage collection (a runner kept
+    only by a reference cycle is released first). A benchmark times one of them at a time: another live
+    ONNX Runtime session spins its threads after each call and takes the cores from the one being timed."""
+    gc.collect()
+    return list(_LIVE)
 
 BACKENDS = ("torch", "compile", "triton", "onnxruntime", "openvino", "litert", "tensorrt")
 SUFFIXES = {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime", ".tflite": "litert", ".engine": "tensorrt",
@@ -89,7 +102,12 @@ def open_runner(path: str | Path, *, backend: str = "auto", precision: str = "fp
     ``arch`` names the architecture of a plain state dict; ``input_size`` overrides a checkpoint's
     input side (resize long side + pad); ``output_stride`` runs a checkpoint's weights at another
     output stride (``models.restride_config``)."""
-    path = Path(path)
+    runner = _open_runner(Path(path), backend, precision, device, threads, arch, input_size, output_stride)
+    _LIVE.add(runner)
+    return runner
+
+
+def _open_runner(path: Path, backend: str, precision: str, device, threads, arch, input_size, output_stride):
     backend = backend_for(path) if backend == "auto" else backend
     if backend not in BACKENDS:
         raise DeepLabEdgeError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
