@@ -520,6 +520,7 @@ class _Run:
     power: Any
     progress: Callable[[str, int], Callable[[str], None]] | None
     log: Callable[[str], None] = lambda s: None
+    preds: Path = Path(".")  # where the accuracy pass saves label maps for the agreement between rows
 
     def tick(self, desc: str, total: int):
         return self.progress(desc, total) if self.progress else None
@@ -561,7 +562,7 @@ def run_bench(weights: Path, dataset, config: BenchConfig | None = None, *, work
     if not crfs:
         raise DeepLabEdgeError("no CRF option can run here (" + "; ".join(f"{s['crf']}: {s['reason']}"
                                                                      for s in skipped_crf) + "); add --crf none")
-    run = _Run(config, weights, dataset, dev, loaded, art, stages, crfs, power, progress, log)
+    run = _Run(config, weights, dataset, dev, loaded, art, stages, crfs, power, progress, log, work / "predictions")
     rows: list[dict[str, Any]] = []
     for b in backends:
         outputs = [o for o in config.emit if o == "logits" or b.family in LABEL_FAMILIES] or ["logits"]
@@ -580,6 +581,7 @@ def run_bench(weights: Path, dataset, config: BenchConfig | None = None, *, work
         raise DeepLabEdgeError("every selected backend failed to start: " +
                                "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped))
     base = next((r for r in rows if r["crf"] == "none" and r["output"] == "logits"), rows[0])
+    _agreements(run, rows, base)
     for r in rows:
         r["miou_delta_points"] = 100 * (r["miou"] - base["miou"])
         r["speedup"] = (base["latency_ms"] / r["latency_ms"]
@@ -693,17 +695,69 @@ def _accuracy_pass(run: _Run, b: Backend, seg, crfs: list[str], output: str = "l
     and the confusion matrices are pooled: no image is scored by a model that calibrated on it."""
     tick = run.tick(f"{b.name}: accuracy", len(run.dataset))
     options = {c: run.stages.get(c) for c in crfs}
+    keep = _prediction_keeper(run, _row_key(b.name, output)) if crfs[0] == "none" else None
     folds = (run.art.get("calibration") or {}).get("folds")
     if not folds or b.family not in ("ort", "qdq", "ov") or b.precision != "int8":
-        return evaluate(seg, run.dataset, on_image=tick, options=options)
+        return evaluate(seg, run.dataset, on_image=tick, options=options, on_prediction=keep)
     key = "cpu_int8_onnx" if b.family == "ort" else "qdq_onnx"
     kw = {"backend": "openvino"} if b.family == "ov" else {"backend": "onnxruntime"}
     evs = []
     for k, fold in enumerate(folds):
         path = fold[key] if output == "logits" else run.art["labels"]["models"][fold[key]]
         s = seg if k == 0 else Segmenter(open_runner(Path(path), threads=run.config.threads, **kw))
-        evs.append(evaluate(s, run.dataset.take(fold["scored"]), on_image=tick, options=options))
+        evs.append(evaluate(s, run.dataset.take(fold["scored"]), on_image=tick, options=options, on_prediction=keep))
     return _pooled(evs)
+
+
+# ----------------------------------------------------------------------------- pixel agreement between rows
+
+def _row_key(backend: str, output: str) -> str:
+    return backend + (" (labels)" if output == "labels" else "")
+
+
+def _prediction_keeper(run: _Run, key: str) -> Callable[[str, np.ndarray], None]:
+    """Saves each image's label map without a CRF under the run's work folder (compressed: a label map packs
+    to a few KB), for :func:`_agreements`."""
+    folder = run.preds / key
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+
+    def keep(sid: str, pred: np.ndarray) -> None:
+        np.savez_compressed(folder / (sid.replace("/", "__").replace("\\", "__") + ".npz"),
+                            p=np.asarray(pred, dtype=np.uint8 if int(pred.max(initial=0)) < 256 else np.int32))
+    return keep
+
+
+def _agreement(a: Path, b: Path) -> float | None:
+    """The share of pixels on which two rows' saved label maps agree, over the images both scored."""
+    same = total = 0
+    for f in sorted(a.glob("*.npz")):
+        g = b / f.name
+        if not g.is_file():
+            return None
+        with np.load(f) as x, np.load(g) as y:
+            p, q = x["p"], y["p"]
+        if p.shape != q.shape:
+            return None
+        same, total = same + int((p.astype(np.int64) == q).sum()), total + p.size
+    return same / total if total else None
+
+
+def _agreements(run: _Run, rows: list[dict[str, Any]], base: dict[str, Any]) -> None:
+    """Each row without a CRF gets ``pixel_agreement``: the share of its pixels labelled as the baseline row
+    labels them (the first backend, no CRF) and, for OpenVINO's INT8 row, as the emulated QDQ model's
+    (``qdq-int8``, the same file) — the same images, predictions saved in the accuracy pass."""
+    ref = _row_key(base["backend"], base["output"])
+    for r in rows:
+        if r["crf"] != "none" or not (run.preds / _row_key(r["backend"], r["output"])).is_dir():
+            continue
+        mine = run.preds / _row_key(r["backend"], r["output"])
+        against = {ref: run.preds / ref}
+        if r["backend"] == "ov-int8":
+            against["qdq-int8"] = run.preds / _row_key("qdq-int8", r["output"])
+        r["pixel_agreement"] = {name: _agreement(mine, d) for name, d in against.items()
+                                if d.is_dir() and d != mine}
+    shutil.rmtree(run.preds, ignore_errors=True)
 
 
 def _pooled(evs: list[dict[str, Any]]) -> dict[str, Any]:

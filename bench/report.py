@@ -52,7 +52,8 @@ def default_tag(env: dict[str, Any]) -> str:
     return slug(device_label(env)) if (env.get("gpu") or env.get("jetson")) else "cpu-" + slug(env.get("cpu", ""))
 
 CSV_COLUMNS = ["device", "model", "arch", "params_m", "gflops", "variant", "output_stride", "scales", "flip",
-               "backend", "output", "precision", "crf", "miou_pct", "miou_delta_points", "latency_ms", "speedup",
+               "backend", "output", "precision", "crf", "miou_pct", "miou_delta_points", "pixels_as_baseline_pct",
+               "pixels_as_qdq_int8_pct", "latency_ms", "speedup",
                "pareto", "model_ms_p50", "model_ms_p90", "model_ms_p99", "crf_ms_p50", "images_per_s_batch1",
                "preprocess_ms_p50", "postprocess_ms_p50", "output_bytes_per_frame", "host_postprocess_ms", "load_ms_p50", "first_call_s", "peak_rss_mb",
                "cuda_peak_allocated_mb", "file_mb", "power_w", "energy_mj_per_image", "images", "latency_is_speed"]
@@ -68,6 +69,7 @@ def _flat(row: dict[str, Any], device: str) -> dict[str, Any]:
            "scales": " ".join(f"{v:g}" for v in row["scales"]) if row.get("scales") else None,
            "flip": row.get("flip"), "backend": row["backend"], "output": row.get("output", "logits"), "precision": row["precision"], "crf": row["crf"],
            "miou_pct": 100 * row["miou"], "miou_delta_points": row.get("miou_delta_points"),
+           **agreement_pct(row),
            "latency_ms": row.get("latency_ms"), "speedup": row.get("speedup"), "pareto": row.get("pareto"),
            "model_ms_p50": b1 and b1["p50_ms"], "model_ms_p90": b1 and b1.get("p90_ms"),
            "model_ms_p99": b1 and b1.get("p99_ms"),
@@ -85,6 +87,15 @@ def _flat(row: dict[str, Any], device: str) -> dict[str, Any]:
             out[f"images_per_s_batch{b['batch']}"] = b.get("images_per_s")
             out[f"model_ms_p50_batch{b['batch']}"] = b["p50_ms"]
     return out
+
+
+def agreement_pct(row: dict[str, Any]) -> dict[str, float | None]:
+    """The row's pixel agreement (percent) with the baseline row and, for OpenVINO's INT8 row, with qdq-int8."""
+    agree = dict(row.get("pixel_agreement") or {})
+    qdq = agree.pop("qdq-int8", None) if row["backend"] != "qdq-int8" else None
+    base = next(iter(agree.values()), None)
+    return {"pixels_as_baseline_pct": None if base is None else 100 * base,
+            "pixels_as_qdq_int8_pct": None if qdq is None else 100 * qdq}
 
 
 def csv_text(result: dict[str, Any]) -> str:

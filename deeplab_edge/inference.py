@@ -197,7 +197,8 @@ def _batches(dataset: SegmentationDataset, batch_size: int, timing: Timing
 
 def evaluate(segmenter: Segmenter, dataset: SegmentationDataset, *, batch_size: int = 1,
              reference_dir: str | None = None, on_image: Callable[[str], None] | None = None,
-             options: dict[str, Any] | None = None) -> dict[str, Any]:
+             options: dict[str, Any] | None = None,
+             on_prediction: Callable[[str, np.ndarray], None] | None = None) -> dict[str, Any]:
     """mIoU, per-class IoU, pixel accuracy and per-image numbers of ``segmenter`` on ``dataset``.
 
     With ``reference_dir`` (a folder of ``<id>.png`` label maps, e.g. another runtime's
@@ -207,7 +208,7 @@ def evaluate(segmenter: Segmenter, dataset: SegmentationDataset, *, batch_size: 
     ``{name: CRF stage, or None for the plain argmax}`` (``bench``'s cells); without it the
     segmenter's own ``crf`` is the one option. The top-level numbers are the first option's;
     with ``options``, every option's are under ``options`` and the per-image times (ms) under
-    ``samples_ms``.
+    ``samples_ms``. ``on_prediction(id, label map)`` receives each image's prediction (the first option's).
     """
     if not dataset.has_labels:
         raise DataError(f"{dataset.root}: some images have no label file; eval needs labels (use predict instead)")
@@ -229,6 +230,8 @@ def evaluate(segmenter: Segmenter, dataset: SegmentationDataset, *, batch_size: 
                 if name != first:
                     cms[name].update(p, label)
             pred = preds[first]
+            if on_prediction is not None:
+                on_prediction(sid, pred)
             own = ConfusionMatrix.summarize(cm.update(pred, label))
             row = {"id": sid, "miou": own["miou"], "pixel_acc": own["pixel_acc"]}
             if reference_dir is not None:

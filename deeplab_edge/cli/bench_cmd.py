@@ -234,6 +234,17 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
+def _pixels(r: dict[str, Any]) -> str:
+    """'pixels %': the share of pixels labelled as the baseline row labels them (and, for ov-int8, as qdq-int8)."""
+    from ..bench.report import agreement_pct
+
+    a = agreement_pct(r)
+    cell = f"{a['pixels_as_baseline_pct']:.2f}" if a["pixels_as_baseline_pct"] is not None else "-"
+    if a["pixels_as_qdq_int8_pct"] is not None:
+        cell += f" (qdq {a['pixels_as_qdq_int8_pct']:.2f})"
+    return cell
+
+
 def _bench_table(result: dict[str, Any], title: str) -> None:
     from ..bench.report import row_name
 
@@ -243,7 +254,7 @@ def _bench_table(result: dict[str, Any], title: str) -> None:
     batch_sizes = sorted({b["batch"] for r in rows for b in r["batches"]})
     power = any(b.get("power_w") for r in rows for b in r["batches"])
     t = Table(title=title)
-    cols = (["device"] if merged else []) + (["model", "setting", "GFLOPs/pass"] if several else []) + ["backend", "CRF", "mIoU %", "Δ pts", "latency ms", "speed-up",
+    cols = (["device"] if merged else []) + (["model", "setting", "GFLOPs/pass"] if several else []) + ["backend", "CRF", "mIoU %", "Δ pts", "pixels %", "latency ms", "speed-up",
                                              "model p50/p90/p99 ms", "CRF ms"] + \
         [f"img/s b{b}" for b in batch_sizes] + ["out KB", "host ms", "peak MB", "file MB"] + (["W", "mJ/img"] if power else []) + ["Pareto"]
     for c in cols:
@@ -257,7 +268,7 @@ def _bench_table(result: dict[str, Any], title: str) -> None:
         cells = ([r["device"]] if merged else []) + ([r.get("model", "?"), r.get("variant", ""),
                                                       f"{info['gflops']:.1f}" if info.get("gflops") else "-"]
                                                      if several else []) + [
-            row_name(r), r["crf"], pct(r["miou"]), f"{r.get('miou_delta_points', 0):+.2f}",
+            row_name(r), r["crf"], pct(r["miou"]), f"{r.get('miou_delta_points', 0):+.2f}", _pixels(r),
             f"{r['latency_ms']:.1f}" if speed and r["latency_ms"] else "emulated",
             f"{r['speedup']:.2f}x" if r.get("speedup") else "-",
             "/".join(_ms(b1.get(k)) for k in ("p50_ms", "p90_ms", "p99_ms")) if b1 and speed else "-",
@@ -278,7 +289,8 @@ def _bench_table(result: dict[str, Any], title: str) -> None:
                   f"{', '.join(parts)}. Latency = model p50 at batch 1 + CRF median. 'out KB': what the model hands "
                   "the host per frame; 'host ms': the host's median from there to the label map (arg-max, the "
                   "image's size) without a CRF. 'emulated': the TensorRT QDQ model run as fake-quant arithmetic "
-                  "gives the INT8 engine's accuracy, not its speed.[/]")
+                  "gives the INT8 engine's accuracy, not its speed. 'pixels %': labelled as the first row without "
+                  "a CRF labels them (ov-int8: also as qdq-int8, the same file).[/]")
 
 
 @bench_group.command("compare")
