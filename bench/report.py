@@ -98,6 +98,27 @@ def agreement_pct(row: dict[str, Any]) -> dict[str, float | None]:
             "pixels_as_qdq_int8_pct": None if qdq is None else 100 * qdq}
 
 
+def int8_runtimes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Which INT8 runtime is fastest here, per model and setting: every INT8 row that ran at real speed (not the
+    emulated QDQ model), without a CRF, logits out, fastest first; the INT8 models of one run share their
+    calibration. Each entry: model, variant, backend, latency (ms), mIoU, pixels as the baseline row (percent),
+    and the ratio of its latency to the fastest's."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["precision"] == "int8" and r.get("latency_is_speed", True) and r["crf"] == "none" and \
+                r.get("output", "logits") == "logits" and r.get("latency_ms"):
+            groups.setdefault((r.get("device"), r.get("model"), r.get("variant")), []).append(r)
+    out = []
+    for (device, model, variant), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["latency_ms"])
+        for rank, r in enumerate(rs, 1):
+            out.append({"device": device, "model": model, "variant": variant, "rank": rank, "backend": r["backend"],
+                        "latency_ms": r["latency_ms"], "miou": r["miou"],
+                        "pixels_as_baseline_pct": agreement_pct(r)["pixels_as_baseline_pct"],
+                        "times_fastest": r["latency_ms"] / rs[0]["latency_ms"]})
+    return out
+
+
 def csv_text(result: dict[str, Any]) -> str:
     """The rows as CSV (every device's rows for a merged result)."""
     flat = [_flat(r, r.get("device") or device_label(result["environment"])) for r in result["rows"]]

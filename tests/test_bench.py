@@ -47,6 +47,23 @@ def test_latency_summary_throughput():
     assert s["images_per_s"] == pytest.approx(4 / 0.025)  # 160 images/s
 
 
+def test_int8_runtimes_rank_real_int8_rows_per_model():
+    from deeplab_edge.bench.report import int8_runtimes
+
+    def row(backend, precision, ms, crf="none", speed=True, model="a", output="logits", agree=None):
+        return {"backend": backend, "precision": precision, "latency_ms": ms, "crf": crf, "latency_is_speed": speed,
+                "model": model, "variant": "os16", "output": output, "miou": ms / 100,
+                "pixel_agreement": {"torch-fp32": agree} if agree else {}}
+    rows = [row("torch-fp32", "fp32", 30), row("ort-int8", "int8", 41.2, agree=0.99), row("ov-int8", "int8", 22.4),
+            row("qdq-int8", "int8", 5, speed=False), row("ov-int8", "int8", 900, crf="torch"),
+            row("ov-int8", "int8", 20, output="labels"), row("ort-int8", "int8", 10, model="b")]
+    got = int8_runtimes(rows)
+    assert [(e["model"], e["rank"], e["backend"]) for e in got] == [("a", 1, "ov-int8"), ("a", 2, "ort-int8"),
+                                                                     ("b", 1, "ort-int8")]
+    assert got[1]["times_fastest"] == pytest.approx(41.2 / 22.4) and got[1]["pixels_as_baseline_pct"] == 99.0
+    assert got[0]["pixels_as_baseline_pct"] is None
+
+
 def test_pareto_front_hand_computed():
     pts = [(10, 0.80),   # A: optimal (fastest above 0.5)
            (20, 0.90),   # B: optimal (most accurate)

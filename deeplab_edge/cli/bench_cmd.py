@@ -127,7 +127,7 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
         return
     from ..bench.harness import CRF_CHOICES, SHOWN_CALIBRATION_WARNINGS
     from ..bench.matrix import Variant, model_files
-    from ..bench.report import default_tag, device_label, write_results
+    from ..bench.report import default_tag, device_label, int8_runtimes, write_results
     from ..crf import load_crf_params
 
     if not weights or data is None:
@@ -162,6 +162,7 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
                               labels_dtype=labels_dtype,
                               settings={"split": split, "requested": backends}),
                          artifacts)
+    result["int8_runtimes"] = int8_runtimes(result["rows"])
     env = result["environment"]
     written = write_results(result, Path(output), tag or default_tag(env), png=not no_plot) if output else {}
     if as_json:
@@ -228,6 +229,22 @@ def _print_notes(result: dict[str, Any], shown_warnings: tuple[str, ...]) -> Non
                 lines[f"[bold yellow]warning:[/] {where}{w['message']}"] = None
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
+    _print_int8_ranking(result)
+
+
+def _print_int8_ranking(result: dict[str, Any]) -> None:
+    """One line per model, setting (and machine): the fastest INT8 runtime measured, then the others."""
+    ranked = result.get("int8_runtimes") or []
+    for first in (e for e in ranked if e["rank"] == 1):
+        others = [e for e in ranked if (e["device"], e["model"], e["variant"]) ==
+                  (first["device"], first["model"], first["variant"]) and e["rank"] > 1]
+        if not others:
+            continue
+        where = " ".join(str(x) for x in (first["device"], first["model"], first["variant"]) if x)
+        rest = ", ".join(f"{e['backend']} {e['latency_ms']:.1f} ms ({e['times_fastest']:.2f}x)" for e in others)
+        console.print(f"fastest INT8 runtime{' for ' + where if where else ''}: [bold]{first['backend']}[/] "
+                      f"{first['latency_ms']:.1f} ms, mIoU {pct(first['miou'])}%; then {rest} (same calibration)",
+                      highlight=False, soft_wrap=True)
 
 
 def _ms(v: float | None) -> str:
@@ -301,13 +318,14 @@ def _bench_table(result: dict[str, Any], title: str) -> None:
 def bench_compare(results, tag, output, as_json) -> None:
     """Merge result files from several machines (e.g. a desktop GPU and a Jetson Orin)
     into one table and one plot; the Pareto front is recomputed over all of them."""
-    from ..bench.report import check_not_outputs, load_result, merge, write_results
+    from ..bench.report import check_not_outputs, int8_runtimes, load_result, merge, write_results
 
     if output:  # before reading anything: an input that the merged files would replace
         check_not_outputs(results, Path(output), tag)
     if len(results) < 2:
         console.print("[yellow]note:[/] one result file: nothing to merge, showing it alone", highlight=False)
     merged = merge([(str(p), load_result(p)) for p in results])
+    merged["int8_runtimes"] = int8_runtimes(merged["rows"])
     if not merged["same_data"]:
         console.print("[yellow]warning:[/] the files measured different data (or numbers of images): their mIoU "
                       "columns are not comparable", highlight=False)
@@ -316,6 +334,7 @@ def bench_compare(results, tag, output, as_json) -> None:
         print_json({**merged, **({"files": files} if files else {})})
         return
     _bench_table(merged, title=f"{len(merged['rows'])} cells from {len(merged['sources'])} machines")
+    _print_int8_ranking(merged)
     for k, v in files.items():
         out.print(f"[green]wrote[/] {v}")
 
