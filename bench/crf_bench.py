@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from deeplab_edge.crf import DEVICE_METHODS, PermutohedralLattice, dense_crf, lattice_features, with_overrides
+from deeplab_edge.crf import (DEVICE_METHODS, PermutohedralLattice, dense_crf, lattice_features, prune_labels,
+                              unary_from, with_overrides)
+from deeplab_edge.crf.lattice import profile_lattice_crf
 from deeplab_edge.crf import METHODS as CRF_METHODS
 from deeplab_edge.data.preprocess import Preprocess
 from deeplab_edge.metrics import ConfusionMatrix
@@ -75,9 +77,12 @@ class _MethodTimes:
 
 
 def run_crf_bench(segmenter, dataset, methods: Iterable[str], params, *, device: torch.device,
-                  size: int = 513, speed_images: int = 2, estimate_lattice: bool = False,
+                  size: int = 513, speed_images: int = 2, estimate_lattice: bool = False, profile: bool = False,
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """mIoU without / with each CRF method on ``dataset``, and seconds per image (medians of warm calls).
+
+    ``profile``: also the ``torch`` lattice stage by stage (:func:`~deeplab_edge.crf.lattice.profile_lattice_crf`)
+    on each speed image at ``size`` x ``size`` with label pruning, after the timed calls: where its time goes.
 
     ``estimate_lattice``: also give the Triton lattice's roofline estimate for each speed
     image, from its real lattice size (for machines where that kernel cannot be timed)."""
@@ -89,7 +94,7 @@ def run_crf_bench(segmenter, dataset, methods: Iterable[str], params, *, device:
     cms = {"none": ConfusionMatrix(n_cls), **{m: ConfusionMatrix(n_cls) for m in methods}}
     times = {m: _MethodTimes(m) for m in methods}
     all_labels = with_overrides(params, label_threshold=0.0)
-    estimates = []
+    estimates, profiles = [], []
     for i, (sid, image, label) in enumerate(dataset):
         (logits, geom), = segmenter.logits_batch([image])
         full = Preprocess.restore_logits(logits.float(), geom).cpu()
@@ -111,6 +116,11 @@ def run_crf_bench(segmenter, dataset, methods: Iterable[str], params, *, device:
             if i < speed_images:
                 times[m].measure("pruned", lambda: dense_crf(img_s, lg_s, params, method=m, device=dev), dev)
                 times[m].measure("all_labels", lambda: dense_crf(img_s, lg_s, all_labels, method=m, device=dev), dev)
+        if profile and i < speed_images and device.type == "cpu":
+            unary = unary_from(lg_s, "logits")
+            _, keep = prune_labels(unary, params)
+            _, info = profile_lattice_crf(torch.from_numpy(img_s.copy()), unary[keep], params)
+            profiles.append({"image": sid, **info})
     res = {"images": len(dataset), "speed_images": min(speed_images, len(dataset)), "size": size,
            "params": params.as_dict(), "rows": _rows(cms, times, methods, device, size),
            "timing": {"statistic": "median",
@@ -118,6 +128,12 @@ def run_crf_bench(segmenter, dataset, methods: Iterable[str], params, *, device:
                                 "compiled and autotuned then); pydensecrf warmed up once",
                       "first_call": "first_call_s: a method's first call (compilation, autotuning and library "
                                     "loading included), in no median"}}
+    if profiles:
+        stages = {k: [p["build_ms"][k] for p in profiles] for k in profiles[0]["build_ms"]}
+        per_it = {k: [p["iterations_ms"][k] / p["iterations"] for p in profiles] for k in profiles[0]["iterations_ms"]}
+        res["torch_profile"] = {"size": size, "images": profiles,
+                                "median_build_ms": {k: float(np.median(v)) for k, v in stages.items()},
+                                "median_ms_per_iteration": {k: float(np.median(v)) for k, v in per_it.items()}}
     if estimates:
         res["triton_lattice_estimate"] = {
             "label": f"roofline lower bound at {size}x{size}, all {n_cls} labels, from each image's real lattice size "

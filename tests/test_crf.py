@@ -208,9 +208,12 @@ def test_eval_with_crf_and_crf_bench_cli(shared, imported, tmp_path, monkeypatch
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     out = tmp_path / "crf.json"
+    tuned = tmp_path / "tuned.json"
+    tuned.write_text(json.dumps({"w1": 3.0, "theta_alpha": 20.0, "theta_beta": 2.0}))
     res = CliRunner().invoke(main, ["crf", "bench", "--weights", str(imported[0]), "--data", str(shared["voc"]),
                                     "--num-images", "2", "--speed-images", "1", "--size", "97", "--iterations", "3",
-                                    "--methods", "pydensecrf,torch,triton", "--device", "cpu", "-o", str(out)])
+                                    "--methods", "pydensecrf,torch,triton", "--device", "cpu", "--profile",
+                                    "--crf-params", str(tuned), "--threads", "1", "-o", str(out)])
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     assert [r["method"] for r in data["rows"]] == ["none", "pydensecrf", "torch"]
@@ -219,6 +222,13 @@ def test_eval_with_crf_and_crf_bench_cli(shared, imported, tmp_path, monkeypatch
     assert ref["gain_points"] == pytest.approx(100 * (ref["miou"] - none["miou"]))
     assert ours["s_per_image_97x97"] > 0 and ours["s_per_image_97x97_all_labels"] > 0
     assert data["environment"]["cpu"] and data["params"]["iterations"] == 3
+    assert (data["params"]["w1"], data["params"]["theta_alpha"], data["params"]["theta_beta"]) == (3.0, 20.0, 2.0)
+    prof = data["torch_profile"]  # the stage-by-stage account of the torch lattice on the speed image
+    assert len(prof["images"]) == 1 and prof["images"][0]["points"] == 97 * 97
+    assert list(prof["median_build_ms"])[:2] == ["features", "elevate"] and "blur matrices" in prof["median_build_ms"]
+    assert set(prof["median_ms_per_iteration"]) == {"filter: splat", "filter: blur (d+1 axes)", "filter: slice",
+                                                    "spatial", "softmax"}
+    assert prof["images"][0]["iterations"] == 3
     est = data["triton_lattice_estimate"]  # triton could not run: its estimate from the real image's lattice
     assert "not a measurement" in est["label"] and len(est["images"]) == 1 and est["images"][0]["vertices"] > 0
     assert 0 < est["mean_ms"]["sm_90"] < est["mean_ms"]["sm_87"]
@@ -337,6 +347,22 @@ def test_lattice_csr_rows_have_sorted_columns_and_filter_as_the_dense_maps():
         v = out
     expected = lat.alpha * splat @ v
     torch.testing.assert_close(lat.filter(values.float()).double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_profiled_lattice_crf_is_the_lattice_crf(voc_logits):
+    """The stage-by-stage run behind `crf bench --profile` computes exactly what the torch lattice CRF does."""
+    from deeplab_edge.crf import prune_labels, unary_from
+
+    img, _, logits = voc_logits[1]
+    p = PRESETS["deeplab-v2"]
+    unary = unary_from(logits, "logits")
+    _, keep = prune_labels(unary, p)
+    image = torch.from_numpy(np.ascontiguousarray(img))
+    q, info = LAT.profile_lattice_crf(image, unary[keep], p)
+    assert torch.equal(q, LAT.permutohedral_crf(image, unary[keep], p))
+    assert info["labels"] == int(keep.sum()) and info["vertices"] == PermutohedralLattice(
+        LAT.lattice_features(image, p)).num_vertices
+    assert all(v >= 0 for v in [*info["build_ms"].values(), *info["iterations_ms"].values()])
 
 
 def test_lattice_csr_matrices_pass_pytorchs_invariant_check():

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (COUNT, NONNEG, SIDE, choices, console, emit, finite_float, int_list, out, output_option, pct,
+from .common import (COUNT, NONNEG, SIDE, THREADS, choices, console, emit, finite_float, int_list, out, output_option, pct,
                      print_warning, progress_bar)
 
 # ----------------------------------------------------------------------------- kernels
@@ -224,16 +224,22 @@ def crf_group() -> None:
 @click.option("--methods", default="pydensecrf,torch,triton,window,triton-window", show_default=True,
               help="CRF implementations, run side by side; those that cannot run here are listed as skipped.")
 @click.option("--preset", type=click.Choice(["deeplab-v2", "deeplab-v1"]), default="deeplab-v2", show_default=True)
+@click.option("--crf-params", type=click.Path(path_type=Path),
+              help="CRF parameters from `crf tune -o FILE` (chosen on held-out images) instead of --preset.")
 @click.option("--iterations", type=NONNEG, help="Mean-field iterations (default: the preset's, 10).")
 @click.option("--num-images", type=COUNT, help="Use only the first N images.")
 @click.option("--speed-images", default=2, type=NONNEG, show_default=True,
               help="Images also timed at --size x --size (with and without label pruning).")
+@click.option("--profile", is_flag=True, help="Also time the torch lattice stage by stage on the speed images "
+              "(CPU): its construction steps and each mean-field update's splat, blurs, slice, spatial pass and "
+              "softmax.")
+@click.option("--threads", type=THREADS, help="PyTorch's intra-op threads (default: all cores; pydensecrf uses one).")
 @click.option("--size", default=513, type=SIDE, show_default=True, help="Side of the reference-speed inputs.")
 @click.option("--device", default="auto", show_default=True, help="Device of the network and the torch/triton CRFs.")
 @output_option("file", "Write the results as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def crf_bench(weights, data, methods, preset, iterations, num_images, speed_images, size, device, output,
-              as_json) -> None:
+def crf_bench(weights, data, methods, preset, crf_params, iterations, num_images, speed_images, profile, threads,
+              size, device, output, as_json) -> None:
     """Time per image and mIoU gain of pydensecrf, the lattice in PyTorch and in Triton, and
     the window approximation in PyTorch and in Triton, on the same network outputs in one run."""
     from ..bench.crf_bench import CRF_METHODS, run_crf_bench
@@ -261,7 +267,17 @@ def crf_bench(weights, data, methods, preset, iterations, num_images, speed_imag
     if not run_methods:
         raise DeepLabEdgeError("no CRF method can run here (" + "; ".join(f"{m}: {r}" for m, r in skipped.items()) +
                                "); pick others with --methods")
-    params = with_overrides(PRESETS[preset], iterations=iterations)
+    if crf_params is not None and click.get_current_context().get_parameter_source("preset") == \
+            click.core.ParameterSource.COMMANDLINE:
+        raise DeepLabEdgeError("--crf-params replaces --preset; give one of them")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from ..crf import load_crf_params
+
+    base = load_crf_params(crf_params) if crf_params is not None else PRESETS[preset]
+    params = with_overrides(base, iterations=iterations)
     segmenter, _, info = open_segmenter(ModelSpec(weights=weights, device=str(dev)), warn=print_warning)
     ds = open_dataset(data, "auto", "val").subset(num_images)
     if ds.kind == "folder":
@@ -269,13 +285,14 @@ def crf_bench(weights, data, methods, preset, iterations, num_images, speed_imag
     with progress_bar() as prog:
         task = prog.add_task("crf", total=len(ds) * len(run_methods))
         res = run_crf_bench(segmenter, ds, run_methods, params, device=dev, size=size, speed_images=speed_images,
-                            estimate_lattice="triton" in skipped,
+                            estimate_lattice="triton" in skipped, profile=profile,
                             progress=lambda d: prog.update(task, advance=1, description=d))
     res.update({"environment": environment(), "model": info, "data": str(data),
                 "skipped": [{"method": m, "reason": r} for m, r in skipped.items()]})
     if emit(res, output, as_json):
         return
-    t = Table(title=f"Dense CRF on {res['images']} images of {data} ({params.iterations} iterations, preset {preset})")
+    source = f"parameters {crf_params}" if crf_params is not None else f"preset {preset}"
+    t = Table(title=f"Dense CRF on {res['images']} images of {data} ({params.iterations} iterations, {source})")
     for col in ("method", "device", "mIoU %", "gain (points)", "% of pydensecrf gain", "s / image",
                 f"s @ {size}² ", f"s @ {size}² all labels", "vs pydensecrf"):
         t.add_column(col, justify="left" if col in ("method", "device") else "right")
@@ -290,6 +307,18 @@ def crf_bench(weights, data, methods, preset, iterations, num_images, speed_imag
     out.print(t)
     for m, reason in skipped.items():
         console.print(f"[yellow]skipped {m}:[/] {reason}", highlight=False)
+    prof = res.get("torch_profile")
+    if prof:
+        pt = Table(title=f"torch lattice, stage by stage (median of {len(prof['images'])} images at {size}x{size}, "
+                         f"pruned labels; {prof['images'][0]['vertices']} lattice vertices for "
+                         f"{prof['images'][0]['points']} pixels in the first)")
+        pt.add_column("stage")
+        pt.add_column("ms", justify="right")
+        for k, v in prof["median_build_ms"].items():
+            pt.add_row(f"build: {k}", f"{v:.1f}")
+        for k, v in prof["median_ms_per_iteration"].items():
+            pt.add_row(f"per iteration: {k}", f"{v:.1f}")
+        out.print(pt)
     est = res.get("triton_lattice_estimate")
     if est:
         out.print(f"triton (lattice) estimate, not a measurement: {est['mean_ms']['sm_90']:.2f} ms per image on H100, "

@@ -48,7 +48,7 @@ from .reference import pydensecrf_crf
 
 __all__ = ["CRFParams", "CRFStage", "PARAMS_FORMAT", "load_crf_params", "PRESETS", "METHODS", "DEVICE_METHODS", "TRITON_METHODS", "dense_crf",
            "PermutohedralLattice", "LatticeSetup", "lattice_features", "lattice_setup", "lattice_step_reference",
-           "unary_from", "with_overrides", "gaussian_radius", "gaussian_1d"]
+           "unary_from", "prune_labels", "with_overrides", "gaussian_radius", "gaussian_1d"]
 
 
 def _check_inputs(image: np.ndarray, scores: np.ndarray | torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
@@ -95,9 +95,7 @@ def dense_crf(image: np.ndarray, scores: np.ndarray | torch.Tensor, params: CRFP
     if method == "pydensecrf":
         return pydensecrf_crf(image, unary.cpu(), params).to(dev)
     img = torch.from_numpy(np.require(image, np.uint8, ["C", "W"])).to(dev)  # writable: torch warns otherwise
-    prob = torch.exp(-unary)
-    keep = prob.amax((1, 2)) >= params.label_threshold
-    keep[prob.sum((1, 2)).argmax()] = True
+    prob, keep = prune_labels(unary, params)
     active = unary[keep]
     if method == "torch":
         q = permutohedral_crf(img, active, params)
@@ -114,6 +112,15 @@ def dense_crf(image: np.ndarray, scores: np.ndarray | torch.Tensor, params: CRFP
     out = prob.clone()
     out[keep] = q * (1.0 - prob[~keep].sum(0))  # the left-out labels keep their (tiny) mass
     return out
+
+
+def prune_labels(unary: torch.Tensor, params: CRFParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the probabilities ``exp(-unary)``, the labels the CRF runs on): those whose probability reaches
+    ``label_threshold`` somewhere, and always the most probable one overall."""
+    prob = torch.exp(-unary)
+    keep = prob.amax((1, 2)) >= params.label_threshold
+    keep[prob.sum((1, 2)).argmax()] = True
+    return prob, keep
 
 
 class CRFStage:

@@ -19,7 +19,7 @@ from ..errors import DeepLabEdgeError
 from .params import CRFParams, gaussian_1d
 
 __all__ = ["PermutohedralLattice", "SpatialFilter", "LatticeSetup", "lattice_features", "lattice_setup",
-           "permutohedral_crf", "lattice_step_reference", "CHECK_CSR_INVARIANTS"]
+           "permutohedral_crf", "lattice_step_reference", "profile_lattice_crf", "CHECK_CSR_INVARIANTS"]
 
 #: Validate every CSR matrix built here with PyTorch's invariant check (crow indices, columns in
 #: range, sorted and distinct within each row: what cuSPARSE assumes). Off in use: the check costs
@@ -339,3 +339,63 @@ def lattice_step_reference(image: torch.Tensor, unary: torch.Tensor, q: torch.Te
     flat = lambda t: t.float().reshape(labels, -1).t().contiguous()  # noqa: E731
     return _lattice_update(st.lattice, spatial, flat(unary), flat(q), st.bil_norm, st.sp_norm, p).t().reshape(
         labels, h, w)
+
+
+def profile_lattice_crf(image: torch.Tensor, unary: torch.Tensor, p: CRFParams) -> tuple[torch.Tensor, dict]:
+    """:func:`permutohedral_crf` run stage by stage with a clock around each (CPU: the stages are synchronous):
+    (its marginals, equal to :func:`permutohedral_crf`'s, and the milliseconds of each stage). ``build``: the
+    lattice's construction steps, then the normalisers; ``iteration``: each mean-field update's parts, summed over
+    the iterations (``filter:*`` are the bilateral message's splat, the d+1 blurs and the slice)."""
+    import time
+
+    build: dict[str, float] = {}
+    it: dict[str, float] = {}
+
+    def clock(table: dict[str, float], name: str, fn):
+        t = time.perf_counter()
+        out = fn()
+        table[name] = table.get(name, 0.0) + 1e3 * (time.perf_counter() - t)
+        return out
+
+    labels, h, w = unary.shape
+    feats = clock(build, "features", lambda: lattice_features(image, p))
+    lat = PermutohedralLattice.__new__(PermutohedralLattice)
+    n, d = feats.shape
+    lat.d = d
+    elevated = clock(build, "elevate", lambda: _elevate(feats.float()))
+    rem0, rank = clock(build, "enclosing simplex", lambda: _enclosing_simplex(elevated))
+    lat.bary = clock(build, "barycentric", lambda: _barycentric(elevated, rem0, rank))
+    packed, key_weights = clock(build, "vertex keys", lambda: _packed_simplex_keys(rem0, rank))
+    uniq, order, inverse = clock(build, "unique vertices (sort)", lambda: _unique_vertices(packed))
+    lat.num_points, lat.num_vertices = n, uniq.numel()
+    lat.offset = inverse.reshape(n, d + 1)
+    lat.alpha = 1.0 / (1.0 + 2.0 ** (-d))
+    lat.slice, lat.splat = clock(build, "slice/splat matrices", lambda: _slice_and_splat(
+        lat.offset, lat.bary, order, inverse, lat.alpha, lat.num_vertices))
+    axes = clock(build, "blur matrices", lambda: [_blur_axis(uniq, key_weights, a) for a in range(d + 1)])
+    lat.blur = [csr for csr, _ in axes]
+    lat.neighbours = torch.stack([nb for _, nb in axes])
+    lat._buffers = {}
+    ones = torch.ones(h * w, 1, device=image.device)
+    bil_norm = clock(build, "normalisers", lambda: lat.filter(ones).clamp_min(1e-20).rsqrt())
+    sp_norm = SpatialFilter(p.theta_gamma, h, w, 1, image.device)(ones).clamp_min(1e-20).rsqrt()
+    spatial = SpatialFilter(p.theta_gamma, h, w, labels, unary.device)
+    u = unary.reshape(labels, -1).t().contiguous()
+    q = _softmax_rows(-u)
+    for _ in range(p.iterations):  # _lattice_update, its parts clocked
+        v = (q * bil_norm).contiguous()
+        x, y = torch.empty(lat.num_vertices, labels), torch.empty(lat.num_vertices, labels)
+        clock(it, "filter: splat", lambda: torch.addmm(x, lat.splat, v, beta=0.0, out=x))
+        for blur in lat.blur:
+            clock(it, "filter: blur (d+1 axes)", lambda: torch.addmm(y, blur, x, beta=0.0, out=y))
+            x, y = y, x
+        out = torch.empty(n, labels)
+        msg = clock(it, "filter: slice", lambda: torch.addmm(out, lat.slice, x, beta=0.0, out=out))
+        msg.mul_(bil_norm).mul_(p.w1)
+        sp = clock(it, "spatial", lambda: spatial(q * sp_norm))
+        msg.addcmul_(sp, sp_norm, value=p.w2)
+        q = clock(it, "softmax", lambda: _softmax_rows(msg.sub_(u)))
+    info = {"points": n, "vertices": lat.num_vertices, "labels": labels, "iterations": p.iterations,
+            "build_ms": build, "iterations_ms": it, "build_total_ms": sum(build.values()),
+            "iterations_total_ms": sum(it.values())}
+    return q.t().reshape(labels, h, w).contiguous(), info
