@@ -265,7 +265,7 @@ def plan_calibration(dataset, calib_data: Path | None = None, folds: int = 3, on
 
 def build_artifacts(loaded, weights: Path, dataset, work: Path, backends: list[Backend], *, batches: list[int],
                     plan: CalibrationPlan, calib_num: int, calib_method: str,
-                    log: Callable[[str], None]) -> dict[str, Any]:
+                    log: Callable[[str], None], weight_bits: int = 8) -> dict[str, Any]:
     """The FP32 ONNX export and the INT8 models the chosen backends need, in ``work``; what ``work`` already
     holds is reused only when its stamp says it was made from the same weights, settings and images."""
     families = {(b.family, b.precision) for b in backends}
@@ -274,7 +274,8 @@ def build_artifacts(loaded, weights: Path, dataset, work: Path, backends: list[B
     export_key, info = _export_artifact(loaded, weights, dataset, work, max(batches) > 1, log)
     art = {"onnx_fp32": info}
     if CALIBRATED & families:
-        art["calibration"] = _calibrations(work, export_key, dataset, plan, calib_num, calib_method, log)
+        art["calibration"] = _calibrations(work, export_key, dataset, plan, calib_num, calib_method, log,
+                                           weight_bits)
     return art
 
 
@@ -298,7 +299,7 @@ def label_models(art: dict[str, Any], dtype: str, log: Callable[[str], None]) ->
 
 
 def _calibrations(work: Path, export_key: str, dataset, plan: CalibrationPlan, calib_num: int, calib_method: str,
-                  log: Callable[[str], None]) -> dict[str, Any]:
+                  log: Callable[[str], None], weight_bits: int = 8) -> dict[str, Any]:
     """Every INT8 model of ``plan`` (one, or one per fold in ``work/foldK``): the first one's record at the top
     (its models time the INT8 backends), with how it was planned and, for folds, each fold's models and images."""
     log(plan.says)
@@ -307,7 +308,8 @@ def _calibrations(work: Path, export_key: str, dataset, plan: CalibrationPlan, c
         where = work if len(plan.sources) == 1 else work / f"fold{k}"
         where.mkdir(parents=True, exist_ok=True)
         models.append(_calibration_artifact(where, work / "model_fp32.onnx", export_key, dataset.take(scored), source,
-                                            calib_num, calib_method, log, given=plan.how == "given"))
+                                            calib_num, calib_method, log, given=plan.how == "given",
+                                            weight_bits=weight_bits))
     info = {**models[0], "how": plan.how, "says": plan.says,
             "overlap_images": sum(m["overlap_images"] for m in models),
             "held_out": all(m["held_out"] for m in models)}
@@ -345,7 +347,7 @@ def _export_artifact(loaded, weights: Path, dataset, work: Path, batch: bool, lo
 
 
 def _calibration_artifact(work: Path, fp32: Path, export_key: str, scored, src, calib_num: int, calib_method: str,
-                          log: Callable[[str], None], given: bool = True) -> dict[str, Any]:
+                          log: Callable[[str], None], given: bool = True, weight_bits: int = 8) -> dict[str, Any]:
     """The QDQ and CPU INT8 models in ``work`` calibrated on ``src`` (a folder or a dataset; reused for the same
     export, method and images by content), with how many of the ``scored`` images calibrated them."""
     from deeplab_edge.calibration.workflow import calibrate
@@ -356,7 +358,7 @@ def _calibration_artifact(work: Path, fp32: Path, export_key: str, scored, src, 
     data = str(Path(src).resolve()) if not isinstance(src, SegmentationDataset) else str(Path(calib_ds.root).resolve())
     # the calibration images by content (a folder whose images changed is calibrated again)
     key = json.dumps({"export": export_key, "data": data, "images_sha1": image_digests(calib_images),
-                      "num": calib_num, "method": calib_method}, sort_keys=True)
+                      "num": calib_num, "method": calib_method, "weight_bits": weight_bits}, sort_keys=True)
     if qdq.is_file() and cpu.is_file() and stamp.is_file() and stamp.read_text() == key:
         log(f"reusing the calibration in {work}")
         info: dict[str, Any] = {"reused": True}
@@ -365,11 +367,11 @@ def _calibration_artifact(work: Path, fp32: Path, export_key: str, scored, src, 
         t = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # recorded in the report, shown below by kind
-            rep = calibrate(fp32, src, work, num=calib_num, method=calib_method)
+            rep = calibrate(fp32, src, work, num=calib_num, method=calib_method, weight_bits=weight_bits)
         stamp.write_text(key)
         info = {"seconds": time.perf_counter() - t, "images": rep["images"], "warnings": rep["warnings"],
                 "cpu_int8": rep.get("cpu_int8")}
-    info.update({"method": calib_method, "data": data, "qdq_onnx": str(qdq), "cpu_int8_onnx": str(cpu),
+    info.update({"method": calib_method, "weight_bits": weight_bits, "data": data, "qdq_onnx": str(qdq), "cpu_int8_onnx": str(cpu),
                  "cache": str(work / "calibration.cache")})
     shared = shared_images(calib_images, [smp.image for smp in scored.samples])
     info["overlap_images"] = len(shared)
@@ -461,6 +463,7 @@ class BenchConfig:
     calib_data: Path | None = None
     calib_num: int = 256
     calib_method: str = "mse"
+    calib_weight_bits: int = 8  # 7: the QDQ model's weights within +-63 (OpenVINO on x86 without VNNI)
     calib_folds: int = 3
     calib_on_eval: bool = False
     engines: Mapping[str, Path] = field(default_factory=dict)
@@ -483,6 +486,8 @@ class BenchConfig:
         if self.calib_folds < 2:
             raise DeepLabEdgeError(f"--calib-folds must be >= 2 (calibrate on the others, score each), got "
                                    f"{self.calib_folds}")
+        if self.calib_weight_bits not in (8, 7):
+            raise DeepLabEdgeError(f"--weight-bits {self.calib_weight_bits!r}: use 8 or 7")
         if self.crf_preset not in PRESETS:
             raise DeepLabEdgeError(f"unknown CRF preset {self.crf_preset!r}; choose one of {', '.join(PRESETS)}")
         if not self.backends:
@@ -553,7 +558,8 @@ def run_bench(weights: Path, dataset, config: BenchConfig | None = None, *, work
     int8 = CALIBRATED & {(b.family, b.precision) for b in backends}
     plan = plan_calibration(dataset, config.calib_data, config.calib_folds, config.calib_on_eval) if int8 else None
     art = build_artifacts(loaded, weights, dataset, work, backends, batches=list(config.batches), plan=plan,
-                          calib_num=config.calib_num, calib_method=config.calib_method, log=log)
+                          calib_num=config.calib_num, calib_method=config.calib_method, log=log,
+                          weight_bits=config.calib_weight_bits)
     labels = "labels" in config.emit and any(b.family in LABEL_FAMILIES for b in backends)
     if labels:
         art["labels"] = label_models(art, config.labels_dtype, log)
@@ -845,7 +851,7 @@ def _document(run: _Run, backends: list[Backend], rows: list[dict[str, Any]], ba
                          "crf_preset": cfg.crf_preset if cfg.crf_params is None else None,
                          "crf_params": cfg.crf.as_dict(), "batches": list(cfg.batches), "iters": cfg.iters,
                          "warmup": cfg.warmup, "threads": cfg.threads or torch.get_num_threads(),
-                         "calib_method": cfg.calib_method,
+                         "calib_method": cfg.calib_method, "calib_weight_bits": cfg.calib_weight_bits,
                          "calibration": (run.art.get("calibration") or {}).get("how"),
                          "scales": list(cfg.scales), "flip": cfg.flip, "emit": list(cfg.emit),
                          "labels_dtype": cfg.labels_dtype if "labels" in cfg.emit else None,

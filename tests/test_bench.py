@@ -676,6 +676,30 @@ def test_several_models_cross_strides_and_take_each_models_crf_params(shared, tw
     assert cells[("largefov", 8, "torch")]["miou"] == pytest.approx(json.loads(ev.stdout)["miou"], abs=1e-9)
 
 
+def test_bench_weight_bits_7_makes_the_qdq_model_it_scores(shared, imported, tmp_path):
+    """bench --weight-bits 7: the QDQ model the INT8 rows run has int8 weights within +-63 (read from the file), the
+    settings say so, and its row scores what `eval --onnx` scores on that file."""
+    import onnx
+    from onnx import numpy_helper
+
+    res = CliRunner().invoke(main, ["bench", "--weights", str(imported[0]), "--data", str(shared["voc"]),
+                                    "--num-images", "1", "--backends", "qdq-int8", "--crf", "none", "--calib-on-eval",
+                                    "--calib-num", "1", "--calib-method", "minmax", "--weight-bits", "7", "--iters", "1",
+                                    "--warmup", "0", "--artifacts", str(tmp_path / "art"), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["settings"]["calib_weight_bits"] == 7 and doc["artifacts"]["calibration"]["weight_bits"] == 7
+    row = doc["rows"][0]
+    q = onnx.load(row["file"])
+    peaks = [int(np.abs(numpy_helper.to_array(t).astype(np.int32)).max()) for t in q.graph.initializer
+             if t.name.endswith("_int8")]
+    assert peaks and max(peaks) == 63
+    ev = CliRunner().invoke(main, ["eval", "--onnx", row["file"], "--data", str(shared["voc"]), "--num-images", "1",
+                                   "--json"])
+    assert ev.exit_code == 0, ev.output
+    assert row["miou"] == pytest.approx(json.loads(ev.stdout)["miou"], abs=1e-9)
+
+
 def test_bench_openvino_rows_are_real_int8_and_match_eval(shared, imported, tmp_path):
     """ov-fp32 / ov-bf16 / ov-int8 beside ONNX Runtime on 2 VOC crops: OpenVINO FP32 scores what ONNX Runtime
     scores; ov-int8 runs the very QDQ model qdq-int8 emulates, with int8 nodes in its runtime graph, and its row

@@ -70,6 +70,9 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--calib-num", default=256, type=COUNT, show_default=True, help="Calibration images (at most).")
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="mse",
               show_default=True, help="Activation ranges of the TensorRT QDQ model and cache.")
+@click.option("--weight-bits", type=click.Choice(["8", "7"]), default="8", show_default=True,
+              help="Weights of the QDQ model (qdq-int8, ov-int8): 8 as TensorRT takes it, or 7 (within +-63) for "
+                   "OpenVINO on an x86 CPU without VNNI, where 8-bit weights saturate int16 sums.")
 @click.option("--engine", "engine_files", multiple=True,
               help="A TensorRT engine for the trt-* backends, as PRECISION=FILE (repeatable).")
 @click.option("--scales", "scale_sets", callback=parse_scale_sets, default=("1",), show_default=True, multiple=True,
@@ -102,8 +105,8 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
 @click.pass_context
 def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf_methods, crf_preset, crf_param_files,
                 batches, iters,
-                warmup, device, threads, calib_data, calib_folds, calib_on_eval, calib_num, calib_method, engine_files,
-                scale_sets, flip, output_strides, tflite, emit, labels_dtype, artifacts, tag, output, no_plot,
+                warmup, device, threads, calib_data, calib_folds, calib_on_eval, calib_num, calib_method, weight_bits,
+                engine_files, scale_sets, flip, output_strides, tflite, emit, labels_dtype, artifacts, tag, output, no_plot,
                 as_json) -> None:
     """Accuracy against speed of every model x backend x CRF option x test-time setting on this
     machine, in one run.
@@ -158,7 +161,7 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
                          dict(crf_methods=crfs, crf_preset=crf_preset, batches=bs, warmup=warmup, iters=iters,
                               device=device, arch=arch, threads=threads, calib_data=calib_data,
                               calib_folds=calib_folds, calib_on_eval=calib_on_eval, calib_num=calib_num,
-                              calib_method=calib_method, engines=engines, tflite=tflite, emit=tuple(dict.fromkeys(outputs)),
+                              calib_method=calib_method, calib_weight_bits=int(weight_bits), engines=engines, tflite=tflite, emit=tuple(dict.fromkeys(outputs)),
                               labels_dtype=labels_dtype,
                               settings={"split": split, "requested": backends}),
                          artifacts)
