@@ -8,6 +8,7 @@ the lattice built once per image. The spatial kernel is an exact (4-sigma) separ
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -346,8 +347,6 @@ def profile_lattice_crf(image: torch.Tensor, unary: torch.Tensor, p: CRFParams) 
     (its marginals, equal to :func:`permutohedral_crf`'s, and the milliseconds of each stage). ``build``: the
     lattice's construction steps, then the normalisers; ``iteration``: each mean-field update's parts, summed over
     the iterations (``filter:*`` are the bilateral message's splat, the d+1 blurs and the slice)."""
-    import time
-
     build: dict[str, float] = {}
     it: dict[str, float] = {}
 
