@@ -307,23 +307,28 @@ def crf_bench(weights, data, methods, preset, crf_params, iterations, num_images
     out.print(t)
     for m, reason in skipped.items():
         console.print(f"[yellow]skipped {m}:[/] {reason}", highlight=False)
-    prof = res.get("torch_profile")
-    if prof:
-        pt = Table(title=f"torch lattice, stage by stage (median of {len(prof['images'])} images at {size}x{size}, "
-                         f"pruned labels; {prof['images'][0]['vertices']} lattice vertices for "
-                         f"{prof['images'][0]['points']} pixels in the first)")
-        pt.add_column("stage")
-        pt.add_column("ms", justify="right")
-        for k, v in prof["median_build_ms"].items():
-            pt.add_row(f"build: {k}", f"{v:.1f}")
-        for k, v in prof["median_ms_per_iteration"].items():
-            pt.add_row(f"per iteration: {k}", f"{v:.1f}")
-        out.print(pt)
+    _print_profile(res.get("torch_profile"), size)
     est = res.get("triton_lattice_estimate")
     if est:
         out.print(f"triton (lattice) estimate, not a measurement: {est['mean_ms']['sm_90']:.2f} ms per image on H100, "
                   f"{est['mean_ms']['sm_87']:.1f} ms on Orin (roofline lower bound at {size}x{size}, from the "
                   f"{len(est['images'])} timed images' real lattice sizes)")
+
+
+def _print_profile(prof: dict | None, size: int) -> None:
+    """`crf bench --profile`'s table: the torch lattice's stages, median over the speed images."""
+    if not prof:
+        return
+    pt = Table(title=f"torch lattice, stage by stage (median of {len(prof['images'])} images at {size}x{size}, "
+                     f"pruned labels; {prof['images'][0]['vertices']} lattice vertices for "
+                     f"{prof['images'][0]['points']} pixels in the first)")
+    pt.add_column("stage")
+    pt.add_column("ms", justify="right")
+    for k, v in prof["median_build_ms"].items():
+        pt.add_row(f"build: {k}", f"{v:.1f}")
+    for k, v in prof["median_ms_per_iteration"].items():
+        pt.add_row(f"per iteration: {k}", f"{v:.1f}")
+    out.print(pt)
 
 
 def _grid_values(ctx, param, value: str | None) -> tuple[float, ...] | None:
