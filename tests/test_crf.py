@@ -349,6 +349,18 @@ def test_lattice_csr_rows_have_sorted_columns_and_filter_as_the_dense_maps():
     torch.testing.assert_close(lat.filter(values.float()).double(), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("preset", ["deeplab-v2", "deeplab-v1"])
+def test_packed_vertex_keys_equal_the_packed_simplex_keys(voc_logits, preset):
+    """The lattice's vertex keys, packed straight from the remainder-0 points and ranks, are exactly the packing
+    of the [N, d1, d] simplex keys (the definition): the same integers and field weights on real crops."""
+    for img, _, _ in voc_logits[:2]:
+        feats = LAT.lattice_features(torch.from_numpy(np.ascontiguousarray(img)), PRESETS[preset])
+        rem0, rank = LAT._enclosing_simplex(LAT._elevate(feats))
+        got, weights = LAT._packed_simplex_keys(rem0, rank)
+        want, want_weights = LAT._pack_keys(LAT._simplex_keys(rem0, rank))
+        assert torch.equal(got, want) and torch.equal(weights, want_weights)
+
+
 def test_profiled_lattice_crf_is_the_lattice_crf(voc_logits):
     """The stage-by-stage run behind `crf bench --profile` computes exactly what the torch lattice CRF does."""
     from deeplab_edge.crf import prune_labels, unary_from

@@ -149,41 +149,40 @@ def _simplex_keys(rem0: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
     return rem0.long()[:, None, :d] + canonical[:, rank[:, :d]].permute(1, 0, 2)
 
 
-def _pack_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each key's d integers packed into one int64 ([N, d1]; fields offset to >= 0, with room for
-    +-d), and the field weights ([d]: a step along a lattice axis is then one integer offset)."""
-    d1 = keys.shape[1]
-    lo = keys.amin((0, 1)) - d1
-    span = keys.amax((0, 1)) + d1 - lo + 1
+def _field_weights(lo: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+    """The [d] weights packing integer fields of ``span`` values each (from ``lo``) into one int64, the last field
+    most significant; refused where they need more than 62 bits."""
     bits = [max(1, int(math.ceil(math.log2(int(s) + 1)))) for s in span.tolist()]
     if sum(bits) > 62:
         raise DeepLabEdgeError(f"permutohedral lattice keys need {sum(bits)} bits; features are too spread "
                                "for this implementation (scale them down)")
-    shifts = torch.tensor(np.concatenate([[0], np.cumsum(bits[:-1])]), dtype=torch.long, device=keys.device)
-    weights = torch.bitwise_left_shift(torch.ones_like(shifts), shifts)
+    shifts = torch.tensor(np.concatenate([[0], np.cumsum(bits[:-1])]), dtype=torch.long, device=span.device)
+    return torch.bitwise_left_shift(torch.ones_like(shifts), shifts)
+
+
+def _pack_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each key's d integers packed into one int64 ([N, d1]; fields offset to >= 0, with room for
+    +-d), and the field weights ([d]: a step along a lattice axis is then one integer offset). With
+    :func:`_simplex_keys`, the definition :func:`_packed_simplex_keys` computes without the [N, d1, d] keys."""
+    d1 = keys.shape[1]
+    lo = keys.amin((0, 1)) - d1
+    weights = _field_weights(lo, keys.amax((0, 1)) + d1 - lo + 1)
     return ((keys - lo) * weights).sum(2), weights
 
 
 def _packed_simplex_keys(rem0: torch.Tensor, rank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_pack_keys` of :func:`_simplex_keys` without the [N, d1, d] keys: each vertex key is ``rem0``
-    plus a canonical offset in [-d, d] chosen by the rank, so the fields' bounds (``rem0``'s, widened by d1) and
-    the packed integers are computed on [N, d] and [N, d1]. The packing keeps the keys' order (field by field,
-    the last most significant), so the vertices come out in the same order as from the [N, d1, d] keys."""
+    """:func:`_pack_keys` of :func:`_simplex_keys`, equal to it, without the [N, d1, d] keys: vertex r's key is
+    ``rem0`` plus a canonical offset in [-rank, d - rank] on each coordinate, so the fields' bounds and the packed
+    integers are computed on [N, d] and [N, d1]."""
     n, d1 = rank.shape
     d = d1 - 1
-    base = rem0.long()[:, :d]
-    lo = base.amin(0) - 2 * d1
-    span = base.amax(0) + 2 * d1 - lo + 1
-    bits = [max(1, int(math.ceil(math.log2(int(s) + 1)))) for s in span.tolist()]
-    if sum(bits) > 62:
-        raise DeepLabEdgeError(f"permutohedral lattice keys need {sum(bits)} bits; features are too spread "
-                               "for this implementation (scale them down)")
-    shifts = torch.tensor(np.concatenate([[0], np.cumsum(bits[:-1])]), dtype=torch.long, device=rank.device)
-    weights = torch.bitwise_left_shift(torch.ones_like(shifts), shifts)
+    base, ranks = rem0.long()[:, :d], rank[:, :d]
+    lo = (base - ranks).amin(0) - d1
+    weights = _field_weights(lo, (base + d - ranks).amax(0) + d1 - lo + 1)
     # vertex r's offset on coordinate k is r, less d1 once r >= d + 1 - rank_k: packed, that is r * sum(weights)
     # less d1 times the weights of the coordinates already switched (a cumulative sum over r of a scatter)
     switched = torch.zeros(n, d1 + 1, dtype=torch.long, device=rank.device)
-    switched.scatter_add_(1, d1 - rank[:, :d], weights.expand(n, d))
+    switched.scatter_add_(1, d1 - ranks, weights.expand(n, d))
     switched = switched.cumsum(1)[:, :d1]
     r = torch.arange(d1, device=rank.device)
     packed = ((base - lo) * weights).sum(1, keepdim=True) + r * weights.sum() - d1 * switched
