@@ -569,25 +569,30 @@ def run_bench(weights: Path, dataset, config: BenchConfig | None = None, *, work
         raise DeepLabEdgeError("no CRF option can run here (" + "; ".join(f"{s['crf']}: {s['reason']}"
                                                                      for s in skipped_crf) + "); add --crf none")
     run = _Run(config, weights, dataset, dev, loaded, art, stages, crfs, power, progress, log, work / "predictions")
+    shutil.rmtree(run.preds, ignore_errors=True)  # a previous run's label maps never compared with this run's
     rows: list[dict[str, Any]] = []
-    for b in backends:
-        outputs = [o for o in config.emit if o == "logits" or b.family in LABEL_FAMILIES] or ["logits"]
-        for output in outputs:
-            got = _bench_backend(run, b, output)
-            if isinstance(got, str):
-                skipped.append({"backend": b.name + (" (labels)" if output == "labels" else ""), "reason": got})
-            else:
-                rows += got
-                if got and got[0].get("int8_saturation"):
-                    log(f"WARNING: {b.name}: {got[0]['int8_saturation']}")
+    try:
+        for b in backends:
+            outputs = [o for o in config.emit if o == "logits" or b.family in LABEL_FAMILIES] or ["logits"]
+            for output in outputs:
+                got = _bench_backend(run, b, output)
+                if isinstance(got, str):
+                    skipped.append({"backend": b.name + (" (labels)" if output == "labels" else ""), "reason": got})
+                else:
+                    rows += got
+                    if got and got[0].get("int8_saturation"):
+                        log(f"WARNING: {b.name}: {got[0]['int8_saturation']}")
+        base = next((r for r in rows if r["crf"] == "none" and r["output"] == "logits"), rows[0]) if rows else None
+        if base is not None:
+            _agreements(run, rows, base)
+    finally:
+        shutil.rmtree(run.preds, ignore_errors=True)
     if labels and any(c != "none" for c in crfs):
         skipped_crf.append({"crf": "/".join(c for c in crfs if c != "none") + " on the label models",
                             "reason": "a label model outputs no scores for the CRF to refine; its rows are CRF none"})
     if not rows:
         raise DeepLabEdgeError("every selected backend failed to start: " +
                                "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped))
-    base = next((r for r in rows if r["crf"] == "none" and r["output"] == "logits"), rows[0])
-    _agreements(run, rows, base)
     for r in rows:
         r["miou_delta_points"] = 100 * (r["miou"] - base["miou"])
         r["speedup"] = (base["latency_ms"] / r["latency_ms"]
@@ -754,16 +759,17 @@ def _agreements(run: _Run, rows: list[dict[str, Any]], base: dict[str, Any]) -> 
     labels them (the first backend, no CRF) and, for OpenVINO's INT8 row, as the emulated QDQ model's
     (``qdq-int8``, the same file) — the same images, predictions saved in the accuracy pass."""
     ref = _row_key(base["backend"], base["output"])
+    ran = {_row_key(r["backend"], r["output"]) for r in rows if r["crf"] == "none"}  # only this run's rows
     for r in rows:
-        if r["crf"] != "none" or not (run.preds / _row_key(r["backend"], r["output"])).is_dir():
+        key = _row_key(r["backend"], r["output"])
+        if r["crf"] != "none" or not (run.preds / key).is_dir():
             continue
-        mine = run.preds / _row_key(r["backend"], r["output"])
         against = {ref: run.preds / ref}
         if r["backend"] == "ov-int8":
             against["qdq-int8"] = run.preds / _row_key("qdq-int8", r["output"])
-        r["pixel_agreement"] = {name: _agreement(mine, d) for name, d in against.items()
-                                if d.is_dir() and d != mine}
-    shutil.rmtree(run.preds, ignore_errors=True)
+        r["pixel_agreement"] = {name: _agreement(run.preds / key, d) for name, d in against.items()
+                                if name in ran and name != key and d.is_dir()}
+        r["pixel_agreement_baseline"] = ref
 
 
 def _pooled(evs: list[dict[str, Any]]) -> dict[str, Any]:

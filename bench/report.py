@@ -92,8 +92,9 @@ def _flat(row: dict[str, Any], device: str) -> dict[str, Any]:
 def agreement_pct(row: dict[str, Any]) -> dict[str, float | None]:
     """The row's pixel agreement (percent) with the baseline row and, for OpenVINO's INT8 row, with qdq-int8."""
     agree = dict(row.get("pixel_agreement") or {})
-    qdq = agree.pop("qdq-int8", None) if row["backend"] != "qdq-int8" else None
-    base = next(iter(agree.values()), None)
+    ref = row.get("pixel_agreement_baseline")  # the baseline row's key (older results: the first entry)
+    base = agree.get(ref) if ref else next((v for k, v in agree.items() if k != "qdq-int8"), None)
+    qdq = agree.get("qdq-int8") if row["backend"] == "ov-int8" else None
     return {"pixels_as_baseline_pct": None if base is None else 100 * base,
             "pixels_as_qdq_int8_pct": None if qdq is None else 100 * qdq}
 

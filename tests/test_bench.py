@@ -47,6 +47,21 @@ def test_latency_summary_throughput():
     assert s["images_per_s"] == pytest.approx(4 / 0.025)  # 160 images/s
 
 
+def test_agreement_pct_reads_the_named_baseline():
+    """The CSV/table columns take the baseline row's entry by its recorded key, and qdq-int8's only for ov-int8:
+    a qdq-int8 baseline is both columns of the ov-int8 row, never a missing baseline."""
+    from deeplab_edge.bench.report import agreement_pct
+    ov = {"backend": "ov-int8", "pixel_agreement": {"ort-fp32": 0.97, "qdq-int8": 0.99},
+          "pixel_agreement_baseline": "ort-fp32"}
+    assert agreement_pct(ov) == pytest.approx({"pixels_as_baseline_pct": 97, "pixels_as_qdq_int8_pct": 99})
+    ov_q = {"backend": "ov-int8", "pixel_agreement": {"qdq-int8": 0.98}, "pixel_agreement_baseline": "qdq-int8"}
+    assert agreement_pct(ov_q) == pytest.approx({"pixels_as_baseline_pct": 98, "pixels_as_qdq_int8_pct": 98})
+    ort = {"backend": "ort-int8", "pixel_agreement": {"qdq-int8": 0.96}, "pixel_agreement_baseline": "qdq-int8"}
+    assert agreement_pct(ort) == {"pixels_as_baseline_pct": pytest.approx(96), "pixels_as_qdq_int8_pct": None}
+    assert agreement_pct({"backend": "torch-fp32", "pixel_agreement": {}, "pixel_agreement_baseline": "torch-fp32"}) \
+        == {"pixels_as_baseline_pct": None, "pixels_as_qdq_int8_pct": None}
+
+
 def test_int8_runtimes_rank_real_int8_rows_per_model():
     from deeplab_edge.bench.report import int8_runtimes
 
@@ -733,7 +748,7 @@ def test_bench_openvino_rows_are_real_int8_and_match_eval(shared, imported, tmp_
     assert (ov8["int8_saturation"] is not None) == int8_saturates()
     voc = open_dataset(shared["voc"]).subset(2)
     images = [voc.load(i)[1] for i in range(2)]
-    segs = {name: Segmenter(open_runner(path, backend=be)) for name, path, be in (
+    segs = {name: Segmenter(open_runner(path, backend=be, threads=2)) for name, path, be in (  # the bench's threads
         ("ov", ov8["file"], "openvino"), ("qdq", ov8["file"], "onnxruntime"),
         ("fp32", by["ort-fp32"]["file"], "onnxruntime"))}
     preds = {n: [np.asarray(s.predict(im)) for im in images] for n, s in segs.items()}
@@ -744,6 +759,8 @@ def test_bench_openvino_rows_are_real_int8_and_match_eval(shared, imported, tmp_
                                                    abs=1e-12)
     assert by["qdq-int8"]["pixel_agreement"] == pytest.approx({"ort-fp32": agree("qdq", "fp32")}, abs=1e-12)
     assert by["ort-fp32"]["pixel_agreement"] == {}  # the baseline row
+    assert {r["pixel_agreement_baseline"] for r in doc["rows"]} == {"ort-fp32"}
+    assert not (tmp_path / "art" / "predictions").exists()  # the saved label maps removed after the run
     if {"avx512_bf16", "amx_bf16"} & cpu_flags():
         assert "bf16" in by["ov-bf16"]["runtime_precisions"]
     else:
