@@ -100,7 +100,9 @@ def quantize_cpu_int8(fp32_path: str | Path, out_path: str | Path, inputs: list[
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=cm,
                         reduce_range=settings["reduce_range"], op_types_to_quantize=["Conv", "Add", "Concat", "Mul"])
         q = onnx.load(str(tmp))
-        tag_quantized(q, "int8-cpu", like=onnx.load(str(fp32_path), load_external_data=False))
+        # its weight bits recorded, as the QDQ model's are: OpenVINO's runner reads them (saturation on x86 without VNNI)
+        tag_quantized(q, "int8-cpu", {"method": method, "weight_bits": 7 if settings["reduce_range"] else 8},
+                      like=onnx.load(str(fp32_path), load_external_data=False))
         onnx.save(q, str(tmp))
     return {"ort_calibration": ORT_METHODS[method], **settings, "cpu": features}
 

@@ -378,6 +378,9 @@ def test_cpu_int8_reduce_range_gives_7_bit_weights(tmp_path, reduce):
     w = [numpy_helper.to_array(t) for t in q.graph.initializer if t.data_type == onnx.TensorProto.INT8 and t.dims]
     peak = max(int(np.abs(a.astype(np.int32)).max()) for a in w)
     assert peak <= 64 if reduce else peak == 127
+    # recorded as the QDQ model's weight bits are (what OpenVINO's runner reads for its saturation warning)
+    meta = {p.key: json.loads(p.value) for p in q.metadata_props if p.key == "deeplab_edge.calibration"}
+    assert meta["deeplab_edge.calibration"]["weight_bits"] == (7 if reduce else 8)
 
 
 @pytest.mark.parametrize("parts", ["weights", "activations"])

@@ -18,7 +18,7 @@ import torch
 from ..data.preprocess import Preprocess
 from ..errors import DeepLabEdgeError
 from ..export import read_metadata
-from ..hostinfo import int8_saturates
+from ..hostinfo import cpu_flags, int8_saturates
 from .onnx import check_image_input, check_segmenter_metadata
 
 __all__ = ["OpenVinoRunner", "openvino_unavailable", "HINTS"]
@@ -70,7 +70,7 @@ class OpenVinoRunner:
             model = core.read_model(str(path))
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as e:  # OpenVINO raises plain RuntimeErrors for models it cannot read or compile
-            raise DeepLabEdgeError(f"{path}: OpenVINO could not compile it ({str(e).splitlines()[0][:160]})") from e
+            raise DeepLabEdgeError(f"{path}: OpenVINO could not compile it ({_reason(e)[:160]})") from e
         check_image_input(path, [_Port(i) for i in self.compiled.inputs])
         if len(self.compiled.outputs) != 1:
             raise DeepLabEdgeError(f"{path}: {len(self.compiled.outputs)} outputs, not one; export it with "
@@ -87,7 +87,8 @@ class OpenVinoRunner:
         weight_bits = (meta.get("calibration") or {}).get("weight_bits", 8)
         int8 = any(p in ("i8", "u8") for p in self.runtime_precisions)
         #: why this model's int8 results may be off on this CPU (None where they are not)
-        self.saturation = (f"{path.name} runs int8 Convs with {weight_bits}-bit weights on an x86 CPU without VNNI: "
+        cpu = "an x86 CPU without VNNI" if cpu_flags() else "an x86 CPU whose flags are unknown (VNNI not confirmed)"
+        self.saturation = (f"{path.name} runs int8 Convs with {weight_bits}-bit weights on {cpu}: "
                            "their int16 pair sums can saturate (OpenVINO's saturation issue) and cost accuracy; "
                            "for OpenVINO here, calibrate with --weight-bits 7") \
             if int8 and weight_bits == 8 and int8_saturates() else None
@@ -113,13 +114,21 @@ _ONNX_TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "f64": "tensor(
                "i32": "tensor(int32)", "u8": "tensor(uint8)", "i8": "tensor(int8)"}
 
 
+def _reason(e: Exception) -> str:
+    """OpenVINO's message without its source locations ("Exception from src/...", "Check '...' failed at ...")."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    said = [ln for ln in lines if not ln.startswith(("Exception from ", "Check '"))]
+    return (said or lines or [type(e).__name__])[0]
+
+
 class _Port:
     """An OpenVINO input port seen as ONNX Runtime's NodeArg (name, shape with None for dynamic dims, type)."""
 
     def __init__(self, port) -> None:
         names = port.get_names()
         self.name = port.get_any_name() if names else "input"
-        self.shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+        ps = port.get_partial_shape()  # of dynamic rank: no dims to list (refused as not N x 3 x H x W)
+        self.shape = [d.get_length() if d.is_static else None for d in ps] if ps.rank.is_static else []
         kind = port.get_element_type().get_type_name()
         self.type = _ONNX_TYPES.get(kind, f"tensor({kind})")
 
