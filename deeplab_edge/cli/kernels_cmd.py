@@ -251,6 +251,9 @@ def crf_bench(weights, data, methods, preset, crf_params, iterations, num_images
 
     wanted = choices(methods, list(CRF_METHODS), "CRF method")
     dev = resolve_device(device)
+    if profile and (dev.type != "cpu" or speed_images == 0):
+        raise DeepLabEdgeError("--profile times the torch lattice on the CPU over the speed images; "
+                               f"{'add --device cpu' if dev.type != 'cpu' else 'give --speed-images 1 or more'}")
     skipped = {}
     if any(m in TRITON_METHODS for m in wanted):  # one check for both Triton methods: same device, same answer
         from ..kernels.device import triton_unavailable
