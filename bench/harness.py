@@ -765,10 +765,10 @@ def _agreements(run: _Run, rows: list[dict[str, Any]], base: dict[str, Any]) -> 
         if r["crf"] != "none" or not (run.preds / key).is_dir():
             continue
         against = {ref: run.preds / ref}
-        if r["backend"] == "ov-int8":
+        if r["backend"] == "ov-int8" and ref != "qdq-int8":  # a qdq-int8 baseline is that comparison already
             against["qdq-int8"] = run.preds / _row_key("qdq-int8", r["output"])
         r["pixel_agreement"] = {name: _agreement(run.preds / key, d) for name, d in against.items()
-                                if name in ran and name != key and d.is_dir()}
+                                if d.name in ran and d.name != key and d.is_dir()}
         r["pixel_agreement_baseline"] = ref
 
 

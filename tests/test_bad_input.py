@@ -292,7 +292,7 @@ CASES_23 = [
 
 # issue 28: several models in one bench, `compare` as its alias, CRF parameters from `crf tune`
 CASES_28 = [
-    ("crf-bench-profile-no-speed-images", "crf bench --weights {ckpt} --data {voc} --profile --speed-images 0",
+    ("crf-bench-profile-no-speed-images", "crf bench --weights {ckpt} --data {voc} --profile --speed-images 0 --device cpu",
      "--speed-images 1"),
     ("bench-weights-twice", "bench --weights {ckpt} --weights {ckpt} --data {voc}", "given twice"),
     ("bench-weights-empty-folder", "bench --weights {w}/adir --data {voc}", "no .pt/.pth checkpoint"),

@@ -27,7 +27,7 @@ def _committed() -> list[Path]:
                              check=True, timeout=60).stdout.decode()
     except (OSError, subprocess.SubprocessError):
         return sorted(p for p in WEIGHTS.iterdir() if p.is_file())
-    return sorted(WEIGHTS.parent / name for name in out.split("\0") if name)
+    return sorted(p for p in (WEIGHTS.parent / name for name in out.split("\0") if name) if p.is_file())
 
 
 COMMITTED = _committed()
