@@ -186,9 +186,17 @@ def check_bench_verdict(table: Table) -> Errors:
     return err
 
 
+def _named_source(table: Table, pattern: str) -> str:
+    """The results file (``pattern``: a regex of its name) named last above ``table``."""
+    named = re.findall(r"bench/results/(" + pattern + r")", table.context)
+    assert named, f"{table.where}: no bench/results/{pattern} named above the table"
+    return named[-1]
+
+
 def check_crf_bench(table: Table) -> Errors:
-    """docs/crf.md's table against bench/results/crf_bench_cpu-host.json."""
-    doc = load("crf_bench_cpu-host.json")
+    """docs/crf.md's `crf bench` tables, each against the crf_*.json file named last above it."""
+    doc = load(_named_source(table, r"crf_[\w\-]+\.json"))
+    all_labels = next(h for h in table.header if h.startswith("s @ 513², all"))
     by_method = {r["method"]: r for r in doc["rows"]}
     err = Errors()
     seen = []
@@ -212,7 +220,7 @@ def check_crf_bench(table: Table) -> Errors:
         native = [r["s_per_image_native"]] + ([r["speedup_vs_pydensecrf"]] if "faster" in c["s / image"] else [])
         err.figures(where + " s/image", c["s / image"], native)
         err.figure(where + " s @ 513², pruned", c["s @ 513², pruned"], r["s_per_image_513x513"])
-        err.figure(where + " s @ 513², all labels", c["s @ 513², all 21 labels"], r["s_per_image_513x513_all_labels"])
+        err.figure(where + " s @ 513², all labels", c[all_labels], r["s_per_image_513x513_all_labels"])
         err.figure(where + " first call", c["first call s"], r["first_call_s"])
     err.equal(f"{table.where} methods", sorted(seen), sorted(by_method))
     return err
@@ -380,6 +388,133 @@ def check_int8_targets(table: Table) -> Errors:
     return err
 
 
+ZOO = "bench_zoo_camvid_val.json"
+
+
+def _zoo_cell(rows: list[dict], model: str, backend: str = "torch-fp32", crf: str = "none",
+              msc: bool = False) -> dict | None:
+    """The zoo run's row of ``model`` with that backend, CRF and test-time setting (single scale, or MSC + flip)."""
+    for r in rows:
+        single = list(r["scales"]) == [1.0] and not r["flip"]
+        if r["model"] == model and r["backend"] == backend and r["crf"] == crf and single != msc and \
+                r.get("output", "logits") == "logits":
+            return r
+    return None
+
+
+def _points(a: dict | None, b: dict | None) -> float | None:
+    return None if a is None or b is None else 100 * (a["miou"] - b["miou"])
+
+
+def check_zoo_verdict(table: Table) -> Errors:
+    """README's zoo verdict (one row per model) against bench/results/bench_zoo_camvid_val.json."""
+    doc = load(ZOO)
+    rows, err, seen = doc["rows"], Errors(), []
+    for row in table.rows:
+        name = row[0].strip("`* ")
+        c, where = dict(zip(table.header, row)), f"{table.where} {row[0]}"
+        base = _zoo_cell(rows, name)
+        seen.append(name)
+        if base is None:
+            err.append(f"{where}: no single-scale torch-fp32 row of {name!r} in {ZOO}")
+            continue
+        info = base["model_info"]
+        err.figure(where + " params", c["params M"], info["params"] / 1e6)
+        err.figure(where + " GFLOPs", c["GFLOPs"], info["gflops"])
+        err.figure(where + " OS", c["OS"], info["output_stride"])
+        err.figure(where + " mIoU", c["mIoU"], 100 * base["miou"])
+        err.figure(where + " pole", c["pole IoU"], 100 * base["class_iou"]["pole"])
+        err.figure(where + " CRF", c["+ CRF"], _points(_zoo_cell(rows, name, crf="torch"), base))
+        err.figure(where + " MSC", c["MSC + flip"], _points(_zoo_cell(rows, name, msc=True), base))
+        for col, backend in (("TensorRT INT8 (qdq-int8)", "qdq-int8"), ("CPU INT8 (ort-int8)", "ort-int8")):
+            err.figure(f"{where} {backend}", c[col], _points(_zoo_cell(rows, name, backend=backend), base))
+        err.figures(where + " ms", c["ms: torch-fp32 / ort-fp32 / ort-int8"],
+                    [(_zoo_cell(rows, name, backend=b) or {}).get("latency_ms") for b in
+                     ("torch-fp32", "ort-fp32", "ort-int8")])
+    err.equal(f"{table.where} models", sorted(seen), sorted(m["name"] for m in doc["models"]))
+    return err
+
+
+def check_zoo_classes(table: Table) -> Errors:
+    """docs/results.md's per-class IoU of the zoo (single scale, torch-fp32, no CRF) against bench_zoo_camvid_val.json."""
+    doc = load(ZOO)
+    err = Errors()
+    names = [h.strip("`") for h in table.header[1:]]
+    cells = {n: _zoo_cell(doc["rows"], n) for n in names}
+    err.equal(f"{table.where} models", sorted(names), sorted(m["name"] for m in doc["models"]))
+    classes = list(next(iter(cells.values()))["class_iou"]) if cells and all(cells.values()) else []
+    seen = []
+    for row in table.rows:
+        label = row[0].replace("*", "")
+        seen.append(label)
+        for n, cell in zip(names, row[1:]):
+            r = cells.get(n)
+            if r is None:
+                continue
+            value = r["miou"] if label == "mIoU" else r["class_iou"].get(label)
+            if value is None:
+                err.append(f"{table.where} {label}: not a class of the results")
+                continue
+            err.figure(f"{table.where} {label} ({n})", cell, 100 * value)
+    err.equal(f"{table.where} rows", seen, [*classes, "mIoU"])
+    return err
+
+
+def check_crf_choice(table: Table) -> Errors:
+    """docs/results.md's CRF parameters per zoo model against bench/results/crf_tune_<model>_camvid_train.json, and
+    the zoo run's CRF rows using them."""
+    zoo = load(ZOO)
+    err = Errors()
+    for row in table.rows:
+        name = row[0].strip("`")
+        c, where = dict(zip(table.header, row)), f"{table.where} {name}"
+        tune = load(f"crf_tune_{name}_camvid_train.json")
+        err.equal(where + " split", tune["split"], "train")
+        err.figures(where + " w1 / θα / θβ", c["w1 / θα / θβ"],
+                    [tune["params"][k] for k in ("w1", "theta_alpha", "theta_beta")])
+        err.figure(where + " frames", c["train frames"], tune["images"])
+        err.figures(where + " train mIoU", c["train mIoU: none / preset / chosen"],
+                    [100 * tune["no_crf_miou"], 100 * tune["preset_miou"], 100 * tune["best_miou"]])
+        crf_row = _zoo_cell(zoo["rows"], name, crf="torch")
+        if crf_row is None:
+            err.append(f"{where}: no CRF row in {ZOO}")
+            continue
+        used = {k: crf_row["crf_params"][k] for k in ("w1", "theta_alpha", "theta_beta")}
+        err.equal(where + " params used by the zoo run", used,
+                  {k: tune["params"][k] for k in ("w1", "theta_alpha", "theta_beta")})
+    return err
+
+
+def check_cpu_int8(table: Table) -> Errors:
+    """README's CPU INT8 tables, each against the bench_cpu_int8_*.json file named last above it: one row per
+    runtime (its backend name in backticks), mIoU, latency (or "emulated"), pixel agreement with the baseline row
+    and, for OpenVINO's INT8 row, with the emulated QDQ model."""
+    source = _named_source(table, r"bench_cpu_int8_\w+\.json")
+    doc = load(source)
+    by = {r["backend"]: r for r in doc["rows"] if r["crf"] == "none" and r.get("output", "logits") == "logits"}
+    err, seen = Errors(), []
+    for row in table.rows:
+        m = re.search(r"`([a-z0-9\-]+)`", row[0])
+        c = dict(zip(table.header, row))
+        where = f"{table.where} ({source}) {row[0][:24]!r}"
+        r = _result_row(err, seen, by, m[1] if m else row[0], where)
+        if r is None:
+            continue
+        err.figure(where + " mIoU", c["mIoU"], 100 * r["miou"])
+        if r["latency_is_speed"]:
+            err.figure(where + " ms", c["ms"], r["latency_ms"])
+        else:
+            err.equal(where + " ms", c["ms"], "emulated")
+        agree = r.get("pixel_agreement") or {}
+        base = agree.get(r.get("pixel_agreement_baseline"))
+        err.figure(where + " pixels as baseline", c["pixels as " + doc["baseline"]["backend"]],
+                   100.0 if r["backend"] == doc["baseline"]["backend"] else (None if base is None else 100 * base))
+        qdq = agree.get("qdq-int8") if r["backend"] == "ov-int8" else None
+        err.figure(where + " pixels as qdq-int8", c["pixels as qdq-int8"], None if qdq is None else 100 * qdq)
+    err.equal(f"{table.where} runtimes", sorted(seen), sorted(by))
+    return err
+
+
 @dataclass
 class Check:
     """Which tables a check claims (by their header) and how many it expects to find."""
@@ -472,6 +607,9 @@ CHECKS = {
     "int8 targets": Check(check_int8_targets, lambda t: t.header[:2] == ("target", "measured")),
     "int8 budget": Check(check_int8_budget, lambda t: t.header[:2] == ("model", "calibration")),
     "label output": Check(check_label_output, lambda t: t.header[:2] == ("model, input", "output")),
+    "zoo verdict": Check(check_zoo_verdict, lambda t: t.header[:3] == ("model", "head", "params M")),
+    "zoo classes": Check(check_zoo_classes, lambda t: t.header[0] == "class (IoU %)"),
+    "crf choice": Check(check_crf_choice, lambda t: t.header[:2] == ("model", "w1 / θα / θβ")),
     "readme int8": Check(check_readme_int8, lambda t: t.header[1:2] == ("CamVid model (32 val frames held out)",)),
 }
 
@@ -579,4 +717,11 @@ def test_readme_stays_a_front_door():
     assert len(text.splitlines()) < 250
     assert "No GPU was lent to this work" in text.split("\n\n")[1]  # the first paragraph says so
     assert "![mIoU against latency](bench/results/bench_cpu-amd-epyc-2core.png)" in text
+    assert "(bench/results/bench_zoo_camvid_val.png)" in text
+    # issue 28: the first results table is the zoo's verdict; the main command benches the zoo, INT8 held out
+    assert parse_tables(README)[0].header[:3] == ("model", "head", "params M")
+    setup = text[text.index("## Set-up"):text.index("## The verdict")]
+    main = re.findall(r"```bash\n(.*?)```", setup, re.S)[0]
+    assert "bench --weights weights/ --data ../shared/data/camvid_val --calib-data ../shared/data/camvid_train" in main
+    assert "--calib-on-eval" not in main
     assert text.index("## Python API") < text.index("## Commands")  # tests/test_readme_api.py's markers
