@@ -85,7 +85,10 @@ class OpenVinoRunner:
         self.output_itemsize = out_type.size
         self.runtime_precisions = runtime_precisions(self.compiled)
         weight_bits = (meta.get("calibration") or {}).get("weight_bits", 8)
-        int8 = any(p in ("i8", "u8") for p in self.runtime_precisions)
+        # a quantized model (its recorded precision) whose convolutions run int8: an FP32 model's runtime graph may
+        # hold an i8/u8 node or two (input conversions) and is never at risk
+        int8 = str(meta.get("precision", "")).startswith("int8") and \
+            any(p in ("i8", "u8") for p in self.runtime_precisions)
         #: why this model's int8 results may be off on this CPU (None where they are not)
         cpu = "an x86 CPU without VNNI" if cpu_flags() else "an x86 CPU whose flags are unknown (VNNI not confirmed)"
         self.saturation = (f"{path.name} runs int8 Convs with {weight_bits}-bit weights on {cpu}: "
