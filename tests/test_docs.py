@@ -511,6 +511,9 @@ def check_cpu_int8(table: Table) -> Errors:
                    100.0 if r["backend"] == doc["baseline"]["backend"] else (None if base is None else 100 * base))
         qdq = agree.get("qdq-int8") if r["backend"] == "ov-int8" else None
         err.figure(where + " pixels as qdq-int8", c["pixels as qdq-int8"], None if qdq is None else 100 * qdq)
+        rp = r.get("runtime_precisions")  # OpenVINO's runtime graph: how many nodes ran int8 and f32
+        err.figures(where + " nodes", c["int8 / f32 nodes run"],
+                    [rp.get("i8", 0) + rp.get("u8", 0), rp.get("f32", 0)] if rp else [None])
     err.equal(f"{table.where} runtimes", sorted(seen), sorted(by))
     return err
 
@@ -610,6 +613,7 @@ CHECKS = {
     "zoo verdict": Check(check_zoo_verdict, lambda t: t.header[:3] == ("model", "head", "params M")),
     "zoo classes": Check(check_zoo_classes, lambda t: t.header[0] == "class (IoU %)"),
     "crf choice": Check(check_crf_choice, lambda t: t.header[:2] == ("model", "w1 / θα / θβ")),
+    "cpu int8": Check(check_cpu_int8, lambda t: t.header[:3] == ("runtime", "mIoU", "ms"), count=3),
     "readme int8": Check(check_readme_int8, lambda t: t.header[1:2] == ("CamVid model (32 val frames held out)",)),
 }
 
