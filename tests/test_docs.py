@@ -299,9 +299,7 @@ def _ptq_method(label: str) -> str | None:
 
 
 def _ptq_source(table: Table) -> str:
-    named = re.findall(r"bench/results/(ptq_compare_\w+\.json)", table.context)
-    assert named, f"{table.where}: no bench/results/ptq_compare_*.json named above the table"
-    return named[-1]
+    return _named_source(table, r"ptq_compare_\w+\.json")
 
 
 def check_ptq_compare(table: Table) -> Errors:
