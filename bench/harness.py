@@ -758,8 +758,7 @@ def _agreements(run: _Run, rows: list[dict[str, Any]], base: dict[str, Any]) -> 
     """Each row without a CRF gets ``pixel_agreement``: the share of its pixels labelled as the baseline row
     labels them (the first backend, no CRF) and, for OpenVINO's INT8 row, as the emulated QDQ model's
     (``qdq-int8``, the same file) — the same images, predictions saved in the accuracy pass."""
-    ref = _row_key(base["backend"], base["output"])
-    ran = {_row_key(r["backend"], r["output"]) for r in rows if r["crf"] == "none"}  # only this run's rows
+    ref = _row_key(base["backend"], base["output"])  # run.preds holds only this run's folders (cleared before it)
     for r in rows:
         key = _row_key(r["backend"], r["output"])
         if r["crf"] != "none" or not (run.preds / key).is_dir():
@@ -768,7 +767,7 @@ def _agreements(run: _Run, rows: list[dict[str, Any]], base: dict[str, Any]) -> 
         if r["backend"] == "ov-int8" and ref != "qdq-int8":  # a qdq-int8 baseline is that comparison already
             against["qdq-int8"] = run.preds / _row_key("qdq-int8", r["output"])
         r["pixel_agreement"] = {name: _agreement(run.preds / key, d) for name, d in against.items()
-                                if d.name in ran and d.name != key and d.is_dir()}
+                                if d.name != key and d.is_dir()}
         r["pixel_agreement_baseline"] = ref
 
 
