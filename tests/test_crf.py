@@ -361,6 +361,40 @@ def test_packed_vertex_keys_equal_the_packed_simplex_keys(voc_logits, preset):
         assert torch.equal(got, want) and torch.equal(weights, want_weights)
 
 
+@pytest.mark.parametrize("preset", ["deeplab-v2", "deeplab-v1"])
+def test_blur_neighbours_are_the_vertices_one_lattice_step_away(voc_logits, preset):
+    """Each vertex's +e / -e neighbour along every lattice axis is the vertex whose d integer coordinates are its own
+    plus / minus e = (1, ..., 1, -d, 1, ..., 1), or missing when no such vertex exists: looked up here in a Python
+    dict of the unpacked simplex keys, not by the packed integers' search the lattice does; and each blur matrix is
+    I + (P + P^T) / 2 of those neighbours."""
+    img = voc_logits[0][0]
+    image = torch.from_numpy(np.ascontiguousarray(img[100:164, 200:296]))
+    feats = LAT.lattice_features(image, PRESETS[preset])
+    lat = PermutohedralLattice(feats)
+    rem0, rank = LAT._enclosing_simplex(LAT._elevate(feats))
+    keys = LAT._simplex_keys(rem0, rank).reshape(-1, lat.d).tolist()
+    vertex_key = {}
+    for v, key in zip(lat.offset.reshape(-1).tolist(), keys):
+        assert vertex_key.setdefault(v, tuple(key)) == tuple(key)  # a vertex index names one key
+    index = {key: v for v, key in vertex_key.items()}
+    assert len(index) == lat.num_vertices == len(vertex_key)
+    m, found = lat.num_vertices, 0
+    for axis in range(lat.d + 1):
+        e = np.ones(lat.d, dtype=np.int64)
+        if axis < lat.d:
+            e[axis] = -lat.d
+        want = torch.tensor([[index.get(tuple(np.add(vertex_key[v], s * e).tolist()), m) for v in range(m)]
+                             for s in (1, -1)])
+        assert torch.equal(lat.neighbours[axis], want), axis
+        found += int((want < m).sum())
+        dense = torch.eye(m, dtype=torch.float64)
+        for side in (0, 1):
+            ok = want[side] < m
+            dense[torch.arange(m)[ok], want[side][ok]] += 0.5
+        assert torch.equal(lat.blur[axis].to_dense().double(), dense), axis
+    assert found > m  # the crop's lattice is connected enough for the check to mean something
+
+
 def test_profiled_lattice_crf_is_the_lattice_crf(voc_logits):
     """The stage-by-stage run behind `crf bench --profile` computes exactly what the torch lattice CRF does."""
     from deeplab_edge.crf import prune_labels, unary_from
