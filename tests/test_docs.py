@@ -219,10 +219,27 @@ def check_crf_bench(table: Table) -> Errors:
         err.figure(where + " share", c["share of pydensecrf's gain"], 100 * r["fraction_of_pydensecrf_gain"])
         native = [r["s_per_image_native"]] + ([r["speedup_vs_pydensecrf"]] if "faster" in c["s / image"] else [])
         err.figures(where + " s/image", c["s / image"], native)
-        err.figure(where + " s @ 513², pruned", c["s @ 513², pruned"], r["s_per_image_513x513"])
-        err.figure(where + " s @ 513², all labels", c[all_labels], r["s_per_image_513x513_all_labels"])
+        ref = by_method.get("pydensecrf", {})
+        for col, key in (("s @ 513², pruned", "s_per_image_513x513"), (all_labels, "s_per_image_513x513_all_labels")):
+            # "0.95 (4.12x faster)": the time, and pydensecrf's time in the same setting over it where a ratio is shown
+            ratio = [ref[key] / r[key]] if "faster" in c[col] and key in ref else []
+            err.figures(f"{where} {col}", c[col], [r[key]] + ratio)
         err.figure(where + " first call", c["first call s"], r["first_call_s"])
     err.equal(f"{table.where} methods", sorted(seen), sorted(by_method))
+    return err
+
+
+def check_crf_profile(table: Table) -> Errors:
+    """docs/crf.md's stage-by-stage table of the torch lattice: each column ("ms, <run>") against the profile in
+    bench/results/crf_cpu_<run>.json (medians over its speed images), every stage listed."""
+    err = Errors()
+    for col, run in enumerate(re.fullmatch(r"ms, (\w+)", h)[1] for h in table.header[1:]):
+        prof = load(f"crf_cpu_{run}.json")["torch_profile"]
+        want = {**{f"build: {k}": v for k, v in prof["median_build_ms"].items()},
+                **{f"per iteration: {k}": v for k, v in prof["median_ms_per_iteration"].items()}}
+        err.equal(f"{table.where} {run} stages", [row[0] for row in table.rows], list(want))
+        for row in table.rows:
+            err.figure(f"{table.where} {run} {row[0]}", row[col + 1], want.get(row[0]))
     return err
 
 
@@ -599,7 +616,8 @@ def check_readme_int8(table: Table) -> Errors:
 
 CHECKS = {
     "bench verdict": Check(check_bench_verdict, lambda t: t.header[:4] == ("backend", "CRF", "mIoU", "Δ points")),
-    "crf bench": Check(check_crf_bench, lambda t: t.header[:3] == ("CRF", "mIoU", "gain")),
+    "crf bench": Check(check_crf_bench, lambda t: t.header[:3] == ("CRF", "mIoU", "gain"), count=4),
+    "crf profile": Check(check_crf_profile, lambda t: t.header[0] == "torch lattice stage"),
     "kernels bench": Check(check_kernels_bench, lambda t: t.header[:2] == ("head", "GFLOP")),
     "camvid classes": Check(check_camvid_classes, lambda t: t.header[0] == "class"),
     "ptq compare": Check(check_ptq_compare, lambda t: t.header == ("PTQ", "mIoU", "drop (points)", "pixels as FP32"),
