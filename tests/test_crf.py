@@ -362,7 +362,7 @@ def test_packed_vertex_keys_equal_the_packed_simplex_keys(voc_logits, preset):
 
 
 @pytest.mark.parametrize("source", ["crop-deeplab-v2", "crop-deeplab-v1", "random-points"])
-def test_blur_neighbours_are_the_vertices_one_lattice_step_away(voc_logits, source):
+def test_blur_neighbours_are_the_vertices_one_lattice_step_away(request, source):
     """Each vertex's +e / -e neighbour along every lattice axis is the vertex whose d integer coordinates are its own
     plus / minus e = (1, ..., 1, -d, 1, ..., 1), or missing when no such vertex exists: looked up here in a Python
     dict of the unpacked simplex keys, not by the packed integers' search the lattice does; and each blur matrix is
@@ -370,7 +370,7 @@ def test_blur_neighbours_are_the_vertices_one_lattice_step_away(voc_logits, sour
     if source == "random-points":  # a sparse lattice, most neighbours missing
         feats = torch.rand(300, 5, generator=torch.Generator().manual_seed(0)) * torch.tensor([6.0, 6.0, 3.0, 3.0, 3.0])
     else:  # a real crop's lattice, most neighbours present
-        crop = np.ascontiguousarray(voc_logits[0][0][100:164, 200:296])
+        crop = np.ascontiguousarray(request.getfixturevalue("voc_logits")[0][0][100:164, 200:296])
         feats = LAT.lattice_features(torch.from_numpy(crop), PRESETS[source.removeprefix("crop-")])
     lat = PermutohedralLattice(feats)
     rem0, rank = LAT._enclosing_simplex(LAT._elevate(feats))
