@@ -480,13 +480,14 @@ def check_crf_choice(table: Table) -> Errors:
     the zoo run's CRF rows using them."""
     zoo = load(ZOO)
     err = Errors()
+    tuned = ("w1", "theta_alpha", "theta_beta")  # the parameters the table shows (the grid's axes)
     for row in table.rows:
         name = row[0].strip("`")
         c, where = dict(zip(table.header, row)), f"{table.where} {name}"
         tune = load(f"crf_tune_{name}_camvid_train.json")
+        chosen = {k: tune["params"][k] for k in tuned}
         err.equal(where + " split", tune["split"], "train")
-        err.figures(where + " w1 / θα / θβ", c["w1 / θα / θβ"],
-                    [tune["params"][k] for k in ("w1", "theta_alpha", "theta_beta")])
+        err.figures(where + " w1 / θα / θβ", c["w1 / θα / θβ"], list(chosen.values()))
         err.figure(where + " frames", c["train frames"], tune["images"])
         err.figures(where + " train mIoU", c["train mIoU: none / preset / chosen"],
                     [100 * tune["no_crf_miou"], 100 * tune["preset_miou"], 100 * tune["best_miou"]])
@@ -494,9 +495,7 @@ def check_crf_choice(table: Table) -> Errors:
         if crf_row is None:
             err.append(f"{where}: no CRF row in {ZOO}")
             continue
-        used = {k: crf_row["crf_params"][k] for k in ("w1", "theta_alpha", "theta_beta")}
-        err.equal(where + " params used by the zoo run", used,
-                  {k: tune["params"][k] for k in ("w1", "theta_alpha", "theta_beta")})
+        err.equal(where + " params used by the zoo run", {k: crf_row["crf_params"][k] for k in tuned}, chosen)
     return err
 
 
