@@ -683,9 +683,9 @@ def _bench_backend(run: _Run, b: Backend, output: str = "logits") -> list[dict[s
     _sync(runner)
     first_call_s = time.perf_counter() - t
     seg = Segmenter(runner, scales=cfg.scales, flip=cfg.flip)
-    crfs = run.crfs if not seg.labels else ["none"]
-    if "none" not in crfs:
+    if seg.labels and "none" not in run.crfs:
         return "a label model's only row is without a CRF, and --crf has no none; add it (--crf none,...)"
+    crfs = run.crfs if not seg.labels else ["none"]
     itemsize = getattr(runner, "output_itemsize", None) or y0.element_size()
     out_info = {"output": "labels" if seg.labels else "logits", "output_bytes_per_frame": int(y0[0].numel() * itemsize)}
     ev = _accuracy_pass(run, b, seg, crfs, output)

@@ -381,6 +381,40 @@ def _tiny_onnx(path: Path, qdq: bool) -> None:
     onnx.save(m, str(path))
 
 
+# the new-user trial of issue 27's commands: devices PyTorch names but this toolkit does not run on, CRF parameters
+# out of the range the CRF computes in, empty input paths, a listed image without its label
+CASES_27 = [
+    ("crf-bench-device-mps", "crf bench --weights {ckpt} --data {voc} --device mps", "not supported"),
+    ("eval-device-meta", "eval --weights {ckpt} --data {voc} --device meta", "not supported"),
+    ("crf-bench-label-missing", "crf bench --weights {ckpt} --data {w}/voc_nolabel --methods torch --speed-images 0",
+     "no label file"),
+    ("crf-bench-theta-beta-tiny", "crf bench --weights {ckpt} --data {voc} --crf-params {w}/crf_theta_tiny.json",
+     "theta_beta in"),
+    ("eval-crf-theta-gamma-huge", "eval --weights {ckpt} --data {voc} --crf torch --crf-params "
+     "{w}/crf_gamma_huge.json", "theta_gamma in"),
+    ("eval-crf-w2-huge", "eval --weights {ckpt} --data {voc} --crf torch --crf-params {w}/crf_w2_huge.json",
+     "w2 in"),
+    ("crf-bench-label-threshold-1", "crf bench --weights {ckpt} --data {voc} --crf-params "
+     "{w}/crf_threshold_1.json", "label_threshold below 1"),
+    ("predict-crf-iterations-huge", "predict --weights {ckpt} {img} -o {w}/out/p --crf torch --crf-params "
+     "{w}/crf_iterations_huge.json", "iterations in"),
+    ("crf-bench-params-other-format", "crf bench --weights {ckpt} --data {voc} --crf-params "
+     "{w}/crf_other_format.json", "format 'something-else/2'"),
+    ("crf-bench-params-a-folder", "crf bench --weights {ckpt} --data {voc} --crf-params {w}/crf_folder.json",
+     "is a folder"),
+    ("crf-bench-iterations-0", "crf bench --weights {ckpt} --data {voc} --iterations 0", "--iterations"),
+    ("crf-bench-iterations-huge", "crf bench --weights {ckpt} --data {voc} --iterations 201", "--iterations"),
+    ("crf-tune-theta-beta-tiny", "crf tune --weights {ckpt} --data {voc} --split val --theta-beta 1e-300",
+     "outside [0.01"),
+    ("crf-tune-w1-huge", "crf tune --weights {ckpt} --data {voc} --split val --w1 4,5000", "outside [0, 1000]"),
+    ("bench-weights-empty", "bench --weights '' --data {voc}", "is empty"),
+    ("bench-data-empty", "bench --weights {ckpt} --data ''", "is empty"),
+    ("eval-crf-params-empty", "eval --weights {ckpt} --data {voc} --crf torch --crf-params ''", "is empty"),
+    ("predict-input-empty", "predict --weights {ckpt} '' -o {w}/out/p", "is empty"),
+    ("info-empty", "info ''", "is empty"),
+]
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, shared, imported):
     """The prepared bad inputs (built once; each case works on a fresh copy)."""
@@ -395,6 +429,13 @@ def inputs(tmp_path_factory, shared, imported):
     (w / "crf_unknown.json").write_text(json.dumps({"format": "deeplab-edge-crf-params/1", "params": {"w3": 1.0}}))
     (w / "crf_nan.json").write_text('{"w1": NaN}')
     (w / "crf_theta0.json").write_text(json.dumps({"theta_alpha": 0}))
+    (w / "crf_theta_tiny.json").write_text(json.dumps({"theta_beta": 1e-300}))
+    (w / "crf_gamma_huge.json").write_text(json.dumps({"theta_gamma": 1e6}))
+    (w / "crf_w2_huge.json").write_text(json.dumps({"w2": 1e308}))
+    (w / "crf_threshold_1.json").write_text(json.dumps({"label_threshold": 1.0}))
+    (w / "crf_iterations_huge.json").write_text(json.dumps({"iterations": 10 ** 9}))
+    (w / "crf_other_format.json").write_text(json.dumps({"format": "something-else/2", "best_miou": 1.0}))
+    (w / "crf_folder.json").mkdir()
     rng = np.random.default_rng(0)
     for name in ("random.pt", "random.onnx", "random.engine"):
         (w / name).write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
@@ -426,6 +467,11 @@ def inputs(tmp_path_factory, shared, imported):
     lab[:10, :10] = 50
     Image.fromarray(lab, mode="L").save(voc / "SegmentationClass" / "0.png")
     (voc / "ImageSets/Segmentation/val.txt").write_text("0\n")
+    # a VOC folder listing an image whose label file is missing
+    nolabel = w / "voc_nolabel"
+    shutil.copytree(voc, nolabel)
+    shutil.copy(shared["voc"] / "JPEGImages" / "120.png", nolabel / "JPEGImages" / "120.png")
+    (nolabel / "ImageSets/Segmentation/val.txt").write_text("0\n120\n")
     # an image folder without labels
     (w / "plain").mkdir()
     shutil.copy(shared["voc"] / "JPEGImages" / "0.png", w / "plain" / "0.png")
@@ -556,14 +602,15 @@ def assert_refused(argv: list[str], w: Path, pattern: str, watch: tuple[Path, ..
 
 
 def test_at_least_60_cases_over_every_command():
-    every = CASES + CASES_23 + CASES_28
+    every = CASES + CASES_23 + CASES_28 + CASES_27
     assert len(CASES) >= 60 and len({c[0] for c in every}) == len(every)
     commands = {c[1].split()[0] for c in CASES}
     assert commands >= {"import", "eval", "predict", "export", "calibrate", "build", "bench", "compare", "info",
                         "models", "kernels", "crf", "train"}
 
 
-@pytest.mark.parametrize("case", CASES + CASES_23 + CASES_28, ids=[c[0] for c in CASES + CASES_23 + CASES_28])
+@pytest.mark.parametrize("case", CASES + CASES_23 + CASES_28 + CASES_27,
+                         ids=[c[0] for c in CASES + CASES_23 + CASES_28 + CASES_27])
 def test_bad_input(case, inputs, models, shared, imported, tmp_path):
     name, template, pattern = case
     w = tmp_path / "w"

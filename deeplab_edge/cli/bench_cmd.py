@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (CALIB_METHODS, COUNT, NONNEG, THREADS, check_tag, choices, console, emit, int_list, out,
+from .common import (InputPath, CALIB_METHODS, COUNT, NONNEG, THREADS, check_tag, choices, console, emit, int_list, out,
                      output_option, parse_scale_sets, pct, print_json, progress_bar)
 
 # ----------------------------------------------------------------------------- bench
@@ -31,11 +31,11 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
 
 
 @main.group("bench", invoke_without_command=True)
-@click.option("--weights", type=click.Path(path_type=Path), multiple=True,
+@click.option("--weights", type=InputPath(path_type=Path), multiple=True,
               help="deeplab-edge checkpoint (.pt) to benchmark; repeat it (or give a folder of checkpoints) for "
                    "several models in one table and one plot.")
 @click.option("--arch", help="Architecture of a plain state dict (guessed from its keys if omitted).")
-@click.option("--data", type=click.Path(path_type=Path), help="Labelled dataset folder (VOC, Cityscapes, CamVid).")
+@click.option("--data", type=InputPath(path_type=Path), help="Labelled dataset folder (VOC, Cityscapes, CamVid).")
 @click.option("--dataset", "kind", type=click.Choice(["auto", "voc", "cityscapes", "camvid"]), default="auto",
               show_default=True, help="Dataset layout.")
 @click.option("--split", default="val", show_default=True, help="Split name.")
@@ -50,7 +50,7 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
                    "triton-window.")
 @click.option("--crf-preset", type=click.Choice(["deeplab-v2", "deeplab-v1"]), default="deeplab-v2",
               show_default=True, help="CRF parameters.")
-@click.option("--crf-params", "crf_param_files", type=click.Path(path_type=Path), multiple=True,
+@click.option("--crf-params", "crf_param_files", type=InputPath(path_type=Path), multiple=True,
               help="CRF parameters from `deeplab-edge crf tune -o FILE` (chosen on held-out images) in place of "
                    "--crf-preset: one file for every model, or one per --weights in the same order.")
 @click.option("--batch", "batches", default="1", show_default=True,
@@ -59,7 +59,7 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--warmup", default=5, type=NONNEG, show_default=True, help="Untimed calls before them.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (PyTorch backends).")
 @click.option("--threads", type=THREADS, help="Intra-op threads for PyTorch and ONNX Runtime (default: all cores).")
-@click.option("--calib-data", type=click.Path(path_type=Path),
+@click.option("--calib-data", type=InputPath(path_type=Path),
               help="Images to calibrate the INT8 models on (default: held out: the dataset's train split when it "
                    "has one, else --calib-folds folds of the benchmark's images, each scored by models calibrated "
                    "on the others).")
@@ -86,7 +86,7 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
               help="Run the checkpoint's weights at this output stride on every backend (the ONNX and INT8 models "
                    "are exported so); 8 is DeepLab-v3's evaluation setting for models trained at 16. Repeat it to "
                    "cross strides (default: each checkpoint's own).")
-@click.option("--tflite", type=click.Path(path_type=Path),
+@click.option("--tflite", type=InputPath(path_type=Path),
               help="A .tflite model for the litert-int8 backend (LiteRT, XNNPACK), e.g. the file the checkpoint was "
                    "imported from: Google's own runtime beside the others.")
 @click.option("--emit", "emit", default="logits", show_default=True,
@@ -314,7 +314,7 @@ def _bench_table(result: dict[str, Any], title: str) -> None:
 
 
 @bench_group.command("compare")
-@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("results", nargs=-1, required=True, type=InputPath(path_type=Path))
 @click.option("--tag", default="compare", show_default=True, callback=check_tag, help="Name of the merged files.")
 @output_option("dir", "Folder for the merged JSON, CSV and PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Print the merged document as JSON.")
@@ -346,8 +346,8 @@ def bench_compare(results, tag, output, as_json) -> None:
 # ----------------------------------------------------------------------------- compare: bench's thin alias
 
 @main.command("compare")
-@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), required=True, help="Labelled dataset folder.")
+@click.argument("models", nargs=-1, required=True, type=InputPath(path_type=Path))
+@click.option("--data", type=InputPath(path_type=Path), required=True, help="Labelled dataset folder.")
 @click.option("--num-images", type=COUNT, help="Evaluate only the first N images.")
 @click.option("--warmup", default=2, type=NONNEG, show_default=True, help="Untimed calls per model first.")
 @click.option("--iters", default=30, type=COUNT, show_default=True, help="Timed calls per model.")

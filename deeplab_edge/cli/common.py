@@ -35,6 +35,16 @@ THREADS = click.IntRange(1, 1024)
 CRF_ITERATIONS = click.IntRange(0, 200)  # mean-field converges in 5-10 (the paper: 10); 200 is far past it
 
 
+class InputPath(click.Path):
+    """A path option or argument that refuses an empty value (``Path("")`` is the current folder, which would
+    then be read as the dataset, the checkpoint folder or the source)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty; give a file or folder path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class Finite(click.FloatRange):
     """A float option in a range that refuses NaN and infinity when parsed (``click.FloatRange`` lets
     ``nan`` through: every comparison with NaN is false). Every float option of the CLI uses it."""

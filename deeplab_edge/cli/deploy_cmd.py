@@ -11,16 +11,16 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (CALIB_METHODS, COUNT, NONNEG, SIDE, THREADS, Finite, console, out, output_option,
+from .common import (InputPath, CALIB_METHODS, COUNT, NONNEG, SIDE, THREADS, Finite, console, out, output_option,
                      output_stride_option, pct, print_json, progress_bar)
 
 # ----------------------------------------------------------------------------- export
 
 @main.command("export")
-@click.option("--weights", type=click.Path(path_type=Path), required=True, help="Checkpoint (.pt/.pth).")
+@click.option("--weights", type=InputPath(path_type=Path), required=True, help="Checkpoint (.pt/.pth).")
 @click.option("--arch", help="Architecture of a plain state dict (guessed from its keys if omitted).")
 @output_option("file", "ONNX file to write.", required=True, example="model.onnx")
-@click.option("--data", type=click.Path(path_type=Path), required=True,
+@click.option("--data", type=InputPath(path_type=Path), required=True,
               help="Images for the parity check (dataset folder, image folder or file).")
 @click.option("--parity-images", default=4, type=COUNT, show_default=True,
               help="How many images the parity check uses.")
@@ -92,9 +92,9 @@ def _trt_version(ctx, param, value):
 
 
 @main.command("calibrate")
-@click.option("--weights", type=click.Path(path_type=Path), help="Checkpoint: exported to OUT/model_fp32.onnx first.")
-@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), help="An FP32 ONNX from `deeplab-edge export`.")
-@click.option("--data", type=click.Path(path_type=Path), required=True,
+@click.option("--weights", type=InputPath(path_type=Path), help="Checkpoint: exported to OUT/model_fp32.onnx first.")
+@click.option("--onnx", "onnx_path", type=InputPath(path_type=Path), help="An FP32 ONNX from `deeplab-edge export`.")
+@click.option("--data", type=InputPath(path_type=Path), required=True,
               help="Calibration images: a dataset folder (VOC/Cityscapes/CamVid) or a plain image folder.")
 @click.option("--num", default=256, type=COUNT, show_default=True,
               help="Images to use (the first N in sorted order; fewer are used, with a warning, if fewer exist).")
@@ -117,7 +117,7 @@ def _trt_version(ctx, param, value):
 @click.option("--keep-float-layer", "keep_float", multiple=True,
               help="A Conv node name to leave in float (repeatable).")
 @click.option("--sensitivity", is_flag=True, help="Rank every Conv by the mIoU cost of quantizing it alone.")
-@click.option("--sensitivity-data", type=click.Path(path_type=Path),
+@click.option("--sensitivity-data", type=InputPath(path_type=Path),
               help="Labelled held-out data for the sensitivity analysis (default: --data beyond the first --num).")
 @click.option("--sensitivity-num", type=COUNT, help="Images of the held-out split to use.")
 @click.option("--sensitivity-mode", type=click.Choice(["float-one", "quantize-one"]), default="float-one",
@@ -126,7 +126,7 @@ def _trt_version(ctx, param, value):
 @click.option("--max-drop", type=Finite(0, 100), help="Accuracy budget, mIoU points on --val-data: Convs go back to "
               "float, most sensitive first, until the QDQ model's drop from FP32 is within it (budget.json says "
               "which and what it cost).")
-@click.option("--val-data", type=click.Path(path_type=Path),
+@click.option("--val-data", type=InputPath(path_type=Path),
               help="Labelled held-out images for --max-drop (none of them a calibration image; default: the "
                    "--data images beyond the first --num, when labelled).")
 @click.option("--val-num", type=COUNT, help="Use the first N images of --val-data.")
@@ -224,11 +224,11 @@ def _print_calibration(rep: dict, as_json: bool) -> None:
 # ----------------------------------------------------------------------------- layerwise
 
 @main.command("layerwise")
-@click.argument("calib_dir", type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), required=True,
+@click.argument("calib_dir", type=InputPath(path_type=Path))
+@click.option("--data", type=InputPath(path_type=Path), required=True,
               help="Held-out images (a dataset or image folder; none of them may have calibrated the model).")
 @click.option("--num-images", "num", default=16, type=COUNT, show_default=True, help="Images to compare on.")
-@click.option("--fp32", type=click.Path(path_type=Path),
+@click.option("--fp32", type=InputPath(path_type=Path),
               help="The FP32 ONNX the model was calibrated from (default: CALIB_DIR/model_fp32.onnx).")
 @click.option("--threads", type=THREADS, help="ONNX Runtime intra-op threads (default: all cores).")
 @output_option("dir", "Write layerwise.json and layerwise.png here.")
@@ -275,15 +275,15 @@ def layerwise_cmd(calib_dir, data, num, fp32, threads, output, as_json) -> None:
 # ----------------------------------------------------------------------------- build
 
 @main.command("build")
-@click.option("--weights", type=click.Path(path_type=Path), help="deeplab-edge checkpoint: exported to ONNX first.")
-@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path),
+@click.option("--weights", type=InputPath(path_type=Path), help="deeplab-edge checkpoint: exported to ONNX first.")
+@click.option("--onnx", "onnx_path", type=InputPath(path_type=Path),
               help="Or an FP32 ONNX from `deeplab-edge export` (e.g. a bundle's NAME_fp32.onnx).")
-@click.option("--data", type=click.Path(path_type=Path), help="Real images for the export's parity check.")
+@click.option("--data", type=InputPath(path_type=Path), help="Real images for the export's parity check.")
 @click.option("--int8", is_flag=True, help="INT8 engine (needs --calib-data, --calib-cache or --qdq).")
 @click.option("--fp16", is_flag=True, help="FP16 for the layers not in INT8 (or an FP16 engine without --int8).")
-@click.option("--calib-data", type=click.Path(path_type=Path), help="Calibrate here on these images.")
-@click.option("--calib-cache", type=click.Path(path_type=Path), help="A TensorRT calibration cache (TensorRT 8.5-10).")
-@click.option("--qdq", type=click.Path(path_type=Path), help="A TensorRT QDQ model from `deeplab-edge calibrate`.")
+@click.option("--calib-data", type=InputPath(path_type=Path), help="Calibrate here on these images.")
+@click.option("--calib-cache", type=InputPath(path_type=Path), help="A TensorRT calibration cache (TensorRT 8.5-10).")
+@click.option("--qdq", type=InputPath(path_type=Path), help="A TensorRT QDQ model from `deeplab-edge calibrate`.")
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="mse",
               show_default=True, help="With --calib-data.")
 @click.option("--calib-num", default=256, type=COUNT, show_default=True, help="With --calib-data: images (at most).")
@@ -296,10 +296,10 @@ def layerwise_cmd(calib_dir, data, num, fp32, threads, output, as_json) -> None:
 @click.option("--dla", "dla_core", type=NONNEG, help="Build for DLA core N (Jetson Xavier/Orin).")
 @click.option("--allow-gpu-fallback", is_flag=True, help="With --dla: run layers DLA cannot on the GPU.")
 @click.option("--workspace", "workspace_mb", type=COUNT, help="Builder workspace limit, MB.")
-@click.option("--timing-cache", type=click.Path(path_type=Path), help="Read and update this timing cache.")
+@click.option("--timing-cache", type=InputPath(path_type=Path), help="Read and update this timing cache.")
 @click.option("--max-drop", type=Finite(0, 100),
               help="With --calib-data: INT8 within this many mIoU points of FP32 on --val-data (see `calibrate`).")
-@click.option("--val-data", type=click.Path(path_type=Path), help="Labelled held-out images for --max-drop (default: the --calib-data images beyond --calib-num).")
+@click.option("--val-data", type=InputPath(path_type=Path), help="Labelled held-out images for --max-drop (default: the --calib-data images beyond --calib-num).")
 @click.option("--val-num", type=COUNT, help="Use the first N images of --val-data.")
 @click.option("--min-agreement", type=Finite(0, 1, min_open=True), help="With --max-drop: a pixel-agreement floor.")
 @click.option("--max-float", default=8, type=COUNT, show_default=True,

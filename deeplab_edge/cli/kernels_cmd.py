@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (COUNT, NONNEG, SIDE, THREADS, choices, console, emit, finite_float, int_list, out, output_option, pct,
+from .common import (InputPath, COUNT, NONNEG, SIDE, THREADS, choices, console, emit, finite_float, int_list, out, output_option, pct,
                      print_warning, progress_bar)
 
 # ----------------------------------------------------------------------------- kernels
@@ -219,14 +219,14 @@ def crf_group() -> None:
 
 
 @crf_group.command("bench")
-@click.option("--weights", type=click.Path(path_type=Path), required=True, help="deeplab-edge checkpoint (.pt).")
-@click.option("--data", type=click.Path(path_type=Path), required=True, help="Labelled dataset folder (VOC, ...).")
+@click.option("--weights", type=InputPath(path_type=Path), required=True, help="deeplab-edge checkpoint (.pt).")
+@click.option("--data", type=InputPath(path_type=Path), required=True, help="Labelled dataset folder (VOC, ...).")
 @click.option("--methods", default="pydensecrf,torch,triton,window,triton-window", show_default=True,
               help="CRF implementations, run side by side; those that cannot run here are listed as skipped.")
 @click.option("--preset", type=click.Choice(["deeplab-v2", "deeplab-v1"]), default="deeplab-v2", show_default=True)
-@click.option("--crf-params", type=click.Path(path_type=Path),
+@click.option("--crf-params", type=InputPath(path_type=Path),
               help="CRF parameters from `crf tune -o FILE` (chosen on held-out images) instead of --preset.")
-@click.option("--iterations", type=NONNEG, help="Mean-field iterations (default: the preset's, 10).")
+@click.option("--iterations", type=click.IntRange(1, 200), help="Mean-field iterations, 1-200 (default: the preset's, 10).")
 @click.option("--num-images", type=COUNT, help="Use only the first N images.")
 @click.option("--speed-images", default=2, type=NONNEG, show_default=True,
               help="Images also timed at --size x --size (with and without label pruning).")
@@ -281,10 +281,12 @@ def crf_bench(weights, data, methods, preset, crf_params, iterations, num_images
 
     base = load_crf_params(crf_params) if crf_params is not None else PRESETS[preset]
     params = with_overrides(base, iterations=iterations)
-    segmenter, _, info = open_segmenter(ModelSpec(weights=weights, device=str(dev)), warn=print_warning)
     ds = open_dataset(data, "auto", "val").subset(num_images)
     if ds.kind == "folder":
         raise DeepLabEdgeError(f"{data}: no labelled dataset found; the CRF benchmark needs labels")
+    if not ds.has_labels:
+        raise DeepLabEdgeError(f"{data}: some images have no label file; crf bench scores mIoU, give labelled images")
+    segmenter, _, info = open_segmenter(ModelSpec(weights=weights, device=str(dev)), warn=print_warning)
     with progress_bar() as prog:
         task = prog.add_task("crf", total=len(ds) * len(run_methods))
         res = run_crf_bench(segmenter, ds, run_methods, params, device=dev, size=size, speed_images=speed_images,
@@ -344,12 +346,18 @@ def _grid_values(ctx, param, value: str | None) -> tuple[float, ...] | None:
         raise click.BadParameter(str(e), ctx, param) from None
     if any(v <= 0 for v in values):
         raise click.BadParameter(f"{value!r} has a value <= 0; give positive numbers, e.g. 3,4,5", ctx, param)
+    from ..crf.params import PARAM_RANGES
+
+    lo, hi = PARAM_RANGES[param.name]
+    if any(not lo <= v <= hi for v in values):
+        raise click.BadParameter(f"{value!r} has a value outside [{lo:g}, {hi:g}], the range the CRF computes in",
+                                 ctx, param)
     return tuple(dict.fromkeys(values))
 
 
 @crf_group.command("tune")
-@click.option("--weights", type=click.Path(path_type=Path), required=True, help="deeplab-edge checkpoint (.pt).")
-@click.option("--data", type=click.Path(path_type=Path), required=True,
+@click.option("--weights", type=InputPath(path_type=Path), required=True, help="deeplab-edge checkpoint (.pt).")
+@click.option("--data", type=InputPath(path_type=Path), required=True,
               help="Labelled images to choose on: held out from what you report (e.g. the train split, never val).")
 @click.option("--split", default="train", show_default=True, help="Split of --data to choose on.")
 @click.option("--sample", default=24, type=COUNT, show_default=True,

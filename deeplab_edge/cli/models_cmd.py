@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from .app import main
-from .common import (SIDE, console, out, output_option, print_json)
+from .common import (InputPath, SIDE, console, out, output_option, print_json)
 
 # ----------------------------------------------------------------------------- models
 
@@ -52,9 +52,9 @@ def models_cmd(size: int, as_json: bool) -> None:
 # ----------------------------------------------------------------------------- import
 
 @main.command("import")
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("source", type=InputPath(path_type=Path))
 @output_option("file", "Checkpoint to write (.pt).", required=True, example="model.pt")
-@click.option("--labels", type=click.Path(path_type=Path), help="Class names, one per line (default: VOC's 21).")
+@click.option("--labels", type=InputPath(path_type=Path), help="Class names, one per line (default: VOC's 21).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def import_cmd(source: Path, output: Path, labels: Path | None, as_json: bool) -> None:
     """Convert a Google DeepLab-v3 MobileNetV2 TFLite model into a deeplab-edge checkpoint.
@@ -89,7 +89,7 @@ def import_cmd(source: Path, output: Path, labels: Path | None, as_json: bool) -
 # ----------------------------------------------------------------------------- info
 
 @main.command("info")
-@click.argument("weights", type=click.Path(path_type=Path))
+@click.argument("weights", type=InputPath(path_type=Path))
 @click.option("--arch", help="Architecture of a plain state dict (guessed from its keys if omitted).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info_cmd(weights: Path, arch: str | None, as_json: bool) -> None:

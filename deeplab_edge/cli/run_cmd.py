@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (COUNT, CRF_ITERATIONS, NONNEG, SIDE, THREADS, Finite, console, emit, out, output_option,
+from .common import (InputPath, COUNT, CRF_ITERATIONS, NONNEG, SIDE, THREADS, Finite, console, emit, out, output_option,
                      output_stride_option, parse_scales, pct, print_json, print_warning, progress_bar)
 
 # ----------------------------------------------------------------------------- shared
@@ -32,13 +32,13 @@ def model_options(f):
 
         return command(model=ModelSpec(**{name: kwargs.pop(name) for name in MODEL_OPTIONS}), **kwargs)
 
-    f = click.option("--weights", type=click.Path(path_type=Path),
+    f = click.option("--weights", type=InputPath(path_type=Path),
                      help="deeplab-edge checkpoint (.pt) or torchvision state dict (.pth).")(f)
-    f = click.option("--tflite", type=click.Path(path_type=Path),
+    f = click.option("--tflite", type=InputPath(path_type=Path),
                      help="Run a DeepLab .tflite model with the LiteRT interpreter instead.")(f)
-    f = click.option("--onnx", "onnx_path", type=click.Path(path_type=Path),
+    f = click.option("--onnx", "onnx_path", type=InputPath(path_type=Path),
                      help="Run an ONNX model from `deeplab-edge export` with ONNX Runtime instead.")(f)
-    f = click.option("--engine", "engine_path", type=click.Path(path_type=Path),
+    f = click.option("--engine", "engine_path", type=InputPath(path_type=Path),
                      help="Run a TensorRT engine from `deeplab-edge build` (its manifest beside it).")(f)
     f = click.option("--arch", help="Architecture of a plain state dict (guessed from its keys if omitted).")(f)
     f = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")(f)
@@ -59,7 +59,7 @@ def model_options(f):
                                              "theta_beta 3, w2 3, theta_gamma 1) or DeepLab-v1's.")(f)
     f = click.option("--crf-iterations", type=CRF_ITERATIONS,
                      help="Mean-field iterations (default: the preset's, 10).")(f)
-    f = click.option("--crf-params", type=click.Path(path_type=Path),
+    f = click.option("--crf-params", type=InputPath(path_type=Path),
                      help="CRF parameters from a file `deeplab-edge crf tune -o` wrote (chosen on held-out "
                           "images), in place of --crf-preset.")(f)
     f = click.option("--backend", type=click.Choice(["torch", "triton", "openvino"]), default="torch",
@@ -80,14 +80,14 @@ def model_options(f):
 
 @main.command("eval")
 @model_options
-@click.option("--data", type=click.Path(path_type=Path), required=True,
+@click.option("--data", type=InputPath(path_type=Path), required=True,
               help="Dataset folder: VOC (VOCdevkit/VOC2012), Cityscapes, CamVid (SegNet layout).")
 @click.option("--dataset", "kind", type=click.Choice(["auto", "voc", "cityscapes", "camvid"]), default="auto",
               show_default=True, help="Dataset layout.")
 @click.option("--split", default="val", show_default=True, help="Split name (ImageSets/Segmentation/<split>.txt...).")
 @click.option("--num-images", type=COUNT, help="Evaluate only the first N images.")
 @click.option("--batch-size", default=1, type=COUNT, show_default=True, help="Images per forward pass.")
-@click.option("--reference", "reference_dir", type=click.Path(path_type=Path),
+@click.option("--reference", "reference_dir", type=InputPath(path_type=Path),
               help="Folder of <id>.png label maps (e.g. another runtime's predictions): report pixel agreement.")
 @output_option("file", "Write the full results as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
@@ -164,8 +164,8 @@ def eval_cmd(model, data, kind, split, num_images, batch_size, reference_dir, ou
 
 @main.command("predict")
 @model_options
-@click.argument("inputs", nargs=-1, type=click.Path())
-@click.option("--video", type=click.Path(path_type=Path), help="Segment every frame of a video file instead.")
+@click.argument("inputs", nargs=-1, type=InputPath())
+@click.option("--video", type=InputPath(path_type=Path), help="Segment every frame of a video file instead.")
 @click.option("--camera", type=NONNEG, help="Segment a live camera (OpenCV index, e.g. 0) instead.")
 @click.option("--max-frames", type=COUNT, help="With --video/--camera: stop after N frames.")
 @output_option("dir", "Output folder (created if missing).", required=True)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import console, out, output_option, print_json, write_json
+from .common import InputPath, console, out, output_option, print_json, write_json
 
 
 @main.command("selftest")
@@ -20,16 +20,16 @@ from .common import console, out, output_option, print_json, write_json
               help="The GPU check (the only self-test): every kernel compiled against its reference, the kernel "
                    "and CRF benchmarks, the main bench on the VOC samples and the CamVid model; with TensorRT, "
                    "also an INT8 engine, its eval and bench.")
-@click.option("--voc", type=click.Path(path_type=Path), default=Path("../shared/data/voc2012_samples"),
+@click.option("--voc", type=InputPath(path_type=Path), default=Path("../shared/data/voc2012_samples"),
               show_default=True, help="Labelled VOC folder.")
-@click.option("--camvid", type=click.Path(path_type=Path), default=Path("../shared/data/camvid_val"),
+@click.option("--camvid", type=InputPath(path_type=Path), default=Path("../shared/data/camvid_val"),
               show_default=True, help="Labelled CamVid folder to evaluate on.")
-@click.option("--camvid-train", type=click.Path(path_type=Path), default=Path("../shared/data/camvid_train"),
+@click.option("--camvid-train", type=InputPath(path_type=Path), default=Path("../shared/data/camvid_train"),
               show_default=True, help="CamVid images to calibrate the INT8 engine on (TensorRT only).")
-@click.option("--tflite", type=click.Path(path_type=Path),
+@click.option("--tflite", type=InputPath(path_type=Path),
               default=Path("../shared/models/deeplabv3_mnv2_pascal_quant.tflite"), show_default=True,
               help="Google's DeepLab-v3 MobileNetV2 VOC model (imported for the VOC and CRF benches).")
-@click.option("--weights", type=click.Path(path_type=Path), default=Path("weights/deeplabv3_mnv2_camvid.pt"),
+@click.option("--weights", type=InputPath(path_type=Path), default=Path("weights/deeplabv3_mnv2_camvid.pt"),
               show_default=True, help="The CamVid checkpoint.")
 @click.option("--budget", default=480, type=click.IntRange(60, 7200), show_default=True,
               help="Seconds for the whole check; steps that would start after it are listed as not run.")

@@ -9,7 +9,7 @@ from click.core import ParameterSource
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (CALIB_METHODS, COUNT, Finite, console, int_list, out, output_option, output_stride_option,
+from .common import (InputPath, CALIB_METHODS, COUNT, Finite, console, int_list, out, output_option, output_stride_option,
                      pct, print_json, progress_bar)
 
 
@@ -42,16 +42,16 @@ def _log(line: str) -> None:
 
 
 @main.command("train")
-@click.option("--data", required=True, type=click.Path(), help="Labelled training data (VOC, Cityscapes, CamVid).")
+@click.option("--data", required=True, type=InputPath(), help="Labelled training data (VOC, Cityscapes, CamVid).")
 @click.option("--split", default="train", show_default=True, help="Training split.")
-@click.option("--val-data", type=click.Path(), help="Labelled validation data (mIoU per class every --val-every).")
+@click.option("--val-data", type=InputPath(), help="Labelled validation data (mIoU per class every --val-every).")
 @click.option("--val-split", default="val", show_default=True, help="Validation split.")
 @click.option("--dataset", "kind", type=click.Choice(["auto", "voc", "cityscapes", "camvid"]), default="auto",
               show_default=True, help="Dataset layout.")
-@click.option("--weights", type=click.Path(), help="Start from this checkpoint; another class count gets a new "
+@click.option("--weights", type=InputPath(), help="Start from this checkpoint; another class count gets a new "
                                                      "classifier, the rest is kept.")
 @click.option("--arch", help="Or train this architecture from scratch (see `deeplab-edge models`).")
-@click.option("--trunk", type=click.Path(), help="With --arch: start it from this checkpoint's trunk (its weights "
+@click.option("--trunk", type=InputPath(), help="With --arch: start it from this checkpoint's trunk (its weights "
                                                    "copied, the head new; e.g. the imported VOC MobileNetV2).")
 @click.option("--aspp-rates", callback=lambda ctx, param, v: None if v is None else _rates(v, ctx, param),
               help="With --arch: the new model's atrous rates, comma-separated (e.g. 6,12,18; default: the "

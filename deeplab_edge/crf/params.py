@@ -12,7 +12,7 @@ import torch
 
 from ..errors import DeepLabEdgeError
 
-__all__ = ["CRFParams", "PARAMS_FORMAT", "load_crf_params", "PRESETS", "METHODS", "DEVICE_METHODS", "TRITON_METHODS", "with_overrides",
+__all__ = ["CRFParams", "PARAM_RANGES", "PARAMS_FORMAT", "load_crf_params", "PRESETS", "METHODS", "DEVICE_METHODS", "TRITON_METHODS", "with_overrides",
            "gaussian_radius", "gaussian_1d"]
 
 METHODS = ("pydensecrf", "torch", "triton", "window", "triton-window")
@@ -20,6 +20,14 @@ METHODS = ("pydensecrf", "torch", "triton", "window", "triton-window")
 DEVICE_METHODS = ("torch", "triton", "window", "triton-window")
 #: The methods that need a CUDA GPU (or Triton's interpreter).
 TRITON_METHODS = ("triton", "triton-window")
+
+
+#: The closed range each parameter is accepted in (their defaults and every preset far inside): theta_alpha /
+#: theta_beta below 0.01 need lattice keys wider than 62 bits on a 0-255 image, theta_gamma above 100 a spatial
+#: kernel of over 800 taps per axis; weights above 1000 saturate the softmax; 200 iterations are far past the
+#: mean-field's convergence (5-10, the paper's 10).
+PARAM_RANGES = {"w1": (0.0, 1e3), "w2": (0.0, 1e3), "theta_alpha": (1e-2, 1e5), "theta_beta": (1e-2, 1e5),
+                "theta_gamma": (1e-2, 100.0), "iterations": (0, 200)}
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,15 @@ class CRFParams:
                 raise ValueError(f"expected {name} > 0, got {getattr(self, name)}")
         if min(self.iterations, self.near_radius, self.window_radius, self.spatial_radius) < 0 or self.dilation < 1:
             raise ValueError(f"expected iterations and radii >= 0 and dilation >= 1, got {self}")
+        # the ranges the CRF computes in (float32 features, lattice keys, the spatial kernel's taps): outside them it
+        # overflows or allocates without bound, or its output means nothing (a threshold of 1 prunes every label)
+        for name, (lo, hi) in PARAM_RANGES.items():
+            v = getattr(self, name)
+            if not lo <= v <= hi:
+                raise ValueError(f"expected {name} in [{lo:g}, {hi:g}], got {v}")
+        if self.label_threshold >= 1:
+            raise ValueError(f"expected label_threshold below 1 (it leaves out the labels below it), "
+                             f"got {self.label_threshold}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,12 +99,17 @@ PARAMS_FORMAT = "deeplab-edge-crf-params/1"
 def load_crf_params(path: str | Path) -> CRFParams:
     """The parameters of a ``crf tune`` file (or of a plain JSON object of CRFParams fields), checked."""
     path = Path(path)
+    if path.is_dir():
+        raise DeepLabEdgeError(f"--crf-params {path}: is a folder; pass the JSON file `crf tune -o` wrote")
     if not path.is_file():
         raise DeepLabEdgeError(f"--crf-params {path}: file not found; write one with `deeplab-edge crf tune -o FILE`")
     try:
         doc = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise DeepLabEdgeError(f"--crf-params {path}: not JSON ({e}); pass the file `crf tune -o` wrote") from None
+    if isinstance(doc, dict) and "format" in doc and doc["format"] != PARAMS_FORMAT:
+        raise DeepLabEdgeError(f"--crf-params {path}: format {doc['format']!r} is not {PARAMS_FORMAT!r}; pass the file "
+                               "`crf tune -o` wrote (or a JSON object of CRF parameters)")
     fields = doc.get("params") if isinstance(doc, dict) and doc.get("format") == PARAMS_FORMAT else doc
     if not isinstance(fields, dict) or not fields:
         raise DeepLabEdgeError(f"--crf-params {path}: no CRF parameters in it; pass the file `crf tune -o` wrote")
@@ -103,8 +125,11 @@ def load_crf_params(path: str | Path) -> CRFParams:
 
 
 def with_overrides(params: CRFParams, **kw: Any) -> CRFParams:
-    """``params`` with the given (non-None) fields replaced."""
-    return replace(params, **{k: v for k, v in kw.items() if v is not None})
+    """``params`` with the given (non-None) fields replaced; a value out of range is a :class:`DeepLabEdgeError`."""
+    try:
+        return replace(params, **{k: v for k, v in kw.items() if v is not None})
+    except ValueError as e:
+        raise DeepLabEdgeError(f"CRF parameters: {e}; give a value in that range") from None
 
 
 def gaussian_radius(sigma: float) -> int:

@@ -76,9 +76,12 @@ def resolve_device(name: str | torch.device) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise DeepLabEdgeError(f"device {name!r} asked for, but this PyTorch has no CUDA GPU; use --device cpu")
     try:
-        return torch.device(name)
+        dev = torch.device(name)
     except RuntimeError as e:
         raise DeepLabEdgeError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from e
+    if dev.type not in ("cpu", "cuda"):  # mps, xpu, meta...: devices PyTorch names but this toolkit does not run on
+        raise DeepLabEdgeError(f"device {name!r} is not supported; use cpu, cuda or cuda:N (or auto)")
+    return dev
 
 
 def backend_for(path: str | Path) -> str:
