@@ -318,6 +318,22 @@ def test_bench_label_models_hand_the_host_labels(bench_run, shared):
     assert all(r["host_postprocess_ms"] is None for r in doc["rows"] if r["crf"] != "none")
 
 
+def test_bench_with_only_a_crf_runs_and_scores_as_eval(bench_run, shared, tmp_path):
+    """--crf torch without none: the logit model's one row is the CRF's, its mIoU eval's --crf torch (it was
+    refused by a check meant for label models)."""
+    _, _, ckpt = bench_run
+    res = CliRunner().invoke(main, ["bench", "--weights", str(ckpt), "--data", str(shared["voc"]), "--num-images", "1",
+                                    "--backends", "torch-fp32", "--crf", "torch", "--iters", "1", "--warmup", "0",
+                                    "--threads", "1", "--tag", "c", "-o", str(tmp_path), "--no-plot"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "bench_c.json").read_text())["rows"]
+    assert [(r["backend"], r["crf"]) for r in rows] == [("torch-fp32", "torch")]
+    res = CliRunner().invoke(main, ["eval", "--weights", str(ckpt), "--data", str(shared["voc"]), "--num-images", "1",
+                                    "--device", "cpu", "--crf", "torch", "--json"])
+    assert res.exit_code == 0, res.output
+    assert rows[0]["miou"] == pytest.approx(json.loads(res.stdout)["miou"], abs=1e-9)
+
+
 def test_bench_compare_merges_two_machines(bench_run, shared, tmp_path):
     out, doc, ckpt = bench_run
     res = CliRunner().invoke(main, ["bench", "--weights", str(ckpt), "--data", str(shared["voc"]), "--num-images", "2",
