@@ -412,6 +412,12 @@ CASES_27 = [
     ("eval-crf-params-empty", "eval --weights {ckpt} --data {voc} --crf torch --crf-params ''", "is empty"),
     ("predict-input-empty", "predict --weights {ckpt} '' -o {w}/out/p", "is empty"),
     ("info-empty", "info ''", "is empty"),
+    ("bench-calib-data-missing", "bench --weights {ckpt} --data {voc} --calib-data {w}/nope --backends ort-int8",
+     "does not exist"),
+    ("calibrate-sensitivity-data-missing", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c "
+     "--sensitivity --sensitivity-data {w}/nope", "does not exist"),
+    ("calibrate-val-data-missing", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c --max-drop 1 "
+     "--val-data {w}/nope", "does not exist"),
 ]
 
 

@@ -59,7 +59,7 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--warmup", default=5, type=NONNEG, show_default=True, help="Untimed calls before them.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (PyTorch backends).")
 @click.option("--threads", type=THREADS, help="Intra-op threads for PyTorch and ONNX Runtime (default: all cores).")
-@click.option("--calib-data", type=InputPath(path_type=Path),
+@click.option("--calib-data", type=InputPath(path_type=Path, exists=True),
               help="Images to calibrate the INT8 models on (default: held out: the dataset's train split when it "
                    "has one, else --calib-folds folds of the benchmark's images, each scored by models calibrated "
                    "on the others).")

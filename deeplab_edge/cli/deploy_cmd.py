@@ -117,7 +117,7 @@ def _trt_version(ctx, param, value):
 @click.option("--keep-float-layer", "keep_float", multiple=True,
               help="A Conv node name to leave in float (repeatable).")
 @click.option("--sensitivity", is_flag=True, help="Rank every Conv by the mIoU cost of quantizing it alone.")
-@click.option("--sensitivity-data", type=InputPath(path_type=Path),
+@click.option("--sensitivity-data", type=InputPath(path_type=Path, exists=True),
               help="Labelled held-out data for the sensitivity analysis (default: --data beyond the first --num).")
 @click.option("--sensitivity-num", type=COUNT, help="Images of the held-out split to use.")
 @click.option("--sensitivity-mode", type=click.Choice(["float-one", "quantize-one"]), default="float-one",
@@ -126,7 +126,7 @@ def _trt_version(ctx, param, value):
 @click.option("--max-drop", type=Finite(0, 100), help="Accuracy budget, mIoU points on --val-data: Convs go back to "
               "float, most sensitive first, until the QDQ model's drop from FP32 is within it (budget.json says "
               "which and what it cost).")
-@click.option("--val-data", type=InputPath(path_type=Path),
+@click.option("--val-data", type=InputPath(path_type=Path, exists=True),
               help="Labelled held-out images for --max-drop (none of them a calibration image; default: the "
                    "--data images beyond the first --num, when labelled).")
 @click.option("--val-num", type=COUNT, help="Use the first N images of --val-data.")
@@ -281,7 +281,7 @@ def layerwise_cmd(calib_dir, data, num, fp32, threads, output, as_json) -> None:
 @click.option("--data", type=InputPath(path_type=Path), help="Real images for the export's parity check.")
 @click.option("--int8", is_flag=True, help="INT8 engine (needs --calib-data, --calib-cache or --qdq).")
 @click.option("--fp16", is_flag=True, help="FP16 for the layers not in INT8 (or an FP16 engine without --int8).")
-@click.option("--calib-data", type=InputPath(path_type=Path), help="Calibrate here on these images.")
+@click.option("--calib-data", type=InputPath(path_type=Path, exists=True), help="Calibrate here on these images.")
 @click.option("--calib-cache", type=InputPath(path_type=Path), help="A TensorRT calibration cache (TensorRT 8.5-10).")
 @click.option("--qdq", type=InputPath(path_type=Path), help="A TensorRT QDQ model from `deeplab-edge calibrate`.")
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default="mse",
@@ -299,7 +299,7 @@ def layerwise_cmd(calib_dir, data, num, fp32, threads, output, as_json) -> None:
 @click.option("--timing-cache", type=InputPath(path_type=Path), help="Read and update this timing cache.")
 @click.option("--max-drop", type=Finite(0, 100),
               help="With --calib-data: INT8 within this many mIoU points of FP32 on --val-data (see `calibrate`).")
-@click.option("--val-data", type=InputPath(path_type=Path), help="Labelled held-out images for --max-drop (default: the --calib-data images beyond --calib-num).")
+@click.option("--val-data", type=InputPath(path_type=Path, exists=True), help="Labelled held-out images for --max-drop (default: the --calib-data images beyond --calib-num).")
 @click.option("--val-num", type=COUNT, help="Use the first N images of --val-data.")
 @click.option("--min-agreement", type=Finite(0, 1, min_open=True), help="With --max-drop: a pixel-agreement floor.")
 @click.option("--max-float", default=8, type=COUNT, show_default=True,

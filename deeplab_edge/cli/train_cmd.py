@@ -44,7 +44,7 @@ def _log(line: str) -> None:
 @main.command("train")
 @click.option("--data", required=True, type=InputPath(), help="Labelled training data (VOC, Cityscapes, CamVid).")
 @click.option("--split", default="train", show_default=True, help="Training split.")
-@click.option("--val-data", type=InputPath(), help="Labelled validation data (mIoU per class every --val-every).")
+@click.option("--val-data", type=InputPath(exists=True), help="Labelled validation data (mIoU per class every --val-every).")
 @click.option("--val-split", default="val", show_default=True, help="Validation split.")
 @click.option("--dataset", "kind", type=click.Choice(["auto", "voc", "cityscapes", "camvid"]), default="auto",
               show_default=True, help="Dataset layout.")
