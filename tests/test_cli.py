@@ -171,3 +171,11 @@ def test_model_options_fill_the_model_spec():
     assert set(MODEL_OPTIONS) == {f.name for f in dataclasses.fields(ModelSpec)} - {"threads"}
     params = {p.name for p in main.commands["eval"].params} & {p.name for p in main.commands["predict"].params}
     assert set(MODEL_OPTIONS) <= params
+
+
+def test_a_choice_given_twice_runs_once():
+    """`crf bench --methods torch,torch` printed the same row twice; every comma list of names is deduplicated in
+    the order given."""
+    from deeplab_edge.cli.common import choices
+
+    assert choices("torch, pydensecrf,torch", ["pydensecrf", "torch"], "CRF method") == ["torch", "pydensecrf"]

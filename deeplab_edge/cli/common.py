@@ -218,4 +218,4 @@ def choices(value: str, allowed, what: str) -> list[str]:
     if bad or not out:
         raise DeepLabEdgeError(f"unknown {what} {', '.join(bad) if bad else repr(value)}; "
                                f"choose from {', '.join(allowed)}")
-    return out
+    return list(dict.fromkeys(out))  # a name given twice runs once
