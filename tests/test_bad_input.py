@@ -416,6 +416,9 @@ CASES_27 = [
      "does not exist"),
     ("calibrate-sensitivity-data-missing", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c "
      "--sensitivity --sensitivity-data {w}/nope", "does not exist"),
+    ("bench-batch-huge", "bench --weights {ckpt} --data {voc} --batch 1,100000", "above 256"),
+    ("bench-batch-empty-item", "bench --weights {ckpt} --data {voc} --batch 1,,8", "empty item"),
+    ("kernels-bench-batch-empty", "kernels bench --batch ''", "empty item"),
     ("calibrate-val-data-missing", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c --max-drop 1 "
      "--val-data {w}/nope", "does not exist"),
 ]

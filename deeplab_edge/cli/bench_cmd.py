@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (InputPath, CALIB_METHODS, COUNT, NONNEG, THREADS, check_tag, choices, console, emit, int_list, out,
+from .common import (InputPath, MAX_BATCH, CALIB_METHODS, COUNT, NONNEG, THREADS, check_tag, choices, console, emit, int_list, out,
                      output_option, parse_scale_sets, pct, print_json, progress_bar)
 
 # ----------------------------------------------------------------------------- bench
@@ -54,7 +54,7 @@ def _engine_map(values: tuple[str, ...]) -> dict[str, Path]:
               help="CRF parameters from `deeplab-edge crf tune -o FILE` (chosen on held-out images) in place of "
                    "--crf-preset: one file for every model, or one per --weights in the same order.")
 @click.option("--batch", "batches", default="1", show_default=True,
-              help="Batch sizes of the latency pass (comma-separated); 1 is always included.")
+              help="Batch sizes of the latency pass (comma-separated, 1-256); 1 is always included.")
 @click.option("--iters", default=30, type=COUNT, show_default=True, help="Timed calls per backend and batch size.")
 @click.option("--warmup", default=5, type=NONNEG, show_default=True, help="Untimed calls before them.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto (PyTorch backends).")
@@ -142,7 +142,7 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
             ctx.get_parameter_source("calib_folds") == ParameterSource.COMMANDLINE:
         raise DeepLabEdgeError(f"--calib-folds splits the benchmark's images when there is nothing else to calibrate "
                                f"on; drop it or {'--calib-data' if calib_data is not None else '--calib-on-eval'}")
-    bs = sorted(set(int_list(batches, "--batch")) | {1})
+    bs = sorted(set(int_list(batches, "--batch", MAX_BATCH)) | {1})
     outputs = choices(emit, ["logits", "labels"], "--emit output")
     if "labels" not in outputs and ctx.get_parameter_source("labels_dtype") == ParameterSource.COMMANDLINE:
         raise DeepLabEdgeError("--labels-dtype is the type of the label models; add --emit labels (or "

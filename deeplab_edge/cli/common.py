@@ -201,15 +201,25 @@ def pct(v: float | None) -> str:
 
 
 
-def int_list(value: str, what: str) -> list[int]:
+def int_list(value: str, what: str, most: int | None = None) -> list[int]:
+    """Comma-separated integers >= 1 (and <= ``most``), no empty item."""
+    items = [v.strip() for v in value.split(",")]
+    if not value.strip() or "" in items:
+        raise DeepLabEdgeError(f"{what} {value!r} has an empty item; give comma-separated integers >= 1, e.g. 1,8")
     try:
-        out = [int(v) for v in value.split(",") if v.strip()]
+        out = [int(v) for v in items]
     except ValueError:
         raise DeepLabEdgeError(f"{what} {value!r} is not a list of integers; give comma-separated integers >= 1, "
                                "e.g. 1,8") from None
-    if not out or min(out) < 1:
+    if min(out) < 1:
         raise DeepLabEdgeError(f"{what} {value!r} has a value below 1; give comma-separated integers >= 1, e.g. 1,8")
+    if most is not None and max(out) > most:
+        raise DeepLabEdgeError(f"{what} {value!r} has a value above {most}; give integers from 1 to {most}")
     return out
+
+
+#: the largest latency batch: 256 frames of 513 x 513 are 800 MB of float input before the network's activations
+MAX_BATCH = 256
 
 
 def choices(value: str, allowed, what: str) -> list[str]:

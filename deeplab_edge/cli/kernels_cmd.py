@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (InputPath, COUNT, NONNEG, SIDE, THREADS, choices, console, emit, finite_float, int_list, out, output_option, pct,
+from .common import (InputPath, MAX_BATCH, COUNT, NONNEG, SIDE, THREADS, choices, console, emit, finite_float, int_list, out, output_option, pct,
                      print_warning, progress_bar)
 
 # ----------------------------------------------------------------------------- kernels
@@ -81,7 +81,7 @@ def kernels_compile(archs, dtypes, output, as_json) -> None:
 @click.option("--shape", "shapes", default="all", show_default=True,
               help="Head shapes (comma-separated) or 'all': v2-resnet101-os8, v3-resnet101-os16, v3-resnet101-os8, "
                    "v3-mobilenetv2-os16.")
-@click.option("--batch", "batches", default="1,8", show_default=True, help="Batch sizes.")
+@click.option("--batch", "batches", default="1,8", show_default=True, help="Batch sizes (comma-separated, 1-256).")
 @click.option("--dtype", "dtypes", default="fp16,fp32", show_default=True, help="Dtypes (fp16, bf16, fp32).")
 @click.option("--providers", default="torch,compile,triton", show_default=True,
               help="What to time on a GPU: torch (eager, cuDNN), compile (torch.compile), triton (fused kernels).")
@@ -104,7 +104,7 @@ def kernels_bench(shapes, batches, dtypes, providers, warmup, iters, no_compile_
 
     # each value once, in the order given (a repeated one would be compiled and timed twice)
     names = list(kb.SHAPES) if shapes == "all" else list(dict.fromkeys(choices(shapes, list(kb.SHAPES), "shape")))
-    bs = list(dict.fromkeys(int_list(batches, "--batch")))
+    bs = list(dict.fromkeys(int_list(batches, "--batch", MAX_BATCH)))
     dts = list(dict.fromkeys(choices(dtypes, ["fp16", "bf16", "fp32"], "dtype")))
     provs = list(dict.fromkeys(choices(providers, list(kb.PROVIDERS), "provider")))
     compiled = None
