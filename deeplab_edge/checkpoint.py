@@ -167,8 +167,9 @@ def _plain_state_dict(path: Path, obj: dict[str, Any], arch: str | None
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     arch = arch or _guess_arch(sd)
     if arch is None:
-        raise CheckpointError(f"{path}: cannot tell the architecture from its keys; pass --arch "
-                              f"(one of {', '.join(MODELS)})")
+        raise CheckpointError(f"{path}: cannot tell the architecture from its keys; pass --arch (one of "
+                              f"{', '.join(MODELS)}) to eval, predict, bench, export or info, or give a deeplab-edge "
+                              "checkpoint (train or import writes one)")
     n = _num_classes(sd)
     if n is None:
         raise CheckpointError(f"{path}: no classifier weights found for a {arch}; is this a segmentation model?")
