@@ -118,7 +118,8 @@ def _read(path: Path, map_location: str) -> dict[str, Any]:
     """The file's dict, tensors and containers only (``weights_only``), refused with the reason when it is no
     model file: missing, not a torch file, Python objects inside, not a dict, train's resume state."""
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found; create one with `deeplab-edge import` or pass a .pt/.pth")
+        what = "is a folder, not a checkpoint file" if path.is_dir() else "checkpoint not found"
+        raise CheckpointError(f"{path}: {what}; create one with `deeplab-edge import` or pass a .pt/.pth")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except OSError:

@@ -59,7 +59,8 @@ class TFLiteGraph:
             raise ImportModelError("the 'tflite' package is missing; pip install tflite") from e
         path = Path(path)
         if not path.is_file():
-            raise ImportModelError(f"{path}: no such file; pass the path of a .tflite model")
+            what = "is a folder" if path.is_dir() else "no such file"
+            raise ImportModelError(f"{path}: {what}; pass the path of a .tflite model")
         self.buf = path.read_bytes()
         if len(self.buf) < 8 or self.buf[4:8] != b"TFL3":
             raise ImportModelError(f"{path}: not a TFLite flatbuffer (no 'TFL3' identifier); pass a .tflite model")
@@ -450,7 +451,8 @@ def read_labels(path: str | Path, num_classes: int) -> list[str]:
     """Class names, one per line (the first ``num_classes`` non-empty lines)."""
     path = Path(path)
     if not path.is_file():
-        raise ImportModelError(f"--labels {path}: file not found; give a text file with one class name per line")
+        what = "is a folder" if path.is_dir() else "file not found"
+        raise ImportModelError(f"--labels {path}: {what}; give a text file with one class name per line")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:

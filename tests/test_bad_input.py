@@ -419,6 +419,9 @@ CASES_27 = [
     ("bench-batch-huge", "bench --weights {ckpt} --data {voc} --batch 1,100000", "above 256"),
     ("bench-batch-empty-item", "bench --weights {ckpt} --data {voc} --batch 1,,8", "empty item"),
     ("kernels-bench-batch-empty", "kernels bench --batch ''", "empty item"),
+    ("crf-bench-weights-a-folder", "crf bench --weights {w}/adir --data {voc}", "is a folder, not a checkpoint"),
+    ("import-a-folder", "import {w}/adir -o {w}/out/m.pt", "is a folder"),
+    ("bench-tflite-a-folder", "bench --weights {ckpt} --data {voc} --tflite {w}/adir", "is a folder"),
     ("calibrate-val-data-missing", "calibrate --onnx {w}/tiny_fp32.onnx --data {voc} -o {w}/out/c --max-drop 1 "
      "--val-data {w}/nope", "does not exist"),
 ]

@@ -137,7 +137,8 @@ def bench_group(ctx, weights, arch, data, kind, split, num_images, backends, crf
         raise DeepLabEdgeError("bench needs --weights FILE and --data DIR (see `deeplab-edge bench --help`)")
     files = model_files(weights)
     if tflite is not None and not Path(tflite).is_file():
-        raise DeepLabEdgeError(f"--tflite {tflite}: file not found; check the path")
+        raise DeepLabEdgeError(f"--tflite {tflite}: {'is a folder' if Path(tflite).is_dir() else 'file not found'}; "
+                               "pass the path of a .tflite model")
     if (calib_data is not None or calib_on_eval) and \
             ctx.get_parameter_source("calib_folds") == ParameterSource.COMMANDLINE:
         raise DeepLabEdgeError(f"--calib-folds splits the benchmark's images when there is nothing else to calibrate "
@@ -380,7 +381,8 @@ def compare_cmd(models, data, num_images, warmup, iters, threads, output, as_jso
         raise DeepLabEdgeError("compare needs a checkpoint (.pt); give one beside the .tflite")
     tflite = tflites[0] if tflites else None
     if tflite is not None and not tflite.is_file():
-        raise DeepLabEdgeError(f"{tflite}: file not found; check the path")
+        raise DeepLabEdgeError(f"{tflite}: {'is a folder' if tflite.is_dir() else 'file not found'}; pass the path of a "
+                               ".tflite model")
     result = _run_matrix(ckpts, data, "auto", None, num_images, "torch-fp32" + (",litert-int8" if tflite else ""),
                          tflite, None, [], "auto",
                          dict(crf_methods=("none",), batches=(1,), warmup=warmup, iters=iters, threads=threads,
