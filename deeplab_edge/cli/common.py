@@ -41,7 +41,7 @@ class InputPath(click.Path):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str) and not value.strip():
-            self.fail("is empty; give a file or folder path", param, ctx)
+            self.fail("an empty path was given; give a file or folder path", param, ctx)
         return super().convert(value, param, ctx)
 
 
