@@ -41,7 +41,7 @@ def kernels_compile(archs, dtypes, output, as_json) -> None:
 
     # each architecture and dtype once, in the order given: --arch 87,87 compiles for sm_87 once
     ccs = list(dict.fromkeys(int(a) for a in choices(archs, [str(a) for a in ARCHS], "architecture")))
-    specs = kernel_specs(dtypes=list(dict.fromkeys(choices(dtypes, ["fp16", "bf16", "fp32"], "dtype"))))
+    specs = kernel_specs(dtypes=choices(dtypes, ["fp16", "bf16", "fp32"], "dtype"))
     with progress_bar() as prog:
         task = prog.add_task("compiling", total=len(specs) * len(ccs))
 
@@ -103,10 +103,10 @@ def kernels_bench(shapes, batches, dtypes, providers, warmup, iters, no_compile_
     from ..bench.env import environment
 
     # each value once, in the order given (a repeated one would be compiled and timed twice)
-    names = list(kb.SHAPES) if shapes == "all" else list(dict.fromkeys(choices(shapes, list(kb.SHAPES), "shape")))
+    names = list(kb.SHAPES) if shapes == "all" else choices(shapes, list(kb.SHAPES), "shape")
     bs = list(dict.fromkeys(int_list(batches, "--batch", MAX_BATCH)))
-    dts = list(dict.fromkeys(choices(dtypes, ["fp16", "bf16", "fp32"], "dtype")))
-    provs = list(dict.fromkeys(choices(providers, list(kb.PROVIDERS), "provider")))
+    dts = choices(dtypes, ["fp16", "bf16", "fp32"], "dtype")
+    provs = choices(providers, list(kb.PROVIDERS), "provider")
     compiled = None
     if not no_compile_check:
         from ..kernels.compile import compile_all, kernel_specs
