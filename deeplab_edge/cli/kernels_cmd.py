@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import DeepLabEdgeError
 from .app import main
-from .common import (InputPath, MAX_BATCH, COUNT, NONNEG, SIDE, THREADS, choices, console, emit, finite_float, int_list, out, output_option, pct,
+from .common import (InputPath, MAX_BATCH, COUNT, CRF_ITERATIONS, NONNEG, SIDE, THREADS, choices, console, emit, finite_float, int_list, out, output_option, pct,
                      print_warning, progress_bar)
 
 # ----------------------------------------------------------------------------- kernels
@@ -226,7 +226,8 @@ def crf_group() -> None:
 @click.option("--preset", type=click.Choice(["deeplab-v2", "deeplab-v1"]), default="deeplab-v2", show_default=True)
 @click.option("--crf-params", type=InputPath(path_type=Path),
               help="CRF parameters from `crf tune -o FILE` (chosen on held-out images) instead of --preset.")
-@click.option("--iterations", type=click.IntRange(1, 200), help="Mean-field iterations, 1-200 (default: the preset's, 10).")
+@click.option("--iterations", type=click.IntRange(1, CRF_ITERATIONS.max),
+              help=f"Mean-field iterations, 1-{CRF_ITERATIONS.max} (default: the preset's, 10).")
 @click.option("--num-images", type=COUNT, help="Use only the first N images.")
 @click.option("--speed-images", default=2, type=NONNEG, show_default=True,
               help="Images also timed at --size x --size (with and without label pruning).")
